@@ -1,0 +1,3 @@
+from kaie_analytics.cli import main
+
+main()

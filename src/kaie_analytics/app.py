@@ -1,0 +1,101 @@
+"""The ASGI application: wiring of settings, stores, error handlers and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kaie_analytics import __version__
+from kaie_analytics.auth import KeyCache
+from kaie_analytics.config import Settings
+from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
+from kaie_analytics.responses import JSONResponse
+from kaie_analytics.routes import events, health, workflow_analytics, workflows
+from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.store.meta import MetaStore
+
+log = logging.getLogger("kaie_analytics")
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    return error_response(
+        InvalidParameter(first.get("msg", "invalid request"), field=".".join(loc) or None)
+    )
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound("no such endpoint"))
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed("this endpoint does not take that method"))
+    err = ApiError(str(exc.detail))
+    err.status = exc.status_code
+    return error_response(err)
+
+
+def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(ApiError("an unexpected error occurred; it has been logged"))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        meta = MetaStore(settings.meta_db_path)
+        store = DuckDBEventStore(
+            settings.events_db_path,
+            memory_limit=settings.duckdb_memory_limit,
+            threads=settings.duckdb_threads,
+            query_timeout_s=settings.query_timeout_s,
+            compact_after_events=settings.compact_after_events,
+            compact_idle_s=settings.compact_idle_s,
+        )
+        app.state.meta = meta
+        app.state.store = store
+        app.state.keys = KeyCache(meta, settings.key_cache_ttl_s)
+        try:
+            yield
+        finally:
+            store.close()
+            meta.close()
+
+    app = FastAPI(
+        title="kaie-analytics",
+        version=__version__,
+        description="Analytics API for conversational-automation workflows.",
+        default_response_class=JSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    handlers: dict[Any, Any] = {
+        ApiError: _api_error,
+        RequestValidationError: _validation_error,
+        StarletteHTTPException: _http_error,
+        Exception: _unexpected,
+    }
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, handler)
+    for module in (health, events, workflows, workflow_analytics):
+        app.include_router(module.router)
+    return app

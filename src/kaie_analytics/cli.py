@@ -1,0 +1,345 @@
+"""The ``kaie-analytics`` command line (spec/OPERATIONS.md)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import duckdb
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from kaie_analytics.config import Settings
+from kaie_analytics.store.meta import SCOPES, InvalidScopes, MetaStore, parse_scopes
+
+app = typer.Typer(
+    help="kaie-analytics: analytics for conversational-automation workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory [env KAIE_DATA_DIR; default ./kaie-data]"),
+]
+INGEST_CHUNK = 5_000
+
+
+class CliError(Exception):
+    """A one-line error for standard error, with exit status 2."""
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _meta(settings: Settings) -> MetaStore:
+    return MetaStore(settings.meta_db_path)
+
+
+def _open_store(settings: Settings) -> Any:
+    from kaie_analytics.store.duckdb_store import DuckDBEventStore
+
+    try:
+        return DuckDBEventStore(
+            settings.events_db_path,
+            memory_limit=settings.duckdb_memory_limit,
+            threads=settings.duckdb_threads,
+        )
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise CliError(
+                f"{settings.events_db_path} is in use by a running server;"
+                " stop it, or send through it with --url and --api-key"
+            ) from None
+        raise CliError(f"cannot open {settings.events_db_path}: {exc}") from None
+
+
+def _bootstrap_key(settings: Settings) -> str | None:
+    meta = _meta(settings)
+    try:
+        if meta.has_keys():
+            return None
+        return meta.create_key("default", frozenset(SCOPES))
+    finally:
+        meta.close()
+
+
+def _serve(settings: Settings, banner: list[str]) -> None:
+    import uvicorn
+
+    from kaie_analytics.app import create_app
+    from kaie_analytics.logs import configure_logging
+
+    configure_logging(settings.log_format)
+    for line in banner:
+        typer.echo(line)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [env KAIE_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env KAIE_PORT; default 8000]")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the API on the embedded engine (DuckDB + SQLite in the data directory)."""
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = _bootstrap_key(settings)
+    banner = []
+    if key:
+        banner = [
+            "Created tenant 'default' and an API key with every scope (shown only once):",
+            key,
+        ]
+    _serve(settings, banner)
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = None,
+    port: Annotated[int | None, typer.Option(help="Port [env KAIE_PORT; default 8000]")] = None,
+    host: Annotated[str | None, typer.Option(help="Address [env KAIE_HOST]")] = None,
+    days: Annotated[int, typer.Option(min=1, max=366, help="Days of history")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 1,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve after")] = True,
+) -> None:
+    """Fill the data directory with realistic synthetic data, then serve it."""
+    from kaie_analytics.demo import generate_demo
+    from kaie_analytics.ingest.service import ingest_items
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    meta = _meta(settings)
+    key = meta.create_key("demo", frozenset(SCOPES))
+    meta.close()
+    store = _open_store(settings)
+    totals = [0, 0, 0]
+    try:
+        with _progress() as progress:
+            task = progress.add_task("Generating and ingesting demo events", total=days)
+            for day_done, events in generate_demo(days=days, seed=seed):
+                for i in range(0, len(events), INGEST_CHUNK):
+                    summary = ingest_items(store, "demo", events[i : i + INGEST_CHUNK])
+                    totals[0] += summary.accepted
+                    totals[1] += summary.duplicates
+                    totals[2] += summary.rejected
+                progress.update(task, completed=day_done)
+        store.compact_now().result()
+    finally:
+        store.close()
+    typer.echo(
+        f"Demo data: {totals[0]} events accepted, {totals[1]} duplicates, {totals[2]} rejected."
+    )
+    base = f"http://{settings.host}:{settings.port}"
+    banner = [
+        f"API key for tenant 'demo' (shown only once): {key}",
+        f"Try:  curl -H 'Authorization: Bearer {key}' {base}/v1/workflows",
+        f"      curl -H 'Authorization: Bearer {key}' {base}/v1/analytics/workflows/support-bot",
+        f"      curl -H 'Authorization: Bearer {key}'"
+        f" {base}/v1/analytics/workflows/support-bot/performance",
+        f"Docs: {base}/docs",
+    ]
+    if serve_after:
+        _serve(settings, banner)
+    else:
+        for line in banner:
+            typer.echo(line)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name (created if new)")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes")] = ",".join(SCOPES),
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key; the key alone is the last line of standard output."""
+    settings = _settings(data_dir=data_dir)
+    if not tenant.strip() or len(tenant) > 64:
+        raise CliError("--tenant must be 1 to 64 characters")
+    try:
+        parsed = parse_scopes(scopes)
+    except InvalidScopes as exc:
+        raise CliError(str(exc)) from None
+    meta = _meta(settings)
+    key = meta.create_key(tenant, parsed)
+    meta.close()
+    typer.echo(f"Created a key for tenant {tenant!r} with scopes {','.join(sorted(parsed))}:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List keys by prefix (never the secret)."""
+    meta = _meta(_settings(data_dir=data_dir))
+    for k in meta.list_keys():
+        state = f"revoked {k.revoked_at}" if k.revoked_at else "active"
+        typer.echo(f"{k.prefix}\t{k.tenant}\t{','.join(sorted(k.scopes))}\t{k.created_at}\t{state}")
+    meta.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix, as `keys list` shows it")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a key; running servers refuse it within 5 seconds."""
+    meta = _meta(_settings(data_dir=data_dir))
+    try:
+        n = meta.revoke_key(prefix)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        meta.close()
+    if not n:
+        raise CliError(f"no active key with prefix {prefix!r}")
+    typer.echo(f"Revoked {prefix}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+    chunk: list[bytes] = []
+    size = 0
+    for line in stream:
+        size += len(line)
+        if line.strip():
+            chunk.append(line)
+        if len(chunk) >= INGEST_CHUNK:
+            yield size, chunk
+            chunk, size = [], 0
+    if chunk:
+        yield size, chunk
+
+
+@app.command()
+def ingest(
+    file: Annotated[str, typer.Argument(help="NDJSON file of events, or - for standard input")],
+    tenant: Annotated[str, typer.Option(help="Tenant (local mode)")] = "default",
+    url: Annotated[
+        str | None, typer.Option(help="Send through a running server [env KAIE_URL]")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key for --url [env KAIE_API_KEY]")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Send an NDJSON file of events through the ingestion path.
+
+    Without --url the events go straight into the data directory (the server
+    must not be running); with --url they are POSTed to a running server.
+    """
+    import os
+
+    from kaie_analytics.ingest.body import BadLine
+    from kaie_analytics.ingest.service import ingest_items
+
+    url = url or os.environ.get("KAIE_URL")
+    api_key = api_key or os.environ.get("KAIE_API_KEY")
+    if url and not api_key:
+        raise CliError("--url needs --api-key (or KAIE_API_KEY)")
+    try:
+        stream: IO[bytes] = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror}") from None
+    total_size = None if file == "-" else os.path.getsize(file)
+    totals = {"accepted": 0, "duplicates": 0, "rejected": 0}
+    first_errors: list[str] = []
+    settings = _settings(data_dir=data_dir)
+    store = None if url else _open_store(settings)
+    client = None
+    if url:
+        import httpx
+
+        client = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=60,
+        )
+    offset = 0
+    try:
+        with _progress() as progress:
+            task = progress.add_task("Ingesting", total=total_size)
+            for size, lines in _chunks(stream):
+                if client is not None:
+                    resp = client.post(
+                        "/v1/events",
+                        content=b"".join(x if x.endswith(b"\n") else x + b"\n" for x in lines),
+                        headers={"Content-Type": "application/x-ndjson"},
+                    )
+                    if resp.status_code != 200:
+                        raise CliError(f"server answered {resp.status_code}: {resp.text[:300]}")
+                    data = resp.json()["data"]
+                else:
+                    items: list[Any] = []
+                    for line in lines:
+                        try:
+                            items.append(orjson.loads(line))
+                        except orjson.JSONDecodeError as exc:
+                            items.append(BadLine(f"line is not valid JSON: {exc}"))
+                    assert store is not None
+                    data = ingest_items(store, tenant, items).as_dict()
+                for k in totals:
+                    totals[k] += data[k]
+                for e in data["errors"][: max(0, 5 - len(first_errors))]:
+                    first_errors.append(
+                        f"event {offset + e['index']}: {e['field']}: {e['message']}"
+                    )
+                offset += len(lines)
+                progress.update(task, advance=size)
+    except httpx_errors() as exc:
+        raise CliError(f"cannot reach {url}: {exc}") from None
+    finally:
+        if store is not None:
+            store.close()
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    typer.echo(
+        f"accepted {totals['accepted']}, duplicates {totals['duplicates']},"
+        f" rejected {totals['rejected']}"
+    )
+    for message in first_errors:
+        err.print(message, markup=False, highlight=False)
+
+
+def httpx_errors() -> tuple[type[Exception], ...]:
+    import httpx
+
+    return (httpx.TransportError,)
+
+
+def main() -> None:
+    try:
+        app()
+    except CliError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

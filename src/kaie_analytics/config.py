@@ -1,0 +1,49 @@
+"""One settings object: every option is also an environment variable ``KAIE_<NAME>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAIE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./kaie-data")
+
+    #: Per-class limits per API key (see docs/OPERATIONS in the README).
+    rate_limits: str = (
+        "realtime=1000/hour,historical=100/hour,reports=50/hour,"
+        "export=20/hour,events=36000/hour,default=1000/hour"
+    )
+    #: Signs download links; generated and kept in the data directory when unset.
+    secret_key: str | None = None
+    events_backend: str = "duckdb"
+    meta_backend: str = "sqlite"
+
+    #: Largest request body, after gzip is undone.
+    max_body_bytes: int = 5 * 1024 * 1024
+    #: Longest time one analytics query may run before it is interrupted.
+    query_timeout_s: float = 10.0
+    #: Memory DuckDB may use (its own buffer manager limit).
+    duckdb_memory_limit: str = "2GB"
+    duckdb_threads: int = 2
+    #: How long a looked-up API key is trusted before it is checked again.
+    key_cache_ttl_s: float = 2.0
+    #: Fold pending events into the compacted execution table after this many.
+    compact_after_events: int = 200_000
+    #: ... or after this many seconds without new events.
+    compact_idle_s: float = 2.0
+    #: Log format: "json" or "text".
+    log_format: str = "json"
+
+    @property
+    def events_db_path(self) -> Path:
+        return self.data_dir / "events.duckdb"
+
+    @property
+    def meta_db_path(self) -> Path:
+        return self.data_dir / "meta.sqlite3"

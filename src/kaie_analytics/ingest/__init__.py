@@ -1,0 +1,1 @@
+"""Event ingestion: body parsing, per-event validation, dedupe and group commit."""

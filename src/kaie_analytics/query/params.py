@@ -1,0 +1,190 @@
+"""Parsing the common query parameters of spec/METRICS.md into validated values."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from kaie_analytics.errors import InvalidDateRange, InvalidGranularity, InvalidParameter
+
+MAX_PERIOD = timedelta(days=366)
+DEFAULT_PERIOD = timedelta(days=30)
+GRANULARITIES = ("hour", "day", "week", "month")
+MAX_BUCKETS = 9000  # 366 days of hours, with room for DST
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ONE_US = timedelta(microseconds=1)
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """An inclusive period [start, end], as aware UTC datetimes."""
+
+    start: datetime
+    end: datetime
+    tz: ZoneInfo
+
+    @property
+    def start_naive(self) -> datetime:
+        return self.start.astimezone(UTC).replace(tzinfo=None)
+
+    @property
+    def end_naive(self) -> datetime:
+        return self.end.astimezone(UTC).replace(tzinfo=None)
+
+    def previous(self) -> Period:
+        """The period of equal length that ends just before ``start``."""
+        end = self.start - _ONE_US
+        return Period(end - (self.end - self.start), end, self.tz)
+
+    @property
+    def hours(self) -> float:
+        return (self.end - self.start).total_seconds() / 3600
+
+    def render(self) -> dict[str, str]:
+        return {"start_date": iso(self.start), "end_date": iso(self.end)}
+
+
+def iso(value: datetime) -> str:
+    """RFC 3339 in UTC with Z; microseconds only when present."""
+    v = value.astimezone(UTC)
+    spec = "microseconds" if v.microsecond else "seconds"
+    return v.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def parse_timezone(value: str | None) -> ZoneInfo:
+    if value is None or value == "":
+        return ZoneInfo("UTC")
+    try:
+        if ".." in value or value.startswith("/"):
+            raise ValueError
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidParameter(
+            f"unknown time zone {value!r}; use an IANA name such as Europe/Paris",
+            field="timezone",
+        ) from None
+
+
+def _parse_bound(value: str, name: str, tz: ZoneInfo, *, end: bool) -> datetime:
+    text = value.strip()
+    if _DATE.match(text):
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise InvalidDateRange(f"{name} is not a valid date: {value!r}", field=name) from None
+        start = datetime(day.year, day.month, day.day, tzinfo=tz)
+        if not end:
+            return start
+        nxt = day + timedelta(days=1)
+        return datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz) - _ONE_US
+    try:
+        parsed = datetime.fromisoformat(text.upper())
+    except ValueError:
+        raise InvalidDateRange(
+            f"{name} must be an ISO 8601 date (2024-01-31) or date-time"
+            f" (2024-01-31T23:59:59Z); got {value!r}",
+            field=name,
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def parse_period(
+    start_date: str | None, end_date: str | None, tz: ZoneInfo, *, now: datetime | None = None
+) -> Period:
+    now = now or datetime.now(UTC)
+    end = _parse_bound(end_date, "end_date", tz, end=True) if end_date else now
+    start = (
+        _parse_bound(start_date, "start_date", tz, end=False)
+        if start_date
+        else end - DEFAULT_PERIOD
+    )
+    if end < start:
+        raise InvalidDateRange("End date must be after start date", field="end_date")
+    if end - start > MAX_PERIOD:
+        raise InvalidDateRange(
+            "The period must be at most 366 days; ask for a shorter range", field="start_date"
+        )
+    return Period(start.astimezone(UTC), end.astimezone(UTC), tz)
+
+
+def parse_granularity(value: str | None) -> str:
+    if value is None or value == "":
+        return "day"
+    if value not in GRANULARITIES:
+        raise InvalidGranularity(
+            f"granularity must be one of: {', '.join(GRANULARITIES)}", field="granularity"
+        )
+    return value
+
+
+def parse_list(params: Mapping[str, Sequence[str]], name: str) -> tuple[str, ...]:
+    """A list given as repeated parameters and/or comma-separated values."""
+    out: list[str] = []
+    for raw in params.get(name, ()):
+        out.extend(p.strip() for p in raw.split(",") if p.strip())
+    return tuple(dict.fromkeys(out))
+
+
+def parse_bool(value: str | None, name: str, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    low = value.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise InvalidParameter(f"{name} must be true or false", field=name)
+
+
+def _floor_local(value: datetime, granularity: str, tz: ZoneInfo) -> datetime:
+    local = value.astimezone(tz)
+    if granularity == "hour":
+        return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    day = local.date()
+    if granularity == "week":
+        day -= timedelta(days=day.weekday())
+    elif granularity == "month":
+        day = day.replace(day=1)
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+
+
+def _next_bucket(start: datetime, granularity: str, tz: ZoneInfo) -> datetime:
+    if granularity == "hour":
+        return start + timedelta(hours=1)
+    local = start.astimezone(tz).date()
+    if granularity == "day":
+        nxt = local + timedelta(days=1)
+    elif granularity == "week":
+        nxt = local + timedelta(days=7)
+    else:
+        nxt = (local.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).astimezone(UTC)
+
+
+def buckets(period: Period, granularity: str) -> list[datetime]:
+    """Starts (aware UTC) of every bucket that overlaps the period, in order."""
+    out = [_floor_local(period.start, granularity, period.tz)]
+    while True:
+        nxt = _next_bucket(out[-1], granularity, period.tz)
+        if nxt > period.end:
+            return out
+        out.append(nxt)
+        if len(out) > MAX_BUCKETS:
+            raise InvalidParameter(
+                f"the period holds more than {MAX_BUCKETS} buckets; use a coarser granularity",
+                field="granularity",
+            )
+
+
+def bucket_label(start: datetime, granularity: str, tz: ZoneInfo) -> str:
+    local = start.astimezone(tz)
+    if granularity == "hour":
+        return local.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return local.date().isoformat()

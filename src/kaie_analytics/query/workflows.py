@@ -1,0 +1,414 @@
+"""Workflow metrics and performance (spec/METRICS.md), compiled to DuckDB SQL.
+
+A request becomes a frozen query object first (``parse_*``); ``run_*`` compiles
+it to a few parameterised statements over the tenant's executions and events,
+and assembles the response. Tenant, workflow, period and bucket bounds are
+always bound parameters; only names from closed registries reach SQL text.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kaie_analytics.errors import InvalidMetrics, InvalidParameter, WorkflowNotFound
+from kaie_analytics.query import numbers as num
+from kaie_analytics.query.params import (
+    Period,
+    bucket_label,
+    buckets,
+    parse_bool,
+    parse_granularity,
+    parse_list,
+    parse_period,
+    parse_timezone,
+)
+from kaie_analytics.store.duckdb_store import DuckDBEventStore
+
+METRICS = (
+    "total_executions",
+    "successful_executions",
+    "failed_executions",
+    "success_rate",
+    "average_duration_ms",
+    "total_messages_sent",
+    "total_messages_received",
+    "unique_customers",
+    "customer_satisfaction",
+    "channel_breakdown",
+)
+GROUP_BY = ("channel", "customer_segment")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowMetricsQuery:
+    tenant: str
+    workflow_id: str
+    period: Period
+    granularity: str
+    metrics: tuple[str, ...]
+    group_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPerformanceQuery:
+    tenant: str
+    workflow_id: str
+    period: Period
+    include_nodes: bool
+    include_channels: bool
+
+
+def _one(params: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[-1] if values else None
+
+
+def parse_metrics_query(
+    tenant: str, workflow_id: str, params: Mapping[str, Sequence[str]]
+) -> WorkflowMetricsQuery:
+    tz = parse_timezone(_one(params, "timezone"))
+    period = parse_period(_one(params, "start_date"), _one(params, "end_date"), tz)
+    granularity = parse_granularity(_one(params, "granularity"))
+    metrics = parse_list(params, "metrics")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise InvalidMetrics(
+            f"unknown metric(s) {', '.join(unknown)}; valid metrics: {', '.join(METRICS)}",
+            field="metrics",
+        )
+    group_by = parse_list(params, "group_by")
+    bad = [g for g in group_by if g not in GROUP_BY]
+    if bad:
+        raise InvalidParameter(
+            f"cannot group by {', '.join(bad)}; valid fields: {', '.join(GROUP_BY)}",
+            field="group_by",
+        )
+    return WorkflowMetricsQuery(
+        tenant, workflow_id, period, granularity, metrics or METRICS, group_by
+    )
+
+
+def parse_performance_query(
+    tenant: str, workflow_id: str, params: Mapping[str, Sequence[str]]
+) -> WorkflowPerformanceQuery:
+    tz = parse_timezone(_one(params, "timezone"))
+    period = parse_period(_one(params, "start_date"), _one(params, "end_date"), tz)
+    return WorkflowPerformanceQuery(
+        tenant,
+        workflow_id,
+        period,
+        parse_bool(_one(params, "include_nodes"), "include_nodes", True),
+        parse_bool(_one(params, "include_channels"), "include_channels", True),
+    )
+
+
+# --------------------------------------------------------------------- SQL
+
+_SEGMENTS = """
+    SELECT customer_id, arg_max(segment, ts) AS segment
+    FROM events
+    WHERE tenant = $tenant AND type = 'customer.updated' AND segment IS NOT NULL
+    GROUP BY customer_id
+"""
+
+
+def _exec_cte(store: DuckDBEventStore, tenant: str, with_segment: bool) -> str:
+    base = f"""
+        SELECT * FROM ({store.executions_sql(tenant)})
+        WHERE workflow_id = $workflow AND started_at BETWEEN $lo AND $hi
+    """
+    if not with_segment:
+        return base
+    return (
+        f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({_SEGMENTS}) seg USING (customer_id)"
+    )
+
+
+_EXEC_AGG = """
+    count(*) AS total,
+    count_if(status = 1) AS ok,
+    count_if(status = 2) AS failed,
+    sum(duration_ms) FILTER (WHERE status > 0) AS dur_sum,
+    count(duration_ms) FILTER (WHERE status > 0) AS dur_n,
+    count(DISTINCT customer_id) AS customers
+"""
+
+_EVENT_AGG = """
+    count_if(type = 'message.sent') AS sent,
+    count_if(type = 'message.received') AS received,
+    sum(csat) FILTER (WHERE type = 'feedback.submitted') AS csat_sum,
+    count(csat) FILTER (WHERE type = 'feedback.submitted') AS csat_n
+"""
+
+
+def _event_cte(with_segment: bool) -> str:
+    base = """
+        SELECT type, ts, channel, customer_id, csat FROM events
+        WHERE tenant = $tenant AND workflow_id = $workflow
+          AND type IN ('message.sent', 'message.received', 'feedback.submitted')
+          AND ts BETWEEN $lo AND $hi
+    """
+    if not with_segment:
+        return base
+    return (
+        f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({_SEGMENTS}) seg USING (customer_id)"
+    )
+
+
+def _group_expr(group_by: str | None) -> str:
+    # Only registry names reach here.
+    return {None: "NULL", "channel": "channel", "customer_segment": "segment"}[group_by]
+
+
+def _params(q: WorkflowMetricsQuery | WorkflowPerformanceQuery, period: Period) -> dict[str, Any]:
+    return {
+        "tenant": q.tenant,
+        "workflow": q.workflow_id,
+        "lo": period.start_naive,
+        "hi": period.end_naive,
+    }
+
+
+def _ensure_workflow(store: DuckDBEventStore, tenant: str, workflow_id: str) -> None:
+    if store.workflow(tenant, workflow_id) is None:
+        raise WorkflowNotFound(f"no workflow {workflow_id!r} for this tenant", field="workflow_id")
+
+
+def _grouped(
+    store: DuckDBEventStore,
+    q: WorkflowMetricsQuery,
+    period: Period,
+    key: str,
+    *,
+    bounds: list[datetime] | None = None,
+) -> dict[Any, dict[str, Any]]:
+    """Raw sums per group key (``key`` is a registry expression or the bucket)."""
+    seg = key == "segment"
+    params = _params(q, period)
+    if bounds is not None:
+        params["bounds"] = [b.astimezone(UTC).replace(tzinfo=None) for b in bounds]
+        join = "ASOF JOIN (SELECT unnest($bounds::TIMESTAMP[]) AS lo) b ON x.{col} >= b.lo"
+        exec_sql = (
+            f"SELECT b.lo AS k, {_EXEC_AGG} FROM ({_exec_cte(store, q.tenant, False)}) x "
+            + join.format(col="started_at")
+            + " GROUP BY ALL"
+        )
+        event_sql = (
+            f"SELECT b.lo AS k, {_EVENT_AGG} FROM ({_event_cte(False)}) x "
+            + join.format(col="ts")
+            + " GROUP BY ALL"
+        )
+    else:
+        exec_sql = f"SELECT {key} AS k, {_EXEC_AGG} FROM ({_exec_cte(store, q.tenant, seg)}) x GROUP BY ALL"
+        event_sql = f"SELECT {key} AS k, {_EVENT_AGG} FROM ({_event_cte(seg)}) x GROUP BY ALL"
+    out: dict[Any, dict[str, Any]] = defaultdict(dict)
+    for k, total, ok, failed, dsum, dn, customers in store.query(exec_sql, params):
+        out[k].update(
+            total=total, ok=ok, failed=failed, dur_sum=dsum, dur_n=dn, customers=customers
+        )
+    for k, sent, received, csum, cn in store.query(event_sql, params):
+        out[k].update(sent=sent, received=received, csat_sum=csum, csat_n=cn)
+    return out
+
+
+def _metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> dict[str, Any]:
+    total, ok, failed = raw.get("total", 0), raw.get("ok", 0), raw.get("failed", 0)
+    return {
+        "total_executions": total,
+        "successful_executions": ok,
+        "failed_executions": failed,
+        "success_rate": num.rate(ok, ok + failed),
+        "average_duration_ms": num.avg_ms(raw.get("dur_sum"), raw.get("dur_n", 0)),
+        "total_messages_sent": raw.get("sent", 0),
+        "total_messages_received": raw.get("received", 0),
+        "unique_customers": raw.get("customers", 0),
+        "customer_satisfaction": num.mean(raw.get("csat_sum"), raw.get("csat_n", 0), 2),
+        "channel_breakdown": channels if channels is not None else {},
+    }
+
+
+def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> dict[str, Any]:
+    _ensure_workflow(store, q.tenant, q.workflow_id)
+    period = q.period
+    overall = _grouped(store, q, period, "NULL").get(None, {})
+    previous = _grouped(store, q, period.previous(), "NULL").get(None, {})
+    by_channel = _grouped(store, q, period, "channel")
+    channels = {
+        ch: v["total"]
+        for ch, v in sorted(by_channel.items(), key=lambda kv: str(kv[0]))
+        if ch is not None and v.get("total")
+    }
+    current = _metrics_block(overall, channels)
+    prev = _metrics_block(previous, None)
+    series_raw = _grouped(store, q, period, "", bounds=buckets(period, q.granularity))
+    daily = []
+    for start in buckets(period, q.granularity):
+        raw = series_raw.get(start.astimezone(UTC).replace(tzinfo=None), {})
+        block = _metrics_block(raw, None)
+        daily.append(
+            {
+                "date": bucket_label(start, q.granularity, period.tz),
+                "executions": block["total_executions"],
+                "success_rate": block["success_rate"],
+                "average_duration_ms": block["average_duration_ms"],
+                "messages_sent": block["total_messages_sent"],
+                "messages_received": block["total_messages_received"],
+                "unique_customers": block["unique_customers"],
+            }
+        )
+    data: dict[str, Any] = {
+        "workflow_id": q.workflow_id,
+        "period": period.render(),
+        "metrics": {k: current[k] for k in q.metrics},
+        "trends": {
+            "execution_trend": num.trend(current["total_executions"], prev["total_executions"]),
+            "success_rate_trend": num.trend(current["success_rate"], prev["success_rate"]),
+            "duration_trend": num.trend(
+                current["average_duration_ms"], prev["average_duration_ms"]
+            ),
+        },
+        "daily_metrics": daily,
+    }
+    if q.group_by:
+        data["groups"] = _groups(store, q, by_channel)
+    return data
+
+
+def _groups(
+    store: DuckDBEventStore, q: WorkflowMetricsQuery, by_channel: dict[Any, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    groups = []
+    for field in q.group_by:
+        raw = by_channel if field == "channel" else _grouped(store, q, q.period, "segment")
+        for key in sorted(raw, key=lambda k: (k is None, str(k))):
+            channels = (
+                {key: raw[key]["total"]} if field == "channel" and raw[key].get("total") else None
+            )
+            if field == "customer_segment":
+                seg_channels = _segment_channels(store, q, key)
+                channels = seg_channels
+            block = _metrics_block(raw[key], channels)
+            groups.append({field: key, "metrics": {k: block[k] for k in q.metrics}})
+    return groups
+
+
+def _segment_channels(
+    store: DuckDBEventStore, q: WorkflowMetricsQuery, segment: str | None
+) -> dict[str, int]:
+    sql = f"""
+        SELECT channel, count(*) FROM ({_exec_cte(store, q.tenant, True)}) x
+        WHERE segment IS NOT DISTINCT FROM $segment AND channel IS NOT NULL
+        GROUP BY channel ORDER BY channel
+    """
+    params = _params(q, q.period) | {"segment": segment}
+    return {ch: n for ch, n in store.query(sql, params)}
+
+
+# ------------------------------------------------------------- performance
+
+SLOT = timedelta(minutes=15)  # every UTC offset in use is a multiple of 15 minutes
+
+
+def run_workflow_performance(
+    store: DuckDBEventStore, q: WorkflowPerformanceQuery
+) -> dict[str, Any]:
+    _ensure_workflow(store, q.tenant, q.workflow_id)
+    period = q.period
+    params = _params(q, period)
+    execs = _exec_cte(store, q.tenant, False)
+    (total, ok, failed, dsum, dn, p50, p95, p99) = store.query(
+        f"""
+        SELECT count(*), count_if(status = 1), count_if(status = 2),
+            sum(duration_ms) FILTER (WHERE status > 0),
+            count(duration_ms) FILTER (WHERE status > 0),
+            quantile_cont(duration_ms, 0.5) FILTER (WHERE status > 0),
+            quantile_cont(duration_ms, 0.95) FILTER (WHERE status > 0),
+            quantile_cont(duration_ms, 0.99) FILTER (WHERE status > 0)
+        FROM ({execs})
+        """,
+        params,
+    )[0]
+    finished = ok + failed
+    by_error = store.query(
+        f"""SELECT error_type, count(*) FROM ({execs})
+            WHERE status = 2 AND error_type IS NOT NULL GROUP BY ALL ORDER BY 1""",
+        params,
+    )
+    slots = store.query(
+        f"SELECT time_bucket(INTERVAL 15 MINUTE, started_at) AS s, count(*) FROM ({execs}) GROUP BY ALL",
+        params,
+    )
+    per_clock_hour: dict[datetime, int] = defaultdict(int)
+    per_hour_of_day: dict[int, int] = defaultdict(int)
+    for slot, n in slots:
+        local = slot.replace(tzinfo=UTC).astimezone(period.tz)
+        per_clock_hour[local.replace(minute=0).astimezone(UTC)] += n
+        per_hour_of_day[local.hour] += n
+    peak_hour = (
+        min(per_hour_of_day, key=lambda h: (-per_hour_of_day[h], h)) if per_hour_of_day else None
+    )
+    hours = period.hours
+    performance: dict[str, Any] = {
+        "execution_time": {
+            "average_ms": num.avg_ms(dsum, dn),
+            "median_ms": num.round_ms(p50),
+            "p95_ms": num.round_ms(p95),
+            "p99_ms": num.round_ms(p99),
+        },
+        "throughput": {
+            "executions_per_hour": num.round_half_up(total / hours, 2) if hours > 0 else None,
+            "peak_executions_per_hour": max(per_clock_hour.values(), default=0),
+            "peak_hour": f"{peak_hour:02d}:00" if peak_hour is not None else None,
+        },
+        "error_rate": {
+            "overall": num.rate(failed, finished),
+            "by_error_type": {err: num.rate(n, finished) for err, n in by_error},
+        },
+    }
+    if q.include_nodes:
+        nodes = store.query(
+            f"""
+            SELECT n.node_id, arg_max(n.node_type, n.ts), count(*),
+                count_if(n.type = 'node.completed'), sum(n.duration_ms), count(n.duration_ms),
+                count_if(n.type = 'node.failed')
+            FROM events n
+            WHERE n.tenant = $tenant AND n.workflow_id = $workflow
+              AND n.type IN ('node.completed', 'node.failed')
+              AND n.execution_id IN (SELECT execution_id FROM ({execs}))
+            GROUP BY n.node_id
+            ORDER BY count(*) DESC, n.node_id
+            """,
+            params,
+        )
+        performance["node_performance"] = [
+            {
+                "node_id": node_id,
+                "type": node_type,
+                "execution_count": count,
+                "success_rate": num.rate(done, count),
+                "average_duration_ms": num.avg_ms(dsum_n, dcount),
+                "error_count": errors,
+            }
+            for node_id, node_type, count, done, dsum_n, dcount, errors in nodes
+        ]
+    if q.include_channels:
+        rows = store.query(
+            f"""SELECT channel, count(*), count_if(status = 1), count_if(status = 2),
+                    sum(duration_ms) FILTER (WHERE status > 0),
+                    count(duration_ms) FILTER (WHERE status > 0)
+                FROM ({execs}) WHERE channel IS NOT NULL GROUP BY ALL ORDER BY 1""",
+            params,
+        )
+        performance["channel_performance"] = {
+            ch: {
+                "executions": n,
+                "success_rate": num.rate(c_ok, c_ok + c_failed),
+                "average_duration_ms": num.avg_ms(c_dsum, c_dn),
+            }
+            for ch, n, c_ok, c_failed, c_dsum, c_dn in rows
+        }
+    return {"workflow_id": q.workflow_id, "period": period.render(), "performance": performance}

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from kaie_analytics.auth import Principal, require
+from kaie_analytics.ingest.body import decode_events, read_body
+from kaie_analytics.ingest.service import summarize, validate_batch
+from kaie_analytics.store.duckdb_store import AppendResult
+
+router = APIRouter(tags=["events"])
+
+
+@router.post("/v1/events")
+async def post_events(
+    request: Request, principal: Principal = Depends(require("events:write"))
+) -> dict[str, Any]:
+    """Ingest a batch of events (JSON or NDJSON, optionally gzipped).
+
+    Answers only after every accepted event is durably committed.
+    """
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    content_type = request.headers.get("content-type")
+    batch = await run_in_threadpool(lambda: validate_batch(decode_events(body, content_type)))
+    if batch.rows:
+        result = await asyncio.wrap_future(
+            request.app.state.store.append(principal.tenant, batch.rows)
+        )
+    else:
+        result = AppendResult(0, 0)
+    return {"data": summarize(batch, result).as_dict()}

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from kaie_analytics.auth import Principal, require
+from kaie_analytics.store.duckdb_store import Workflow
+
+router = APIRouter(tags=["workflows"])
+
+
+class WorkflowBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+
+
+def render(wf: Workflow) -> dict[str, Any]:
+    return {
+        "workflow_id": wf.workflow_id,
+        "name": wf.name,
+        "created_at": wf.created_at.isoformat(timespec="seconds") + "Z",
+    }
+
+
+@router.get("/v1/workflows")
+async def list_workflows(
+    request: Request, principal: Principal = Depends(require("analytics:read"))
+) -> dict[str, Any]:
+    """The tenant's workflows: every workflow any event named, or created here."""
+    return {"data": [render(w) for w in request.app.state.store.workflows(principal.tenant)]}
+
+
+@router.put("/v1/workflows/{workflow_id}")
+async def put_workflow(
+    workflow_id: str,
+    body: WorkflowBody,
+    request: Request,
+    principal: Principal = Depends(require("events:write")),
+) -> dict[str, Any]:
+    """Create or rename a workflow."""
+    from kaie_analytics.ingest.validate import EventError, _text
+
+    try:
+        _text(256, no_control=True)("workflow_id", workflow_id)
+    except EventError as exc:
+        from kaie_analytics.errors import InvalidParameter
+
+        raise InvalidParameter(exc.message, field="workflow_id") from None
+    wf = await asyncio.wrap_future(
+        request.app.state.store.put_workflow(principal.tenant, workflow_id, body.name)
+    )
+    return {"data": render(wf)}

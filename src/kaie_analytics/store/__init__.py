@@ -1,0 +1,1 @@
+"""Storage behind small interfaces: metadata (tenants, keys) and events."""
