@@ -130,16 +130,16 @@ def _exec_cte(store: DuckDBEventStore, tenant: str, with_segment: bool) -> str:
 
 _EXEC_AGG = """
     count(*) AS total,
-    count_if(status = 1) AS ok,
-    count_if(status = 2) AS failed,
+    count(*) FILTER (WHERE status = 1) AS ok,
+    count(*) FILTER (WHERE status = 2) AS failed,
     sum(duration_ms) FILTER (WHERE status > 0) AS dur_sum,
     count(duration_ms) FILTER (WHERE status > 0) AS dur_n,
     count(DISTINCT customer_id) AS customers
 """
 
 _EVENT_AGG = """
-    count_if(type = 'message.sent') AS sent,
-    count_if(type = 'message.received') AS received,
+    count(*) FILTER (WHERE type = 'message.sent') AS sent,
+    count(*) FILTER (WHERE type = 'message.received') AS received,
     sum(csat) FILTER (WHERE type = 'feedback.submitted') AS csat_sum,
     count(csat) FILTER (WHERE type = 'feedback.submitted') AS csat_n
 """
@@ -216,17 +216,17 @@ def _grouped(
 
 
 def _metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> dict[str, Any]:
-    total, ok, failed = raw.get("total", 0), raw.get("ok", 0), raw.get("failed", 0)
+    total, ok, failed = raw.get("total") or 0, raw.get("ok") or 0, raw.get("failed") or 0
     return {
         "total_executions": total,
         "successful_executions": ok,
         "failed_executions": failed,
         "success_rate": num.rate(ok, ok + failed),
-        "average_duration_ms": num.avg_ms(raw.get("dur_sum"), raw.get("dur_n", 0)),
-        "total_messages_sent": raw.get("sent", 0),
-        "total_messages_received": raw.get("received", 0),
-        "unique_customers": raw.get("customers", 0),
-        "customer_satisfaction": num.mean(raw.get("csat_sum"), raw.get("csat_n", 0), 2),
+        "average_duration_ms": num.avg_ms(raw.get("dur_sum"), raw.get("dur_n") or 0),
+        "total_messages_sent": raw.get("sent") or 0,
+        "total_messages_received": raw.get("received") or 0,
+        "unique_customers": raw.get("customers") or 0,
+        "customer_satisfaction": num.mean(raw.get("csat_sum"), raw.get("csat_n") or 0, 2),
         "channel_breakdown": channels if channels is not None else {},
     }
 
@@ -322,7 +322,7 @@ def run_workflow_performance(
     execs = _exec_cte(store, q.tenant, False)
     (total, ok, failed, dsum, dn, p50, p95, p99) = store.query(
         f"""
-        SELECT count(*), count_if(status = 1), count_if(status = 2),
+        SELECT count(*), count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
             sum(duration_ms) FILTER (WHERE status > 0),
             count(duration_ms) FILTER (WHERE status > 0),
             quantile_cont(duration_ms, 0.5) FILTER (WHERE status > 0),
@@ -373,8 +373,8 @@ def run_workflow_performance(
         nodes = store.query(
             f"""
             SELECT n.node_id, arg_max(n.node_type, n.ts), count(*),
-                count_if(n.type = 'node.completed'), sum(n.duration_ms), count(n.duration_ms),
-                count_if(n.type = 'node.failed')
+                count(*) FILTER (WHERE n.type = 'node.completed'), sum(n.duration_ms), count(n.duration_ms),
+                count(*) FILTER (WHERE n.type = 'node.failed')
             FROM events n
             WHERE n.tenant = $tenant AND n.workflow_id = $workflow
               AND n.type IN ('node.completed', 'node.failed')
@@ -397,7 +397,7 @@ def run_workflow_performance(
         ]
     if q.include_channels:
         rows = store.query(
-            f"""SELECT channel, count(*), count_if(status = 1), count_if(status = 2),
+            f"""SELECT channel, count(*), count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
                     sum(duration_ms) FILTER (WHERE status > 0),
                     count(duration_ms) FILTER (WHERE status > 0)
                 FROM ({execs}) WHERE channel IS NOT NULL GROUP BY ALL ORDER BY 1""",

@@ -159,7 +159,7 @@ class MetaStore:
 
     def authenticate(self, key: str) -> ApiKey | None:
         """The active key record for a full secret, or None."""
-        prefix = key.rsplit("_", 1)[0] if key.startswith(KEY_PREFIX) else ""
+        prefix = "_".join(key.split("_", 2)[:2]) if key.startswith(KEY_PREFIX) else ""
         row = (
             self._con()
             .execute(

@@ -1,0 +1,147 @@
+"""Fixtures: a real app on real DuckDB + SQLite in a temporary data directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from kaie_analytics.app import create_app
+from kaie_analytics.config import Settings
+from kaie_analytics.store.meta import MetaStore
+
+
+class Api:
+    """A test client bound to one tenant's key."""
+
+    def __init__(self, client: TestClient, key: str, tenant: str) -> None:
+        self.client = client
+        self.key = key
+        self.tenant = tenant
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.get(path, headers=self.headers | kw.pop("headers", {}), **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.post(path, headers=self.headers | kw.pop("headers", {}), **kw)
+
+    def put(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.put(path, headers=self.headers | kw.pop("headers", {}), **kw)
+
+    def send(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST events in chunks; every event must be accepted or a duplicate."""
+        out = {"accepted": 0, "duplicates": 0, "rejected": 0}
+        for i in range(0, len(events), 1000):
+            r = self.post("/v1/events", json={"events": events[i : i + 1000]})
+            assert r.status_code == 200, r.text
+            data = r.json()["data"]
+            assert data["rejected"] == 0, data["errors"][:3]
+            for k in out:
+                out[k] += data[k]
+        return out
+
+    def compact(self) -> None:
+        self.client.app.state.store.compact_now().result()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", compact_idle_s=3600, compact_after_events=10**9)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def make_key(settings: Settings, tenant: str, scopes: str | None = None) -> str:
+    meta = MetaStore(settings.meta_db_path)
+    try:
+        if scopes is None:
+            return meta.create_key(tenant)
+        return meta.create_key(tenant, frozenset(scopes.split(",")))
+    finally:
+        meta.close()
+
+
+@pytest.fixture
+def api(client: TestClient, settings: Settings) -> Api:
+    return Api(client, make_key(settings, "acme"), "acme")
+
+
+@pytest.fixture
+def other_api(client: TestClient, settings: Settings) -> Api:
+    return Api(client, make_key(settings, "globex"), "globex")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """``kaie-analytics serve`` in a subprocess, on a free port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        env = os.environ | {"KAIE_LOG_FORMAT": "json"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kaie_analytics", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self.url
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited during start")
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path / "live")
+    yield server
+    server.stop()

@@ -1,0 +1,137 @@
+"""Workflow metrics and performance against the independent oracle."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+import oracle
+from conftest import Api
+from factories import iso, workflow_events
+
+START = datetime(2024, 3, 4, tzinfo=UTC)  # the US DST change (2024-03-10) is inside
+END = datetime(2024, 3, 17, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+@pytest.fixture
+def loaded(api: Api, other_api: Api) -> list[dict[str, Any]]:
+    events = workflow_events(1, START - timedelta(days=14), 30)
+    other_wf = workflow_events(2, START, 14, n=60, wf="wf-2")
+    # Half compacted into the executions table, half pending: both paths are read.
+    half = len(events) // 2
+    api.send(events[:half] + other_wf)
+    api.compact()
+    api.send(events[half:])
+    # Another tenant with the same workflow id must never show up.
+    other_api.send(workflow_events(3, START, 14, n=80))
+    return events + other_wf
+
+
+def _get(api: Api, path: str, **params: Any) -> dict[str, Any]:
+    r = api.get(path, params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+@pytest.mark.parametrize("gran", ["hour", "day", "week", "month"])
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York"])
+def test_metrics_match_oracle(api: Api, loaded: list[dict[str, Any]], gran: str, tz: str) -> None:
+    zone = ZoneInfo(tz)
+    start = datetime(2024, 3, 4, tzinfo=zone).astimezone(UTC)
+    end = datetime(2024, 3, 17, 23, 59, 59, 999999, tzinfo=zone).astimezone(UTC)
+    got = _get(api, "/v1/analytics/workflows/wf-1", start_date="2024-03-04",
+               end_date="2024-03-17", granularity=gran, timezone=tz)  # fmt: skip
+    want = oracle.workflow_metrics(loaded, "wf-1", start, end, gran, zone)
+    assert got["period"] == {"start_date": iso(start), "end_date": iso(end)}
+    assert got["metrics"] == want["metrics"]
+    assert got["trends"] == want["trends"]
+    assert got["daily_metrics"] == want["daily_metrics"]
+    if gran == "day":
+        assert len(got["daily_metrics"]) == 14
+
+
+def test_group_by_and_metric_selection(api: Api, loaded: list[dict[str, Any]]) -> None:
+    got = _get(api, "/v1/analytics/workflows/wf-1", start_date=iso(START), end_date=iso(END),
+               metrics="total_executions,success_rate", group_by=["channel", "customer_segment"])  # fmt: skip
+    assert set(got["metrics"]) == {"total_executions", "success_rate"}
+    for field in ("channel", "customer_segment"):
+        want = oracle.groups(loaded, "wf-1", START, END, field)
+        mine = {g[field]: g["metrics"] for g in got["groups"] if field in g}
+        assert set(mine) == set(want)
+        for key, block in mine.items():
+            assert block == {k: want[key][k] for k in ("total_executions", "success_rate")}
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_performance_matches_oracle(api: Api, loaded: list[dict[str, Any]], tz: str) -> None:
+    zone = ZoneInfo(tz)
+    got = _get(api, "/v1/analytics/workflows/wf-1/performance", start_date=iso(START),
+               end_date=iso(END), timezone=tz)  # fmt: skip
+    want = oracle.performance(loaded, "wf-1", START, END, zone)
+    assert got["performance"] == want
+
+
+def test_performance_flags(api: Api, loaded: list[dict[str, Any]]) -> None:
+    got = _get(api, "/v1/analytics/workflows/wf-1/performance", start_date=iso(START),
+               end_date=iso(END), include_nodes="false", include_channels="false")  # fmt: skip
+    assert "node_performance" not in got["performance"]
+    assert "channel_performance" not in got["performance"]
+
+
+def test_period_end_is_inclusive_to_the_microsecond(api: Api) -> None:
+    end = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    events = [
+        {"type": "execution.started", "timestamp": iso(end), "workflow_id": "w",
+         "execution_id": "at-end", "channel": "sms"},
+        {"type": "execution.started", "timestamp": iso(end + timedelta(microseconds=1)),
+         "workflow_id": "w", "execution_id": "after-end", "channel": "sms"},
+        {"type": "execution.started", "timestamp": "2024-05-01T00:00:00Z",
+         "workflow_id": "w", "execution_id": "at-start", "channel": "sms"},
+    ]  # fmt: skip
+    api.send(events)
+    got = _get(api, "/v1/analytics/workflows/w", start_date="2024-05-01T00:00:00Z",
+               end_date=iso(end))  # fmt: skip
+    assert got["metrics"]["total_executions"] == 2
+    assert got["metrics"]["success_rate"] is None  # nothing finished: null, not 0
+    assert got["metrics"]["average_duration_ms"] is None
+
+
+def test_empty_period_and_defaults(api: Api) -> None:
+    api.send([{"type": "execution.started", "timestamp": "2020-01-01T00:00:00Z",
+               "workflow_id": "w", "execution_id": "old", "channel": "sms"}])  # fmt: skip
+    got = _get(api, "/v1/analytics/workflows/w")
+    start = datetime.fromisoformat(got["period"]["start_date"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(got["period"]["end_date"].replace("Z", "+00:00"))
+    assert end - start == timedelta(days=30)
+    assert got["metrics"]["total_executions"] == 0
+    assert got["metrics"]["customer_satisfaction"] is None
+    assert len(got["daily_metrics"]) == 31
+    assert all(d["executions"] == 0 and d["success_rate"] is None for d in got["daily_metrics"])
+    perf = _get(api, "/v1/analytics/workflows/w/performance")["performance"]
+    assert perf["execution_time"] == {"average_ms": None, "median_ms": None, "p95_ms": None,
+                                      "p99_ms": None}  # fmt: skip
+    assert perf["throughput"]["peak_hour"] is None
+
+
+def test_late_events_change_the_answer(api: Api) -> None:
+    """A terminal event that arrives after the start, then a later failed event."""
+    base = {"workflow_id": "w", "execution_id": "x"}
+    q = {"start_date": "2024-06-01", "end_date": "2024-06-02"}
+    api.send([{**base, "type": "execution.completed", "timestamp": "2024-06-01T10:00:10Z",
+               "duration_ms": 10_000, "id": "c"}])  # fmt: skip
+    m = _get(api, "/v1/analytics/workflows/w", **q)["metrics"]
+    assert (m["successful_executions"], m["average_duration_ms"]) == (1, 10_000)
+    api.compact()
+    api.send([{**base, "type": "execution.started", "timestamp": "2024-06-01T10:00:00Z",
+               "channel": "voice", "customer_id": "c1", "id": "s"},
+              {**base, "type": "execution.failed", "timestamp": "2024-06-01T10:00:20Z",
+               "error_type": "timeout", "id": "f"}])  # fmt: skip
+    m = _get(api, "/v1/analytics/workflows/w", **q)["metrics"]
+    assert m["failed_executions"] == 1 and m["successful_executions"] == 0
+    assert m["average_duration_ms"] == 20_000  # no duration on the failure: timestamp difference
+    assert m["channel_breakdown"] == {"voice": 1}
+    api.compact()
+    assert _get(api, "/v1/analytics/workflows/w", **q)["metrics"] == m
