@@ -138,7 +138,8 @@ def demo(
             task = progress.add_task("Generating and ingesting demo events", total=days)
             for day_done, events in generate_demo(days=days, seed=seed):
                 for i in range(0, len(events), INGEST_CHUNK):
-                    summary = ingest_items(store, "demo", events[i : i + INGEST_CHUNK])
+                    chunk = [orjson.dumps(e) for e in events[i : i + INGEST_CHUNK]]
+                    summary = ingest_items(store, "demo", chunk)
                     totals[0] += summary.accepted
                     totals[1] += summary.duplicates
                     totals[2] += summary.rejected
@@ -258,7 +259,6 @@ def ingest(
     """
     import os
 
-    from kaie_analytics.ingest.body import BadLine
     from kaie_analytics.ingest.service import ingest_items
 
     url = url or os.environ.get("KAIE_URL")
@@ -298,14 +298,8 @@ def ingest(
                         raise CliError(f"server answered {resp.status_code}: {resp.text[:300]}")
                     data = resp.json()["data"]
                 else:
-                    items: list[Any] = []
-                    for line in lines:
-                        try:
-                            items.append(orjson.loads(line))
-                        except orjson.JSONDecodeError as exc:
-                            items.append(BadLine(f"line is not valid JSON: {exc}"))
                     assert store is not None
-                    data = ingest_items(store, tenant, items).as_dict()
+                    data = ingest_items(store, tenant, list(lines)).as_dict()
                 for k in totals:
                     totals[k] += data[k]
                 for e in data["errors"][: max(0, 5 - len(first_errors))]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from kaie_analytics.ingest.body import BadLine
 from kaie_analytics.ingest.validate import EventError, validate_event
 from kaie_analytics.store.duckdb_store import AppendResult, DuckDBEventStore
 
@@ -33,16 +32,11 @@ class IngestSummary:
         }
 
 
-def validate_batch(items: list[Any], now_us: int | None = None) -> ValidatedBatch:
-    """Validate each candidate on its own; keep the rows, list the errors by index."""
-    now = now_us if now_us is not None else time.time_ns() // 1000
+def validate_batch(items: list[Any], now: datetime | None = None) -> ValidatedBatch:
+    """Validate each raw event on its own; keep the rows, list the errors by index."""
+    now = now or datetime.now(UTC)
     batch = ValidatedBatch(rows=[])
     for index, item in enumerate(items):
-        if isinstance(item, BadLine):
-            batch.errors.append(
-                {"index": index, "code": "INVALID_EVENT", "field": None, "message": item.message}
-            )
-            continue
         try:
             batch.rows.append(validate_event(item, now))
         except EventError as exc:

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from kaie_analytics.auth import Principal, require
 from kaie_analytics.ingest.body import decode_events, read_body
-from kaie_analytics.ingest.service import summarize, validate_batch
+from kaie_analytics.ingest.service import ValidatedBatch, summarize, validate_batch
 from kaie_analytics.store.duckdb_store import AppendResult
 
 router = APIRouter(tags=["events"])
@@ -24,11 +24,12 @@ async def post_events(
     """
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     content_type = request.headers.get("content-type")
-    batch = await run_in_threadpool(lambda: validate_batch(decode_events(body, content_type)))
-    if batch.rows:
-        result = await asyncio.wrap_future(
-            request.app.state.store.append(principal.tenant, batch.rows)
-        )
-    else:
-        result = AppendResult(0, 0)
+    store = request.app.state.store
+
+    def validate_and_queue() -> tuple[ValidatedBatch, Future[AppendResult] | None]:
+        batch = validate_batch(decode_events(body, content_type))
+        return batch, store.append(principal.tenant, batch.rows) if batch.rows else None
+
+    batch, pending = validate_and_queue()
+    result = await asyncio.wrap_future(pending) if pending else AppendResult(0, 0)
     return {"data": summarize(batch, result).as_dict()}

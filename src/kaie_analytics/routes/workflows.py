@@ -7,6 +7,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from kaie_analytics.auth import Principal, require
+from kaie_analytics.errors import InvalidParameter
+from kaie_analytics.ingest.validate import EventError, check_identifier
 from kaie_analytics.store.duckdb_store import Workflow
 
 router = APIRouter(tags=["workflows"])
@@ -41,13 +43,9 @@ async def put_workflow(
     principal: Principal = Depends(require("events:write")),
 ) -> dict[str, Any]:
     """Create or rename a workflow."""
-    from kaie_analytics.ingest.validate import EventError, _text
-
     try:
-        _text(256, no_control=True)("workflow_id", workflow_id)
+        check_identifier("workflow_id", workflow_id)
     except EventError as exc:
-        from kaie_analytics.errors import InvalidParameter
-
         raise InvalidParameter(exc.message, field="workflow_id") from None
     wf = await asyncio.wrap_future(
         request.app.state.store.put_workflow(principal.tenant, workflow_id, body.name)

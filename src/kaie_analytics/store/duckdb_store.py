@@ -16,7 +16,7 @@ queries until then (see ``executions_sql``).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
+import io
 import logging
 import queue
 import threading
@@ -29,44 +29,40 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import orjson
 import pyarrow as pa
+import pyarrow.json as pa_json
+from xxhash import xxh3_64_intdigest
 
 from kaie_analytics.errors import QueryTimeout, StoreUnavailable
-from kaie_analytics.ingest.validate import COLUMN_INDEX, COLUMNS
+from kaie_analytics.ingest.validate import FIELD_COLUMNS, ValidEvent
 from kaie_analytics.store import executions_sql as xsql
-from kaie_analytics.store.dedupe import IdIndex, id_hash
+from kaie_analytics.store.dedupe import IdIndex
 
 log = logging.getLogger("kaie_analytics.store")
 
 DEDUPE_WINDOW = timedelta(days=8)
 RESORT_RATIO = 0.25
+CHECKPOINT_THRESHOLD = "256MB"
 
-_STRING_COLUMNS = {
-    "event_id", "type", "workflow_id", "execution_id", "customer_id", "journey_id",
-    "node_id", "channel", "workflow_name", "error_type", "error_message", "node_type",
-    "message_id", "comment", "segment", "traits", "journey_type", "step_name", "reason",
-    "properties", "raw",
-}  # fmt: skip
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "ts": pa.timestamp("us"),
-    "duration_ms": pa.int64(),
-    "csat": pa.int8(),
-    "nps": pa.int8(),
-    "step": pa.int8(),
-}
-_SQL_TYPES = {"ts": "TIMESTAMP", "duration_ms": "BIGINT", "csat": "TINYINT", "nps": "TINYINT",
-              "step": "TINYINT"}  # fmt: skip
-
-EVENT_SCHEMA = pa.schema(
-    [("seq", pa.int64()), ("tenant", pa.string()), ("id_hash", pa.int64())]
-    + [(c, _ARROW_TYPES.get(c, pa.string())) for c in COLUMNS]
-    + [("ingested_at", pa.timestamp("us"))]
+_FIELD_TYPES = {"duration_ms": "BIGINT", "csat": "TINYINT", "nps": "TINYINT", "step": "TINYINT"}
+_ARROW_TYPES = {"duration_ms": pa.int64(), "csat": pa.int8(), "nps": pa.int8(), "step": pa.int8()}
+_JSON_FIELDS = ("traits", "properties")
+_JSON_READ = pa_json.ReadOptions(use_threads=False, block_size=16 << 20)
+_JSON_PARSE = pa_json.ParseOptions(
+    explicit_schema=pa.schema(
+        [(c, _ARROW_TYPES.get(c, pa.string())) for c in FIELD_COLUMNS if c not in _JSON_FIELDS]
+    ),
+    unexpected_field_behavior="ignore",
 )
 
+_RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?"
 _DDL = [
     "CREATE TABLE IF NOT EXISTS events (seq BIGINT NOT NULL, tenant VARCHAR NOT NULL,"
-    " id_hash BIGINT NOT NULL, "
-    + ", ".join(f"{c} {_SQL_TYPES.get(c, 'VARCHAR')}" for c in COLUMNS)
+    " id_hash UBIGINT NOT NULL, event_id VARCHAR NOT NULL, id_given BOOLEAN NOT NULL,"
+    " type VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, utc_offset_min SMALLINT NOT NULL, "
+    + ", ".join(f"{c} {_FIELD_TYPES.get(c, 'VARCHAR')}" for c in FIELD_COLUMNS)
     + ", ingested_at TIMESTAMP NOT NULL)",
     xsql.EXECUTIONS_DDL,
     "CREATE TABLE IF NOT EXISTS workflows (tenant VARCHAR NOT NULL, workflow_id VARCHAR NOT NULL,"
@@ -81,6 +77,13 @@ class AppendResult:
     accepted: int
     duplicates: int
     duplicate_indexes: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    table: pa.Table
+    hashes: np.ndarray
+    event_ids: list[str]
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,13 @@ class DuckDBEventStore:
         self.compact_after_events = compact_after_events
         self.compact_idle_s = compact_idle_s
         self._con = duckdb.connect(
-            str(path), config={"memory_limit": memory_limit, "threads": threads}
+            str(path),
+            config={
+                "memory_limit": memory_limit,
+                "threads": threads,
+                # Checkpoint in idle time rather than inside a busy stream of commits.
+                "checkpoint_threshold": CHECKPOINT_THRESHOLD,
+            },
         )
         for stmt in _DDL:
             self._con.execute(stmt)
@@ -166,13 +175,65 @@ class DuckDBEventStore:
 
     # ----------------------------------------------------------------- writes
 
-    def append(self, tenant: str, rows: list[list[Any]]) -> concurrent.futures.Future[AppendResult]:
-        """Queue validated rows (``COLUMNS`` order) for the next group commit."""
+    def append(
+        self, tenant: str, rows: list[ValidEvent]
+    ) -> concurrent.futures.Future[AppendResult]:
+        """Queue validated events for the next group commit.
+
+        The Arrow table and id hashes are built here, in the caller's thread, so
+        the single writer thread only dedupes, inserts and commits.
+        """
         fut: concurrent.futures.Future[AppendResult] = concurrent.futures.Future()
         if self._closed:
             raise StoreUnavailable("the store is shutting down")
-        self._queue.put(("append", tenant, rows, fut))
+        self._queue.put(("append", tenant, self._prepare(tenant, rows), fut))
         return fut
+
+    @staticmethod
+    def _prepare(tenant: str, rows: list[ValidEvent]) -> _Prepared:
+        """Typed Arrow columns and 64-bit id hashes of a batch (caller's thread).
+
+        The field columns are parsed from the (already validated) raw JSON by
+        Arrow's JSON reader, in C++ and without the GIL.
+        """
+        event_ids = [e.event_id for e in rows]
+        prefix = tenant + "\x00"
+        hashes = np.fromiter(
+            (xxh3_64_intdigest((prefix + i).encode()) for i in event_ids),
+            dtype=np.uint64,
+            count=len(rows),
+        )
+        columns: dict[str, pa.Array] = {
+            "tenant": pa.array([tenant] * len(rows), pa.string()),
+            "id_hash": pa.array(hashes),
+            "event_id": pa.array(event_ids, pa.string()),
+            "id_given": pa.array([e.id_given for e in rows], pa.bool_()),
+            "type": pa.array([e.type for e in rows], pa.string()),
+            "ts": pa.array([e.ts_us for e in rows], pa.int64()).cast(pa.timestamp("us")),
+            "utc_offset_min": pa.array([e.utc_offset_min for e in rows], pa.int16()),
+        }
+        try:
+            parsed = pa_json.read_json(
+                io.BytesIO(b"\n".join(e.raw for e in rows)),
+                read_options=_JSON_READ,
+                parse_options=_JSON_PARSE,
+            )
+        except pa.ArrowInvalid:  # e.g. a repeated key; take the slow path
+            parsed = None
+        for name in FIELD_COLUMNS:
+            if name in _JSON_FIELDS:
+                values = [getattr(e.fields, name, None) for e in rows]
+                columns[name] = pa.array(
+                    [None if v is None else orjson.dumps(v).decode() for v in values], pa.string()
+                )
+            elif parsed is not None:
+                columns[name] = parsed.column(name).combine_chunks()
+            else:
+                columns[name] = pa.array(
+                    [getattr(e.fields, name, None) for e in rows],
+                    _ARROW_TYPES.get(name, pa.string()),
+                )
+        return _Prepared(pa.table(columns), hashes, event_ids)
 
     def put_workflow(
         self, tenant: str, workflow_id: str, name: str
@@ -250,134 +311,128 @@ class DuckDBEventStore:
     def _safe_compact(self) -> None:
         try:
             self._compact()
+            self._con.execute("CHECKPOINT")
         except Exception:
             log.exception("compaction failed; will retry")
 
     def _commit_appends(self, items: list[Any]) -> None:
         """Dedupe, append and commit every queued batch in one transaction."""
-        now = _utcnow()
-        seen: set[tuple[str, str]] = set()
-        results: list[AppendResult] = []
-        keep_rows: list[tuple[str, int, list[Any]]] = []
-        # First pass: hash candidates against the id index.
-        hashed = [[id_hash(tenant, row[0]) for row in rows] for _, tenant, rows, _ in items]
-        maybe = [self._ids.candidates(h) for h in hashed]
-        # Confirm candidates against stored ids (a 64-bit hash is not proof).
-        confirm: dict[str, list[int]] = defaultdict(list)
-        for (_, tenant, _, _), hs, ms in zip(items, hashed, maybe, strict=True):
-            confirm[tenant].extend(h for h, m in zip(hs, ms, strict=True) if m)
-        stored: set[tuple[str, str]] = set()
-        for tenant, hs in confirm.items():
-            if hs:
-                found = self._con.execute(
-                    "SELECT event_id FROM events WHERE tenant = ? AND id_hash IN"
-                    " (SELECT unnest(?::BIGINT[]))",
-                    [tenant, hs],
-                ).fetchall()
-                stored.update((tenant, r[0]) for r in found)
-        for (_, tenant, rows, _), hs in zip(items, hashed, strict=True):
-            res = AppendResult(0, 0)
-            for i, (row, h) in enumerate(zip(rows, hs, strict=True)):
-                key = (tenant, row[0])
-                if key in seen or key in stored:
-                    res.duplicates += 1
-                    res.duplicate_indexes.append(i)
-                    continue
-                seen.add(key)
-                keep_rows.append((tenant, h, row))
-                res.accepted += 1
-            results.append(res)
-
-        touched: dict[str, int] = defaultdict(int)
-        exec_events: dict[str, int] = defaultdict(int)
+        con = self._con
+        batches: list[_Prepared] = [payload for _, _, payload, _ in items]
+        tenants = [tenant for _, tenant, _, _ in items]
         try:
-            if keep_rows:
-                table = self._arrow_table(keep_rows, now)
-                self._con.execute("BEGIN")
-                self._con.register("incoming", table)
-                self._con.execute("INSERT INTO events SELECT * FROM incoming")
-                self._con.unregister("incoming")
-                wf_changes = self._workflow_changes(keep_rows, now)
-                for stmt, params in wf_changes:
-                    self._con.execute(stmt, params)
-                self._con.execute("COMMIT")
-                self._seq += len(keep_rows)
+            keeps = self._dedupe(tenants, batches)
+            results = []
+            for keep in keeps:
+                dups = np.flatnonzero(~keep).tolist()
+                results.append(AppendResult(int(keep.size) - len(dups), len(dups), dups))
+            kept_parts = [b.table.filter(pa.array(k)) for b, k in zip(batches, keeps, strict=True)]
+            kept_hashes = np.concatenate([b.hashes[k] for b, k in zip(batches, keeps, strict=True)])
+            kept_n = int(kept_hashes.size)
+            old_seq = self._seq
+            counts: list[tuple[str, int, int]] = []
+            if kept_n:
+                kept = pa.concat_tables(kept_parts).append_column(
+                    "seq", pa.array(np.arange(old_seq + 1, old_seq + kept_n + 1, dtype=np.int64))
+                )
+                con.register("kept", kept)
+                con.execute("BEGIN")
+                try:
+                    con.execute(
+                        "INSERT INTO events BY NAME SELECT *, $now AS ingested_at FROM kept",
+                        {"now": _utcnow()},
+                    )
+                    wf_changes = self._workflow_changes(old_seq)
+                    for stmt, params in wf_changes:
+                        con.execute(stmt, params)
+                    counts = con.execute(
+                        f"SELECT tenant, count(*), count(*) FILTER (WHERE type IN {xsql.EXEC_TYPES})"
+                        " FROM kept GROUP BY tenant"
+                    ).fetchall()
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                finally:
+                    con.unregister("kept")
+                self._seq += kept_n
+                self._ids.add(kept_hashes)
                 self._apply_workflow_changes(wf_changes)
-                self._ids.add([h for _, h, _ in keep_rows])
-                type_i = COLUMN_INDEX["type"]
-                for tenant, _, row in keep_rows:
-                    touched[tenant] += 1
-                    if row[type_i].startswith("execution."):
-                        exec_events[tenant] += 1
-                for tenant, n in exec_events.items():
-                    self._pending[tenant] += n
-                    self._pending_total += n
-                for tenant in touched:
-                    self.versions[tenant] += 1
         except Exception as exc:
-            with contextlib.suppress(duckdb.Error):
-                self._con.execute("ROLLBACK")
             log.exception("group commit failed")
             for *_, fut in items:
                 fut.set_exception(StoreUnavailable(f"commit failed: {exc}"))
             return
+        touched = {tenant: n for tenant, n, _ in counts}
+        for tenant, _, n_exec in counts:
+            self.versions[tenant] += 1
+            if n_exec:
+                self._pending[tenant] += n_exec
+                self._pending_total += n_exec
         for listener in self._listeners:
             try:
-                listener(dict(touched))
+                listener(touched)
             except Exception:
                 log.exception("commit listener failed")
         for (*_, fut), res in zip(items, results, strict=True):
             fut.set_result(res)
 
-    def _arrow_table(self, rows: list[tuple[str, int, list[Any]]], now: datetime) -> pa.Table:
-        n = len(rows)
-        columns: list[Any] = [
-            pa.array(range(self._seq + 1, self._seq + n + 1), pa.int64()),
-            pa.array([r[0] for r in rows], pa.string()),
-            pa.array([r[1] for r in rows], pa.int64()),
-        ]
-        for i, name in enumerate(COLUMNS):
-            columns.append(pa.array([r[2][i] for r in rows], _ARROW_TYPES.get(name, pa.string())))
-        columns.append(pa.array([now] * n, pa.timestamp("us")))
-        return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
+    def _dedupe(self, tenants: list[str], batches: list[_Prepared]) -> list[np.ndarray]:
+        """Per batch, a mask of the events to store: new, and first in this group."""
+        maybes = [self._ids.candidates(b.hashes) for b in batches]
+        stored: set[tuple[str, str]] = set()
+        confirm: dict[str, list[int]] = defaultdict(list)
+        for tenant, b, maybe in zip(tenants, batches, maybes, strict=True):
+            if maybe.any():
+                confirm[tenant].extend(b.hashes[maybe].tolist())
+        for tenant, hs in confirm.items():
+            # A 64-bit hash hit is only a candidate: confirm against the stored ids.
+            found = self._con.execute(
+                "SELECT event_id FROM events WHERE tenant = ? AND id_hash IN"
+                " (SELECT unnest(?::UBIGINT[]))",
+                [tenant, hs],
+            ).fetchall()
+            stored.update((tenant, r[0]) for r in found)
+        keeps = []
+        seen: dict[str, set[str]] = defaultdict(set)
+        for tenant, b in zip(tenants, batches, strict=True):
+            mine = seen[tenant]
+            before = len(mine)
+            mine.update(b.event_ids)
+            if len(mine) - before == len(b.event_ids) and not stored:
+                keeps.append(np.ones(len(b.event_ids), dtype=bool))  # the common case
+                continue
+            mine.difference_update(b.event_ids)
+            keep = np.ones(len(b.event_ids), dtype=bool)
+            for i, event_id in enumerate(b.event_ids):
+                if event_id in mine or (tenant, event_id) in stored:
+                    keep[i] = False
+                else:
+                    mine.add(event_id)
+            keeps.append(keep)
+        return keeps
 
     # -------------------------------------------------------------- workflows
 
-    def _workflow_changes(
-        self, rows: list[tuple[str, int, list[Any]]], now: datetime
-    ) -> list[tuple[str, list[Any]]]:
-        wf_i, name_i, ts_i = (
-            COLUMN_INDEX["workflow_id"],
-            COLUMN_INDEX["workflow_name"],
-            COLUMN_INDEX["ts"],
-        )
-        latest: dict[tuple[str, str], tuple[str | None, int | None]] = {}
-        for tenant, _, row in rows:
-            wf = row[wf_i]
-            if wf is None:
-                continue
-            key = (tenant, wf)
-            name = row[name_i]
-            cur = latest.get(key)
-            if name is not None and (cur is None or cur[1] is None or row[ts_i] >= cur[1]):
-                latest[key] = (name, row[ts_i])
-            elif cur is None:
-                latest[key] = (None, None)
-        changes = []
-        for (tenant, wf), (name, ts_us) in latest.items():
+    def _workflow_changes(self, after_seq: int) -> list[tuple[str, list[Any]]]:
+        """Statements that register new workflows and apply newer names (writer thread)."""
+        rows = self._con.execute(
+            "SELECT tenant, workflow_id,"
+            " arg_max(workflow_name, ts) FILTER (WHERE workflow_name IS NOT NULL),"
+            " max(ts) FILTER (WHERE workflow_name IS NOT NULL)"
+            " FROM events WHERE seq > ? AND workflow_id IS NOT NULL GROUP BY ALL",
+            [after_seq],
+        ).fetchall()
+        now = _utcnow()
+        changes: list[tuple[str, list[Any]]] = []
+        for tenant, wf, name, ts in rows:
             known = self._workflows[tenant].get(wf)
-            ts = datetime(1970, 1, 1) + timedelta(microseconds=ts_us) if ts_us is not None else None
             if known is None:
                 changes.append(
                     ("INSERT INTO workflows VALUES (?, ?, ?, ?, ?)", [tenant, wf, name, ts, now])
                 )
-            elif name is not None and (known.name_ts is None or ts >= known.name_ts):  # type: ignore[operator]
-                changes.append(
-                    (
-                        "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?",
-                        [name, ts, tenant, wf],
-                    )
-                )
+            elif name is not None and (known.name_ts is None or ts >= known.name_ts):
+                changes.append((_RENAME, [name, ts, tenant, wf]))
         return changes
 
     def _apply_workflow_changes(self, changes: list[tuple[str, list[Any]]]) -> None:
@@ -399,10 +454,7 @@ class DuckDBEventStore:
                 [tenant, workflow_id, name, now, now],
             )
         else:
-            change = (
-                "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?",
-                [name, now, tenant, workflow_id],
-            )
+            change = (_RENAME, [name, now, tenant, workflow_id])
         self._con.execute(*change)
         self._apply_workflow_changes([change])
         self.versions[tenant] += 1
