@@ -320,7 +320,7 @@ def ingest(
         f" rejected {totals['rejected']}"
     )
     for message in first_errors:
-        err.print(message, markup=False, highlight=False)
+        sys.stderr.write(message + "\n")
 
 
 def httpx_errors() -> tuple[type[Exception], ...]:
@@ -333,7 +333,7 @@ def main() -> None:
     try:
         app()
     except CliError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

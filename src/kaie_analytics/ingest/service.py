@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kaie_analytics.ingest.validate import EventError, validate_event
+from kaie_analytics.ingest.validate import EventError, ValidEvent, validate_event
 from kaie_analytics.store.duckdb_store import AppendResult, DuckDBEventStore
 
 
 @dataclass
 class ValidatedBatch:
-    rows: list[list[Any]]
+    rows: list[ValidEvent]
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -221,14 +221,14 @@ def validate_event(raw: bytes | msgspec.Raw, now: datetime) -> ValidEvent:
         _check_size("traits", getattr(ev, "traits", None))
     event_id = ev.id
     if event_id is None:
-        canonical = orjson.dumps(orjson.loads(bytes(raw)), option=orjson.OPT_SORT_KEYS)  # type: ignore[arg-type]
+        canonical = orjson.dumps(orjson.loads(bytes(raw)), option=orjson.OPT_SORT_KEYS)
         event_id = hashlib.sha256(canonical).hexdigest()
     return ValidEvent(
         event_id,
         ev.id is not None,
         _TYPE_OF[type(ev)],
         (ts - _EPOCH) // _US,
-        int(ts.utcoffset().total_seconds()) // 60,  # type: ignore[union-attr]
+        int(ts.utcoffset().total_seconds()) // 60,
         raw if type(raw) is bytes else bytes(raw),
         ev,
     )

@@ -397,18 +397,16 @@ class DuckDBEventStore:
         seen: dict[str, set[str]] = defaultdict(set)
         for tenant, b in zip(tenants, batches, strict=True):
             mine = seen[tenant]
-            before = len(mine)
-            mine.update(b.event_ids)
-            if len(mine) - before == len(b.event_ids) and not stored:
-                keeps.append(np.ones(len(b.event_ids), dtype=bool))  # the common case
-                continue
-            mine.difference_update(b.event_ids)
-            keep = np.ones(len(b.event_ids), dtype=bool)
-            for i, event_id in enumerate(b.event_ids):
-                if event_id in mine or (tenant, event_id) in stored:
-                    keep[i] = False
-                else:
-                    mine.add(event_id)
+            ids = b.event_ids
+            keep = np.ones(len(ids), dtype=bool)
+            if stored or not mine.isdisjoint(ids) or len(set(ids)) != len(ids):
+                for i, event_id in enumerate(ids):
+                    if event_id in mine or (tenant, event_id) in stored:
+                        keep[i] = False
+                    else:
+                        mine.add(event_id)
+            else:  # the common case: all new
+                mine.update(ids)
             keeps.append(keep)
         return keeps
 

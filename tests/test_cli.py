@@ -1,0 +1,100 @@
+"""The command line, run as a user runs it (spec/OPERATIONS.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from conftest import LiveServer
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kaie_analytics", *args],
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    out = cli(
+        "keys", "create", "--tenant", "acme", "--scopes", "analytics:read", "--data-dir", data
+    )
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip().splitlines()[-1]
+    assert key.startswith("kaie_")
+    listed = cli("keys", "list", "--data-dir", data).stdout
+    prefix = "_".join(key.split("_")[:2])
+    assert prefix in listed and key not in listed and "analytics:read" in listed
+    assert cli("keys", "revoke", prefix, "--data-dir", data).returncode == 0
+    assert "revoked" in cli("keys", "list", "--data-dir", data).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("keys", "create", "--tenant", "acme", "--scopes", "events:read"),
+        ("keys", "revoke", "kaie_nope"),
+        ("ingest", "/does/not/exist.ndjson"),
+        ("ingest", "-", "--url", "http://127.0.0.1:9"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path: Path, args: tuple[str, ...]) -> None:
+    out = cli(*args, "--data-dir", str(tmp_path / "d"))
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("error:")
+
+
+def test_ingest_local_file(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    lines = [
+        {"id": f"e{i}", "type": "message.sent", "timestamp": "2024-01-01T00:00:00Z",
+         "customer_id": f"c{i}", "channel": "sms"}
+        for i in range(12_000)
+    ]  # fmt: skip
+    body = b"\n".join(orjson.dumps(e) for e in lines) + b'\n{"type": "bogus"}\n'
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(body)
+    out = cli("ingest", str(path), "--tenant", "acme", "--data-dir", data)
+    assert out.returncode == 0, out.stderr
+    assert "accepted 12000, duplicates 0, rejected 1" in out.stdout
+    out = cli("ingest", "-", "--tenant", "acme", "--data-dir", data, stdin=body)
+    assert "accepted 0, duplicates 12000, rejected 1" in out.stdout
+
+
+def test_serve_bootstraps_a_key_and_keys_work_while_running(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "d")
+    try:
+        url = server.start()
+        assert server.proc is not None and server.proc.stdout is not None
+        banner = server.proc.stdout.readline().decode() + server.proc.stdout.readline().decode()
+        key = banner.strip().splitlines()[-1]
+        assert key.startswith("kaie_")
+        r = httpx.get(url + "/v1/workflows", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+        # keys create works while the server runs, and the new key works at once
+        out = cli("keys", "create", "--tenant", "beta", "--data-dir", str(server.data_dir))
+        new_key = out.stdout.strip().splitlines()[-1]
+        r = httpx.get(url + "/v1/workflows", headers={"Authorization": f"Bearer {new_key}"})
+        assert r.status_code == 200 and r.json() == {"data": []}
+        # ingest through the running server
+        body = orjson.dumps({"type": "message.sent", "timestamp": "2024-01-01T00:00:00Z",
+                             "customer_id": "c", "channel": "sms"})  # fmt: skip
+        out = cli("ingest", "-", "--url", url, "--api-key", new_key, stdin=body + b"\n")
+        assert out.returncode == 0, out.stderr
+        assert "accepted 1" in out.stdout
+        # the local mode refuses a data directory that a server holds, with one line
+        out = cli("ingest", "-", "--data-dir", str(server.data_dir), stdin=body)
+        assert out.returncode != 0 and "in use" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        server.stop()
