@@ -19,6 +19,10 @@ from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
 from kaie_analytics.store.meta import MetaStore
 
+GENEROUS_LIMITS = ",".join(
+    f"{c}=100000/hour" for c in ("realtime", "historical", "reports", "export", "events", "default")
+)
+
 
 class Api:
     """A test client bound to one tenant's key."""
@@ -56,7 +60,12 @@ class Api:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", compact_idle_s=3600, compact_after_events=10**9)
+    return Settings(
+        data_dir=tmp_path / "data",
+        compact_idle_s=3600,
+        compact_after_events=10**9,
+        rate_limits=GENEROUS_LIMITS,
+    )
 
 
 @pytest.fixture

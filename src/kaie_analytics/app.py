@@ -13,12 +13,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kaie_analytics import __version__
 from kaie_analytics.auth import KeyCache
+from kaie_analytics.cache import ResponseCache
 from kaie_analytics.config import Settings
 from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
+from kaie_analytics.ratelimit import RateLimiter, parse_rate_limits
 from kaie_analytics.responses import JSONResponse
-from kaie_analytics.routes import events, health, workflow_analytics, workflows
+from kaie_analytics.routes import events, health, realtime, workflow_analytics, workflows
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 from kaie_analytics.store.meta import MetaStore
+from kaie_analytics.telemetry import Telemetry, TelemetryMiddleware
 
 log = logging.getLogger("kaie_analytics")
 
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.meta = meta
         app.state.store = store
         app.state.keys = KeyCache(meta, settings.key_cache_ttl_s)
+        app.state.cache = ResponseCache()
         try:
             yield
         finally:
@@ -88,6 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.limiter = RateLimiter(
+        parse_rate_limits(settings.rate_limits), settings.rate_limit_storage
+    )
+    telemetry = Telemetry()
+    app.state.telemetry = telemetry
+    app.add_middleware(TelemetryMiddleware, telemetry=telemetry)
     handlers: dict[Any, Any] = {
         ApiError: _api_error,
         RequestValidationError: _validation_error,
@@ -96,6 +106,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
-    for module in (health, events, workflows, workflow_analytics):
+    for module in (health, events, workflows, workflow_analytics, realtime):
         app.include_router(module.router)
     return app

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from kaie_analytics.errors import Forbidden, Unauthorized
+from kaie_analytics.ratelimit import RateLimiter
 from kaie_analytics.store.meta import ApiKey, MetaStore
 
 
@@ -53,8 +54,12 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """Dependency: the request's principal, which must hold ``scope``."""
+def require(scope: str, limit_class: str = "default") -> Callable[[Request], Awaitable[Principal]]:
+    """Dependency: the request's principal, which must hold ``scope``.
+
+    It also counts the request against the key's ``limit_class`` rate limit and
+    leaves the rate-limit headers for the response in the request state.
+    """
 
     async def dependency(request: Request) -> Principal:
         token = _bearer(request)
@@ -66,6 +71,8 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
             raise Forbidden(f"this endpoint needs the scope {scope!r}", field="Authorization")
         principal = Principal(record.tenant, record.prefix, record.scopes)
         request.state.principal = principal
+        limiter: RateLimiter = request.app.state.limiter
+        request.state.rate_headers = limiter.hit(record.prefix, limit_class)
         return principal
 
     return dependency

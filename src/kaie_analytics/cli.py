@@ -78,12 +78,17 @@ def _serve(settings: Settings, banner: list[str]) -> None:
 
     from kaie_analytics.app import create_app
     from kaie_analytics.logs import configure_logging
+    from kaie_analytics.ratelimit import InvalidRateLimits
 
     configure_logging(settings.log_format)
+    try:
+        app = create_app(settings)
+    except InvalidRateLimits as exc:
+        raise CliError(f"KAIE_RATE_LIMITS: {exc}") from None
     for line in banner:
         typer.echo(line)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
         "realtime=1000/hour,historical=100/hour,reports=50/hour,"
         "export=20/hour,events=36000/hour,default=1000/hour"
     )
+    #: Where rate-limit counters live: memory://, or redis://host:port for several processes.
+    rate_limit_storage: str = "memory://"
     #: Signs download links; generated and kept in the data directory when unset.
     secret_key: str | None = None
     events_backend: str = "duckdb"

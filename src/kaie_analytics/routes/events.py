@@ -16,7 +16,7 @@ router = APIRouter(tags=["events"])
 
 @router.post("/v1/events")
 async def post_events(
-    request: Request, principal: Principal = Depends(require("events:write"))
+    request: Request, principal: Principal = Depends(require("events:write", "events"))
 ) -> dict[str, Any]:
     """Ingest a batch of events (JSON or NDJSON, optionally gzipped).
 
@@ -32,4 +32,9 @@ async def post_events(
 
     batch, pending = validate_and_queue()
     result = await asyncio.wrap_future(pending) if pending else AppendResult(0, 0)
-    return {"data": summarize(batch, result).as_dict()}
+    summary = summarize(batch, result)
+    events_total = request.app.state.telemetry.events
+    events_total.labels("accepted").inc(summary.accepted)
+    events_total.labels("duplicate").inc(summary.duplicates)
+    events_total.labels("rejected").inc(summary.rejected)
+    return {"data": summary.as_dict()}

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from kaie_analytics.errors import StoreUnavailable
 
 router = APIRouter(tags=["operations"])
 
@@ -14,10 +19,13 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> dict[str, str]:
     """Readiness: the event store answers a query."""
-    from starlette.concurrency import run_in_threadpool
-
-    from kaie_analytics.errors import StoreUnavailable
-
     if not await run_in_threadpool(request.app.state.store.ping):
         raise StoreUnavailable("the event store does not answer")
     return {"status": "ready"}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests and latencies per route and status, events, jobs."""
+    body = generate_latest(request.app.state.telemetry.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -19,6 +19,7 @@ import concurrent.futures
 import io
 import logging
 import queue
+import re
 import threading
 import time
 from collections import defaultdict
@@ -57,6 +58,7 @@ _JSON_PARSE = pa_json.ParseOptions(
     unexpected_field_behavior="ignore",
 )
 
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?"
 _DDL = [
     "CREATE TABLE IF NOT EXISTS events (seq BIGINT NOT NULL, tenant VARCHAR NOT NULL,"
@@ -530,10 +532,12 @@ class DuckDBEventStore:
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query with the store's time limit (blocking; call off the event loop)."""
         cur = self._cursor()
+        used = set(_PARAM.findall(sql))
+        bound = {k: v for k, v in (params or {}).items() if k in used}
         timer = threading.Timer(self.query_timeout_s, cur.interrupt)
         timer.start()
         try:
-            return cur.execute(sql, params or {}).fetchall()
+            return cur.execute(sql, bound).fetchall()
         except duckdb.InterruptException:
             raise QueryTimeout(f"query exceeded {self.query_timeout_s:g} s") from None
         finally:
