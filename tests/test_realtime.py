@@ -42,7 +42,7 @@ def realtime_events(seed: int) -> list[dict[str, Any]]:
             if kind == "execution.failed":
                 ev["error_type"] = "timeout"
             out.append(ev)
-    for i in range(300):
+    for _ in range(300):
         cust = f"c{rng.randrange(25)}"
         ch = rng.choice(["whatsapp", "sms", "voice"])
         t = rng.choice(MINUTES) + rng.choice([0, 0.3, 0.7])
