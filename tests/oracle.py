@@ -287,3 +287,174 @@ def performance(
             for ch, v in sorted(chans.items())
         },
     }  # fmt: skip
+
+
+# ------------------------------------------------------------------ customers
+
+
+def engagement(
+    events: list[dict[str, Any]], start: datetime, end: datetime,
+    segment: str | None = None, channel: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    segs = segments(events)
+
+    def keep(e: dict[str, Any]) -> bool:
+        if e.get("customer_id") is None:
+            return False
+        if channel is not None and e.get("channel") != channel:
+            return False
+        return segment is None or segs.get(e["customer_id"]) == segment
+
+    evs = [e for e in events if keep(e)]
+
+    def numbers(lo: datetime, hi: datetime) -> dict[str, Any]:
+        recv = [e for e in evs if e["type"] == "message.received"]
+        first: dict[str, datetime] = {}
+        for e in recv:
+            c = e["customer_id"]
+            first[c] = min(first.get(c, ts(e)), ts(e))
+        in_period = [e for e in recv if lo <= ts(e) <= hi]
+        active = {e["customer_id"] for e in in_period}
+        new = {c for c in active if lo <= first[c] <= hi}
+        convo: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+        for e in evs:
+            if e["type"] in ("message.sent", "message.received"):
+                convo[(e["customer_id"], e["channel"])].append(ts(e))
+        sessions: list[tuple[str, datetime, datetime, int]] = []
+        for (_, ch), times in convo.items():
+            times.sort()
+            cur = [times[0]]
+            for t in times[1:]:
+                if t - cur[-1] > timedelta(minutes=30):
+                    sessions.append((ch, cur[0], cur[-1], len(cur)))
+                    cur = [t]
+                else:
+                    cur.append(t)
+            sessions.append((ch, cur[0], cur[-1], len(cur)))
+        sessions = [s for s in sessions if lo <= s[1] <= hi]
+        fb = [e for e in evs if e["type"] == "feedback.submitted" and lo <= ts(e) <= hi]
+
+        def dur(ss: list[tuple[str, datetime, datetime, int]]) -> float | None:
+            if not ss:
+                return None
+            us = sum((s[2] - s[1]) // timedelta(microseconds=1) for s in ss)
+            return r(us / 1_000_000 / len(ss), 1)
+
+        def csat(items: list[dict[str, Any]]) -> float | None:
+            vals = [e["csat"] for e in items if e.get("csat") is not None]
+            return div(sum(vals), len(vals), 2)
+
+        nps = [e["nps"] for e in fb if e.get("nps") is not None]
+        channels = sorted({s[0] for s in sessions} | {e["channel"] for e in in_period}
+                          | {e["channel"] for e in fb if e.get("channel")})  # fmt: skip
+        return {
+            "total_customers": len({e["customer_id"] for e in evs if ts(e) <= hi}),
+            "active_customers": len(active),
+            "new_customers": len(new),
+            "returning_customers": len(active) - len(new),
+            "average_session_duration": dur(sessions),
+            "average_messages_per_session": div(sum(s[3] for s in sessions), len(sessions), 1),
+            "customer_satisfaction": csat(fb),
+            "net_promoter_score": r((sum(n >= 9 for n in nps) - sum(n <= 6 for n in nps)) * 100
+                                    / len(nps), 1) if nps else None,
+            "engagement_by_channel": {
+                ch: {"customers": len({e["customer_id"] for e in in_period if e["channel"] == ch}),
+                     "average_session_duration": dur([s for s in sessions if s[0] == ch]),
+                     "satisfaction": csat([e for e in fb if e.get("channel") == ch])}
+                for ch in channels
+            },
+        }  # fmt: skip
+
+    cur = numbers(start, end)
+    prev_end = start - timedelta(microseconds=1)
+    prev = numbers(prev_end - (end - start), prev_end)
+    return {
+        "engagement": cur,
+        "trends": {
+            "customer_growth": trend(cur["active_customers"], prev["active_customers"]),
+            "engagement_trend": trend(cur["average_messages_per_session"],
+                                      prev["average_messages_per_session"]),
+            "satisfaction_trend": trend(cur["customer_satisfaction"],
+                                        prev["customer_satisfaction"]),
+        },
+    }  # fmt: skip
+
+
+def journey(
+    events: list[dict[str, Any]], jtype: str, start: datetime, end: datetime
+) -> dict[str, Any]:
+    by_j: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        if e["type"].startswith("journey.") and e["journey_type"] == jtype:
+            by_j[e["journey_id"]].append(e)
+    js = {}
+    for jid, evs in by_j.items():
+        steps = [e for e in evs if e["type"] == "journey.step"]
+        if steps and start <= min(ts(e) for e in steps) <= end:
+            js[jid] = evs
+    total = len(js)
+    reached: dict[str, dict[int, datetime]] = {}
+    for jid, evs in js.items():
+        rs: dict[int, datetime] = {}
+        for e in evs:
+            if e["type"] == "journey.step":
+                rs[e["step"]] = min(rs.get(e["step"], ts(e)), ts(e))
+        reached[jid] = rs
+    done = {}
+    for jid, evs in js.items():
+        comps = [ts(e) for e in evs if e["type"] == "journey.completed"]
+        if comps:
+            first = min(ts(e) for e in evs if e["type"] == "journey.step")
+            done[jid] = min(comps) - first
+    all_steps = sorted({k for rs in reached.values() for k in rs})
+    names: dict[int, tuple[datetime, str]] = {}
+    for evs in js.values():
+        for e in evs:
+            if e["type"] == "journey.step":
+                cur = names.get(e["step"])
+                if cur is None or ts(e) >= cur[0]:
+                    names[e["step"]] = (ts(e), e["step_name"])
+    count = {k: sum(k in rs for rs in reached.values()) for k in all_steps}
+    steps_out = []
+    for k in all_steps:
+        if k == 1:
+            rate = div(count[k], total, 4)
+        else:
+            both = sum(k in rs and (k - 1) in rs for rs in reached.values())
+            rate = div(both, count.get(k - 1, 0), 4)
+        gaps = []
+        for jid, rs in reached.items():
+            if k in rs:
+                later = [ts(e) - rs[k] for e in js[jid] if ts(e) > rs[k]
+                         and not (e["type"] == "journey.step" and e["step"] == k)]  # fmt: skip
+                if later:
+                    gaps.append(min(later) // timedelta(microseconds=1))
+        steps_out.append({"step": k, "name": names[k][1], "customers": count[k],
+                          "completion_rate": rate,
+                          "average_duration_ms": int(Decimal(sum(gaps)) / Decimal(len(gaps) * 1000)
+                                                     + Decimal("0.5")) if gaps else None})  # fmt: skip
+    drops = []
+    for k in all_steps:
+        if k < 2:
+            continue
+        n = sum((k - 1) in rs and k not in rs for rs in reached.values())
+        if n <= 0:
+            continue
+        reasons: Counter[str] = Counter()
+        for jid, rs in reached.items():
+            if max(rs) == k - 1:
+                reasons.update(e["reason"] for e in js[jid] if e["type"] == "journey.dropped")
+        ordered = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        drops.append({"step": k, "name": names[k][1], "drop_off_count": n,
+                      "drop_off_rate": div(n, total, 4),
+                      "common_reasons": [name for name, _ in ordered]})  # fmt: skip
+    dur_us = sum(d // timedelta(microseconds=1) for d in done.values())
+    return {
+        "journey_type": jtype,
+        "total_journeys": total,
+        "completed_journeys": len(done),
+        "completion_rate": div(len(done), total, 4),
+        "average_journey_duration": r(dur_us / 1_000_000 / len(done), 1) if done else None,
+        "journey_steps": steps_out,
+        "drop_off_points": drops,
+    }

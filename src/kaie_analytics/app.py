@@ -18,7 +18,14 @@ from kaie_analytics.config import Settings
 from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
 from kaie_analytics.ratelimit import RateLimiter, parse_rate_limits
 from kaie_analytics.responses import JSONResponse
-from kaie_analytics.routes import events, health, realtime, workflow_analytics, workflows
+from kaie_analytics.routes import (
+    customer_analytics,
+    events,
+    health,
+    realtime,
+    workflow_analytics,
+    workflows,
+)
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 from kaie_analytics.store.meta import MetaStore
 from kaie_analytics.telemetry import Telemetry, TelemetryMiddleware
@@ -106,6 +113,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
-    for module in (health, events, workflows, workflow_analytics, realtime):
+    for module in (health, events, workflows, workflow_analytics, customer_analytics, realtime):
         app.include_router(module.router)
     return app

@@ -47,3 +47,10 @@ def trend(current: float | None, previous: float | None) -> str:
     if current < previous * 0.95:
         return "decreasing"
     return "stable"
+
+
+def mean_us_as_ms(total_us: int | None, count: int) -> int | None:
+    """Mean of microsecond durations, in milliseconds rounded half up; exact."""
+    if not count or total_us is None:
+        return None
+    return int(Decimal(int(total_us)) / Decimal(count * 1000) + Decimal("0.5"))

@@ -195,4 +195,4 @@ def run_realtime(
 
 
 def _mean_ms(total_us: int, count: int) -> int | None:
-    return num.round_ms(total_us / count / 1000) if count else None
+    return num.mean_us_as_ms(total_us, count)

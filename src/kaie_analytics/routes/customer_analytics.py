@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from kaie_analytics.auth import Principal, require
+from kaie_analytics.cache import cached_json
+from kaie_analytics.query import customers as cq
+from kaie_analytics.routes.params import query_params
+
+router = APIRouter(tags=["customer analytics"])
+
+
+@router.get("/v1/analytics/customers/engagement")
+async def customer_engagement(
+    request: Request, principal: Principal = Depends(require("analytics:read", "historical"))
+) -> Response:
+    """Active, new and returning customers, sessions, CSAT and NPS, by channel."""
+    query = cq.parse_engagement_query(principal.tenant, query_params(request))
+    store = request.app.state.store
+    return await cached_json(
+        request, principal.tenant, query, lambda: cq.run_engagement(store, query)
+    )
+
+
+@router.get("/v1/analytics/customers/journey")
+async def customer_journey(
+    request: Request, principal: Principal = Depends(require("analytics:read", "historical"))
+) -> Response:
+    """A journey funnel: steps, completion rates, durations and drop-off points."""
+    query = cq.parse_journey_query(principal.tenant, query_params(request))
+    store = request.app.state.store
+    return await cached_json(request, principal.tenant, query, lambda: cq.run_journey(store, query))

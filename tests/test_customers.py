@@ -1,0 +1,167 @@
+"""Customer engagement and journeys against the independent oracle."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import oracle
+from conftest import Api
+from factories import iso
+
+START = datetime(2024, 4, 1, tzinfo=UTC)
+END = datetime(2024, 4, 14, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def msg(kind: str, cust: str, ch: str, t: datetime, **kw: Any) -> dict[str, Any]:
+    return {
+        "type": f"message.{kind}",
+        "customer_id": cust,
+        "channel": ch,
+        "timestamp": iso(t),
+        **kw,
+    }
+
+
+def customer_events(seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    chans = ["whatsapp", "sms", "voice"]
+    for c in range(60):
+        cust = f"cust-{c}"
+        ch = rng.choice(chans)
+        t = START + timedelta(days=rng.uniform(-20, 16))
+        for _ in range(rng.randrange(1, 12)):
+            out.append(msg(rng.choice(["sent", "received"]), cust, ch, t))
+            t += timedelta(minutes=rng.choice([1, 5, 29, 45, 300, 2000]))
+        if rng.random() < 0.4:
+            out.append({"type": "feedback.submitted", "customer_id": cust, "channel": ch,
+                        "timestamp": iso(START + timedelta(days=rng.uniform(-14, 14))),
+                        "csat": rng.randrange(1, 6), "nps": rng.randrange(0, 11)})  # fmt: skip
+        for k in range(rng.randrange(0, 3)):
+            out.append({"type": "customer.updated", "customer_id": cust,
+                        "timestamp": iso(START + timedelta(days=k * 5 - 3)),
+                        "segment": rng.choice(["vip", "smb"])})  # fmt: skip
+    # Exact 30-minute gaps: continues at 30:00, splits at 30:00.000001.
+    base = START + timedelta(days=3)
+    out += [msg("received", "gap", "sms", base), msg("sent", "gap", "sms", base + timedelta(minutes=30)),
+            msg("sent", "gap", "sms", base + timedelta(minutes=60, microseconds=1))]  # fmt: skip
+    # A session that starts before the period and runs into it.
+    out += [msg("received", "straddle", "sms", START - timedelta(minutes=10)),
+            msg("sent", "straddle", "sms", START + timedelta(minutes=5))]  # fmt: skip
+    # First message ever before the period (returning) vs inside it (new).
+    out += [msg("received", "old", "voice", START - timedelta(days=40)),
+            msg("received", "old", "voice", START + timedelta(days=2)),
+            msg("received", "fresh", "voice", START + timedelta(days=2))]  # fmt: skip
+    rng.shuffle(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("segment", "channel"), [(None, None), ("vip", None), (None, "sms"), ("smb", "voice")]
+)
+def test_engagement_matches_oracle(
+    api: Api, other_api: Api, segment: str | None, channel: str | None
+) -> None:
+    events = customer_events(11)
+    api.send(events)
+    other_api.send(customer_events(12))
+    params = {"start_date": "2024-04-01", "end_date": "2024-04-14"}
+    if segment:
+        params["customer_segment"] = segment
+    if channel:
+        params["channel"] = channel
+    r = api.get("/v1/analytics/customers/engagement", params=params)
+    assert r.status_code == 200, r.text
+    got = r.json()["data"]
+    want = oracle.engagement(events, START, END, segment, channel)
+    assert got["engagement"] == want["engagement"]
+    assert got["trends"] == want["trends"]
+
+
+def test_engagement_edge_cases(api: Api) -> None:
+    api.send(customer_events(11))
+    e = api.get("/v1/analytics/customers/engagement",
+                params={"start_date": "2024-04-01", "end_date": "2024-04-14",
+                        "channel": "voice"}).json()["data"]["engagement"]  # fmt: skip
+    assert e["new_customers"] >= 1 and e["returning_customers"] >= 1
+    empty = api.get("/v1/analytics/customers/engagement",
+                    params={"start_date": "2010-01-01", "end_date": "2010-01-02"}).json()["data"]  # fmt: skip
+    assert empty["engagement"]["active_customers"] == 0
+    assert empty["engagement"]["average_session_duration"] is None
+    assert empty["engagement"]["net_promoter_score"] is None
+    assert empty["engagement"]["total_customers"] == 0
+
+
+def journey_events(seed: int, jtype: str = "support", n: int = 150) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    names = ["Welcome", "Information Collection", "Resolution", "Survey"]
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        jid = f"{jtype}-{i}"
+        base = {"journey_type": jtype, "journey_id": jid, "customer_id": f"c{i % 40}"}
+        t = START + timedelta(days=rng.uniform(-3, 15))
+        last = rng.randrange(1, 5)
+        for k in range(1, last + 1):
+            if k > 1 and rng.random() < 0.1:
+                continue  # skips a step
+            out.append({**base, "type": "journey.step", "step": k, "timestamp": iso(t),
+                        "step_name": names[k - 1]})  # fmt: skip
+            if rng.random() < 0.1:  # repeats a step
+                out.append({**base, "type": "journey.step", "step": k,
+                            "timestamp": iso(t + timedelta(seconds=5)),
+                            "step_name": names[k - 1] + (" v2" if rng.random() < 0.5 else "")})  # fmt: skip
+            t += timedelta(seconds=rng.uniform(1, 900))
+        end = rng.random()
+        if last == 4 and end < 0.8:
+            out.append({**base, "type": "journey.completed", "timestamp": iso(t)})
+        elif end < 0.6:
+            out.append({**base, "type": "journey.dropped", "timestamp": iso(t),
+                        "reason": rng.choice(["timeout", "user_abandoned", "error"]),
+                        **({"step": last} if rng.random() < 0.5 else {})})  # fmt: skip
+        # else: stops without a drop event
+    rng.shuffle(out)  # out of order
+    return out
+
+
+def test_journey_matches_oracle(api: Api, other_api: Api) -> None:
+    events = journey_events(3) + journey_events(4, "purchase", 60)
+    api.send(events)
+    other_api.send(journey_events(5))
+    r = api.get("/v1/analytics/customers/journey", params={"start_date": "2024-04-01",
+                "end_date": "2024-04-14", "journey_type": "support"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = r.json()["data"]["journey"]
+    want = oracle.journey(events, "support", START, END)
+    assert got == want
+    for s in got["journey_steps"]:
+        assert s["completion_rate"] is None or 0 <= s["completion_rate"] <= 1
+    for d in got["drop_off_points"]:
+        assert 0 <= d["drop_off_rate"] <= 1
+    r = api.get("/v1/analytics/customers/journey", params={"start_date": "2024-04-01",
+                "end_date": "2024-04-14", "journey_type": "support",
+                "include_dropoffs": "false"})  # fmt: skip
+    assert "drop_off_points" not in r.json()["data"]["journey"]
+
+
+def test_journey_type_required_with_several_types(api: Api) -> None:
+    api.send(journey_events(3, n=5) + journey_events(4, "purchase", 5))
+    r = api.get("/v1/analytics/customers/journey")
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "INVALID_PARAMETER" and err["field"] == "journey_type"
+    assert "purchase" in err["details"] and "support" in err["details"]
+
+
+def test_single_journey_type_is_the_default(api: Api) -> None:
+    events = journey_events(8, n=30)
+    api.send(events)
+    r = api.get("/v1/analytics/customers/journey",
+                params={"start_date": "2024-03-20", "end_date": "2024-04-20"})  # fmt: skip
+    got = r.json()["data"]["journey"]
+    want = oracle.journey(events, "support", datetime(2024, 3, 20, tzinfo=UTC),
+                          datetime(2024, 4, 20, 23, 59, 59, 999999, tzinfo=UTC))  # fmt: skip
+    assert got == want
