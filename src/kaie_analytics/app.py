@@ -16,17 +16,21 @@ from kaie_analytics.auth import KeyCache
 from kaie_analytics.cache import ResponseCache
 from kaie_analytics.config import Settings
 from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
+from kaie_analytics.jobs.worker import JobWorker
 from kaie_analytics.ratelimit import RateLimiter, parse_rate_limits
 from kaie_analytics.responses import JSONResponse
 from kaie_analytics.routes import (
     customer_analytics,
     events,
     health,
+    jobs,
     realtime,
     workflow_analytics,
     workflows,
 )
+from kaie_analytics.signing import load_secret
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.store.jobs import JobStore
 from kaie_analytics.store.meta import MetaStore
 from kaie_analytics.telemetry import Telemetry, TelemetryMiddleware
 
@@ -85,9 +89,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.keys = KeyCache(meta, settings.key_cache_ttl_s)
         app.state.cache = ResponseCache()
+        app.state.secret = load_secret(settings.secret_key, settings.data_dir)
+        app.state.files_dir = settings.files_dir
+        jobs = JobStore(settings.meta_db_path)
+        worker = JobWorker(
+            jobs, store, settings.files_dir, app.state.telemetry, settings.job_time_limit_s
+        )
+        app.state.jobs = jobs
+        app.state.worker = worker
+        worker.start()
         try:
             yield
         finally:
+            worker.stop()
             store.close()
             meta.close()
 
@@ -113,6 +127,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
-    for module in (health, events, workflows, workflow_analytics, customer_analytics, realtime):
+    for module in (
+        health,
+        events,
+        workflows,
+        workflow_analytics,
+        customer_analytics,
+        realtime,
+        jobs,
+    ):
         app.include_router(module.router)
     return app

@@ -39,12 +39,20 @@ class Settings(BaseSettings):
     compact_after_events: int = 200_000
     #: ... or after this many seconds without new events.
     compact_idle_s: float = 2.0
+    #: Longest time one report or export job may run before it fails.
+    job_time_limit_s: float = 1800.0
+    #: Base of absolute download links (e.g. https://analytics.example.com); default: the request's.
+    public_url: str | None = None
     #: Log format: "json" or "text".
     log_format: str = "json"
 
     @property
     def events_db_path(self) -> Path:
         return self.data_dir / "events.duckdb"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
 
     @property
     def meta_db_path(self) -> Path:

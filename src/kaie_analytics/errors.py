@@ -126,3 +126,21 @@ class StoreUnavailable(ApiError):
     """The event store could not take the request (shutting down or failed)."""
 
     status, code, message = 503, "STORE_UNAVAILABLE", "The event store is unavailable"
+
+
+class JobNotReady(ApiError):
+    """The report or export has not finished yet."""
+
+    status, code, message = 409, "REPORT_NOT_READY", "The report is not ready yet"
+
+
+class ReportExpired(ApiError):
+    """The report or export, or its download link, is past its expiry."""
+
+    status, code, message = 410, "REPORT_EXPIRED", "The report has expired"
+
+
+class ReportGenerationFailed(ApiError):
+    """Building the report or export failed; ``details`` gives the reason."""
+
+    status, code, message = 500, "REPORT_GENERATION_FAILED", "Report generation failed"

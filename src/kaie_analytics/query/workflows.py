@@ -108,7 +108,7 @@ def parse_performance_query(
 
 # --------------------------------------------------------------------- SQL
 
-_SEGMENTS = """
+SEGMENTS_SQL = """
     SELECT customer_id, arg_max(segment, ts) AS segment
     FROM events
     WHERE tenant = $tenant AND type = 'customer.updated' AND segment IS NOT NULL
@@ -123,9 +123,7 @@ def _exec_cte(store: DuckDBEventStore, tenant: str, with_segment: bool) -> str:
     """
     if not with_segment:
         return base
-    return (
-        f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({_SEGMENTS}) seg USING (customer_id)"
-    )
+    return f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({SEGMENTS_SQL}) seg USING (customer_id)"
 
 
 _EXEC_AGG = """
@@ -154,9 +152,7 @@ def _event_cte(with_segment: bool) -> str:
     """
     if not with_segment:
         return base
-    return (
-        f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({_SEGMENTS}) seg USING (customer_id)"
-    )
+    return f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({SEGMENTS_SQL}) seg USING (customer_id)"
 
 
 def _group_expr(group_by: str | None) -> str:

@@ -543,6 +543,13 @@ class DuckDBEventStore:
         finally:
             timer.cancel()
 
+    def stream(self, sql: str, params: dict[str, Any], batch_rows: int) -> pa.RecordBatchReader:
+        """Rows in Arrow batches, for exports that must not hold the result in memory."""
+        cur = self._cursor()
+        used = set(_PARAM.findall(sql))
+        bound = {k: v for k, v in params.items() if k in used}
+        return cur.sql(sql, params=bound).to_arrow_reader(batch_rows)
+
     def executions_sql(self, tenant: str) -> str:
         """SQL for the current executions of ``tenant`` (binds ``$tenant``)."""
         return xsql.tenant_executions(self.has_pending(tenant))

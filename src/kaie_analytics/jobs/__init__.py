@@ -1,0 +1,1 @@
+"""Asynchronous report and export jobs: the worker, the renderers, the exporters."""
