@@ -458,3 +458,59 @@ def journey(
         "journey_steps": steps_out,
         "drop_off_points": drops,
     }
+
+
+def report_rows(
+    events: list[dict[str, Any]], start: datetime, end: datetime, metrics: list[str],
+    group_by: list[str], granularity: str | None, tz: ZoneInfo,
+    workflow_ids: list[str] | None = None, channels: list[str] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    segs = segments(events)
+
+    def ok(wf: Any, ch: Any) -> bool:
+        return (not workflow_ids or wf in workflow_ids) and (not channels or ch in channels)
+
+    xs = [
+        x
+        for x in executions(events)
+        if start <= x.started_at <= end and ok(x.workflow_id, x.channel)
+    ]
+    evs = [e for e in events if e["type"] in ("message.sent", "message.received", "feedback.submitted")
+           and start <= ts(e) <= end and ok(e.get("workflow_id"), e.get("channel"))]  # fmt: skip
+
+    def dims_x(x: Execution) -> tuple[Any, ...]:
+        vals = {"workflow_id": x.workflow_id, "channel": x.channel,
+                "customer_segment": segs.get(x.customer_id or "")}  # fmt: skip
+        return tuple(vals[g] for g in group_by)
+
+    def dims_e(e: dict[str, Any]) -> tuple[Any, ...]:
+        vals = {"workflow_id": e.get("workflow_id"), "channel": e.get("channel"),
+                "customer_segment": segs.get(e.get("customer_id") or "")}  # fmt: skip
+        return tuple(vals[g] for g in group_by)
+
+    starts = bucket_starts(start, end, granularity, tz) if granularity else [None]
+
+    def bucket_of(t: datetime) -> Any:
+        if granularity is None:
+            return None
+        return max(b for b in starts if b <= t)  # type: ignore[operator]
+
+    groups = sorted({dims_x(x) for x in xs} | {dims_e(e) for e in evs},
+                    key=lambda g: [(v is None, str(v)) for v in g])  # fmt: skip
+    out = []
+    for g in groups:
+        for b in starts:
+            gx = [x for x in xs if dims_x(x) == g and bucket_of(x.started_at) == b]
+            ge = [e for e in evs if dims_e(e) == g and bucket_of(ts(e)) == b]
+            block = metrics_block(gx, ge)
+            durs = [
+                x.duration_ms for x in gx if x.status != "running" and x.duration_ms is not None
+            ]
+            block["median_duration_ms"] = r_int(float(np.percentile(durs, 50))) if durs else None
+            block["p95_duration_ms"] = r_int(float(np.percentile(durs, 95))) if durs else None
+            row: dict[str, Any] = dict(zip(group_by, g, strict=True))
+            if b is not None:
+                row["date"] = b.astimezone(tz).date().isoformat()
+            row.update({m: block[m] for m in metrics})
+            out.append(row)
+    return out

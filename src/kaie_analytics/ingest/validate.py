@@ -39,7 +39,9 @@ CODE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 Ident = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_CONTROL)]
 Channel = Annotated[str, Meta(pattern=CHANNEL_PATTERN)]
 Code = Annotated[str, Meta(pattern=CODE_PATTERN)]
-Timestamp = Annotated[datetime, Meta(tz=True)]
+RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+#: Kept as sent (so raw exports give it back as it was), parsed after decoding.
+Timestamp = Annotated[str, Meta(pattern=RFC3339)]
 Duration = Annotated[int, Meta(ge=0, le=2**53)]
 Text64 = Annotated[str, Meta(min_length=1, max_length=64)]
 Text128 = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -193,7 +195,7 @@ class ValidEvent(NamedTuple):
     id_given: bool
     type: str
     ts_us: int
-    utc_offset_min: int
+    ts_text: str
     raw: bytes
     fields: _Event
 
@@ -209,7 +211,10 @@ def validate_event(raw: bytes | msgspec.Raw, now: datetime) -> ValidEvent:
         ev = _decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise _error_from(exc) from None
-    ts = ev.timestamp
+    try:
+        ts = datetime.fromisoformat(ev.timestamp.upper())
+    except ValueError:
+        raise EventError("timestamp", "timestamp is not a valid date-time") from None
     if ts < MIN_TS:
         raise EventError("timestamp", "timestamp must not be before 2000-01-01")
     if ts > now + FUTURE_SLACK:
@@ -228,7 +233,7 @@ def validate_event(raw: bytes | msgspec.Raw, now: datetime) -> ValidEvent:
         ev.id is not None,
         _TYPE_OF[type(ev)],
         (ts - _EPOCH) // _US,
-        int(ts.utcoffset().total_seconds()) // 60,
+        ev.timestamp,
         raw if type(raw) is bytes else bytes(raw),
         ev,
     )

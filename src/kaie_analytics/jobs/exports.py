@@ -148,13 +148,7 @@ def export_sql(store: DuckDBEventStore, tenant: str, data_type: str) -> str:
     if data_type == "events":
         fields = ", ".join(FIELD_COLUMNS)
         return f"""
-            SELECT event_id AS id, id_given, type,
-                strftime(ts + to_minutes(utc_offset_min), '%Y-%m-%dT%H:%M:%S.%f')
-                  || CASE WHEN utc_offset_min = 0 THEN 'Z'
-                          ELSE (CASE WHEN utc_offset_min < 0 THEN '-' ELSE '+' END)
-                               || lpad((abs(utc_offset_min) // 60)::VARCHAR, 2, '0') || ':'
-                               || lpad((abs(utc_offset_min) % 60)::VARCHAR, 2, '0') END
-                  AS timestamp,
+            SELECT event_id AS id, id_given, type, ts_text AS timestamp,
                 {fields}
             FROM events
             WHERE tenant = $tenant AND ts BETWEEN $lo AND $hi AND {_FILTERS}

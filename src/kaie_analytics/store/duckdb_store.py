@@ -63,7 +63,7 @@ _RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workf
 _DDL = [
     "CREATE TABLE IF NOT EXISTS events (seq BIGINT NOT NULL, tenant VARCHAR NOT NULL,"
     " id_hash UBIGINT NOT NULL, event_id VARCHAR NOT NULL, id_given BOOLEAN NOT NULL,"
-    " type VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, utc_offset_min SMALLINT NOT NULL, "
+    " type VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, ts_text VARCHAR NOT NULL, "
     + ", ".join(f"{c} {_FIELD_TYPES.get(c, 'VARCHAR')}" for c in FIELD_COLUMNS)
     + ", ingested_at TIMESTAMP NOT NULL)",
     xsql.EXECUTIONS_DDL,
@@ -212,7 +212,7 @@ class DuckDBEventStore:
             "id_given": pa.array([e.id_given for e in rows], pa.bool_()),
             "type": pa.array([e.type for e in rows], pa.string()),
             "ts": pa.array([e.ts_us for e in rows], pa.int64()).cast(pa.timestamp("us")),
-            "utc_offset_min": pa.array([e.utc_offset_min for e in rows], pa.int16()),
+            "ts_text": pa.array([e.ts_text for e in rows], pa.string()),
         }
         try:
             parsed = pa_json.read_json(

@@ -1,0 +1,375 @@
+"""Reports and exports: numbers, formats, signed links, and crash safety."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from pypdf import PdfReader
+
+import oracle
+from conftest import Api, LiveServer
+from factories import iso, workflow_events
+from kaie_analytics.store.meta import MetaStore
+
+START = datetime(2024, 3, 4, tzinfo=UTC)
+END = datetime(2024, 3, 10, 23, 59, 59, 999999, tzinfo=UTC)
+METRICS = ["total_executions", "successful_executions", "failed_executions", "success_rate",
+           "average_duration_ms", "median_duration_ms", "p95_duration_ms", "total_messages_sent",
+           "total_messages_received", "unique_customers", "customer_satisfaction"]  # fmt: skip
+
+
+def wait_done(api: Api, path: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = api.get(path).json()["data"]
+        if data["status"] in ("completed", "failed"):
+            return data
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not finish")
+
+
+def download(api: Api, url: str) -> httpx.Response:
+    parts = urlsplit(url)
+    return api.client.get(f"{parts.path}?{parts.query}")  # no API key: the link is enough
+
+
+@pytest.fixture
+def loaded(api: Api) -> list[dict[str, Any]]:
+    events = workflow_events(21, START - timedelta(days=2), 10, n=250)
+    events += workflow_events(22, START, 7, n=80, wf="wf-2")
+    api.send(events)
+    return events
+
+
+def make_report(api: Api, **body: Any) -> dict[str, Any]:
+    r = api.post("/v1/analytics/reports", json=body)
+    assert r.status_code == 202, r.text
+    data = r.json()["data"]
+    assert data["status"] == "generating" and data["report_id"].startswith("report-")
+    assert datetime.fromisoformat(data["estimated_completion"].replace("Z", "+00:00"))
+    return wait_done(api, f"/v1/analytics/reports/{data['report_id']}")
+
+
+REPORT = {
+    "name": "Weekly Performance",
+    "description": "Performance per workflow and channel",
+    "metrics": METRICS,
+    "filters": {"start_date": iso(START), "end_date": iso(END)},
+    "group_by": ["workflow_id", "channel"],
+    "granularity": "day",
+}
+
+
+def test_report_json_and_csv_match_oracle(api: Api, loaded: list[dict[str, Any]]) -> None:
+    want = oracle.report_rows(loaded, START, END, METRICS, ["workflow_id", "channel"], "day",
+                              ZoneInfo("UTC"))  # fmt: skip
+    done = make_report(api, **REPORT, format="json")
+    assert done["status"] == "completed", done.get("error")
+    assert done["expires_at"] and done["completed_at"]
+    r = download(api, done["download_url"])
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert "attachment" in r.headers["content-disposition"]
+    body = r.json()
+    assert body["name"] == "Weekly Performance" and body["row_count"] == len(want)
+    assert body["rows"] == want
+    done = make_report(api, **REPORT, format="csv")
+    r = download(api, done["download_url"])
+    assert r.content.startswith(b"\xef\xbb\xbf")  # BOM, so spreadsheets read UTF-8
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert len(rows) == len(want)
+    for got, exp in zip(rows, want, strict=True):
+        for key, value in exp.items():
+            assert got[key] == ("" if value is None else str(value)), key
+
+
+def test_report_filters_and_segments(api: Api, loaded: list[dict[str, Any]]) -> None:
+    body = {**REPORT, "group_by": ["customer_segment"], "granularity": None,
+            "filters": {**REPORT["filters"], "workflow_ids": ["wf-1"], "channels": ["sms", "voice"]}}  # fmt: skip
+    done = make_report(api, **body)
+    got = download(api, done["download_url"]).json()["rows"]
+    want = oracle.report_rows(loaded, START, END, METRICS, ["customer_segment"], None,
+                              ZoneInfo("UTC"), ["wf-1"], ["sms", "voice"])  # fmt: skip
+    assert got == want
+
+
+def test_report_pdf_is_readable(api: Api, loaded: list[dict[str, Any]]) -> None:
+    done = make_report(api, **{**REPORT, "group_by": ["workflow_id"]}, format="pdf")
+    assert done["status"] == "completed", done.get("error")
+    r = download(api, done["download_url"])
+    assert r.headers["content-type"] == "application/pdf"
+    reader = PdfReader(io.BytesIO(r.content))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    assert "Weekly Performance" in text and "Performance per workflow and channel" in text
+    assert "2024-03-04" in text and "Generated at" in text and "Metrics over time" in text
+    want = oracle.report_rows(loaded, START, END, METRICS, ["workflow_id"], "day", ZoneInfo("UTC"))
+    for row in want:
+        assert str(row["total_executions"]) in text
+    assert len(reader.pages) >= 3  # the table, then a chart per metric
+    images = sum(len(p.images) for p in reader.pages)
+    assert images == len(METRICS)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        ({"metrics": ["total_executions"]}, "INVALID_PARAMETER", "name"),
+        ({"name": "x", "metrics": ["bogus"]}, "INVALID_METRICS", "metrics"),
+        ({"name": "x", "metrics": []}, "INVALID_METRICS", "metrics"),
+        ({"name": "x", "metrics": ["total_executions"], "granularity": "minute"},
+         "INVALID_GRANULARITY", "granularity"),
+        ({"name": "x", "metrics": ["total_executions"],
+          "filters": {"start_date": "2024-02-01", "end_date": "2024-01-01"}},
+         "INVALID_DATE_RANGE", "end_date"),
+        ({"name": "x", "metrics": ["total_executions"], "format": "xls"}, "INVALID_PARAMETER",
+         "format"),
+        ({"name": "x", "metrics": ["total_executions"], "group_by": ["planet"]},
+         "INVALID_PARAMETER", "group_by"),
+    ],
+)  # fmt: skip
+def test_report_validation(api: Api, body: dict[str, Any], code: str, field: str) -> None:
+    r = api.post("/v1/analytics/reports", json=body)
+    assert r.status_code in (400, 422)
+    err = r.json()["error"]
+    assert (err["code"], err["field"]) == (code, field)
+    assert api.get("/v1/analytics/reports").json()["data"] == []
+
+
+def test_links_tenancy_tamper_expiry_and_not_ready(
+    api: Api, other_api: Api, loaded: list[dict[str, Any]]
+) -> None:
+    done = make_report(api, **REPORT)
+    url = done["download_url"]
+    assert download(api, url).status_code == 200
+    parts = urlsplit(url)
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    tampered = {**q, "signature": q["signature"][:-1] + ("0" if q["signature"][-1] != "0" else "1")}
+    foreign = {**q, "tenant": "globex"}
+    longer = {**q, "expires": str(int(q["expires"]) + 3600)}
+    for params in (tampered, foreign, longer):
+        r = api.client.get(parts.path, params=params)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN"
+    # The other tenant can neither see nor download it with its own key.
+    rid = done["report_id"]
+    assert other_api.get(f"/v1/analytics/reports/{rid}").status_code == 404
+    assert other_api.get(f"/v1/analytics/reports/{rid}/download").status_code == 404
+    assert api.get(f"/v1/analytics/reports/{rid}/download").status_code == 200  # own key works
+    # Expired: the job's expiry passed (7 days), and an old link.
+    con = sqlite3.connect(api.client.app.state.settings.meta_db_path)  # type: ignore[attr-defined]
+    past = (datetime.now(UTC) - timedelta(seconds=5)).isoformat(timespec="seconds")
+    con.execute("UPDATE jobs SET expires_at = ? WHERE id = ?", (past, rid))
+    con.commit()
+    con.close()
+    r = api.get(f"/v1/analytics/reports/{rid}/download")
+    assert r.status_code == 410 and r.json()["error"]["code"] == "REPORT_EXPIRED"
+    from kaie_analytics.signing import sign
+
+    secret = api.client.app.state.secret  # type: ignore[attr-defined]
+    old = int(time.time()) - 10
+    r = api.client.get(parts.path, params={**q, "expires": str(old),
+                       "signature": sign(secret, "report", rid, "acme", old)})  # fmt: skip
+    assert r.status_code == 410
+    # Not finished yet: 409.
+    api.client.app.state.worker.stop()  # type: ignore[attr-defined]
+    r = api.post("/v1/analytics/reports", json=REPORT)
+    pending = r.json()["data"]
+    assert pending["status"] == "generating"
+    r = download(api, pending["download_url"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "REPORT_NOT_READY"
+
+
+def _export(api: Api, **body: Any) -> tuple[dict[str, Any], bytes]:
+    r = api.post("/v1/analytics/export", json=body)
+    assert r.status_code == 202, r.text
+    data = r.json()["data"]
+    assert data["status"] == "processing" and data["download_url"]
+    done = wait_done(api, f"/v1/analytics/export/{data['export_id']}")
+    assert done["status"] == "completed", done.get("error")
+    resp = download(api, data["download_url"])
+    assert resp.status_code == 200
+    return done, resp.content
+
+
+def _read(content: bytes, fmt: str) -> list[dict[str, Any]]:
+    if fmt == "parquet":
+        return pq.read_table(io.BytesIO(content)).to_pylist()
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(content.decode())))
+    if fmt == "ndjson":
+        return [json.loads(line) for line in content.splitlines()]
+    return json.loads(content)
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] in "T ":
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=UTC) \
+            if "+" not in value[19:] else datetime.fromisoformat(value)  # fmt: skip
+    return value
+
+
+def _expected(events: list[dict[str, Any]], data_type: str) -> list[dict[str, Any]]:
+    in_period = [e for e in events if START <= oracle.ts(e) <= END]
+    if data_type == "executions":
+        xs = [x for x in oracle.executions(events) if START <= x.started_at <= END]
+        xs.sort(key=lambda x: (x.started_at, x.execution_id))
+        return [{"execution_id": x.execution_id, "workflow_id": x.workflow_id,
+                 "channel": x.channel, "customer_id": x.customer_id,
+                 "started_at": x.started_at, "status": x.status,
+                 "duration_ms": x.duration_ms, "error_type": x.error_type} for x in xs]  # fmt: skip
+    if data_type == "messages":
+        ms = sorted((e for e in in_period if e["type"].startswith("message.")),
+                    key=lambda e: (oracle.ts(e), e["id"]))  # fmt: skip
+        return [{"event_id": e["id"], "direction": e["type"].split(".")[1],
+                 "timestamp": oracle.ts(e), "customer_id": e["customer_id"],
+                 "channel": e["channel"], "workflow_id": e.get("workflow_id"),
+                 "execution_id": e.get("execution_id"), "message_id": e.get("message_id")}
+                for e in ms]  # fmt: skip
+    if data_type == "feedback":
+        fs = sorted((e for e in in_period if e["type"] == "feedback.submitted"),
+                    key=lambda e: (oracle.ts(e), e["id"]))  # fmt: skip
+        return [{"event_id": e["id"], "timestamp": oracle.ts(e), "customer_id": e["customer_id"],
+                 "workflow_id": e.get("workflow_id"), "execution_id": e.get("execution_id"),
+                 "channel": e.get("channel"), "csat": e.get("csat"), "nps": e.get("nps"),
+                 "comment": e.get("comment")} for e in fs]  # fmt: skip
+    raise AssertionError(data_type)
+
+
+def _same(got: list[dict[str, Any]], want: list[dict[str, Any]], fmt: str) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        for key, value in w.items():
+            gv = g[key]
+            if fmt == "csv":
+                gv = None if gv == "" else gv
+                value = None if value is None else (str(value) if not isinstance(value, datetime)
+                                                    else value)  # fmt: skip
+            assert _norm(gv) == _norm(value), (key, g, w)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "ndjson", "parquet"])
+@pytest.mark.parametrize("data_type", ["executions", "messages", "feedback"])
+def test_exports_read_back_row_by_row(
+    api: Api, loaded: list[dict[str, Any]], fmt: str, data_type: str
+) -> None:
+    _, content = _export(api, data_type=data_type, format=fmt, start_date=iso(START),
+                         end_date=iso(END))  # fmt: skip
+    _same(_read(content, fmt), _expected(loaded, data_type), fmt)
+
+
+def test_raw_events_export_is_what_was_sent(api: Api) -> None:
+    sent = [
+        {"type": "message.sent", "timestamp": "2024-03-05T10:00:00Z", "customer_id": "c",
+         "channel": "sms", "properties": {"a": [1, {"b": "é"}]}},
+        {"id": "given", "type": "customer.updated", "timestamp": "2024-03-05T12:30:00.250+02:00",
+         "customer_id": "c", "segment": "vip", "traits": {"plan": "pro"}},
+        {"id": "f", "type": "feedback.submitted", "timestamp": "2024-03-06T00:00:00Z",
+         "customer_id": "c", "csat": 4, "nps": 10, "comment": "ok"},
+    ]  # fmt: skip
+    api.send(sent)
+    _, content = _export(api, data_type="events", format="ndjson", start_date=iso(START),
+                         end_date=iso(END))  # fmt: skip
+    got = [json.loads(line) for line in content.splitlines()]
+    assert sorted(got, key=lambda e: e["timestamp"]) == sorted(sent, key=lambda e: e["timestamp"])
+    _, content = _export(api, data_type="events", format="parquet", start_date=iso(START),
+                         end_date=iso(END), include_metadata=True)  # fmt: skip
+    table = pq.read_table(io.BytesIO(content))
+    assert table.num_rows == 3
+    meta = json.loads(table.schema.metadata[b"kaie"])
+    assert meta["data_type"] == "events"
+
+
+def test_export_metadata_journeys_and_workflow_metrics(
+    api: Api, loaded: list[dict[str, Any]]
+) -> None:
+    _, content = _export(api, data_type="executions", format="json", start_date=iso(START),
+                         end_date=iso(END), include_metadata=True,
+                         filters={"workflow_ids": ["wf-2"], "channels": ["sms"]})  # fmt: skip
+    doc = json.loads(content)
+    assert doc["metadata"]["filters"] == {"workflow_ids": ["wf-2"], "channels": ["sms"]}
+    want = [x for x in _expected(loaded, "executions")
+            if x["workflow_id"] == "wf-2" and x["channel"] == "sms"]  # fmt: skip
+    _same(doc["data"], want, "json")
+    _, content = _export(api, data_type="executions", format="csv", start_date=iso(START),
+                         end_date=iso(END), include_metadata=True)  # fmt: skip
+    assert content.startswith(b"# export_id: export-")
+    _, content = _export(api, data_type="workflow_metrics", format="ndjson", start_date=iso(START),
+                         end_date=iso(END))  # fmt: skip
+    rows = [json.loads(line) for line in content.splitlines()]
+    xs = [x for x in oracle.executions(loaded) if START <= x.started_at <= END]
+    for row in rows:
+        mine = [x for x in xs if x.workflow_id == row["workflow_id"] and x.channel == row["channel"]
+                and x.started_at.date().isoformat() == row["date"]]  # fmt: skip
+        assert row["executions"] == len(mine)
+        assert row["failed_executions"] == sum(x.status == "failed" for x in mine)
+    assert sum(r["executions"] for r in rows) == len(xs)
+    from test_customers import journey_events
+
+    journeys = journey_events(9, n=40)
+    api.send(journeys)
+    _, content = _export(api, data_type="journeys", format="json", start_date="2024-03-20",
+                         end_date="2024-04-20")  # fmt: skip
+    got = json.loads(content)
+    expected = oracle.journey(journeys, "support", datetime(2024, 3, 20, tzinfo=UTC),
+                              datetime(2024, 4, 20, 23, 59, 59, 999999, tzinfo=UTC))  # fmt: skip
+    assert len(got) == expected["total_journeys"]
+    assert sum(1 for j in got if j["completed_at"]) == expected["completed_journeys"]
+
+
+@pytest.mark.slow
+def test_job_survives_sigkill(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "d")
+    meta = MetaStore(server.data_dir / "meta.sqlite3")
+    key = meta.create_key("acme")
+    meta.close()
+    rng = random.Random(3)
+    lines = []
+    for i in range(120_000):
+        t = START + timedelta(seconds=rng.uniform(0, 6 * 86400))
+        lines.append(json.dumps({"id": f"e{i}", "type": "execution.started", "timestamp": iso(t),
+                                 "workflow_id": "wf", "execution_id": f"x{i}", "channel": "sms"}))  # fmt: skip
+    path = tmp_path / "e.ndjson"
+    path.write_text("\n".join(lines))
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "kaie_analytics", "ingest", str(path), "--tenant", "acme",
+                    "--data-dir", str(server.data_dir)], check=True, capture_output=True)  # fmt: skip
+    server.start()
+    h = {"Authorization": f"Bearer {key}"}
+    body = {"data_type": "executions", "format": "ndjson", "start_date": iso(START),
+            "end_date": iso(END)}  # fmt: skip
+    export_id = httpx.post(server.url + "/v1/analytics/export", json=body, headers=h).json()[
+        "data"
+    ]["export_id"]
+    time.sleep(rng.uniform(0.2, 0.6))
+    server.kill()
+    files = list((server.data_dir / "files").rglob("*"))
+    server.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{server.url}/v1/analytics/export/{export_id}", headers=h).json()[
+            "data"
+        ]
+        if status["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.1)
+    r = httpx.get(f"{server.url}/v1/analytics/export/{export_id}/download", headers=h)
+    server.stop()
+    assert status["status"] == "completed", status
+    assert r.status_code == 200
+    assert len(r.content.splitlines()) == 120_000  # whole, never a partial file
+    assert all(f.suffix in ("", ".part", ".ndjson") for f in files)
