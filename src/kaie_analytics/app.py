@@ -71,8 +71,17 @@ def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(ApiError("an unexpected error occurred; it has been logged"))
 
 
+class UnsupportedBackend(ValueError):
+    pass
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if settings.events_backend != "duckdb" or settings.meta_backend != "sqlite":
+        raise UnsupportedBackend(
+            "this version runs on the embedded engine only:"
+            " KAIE_EVENTS_BACKEND=duckdb and KAIE_META_BACKEND=sqlite"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

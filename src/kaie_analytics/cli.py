@@ -76,7 +76,7 @@ def _bootstrap_key(settings: Settings) -> str | None:
 def _serve(settings: Settings, banner: list[str]) -> None:
     import uvicorn
 
-    from kaie_analytics.app import create_app
+    from kaie_analytics.app import UnsupportedBackend, create_app
     from kaie_analytics.logs import configure_logging
     from kaie_analytics.ratelimit import InvalidRateLimits
 
@@ -85,6 +85,8 @@ def _serve(settings: Settings, banner: list[str]) -> None:
         app = create_app(settings)
     except InvalidRateLimits as exc:
         raise CliError(f"KAIE_RATE_LIMITS: {exc}") from None
+    except UnsupportedBackend as exc:
+        raise CliError(str(exc)) from None
     for line in banner:
         typer.echo(line)
     uvicorn.run(
