@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             query_timeout_s=settings.query_timeout_s,
             compact_after_events=settings.compact_after_events,
             compact_idle_s=settings.compact_idle_s,
+            chunk_rows=settings.events_chunk_rows,
         )
         app.state.meta = meta
         app.state.store = store

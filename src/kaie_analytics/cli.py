@@ -151,7 +151,7 @@ def demo(
                     totals[1] += summary.duplicates
                     totals[2] += summary.rejected
                 progress.update(task, completed=day_done)
-        store.compact_now().result()
+        store.compact_now(move_events=True).result()
     finally:
         store.close()
     typer.echo(

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     job_time_limit_s: float = 1800.0
     #: Base of absolute download links (e.g. https://analytics.example.com); default: the request's.
     public_url: str | None = None
+    #: Recent events move into the sorted main table in chunks of this many rows.
+    events_chunk_rows: int = 1_000_000
     #: Log format: "json" or "text".
     log_format: str = "json"
 

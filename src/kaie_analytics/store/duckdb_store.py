@@ -6,8 +6,11 @@ commits once (group commit): an ``append`` future resolves only after DuckDB
 has committed (and so fsynced its write-ahead log). Reads use their own
 cursors, each with a time limit.
 
-Layout: ``events`` holds every accepted event (append-only, ``seq`` increases
-with each commit). ``executions`` holds one merged row per execution, kept
+Layout: ``events`` is a view over every accepted event (``seq`` increases with
+each commit): commits append to the small ``events_recent``; once it holds
+``chunk_rows`` events they move to ``events_main`` as one chunk sorted by
+(tenant, type, workflow, time), so zone maps let a tenant's query skip the
+other tenants' rows. ``executions`` holds one merged row per execution, kept
 sorted by (tenant, workflow, start) for fast scans; events past the watermark
 ``exec_seq`` are folded into it in the background and merged on the fly by
 queries until then (see ``executions_sql``).
@@ -61,11 +64,16 @@ _JSON_PARSE = pa_json.ParseOptions(
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?"
 _DDL = [
-    "CREATE TABLE IF NOT EXISTS events (seq BIGINT NOT NULL, tenant VARCHAR NOT NULL,"
-    " id_hash UBIGINT NOT NULL, event_id VARCHAR NOT NULL, id_given BOOLEAN NOT NULL,"
-    " type VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, ts_text VARCHAR NOT NULL, "
-    + ", ".join(f"{c} {_FIELD_TYPES.get(c, 'VARCHAR')}" for c in FIELD_COLUMNS)
-    + ", ingested_at TIMESTAMP NOT NULL)",
+    *(
+        f"CREATE TABLE IF NOT EXISTS {table} (seq BIGINT NOT NULL, tenant VARCHAR NOT NULL,"
+        " id_hash UBIGINT NOT NULL, event_id VARCHAR NOT NULL, id_given BOOLEAN NOT NULL,"
+        " type VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, ts_text VARCHAR NOT NULL, "
+        + ", ".join(f"{c} {_FIELD_TYPES.get(c, 'VARCHAR')}" for c in FIELD_COLUMNS)
+        + ", ingested_at TIMESTAMP NOT NULL)"
+        for table in ("events_main", "events_recent")
+    ),
+    "CREATE OR REPLACE VIEW events AS"
+    " SELECT * FROM events_main UNION ALL SELECT * FROM events_recent",
     xsql.EXECUTIONS_DDL,
     "CREATE TABLE IF NOT EXISTS workflows (tenant VARCHAR NOT NULL, workflow_id VARCHAR NOT NULL,"
     " name VARCHAR, name_ts TIMESTAMP, created_at TIMESTAMP NOT NULL)",
@@ -116,12 +124,14 @@ class DuckDBEventStore:
         query_timeout_s: float = 10.0,
         compact_after_events: int = 200_000,
         compact_idle_s: float = 2.0,
+        chunk_rows: int = 1_000_000,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.query_timeout_s = query_timeout_s
         self.compact_after_events = compact_after_events
         self.compact_idle_s = compact_idle_s
+        self.chunk_rows = chunk_rows
         self._con = duckdb.connect(
             str(path),
             config={
@@ -153,6 +163,7 @@ class DuckDBEventStore:
         ).fetchall():
             self._pending[tenant] = n
         self._pending_total = sum(self._pending.values())
+        self._recent_rows = self._scalar("SELECT count(*) FROM events_recent")
         #: Bumped on every commit that touches a tenant; caches key on it.
         self.versions: dict[str, int] = defaultdict(int)
         self._listeners: list[Callable[[dict[str, int]], None]] = []
@@ -165,8 +176,8 @@ class DuckDBEventStore:
     # ------------------------------------------------------------------ utils
 
     def _scalar(self, sql: str, params: Sequence[Any] | None = None) -> int:
-        row = self._con.execute(sql, params or []).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._con.execute(sql, params or []).fetchall()
+        return int(rows[0][0]) if rows else 0
 
     def on_commit(self, listener: Callable[[dict[str, int]], None]) -> None:
         """Call ``listener({tenant: events accepted})`` after each commit (writer thread)."""
@@ -246,10 +257,13 @@ class DuckDBEventStore:
         self._queue.put(("workflow", tenant, (workflow_id, name), fut))
         return fut
 
-    def compact_now(self) -> concurrent.futures.Future[None]:
-        """Fold pending execution events into ``executions`` (and re-sort if needed)."""
+    def compact_now(self, *, move_events: bool = False) -> concurrent.futures.Future[None]:
+        """Fold pending execution events into ``executions`` (and re-sort if needed).
+
+        With ``move_events``, also move every recent event into a sorted chunk.
+        """
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._queue.put(("compact", "", None, fut))
+        self._queue.put(("compact", "", move_events, fut))
         return fut
 
     def close(self) -> None:
@@ -290,14 +304,18 @@ class DuckDBEventStore:
                 elif kind == "compact":
                     try:
                         self._compact()
+                        if payload:
+                            self._move_events()
                         fut.set_result(None)
                     except Exception as exc:
                         fut.set_exception(exc)
             if stop:
                 self._fail_queued()
                 return
-            if self._pending_total >= self.compact_after_events or (
-                self._pending_total and time.monotonic() - last_write > self.compact_idle_s
+            if (
+                self._pending_total >= self.compact_after_events
+                or self._recent_rows >= self.chunk_rows
+                or (self._pending_total and time.monotonic() - last_write > self.compact_idle_s)
             ):
                 self._safe_compact()
 
@@ -313,6 +331,8 @@ class DuckDBEventStore:
     def _safe_compact(self) -> None:
         try:
             self._compact()
+            if self._recent_rows >= self.chunk_rows:
+                self._move_events()
             self._con.execute("CHECKPOINT")
         except Exception:
             log.exception("compaction failed; will retry")
@@ -341,7 +361,7 @@ class DuckDBEventStore:
                 con.execute("BEGIN")
                 try:
                     con.execute(
-                        "INSERT INTO events BY NAME SELECT *, $now AS ingested_at FROM kept",
+                        "INSERT INTO events_recent BY NAME SELECT *, $now AS ingested_at FROM kept",
                         {"now": _utcnow()},
                     )
                     wf_changes = self._workflow_changes(old_seq)
@@ -358,6 +378,7 @@ class DuckDBEventStore:
                 finally:
                     con.unregister("kept")
                 self._seq += kept_n
+                self._recent_rows += kept_n
                 self._ids.add(kept_hashes)
                 self._apply_workflow_changes(wf_changes)
         except Exception as exc:
@@ -519,6 +540,24 @@ class DuckDBEventStore:
         self._exec_seq = new_seq
         self._pending.clear()
         self._pending_total = 0
+
+    def _move_events(self) -> None:
+        """Move the recent events into ``events_main`` as one sorted chunk."""
+        if not self._recent_rows:
+            return
+        con = self._con
+        con.execute("BEGIN")
+        try:
+            con.execute(
+                "INSERT INTO events_main SELECT * FROM events_recent"
+                " ORDER BY tenant, type, workflow_id, ts"
+            )
+            con.execute("DELETE FROM events_recent")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._recent_rows = 0
 
     # ------------------------------------------------------------------ reads
 
