@@ -57,7 +57,9 @@ async def cached_json(
     versions = request.app.state.store.versions
     key = (tenant, query)
     version = versions[tenant]
-    entry = cache.get(key, version)
+    # A client may ask for a fresh computation, as HTTP caches allow.
+    bypass = "no-cache" in request.headers.get("cache-control", "").lower()
+    entry = None if bypass else cache.get(key, version)
     status = "hit"
     if entry is None:
         status = "miss"
