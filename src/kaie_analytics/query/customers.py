@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.query import numbers as num
 from kaie_analytics.query.params import Period, parse_bool, parse_period, parse_timezone
+from kaie_analytics.store.derived import CUSTOMERS, JOURNEYS, SESSIONS
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 
-SESSION_GAP_US = 30 * 60 * 1_000_000
 MAX_REASONS = 5
 
 
@@ -59,25 +58,6 @@ def parse_journey_query(tenant: str, params: Mapping[str, Sequence[str]]) -> Jou
 
 # ------------------------------------------------------------------ engagement
 
-_SEGMENT_FILTER = """
-    customer_id IN (
-        SELECT customer_id FROM (
-            SELECT customer_id, arg_max(segment, ts) AS segment FROM events
-            WHERE tenant = $tenant AND type = 'customer.updated' AND segment IS NOT NULL
-            GROUP BY customer_id
-        ) WHERE segment = $segment
-    )
-"""
-
-
-def _filters(q: EngagementQuery) -> str:
-    parts = ["tenant = $tenant", "customer_id IS NOT NULL"]
-    if q.channel is not None:
-        parts.append("channel = $channel")
-    if q.customer_segment is not None:
-        parts.append(_SEGMENT_FILTER)
-    return " AND ".join(parts)
-
 
 def _engagement_numbers(
     store: DuckDBEventStore, q: EngagementQuery, period: Period
@@ -88,93 +68,78 @@ def _engagement_numbers(
         "segment": q.customer_segment,
         "lo": period.start_naive,
         "hi": period.end_naive,
-        "session_lo": period.start_naive - timedelta(microseconds=SESSION_GAP_US),
     }
-    where = _filters(q)
-    (total,) = store.query(
-        f"SELECT count(DISTINCT customer_id) FROM events WHERE {where} AND ts <= $hi", params
+    customers = store.derived_sql(CUSTOMERS, q.tenant)
+    # Customers of the segment: the all-channels row carries the latest segment.
+    in_segment = (
+        f" AND customer_id IN (SELECT customer_id FROM ({customers})"
+        " WHERE channel IS NULL AND segment = $segment)"
+        if q.customer_segment is not None
+        else ""
+    )
+    channel = " AND channel = $channel" if q.channel is not None else ""
+    (total, new) = store.query(
+        f"""SELECT count(*) FILTER (WHERE first_event <= $hi),
+                count(*) FILTER (WHERE first_received BETWEEN $lo AND $hi)
+            FROM ({customers})
+            WHERE channel IS NOT DISTINCT FROM $channel
+              {"AND segment = $segment" if q.customer_segment is not None else ""}""",
+        params,
     )[0]
     active_rows = store.query(
-        f"""
-        WITH received AS (
-            SELECT customer_id, channel, ts FROM events
-            WHERE {where} AND type = 'message.received'
-        ),
-        first_ever AS (SELECT customer_id, min(ts) AS first_ts FROM received GROUP BY ALL)
-        SELECT grouping(r.channel), r.channel, count(DISTINCT r.customer_id),
-               count(DISTINCT r.customer_id) FILTER (WHERE f.first_ts >= $lo)
-        FROM received r JOIN first_ever f USING (customer_id)
-        WHERE r.ts BETWEEN $lo AND $hi
-        GROUP BY GROUPING SETS ((), (r.channel))
-        """,
+        f"""SELECT grouping(channel), channel, count(DISTINCT customer_id) FROM events
+            WHERE tenant = $tenant AND type = 'message.received' AND ts BETWEEN $lo AND $hi
+              {channel}{in_segment}
+            GROUP BY GROUPING SETS ((), (channel))""",
         params,
     )
     session_rows = store.query(
-        f"""
-        WITH m AS (
-            SELECT customer_id, channel, ts,
-                CASE WHEN epoch_us(ts) - epoch_us(lag(ts) OVER w) <= {SESSION_GAP_US}
-                     THEN 0 ELSE 1 END AS starts
-            FROM events
-            WHERE {where} AND type IN ('message.sent', 'message.received') AND ts >= $session_lo
-            WINDOW w AS (PARTITION BY customer_id, channel ORDER BY ts)
-        ),
-        numbered AS (
-            SELECT *, sum(starts) OVER (PARTITION BY customer_id, channel ORDER BY ts
-                                        ROWS UNBOUNDED PRECEDING) AS session
-            FROM m
-        ),
-        sessions AS (
-            SELECT channel, min(ts) AS first_ts, max(ts) AS last_ts, count(*) AS size
-            FROM numbered GROUP BY customer_id, channel, session
-        )
-        SELECT grouping(channel), channel, count(*),
-               sum(epoch_us(last_ts) - epoch_us(first_ts)), sum(size)
-        FROM sessions WHERE first_ts BETWEEN $lo AND $hi
-        GROUP BY GROUPING SETS ((), (channel))
-        """,
+        f"""SELECT grouping(channel), channel, count(*),
+                sum(epoch_us(last_ts) - epoch_us(first_ts)), sum(size)
+            FROM ({store.derived_sql(SESSIONS, q.tenant)})
+            WHERE first_ts BETWEEN $lo AND $hi {channel}{in_segment}
+            GROUP BY GROUPING SETS ((), (channel))""",
         params,
     )
     feedback_rows = store.query(
-        f"""
-        SELECT grouping(channel), channel, sum(csat), count(csat), count(nps),
-               count(nps) FILTER (WHERE nps >= 9), count(nps) FILTER (WHERE nps <= 6)
-        FROM events
-        WHERE {where} AND type = 'feedback.submitted' AND ts BETWEEN $lo AND $hi
-        GROUP BY GROUPING SETS ((), (channel))
-        """,
+        f"""SELECT grouping(channel), channel, sum(csat), count(csat), count(nps),
+                count(nps) FILTER (WHERE nps >= 9), count(nps) FILTER (WHERE nps <= 6)
+            FROM events
+            WHERE tenant = $tenant AND type = 'feedback.submitted' AND ts BETWEEN $lo AND $hi
+              AND customer_id IS NOT NULL {channel}{in_segment}
+            GROUP BY GROUPING SETS ((), (channel))""",
         params,
     )
     out: dict[str, Any] = {
         "total": total,
         "active": 0,
-        "new": 0,
+        "new": new,
         "sessions": (0, 0, 0),
         "csat": (0, 0),
         "nps": (0, 0, 0),
         "by_channel": {},
     }
 
-    def channel(ch: str) -> dict[str, Any]:
+    def per_channel(ch: str) -> dict[str, Any]:
         by: dict[str, Any] = out["by_channel"]
         return by.setdefault(ch, {"active": 0, "sessions": (0, 0, 0), "csat": (0, 0)})
 
-    for g, ch, active, new in active_rows:
+    for g, ch, active in active_rows:
         if g:
-            out["active"], out["new"] = active, new
+            out["active"] = active
         elif ch is not None:
-            channel(ch)["active"] = active
+            per_channel(ch)["active"] = active
     for g, ch, n, dur_us, size in session_rows:
         if g:
             out["sessions"] = (n, dur_us or 0, size or 0)
         elif ch is not None:
-            channel(ch)["sessions"] = (n, dur_us or 0, size or 0)
+            per_channel(ch)["sessions"] = (n, dur_us or 0, size or 0)
     for g, ch, csum, cn, nn, promoters, detractors in feedback_rows:
         if g:
             out["csat"] = (csum or 0, cn)
             out["nps"] = (nn, promoters, detractors)
         elif ch is not None:
-            channel(ch)["csat"] = (csum or 0, cn)
+            per_channel(ch)["csat"] = (csum or 0, cn)
     return out
 
 
@@ -224,17 +189,17 @@ def run_engagement(store: DuckDBEventStore, q: EngagementQuery) -> dict[str, Any
 # ------------------------------------------------------------------- journeys
 
 
-def _journey_type(store: DuckDBEventStore, q: JourneyQuery) -> str | None:
+def _journey_type(store: DuckDBEventStore, q: JourneyQuery, journeys: str) -> str | None:
+    if q.journey_type is not None:
+        return q.journey_type
     types = [
         r[0]
         for r in store.query(
-            "SELECT DISTINCT journey_type FROM events"
-            " WHERE tenant = $tenant AND journey_type IS NOT NULL ORDER BY 1",
+            f"SELECT DISTINCT journey_type FROM ({journeys}) WHERE first_step IS NOT NULL"
+            " ORDER BY 1",
             {"tenant": q.tenant},
         )
     ]
-    if q.journey_type is not None:
-        return q.journey_type
     if len(types) > 1:
         raise InvalidParameter(
             f"this tenant has several journey types; pass journey_type, one of: {', '.join(types)}",
@@ -244,80 +209,49 @@ def _journey_type(store: DuckDBEventStore, q: JourneyQuery) -> str | None:
 
 
 def run_journey(store: DuckDBEventStore, q: JourneyQuery) -> dict[str, Any]:
-    jtype = _journey_type(store, q)
+    journeys = store.derived_sql(JOURNEYS, q.tenant)
+    jtype = _journey_type(store, q, journeys)
     params = {
         "tenant": q.tenant,
         "jtype": jtype,
         "lo": q.period.start_naive,
         "hi": q.period.end_naive,
     }
-    base = """
-        WITH j AS (
-            SELECT journey_id, type, ts, step, step_name, reason FROM events
-            WHERE tenant = $tenant AND journey_type = $jtype AND type LIKE 'journey.%'
+    base = f"""
+        WITH jr AS (
+            SELECT *, list_transform(steps, lambda x: x.step) AS reached FROM ({journeys})
+            WHERE journey_type = $jtype AND first_step BETWEEN $lo AND $hi
         ),
-        journeys AS (
-            SELECT journey_id, min(ts) AS first_step FROM j WHERE type = 'journey.step'
-            GROUP BY journey_id HAVING min(ts) BETWEEN $lo AND $hi
-        ),
-        mine AS (SELECT j.* FROM j SEMI JOIN journeys USING (journey_id)),
-        reached AS (
-            SELECT journey_id, step, min(ts) AS reached_ts FROM mine
-            WHERE type = 'journey.step' GROUP BY ALL
-        ),
-        highest AS (SELECT journey_id, max(step) AS top FROM reached GROUP BY ALL)
+        st AS (SELECT journey_id, reached, unnest(steps) AS s FROM jr)
     """
     (total, completed, dur_us) = store.query(
         base
-        + """
-        SELECT count(*), count(c.done),
-               sum(epoch_us(c.done) - epoch_us(journeys.first_step))
-        FROM journeys LEFT JOIN (
-            SELECT journey_id, min(ts) AS done FROM mine WHERE type = 'journey.completed'
-            GROUP BY ALL
-        ) c USING (journey_id)
-        """,
+        + """SELECT count(*), count(completed),
+                 sum(epoch_us(completed) - epoch_us(first_step)) FROM jr""",
         params,
     )[0]
     steps = store.query(
         base
-        + """
-        , names AS (
-            SELECT step, arg_max(step_name, ts) AS name FROM mine
-            WHERE type = 'journey.step' GROUP BY ALL
-        ),
-        next_event AS (
-            SELECT r.journey_id, r.step,
-                   min(epoch_us(m.ts) - epoch_us(r.reached_ts)) AS gap
-            FROM reached r JOIN mine m
-              ON m.journey_id = r.journey_id AND m.ts > r.reached_ts
-             AND NOT (m.type = 'journey.step' AND m.step = r.step)
-            GROUP BY ALL
-        )
-        SELECT r.step, any_value(n.name), count(*),
-               count(prev.journey_id), sum(ne.gap), count(ne.gap)
-        FROM reached r
-        JOIN names n USING (step)
-        LEFT JOIN reached prev ON prev.journey_id = r.journey_id AND prev.step = r.step - 1
-        LEFT JOIN next_event ne ON ne.journey_id = r.journey_id AND ne.step = r.step
-        GROUP BY r.step ORDER BY r.step
-        """,
+        + """SELECT s.step, arg_max(s.name, s.name_ts), count(*),
+                 count(*) FILTER (WHERE list_contains(reached, s.step - 1)),
+                 sum(s.gap_us), count(s.gap_us)
+             FROM st GROUP BY s.step ORDER BY s.step""",
         params,
     )
     reached = {k: n for k, _, n, _, _, _ in steps}
     names = {k: name for k, name, *_ in steps}
-    journey_steps = []
-    for k, name, n, with_prev, gap_sum, gap_n in steps:
-        rate = num.rate(n, total) if k == 1 else num.rate(with_prev, reached.get(k - 1, 0))
-        journey_steps.append(
-            {
-                "step": k,
-                "name": name,
-                "customers": n,
-                "completion_rate": rate,
-                "average_duration_ms": num.mean_us_as_ms(gap_sum, gap_n),
-            }
-        )
+    journey_steps = [
+        {
+            "step": k,
+            "name": name,
+            "customers": n,
+            "completion_rate": num.rate(n, total)
+            if k == 1
+            else num.rate(with_prev, reached.get(k - 1, 0)),
+            "average_duration_ms": num.mean_us_as_ms(gap_sum, gap_n),
+        }
+        for k, name, n, with_prev, gap_sum, gap_n in steps
+    ]
     journey: dict[str, Any] = {
         "journey_type": jtype,
         "total_journeys": total,
@@ -331,28 +265,22 @@ def run_journey(store: DuckDBEventStore, q: JourneyQuery) -> dict[str, Any]:
     if q.include_dropoffs:
         drops = store.query(
             base
-            + """
-            SELECT r.step + 1 AS k, count(*) FROM reached r
-            ANTI JOIN reached nxt ON nxt.journey_id = r.journey_id AND nxt.step = r.step + 1
-            WHERE r.step + 1 IN (SELECT step FROM reached)
-            GROUP BY ALL ORDER BY 1
-            """,
+            + """SELECT s.step + 1 AS k, count(*) FROM st
+                 WHERE NOT list_contains(reached, s.step + 1)
+                   AND s.step + 1 IN (SELECT s.step FROM st)
+                 GROUP BY ALL ORDER BY 1""",
             params,
         )
         reasons = store.query(
             base
-            + """
-            SELECT h.top + 1 AS k, m.reason, count(*) AS n FROM mine m
-            JOIN highest h USING (journey_id)
-            WHERE m.type = 'journey.dropped' AND m.reason IS NOT NULL
-            GROUP BY ALL ORDER BY k, n DESC, m.reason
-            """,
+            + """SELECT top_step + 1 AS k, reason, count(*) AS n
+                 FROM (SELECT top_step, unnest(reasons) AS reason FROM jr)
+                 GROUP BY ALL ORDER BY k, n DESC, reason""",
             params,
         )
         by_step: dict[int, list[str]] = {}
         for k, reason, _ in reasons:
-            by_step.setdefault(k, [])
-            if len(by_step[k]) < MAX_REASONS:
+            if len(by_step.setdefault(k, [])) < MAX_REASONS:
                 by_step[k].append(reason)
         journey["drop_off_points"] = [
             {

@@ -43,6 +43,7 @@ from kaie_analytics.errors import QueryTimeout, StoreUnavailable
 from kaie_analytics.ingest.validate import FIELD_COLUMNS, ValidEvent
 from kaie_analytics.store import executions_sql as xsql
 from kaie_analytics.store.dedupe import IdIndex
+from kaie_analytics.store.derived import DERIVED, Derived, compact_statements, current_rows
 
 log = logging.getLogger("kaie_analytics.store")
 
@@ -61,6 +62,9 @@ _JSON_PARSE = pa_json.ParseOptions(
     unexpected_field_behavior="ignore",
 )
 
+#: Which events feed each derived table, and where its watermark is kept.
+_FEEDS = {"executions": f"type IN {xsql.EXEC_TYPES}", **{d.name: d.event_filter for d in DERIVED}}
+_WATERMARK_KEYS = {"executions": "exec_seq", **{d.name: d.watermark for d in DERIVED}}
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?"
 _DDL = [
@@ -79,6 +83,8 @@ _DDL = [
     " name VARCHAR, name_ts TIMESTAMP, created_at TIMESTAMP NOT NULL)",
     "CREATE TABLE IF NOT EXISTS store_state (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
     "INSERT OR IGNORE INTO store_state VALUES ('exec_seq', 0), ('exec_sorted_rows', 0)",
+    *(d.ddl for d in DERIVED),
+    *(f"INSERT OR IGNORE INTO store_state VALUES ('{d.watermark}', 0)" for d in DERIVED),
 ]
 
 
@@ -144,7 +150,10 @@ class DuckDBEventStore:
         for stmt in _DDL:
             self._con.execute(stmt)
         self._seq = self._scalar("SELECT coalesce(max(seq), 0) FROM events")
-        self._exec_seq = self._scalar("SELECT value FROM store_state WHERE key = 'exec_seq'")
+        self._watermarks = {
+            name: self._scalar("SELECT value FROM store_state WHERE key = ?", [key])
+            for name, key in _WATERMARK_KEYS.items()
+        }
         since = _utcnow() - DEDUPE_WINDOW
         hashes = self._con.execute(
             "SELECT id_hash FROM events WHERE ingested_at >= ?", [since]
@@ -155,14 +164,15 @@ class DuckDBEventStore:
             "SELECT tenant, workflow_id, name, name_ts, created_at FROM workflows"
         ).fetchall():
             self._workflows[tenant][wf] = Workflow(wf, name, name_ts, created)
-        self._pending: dict[str, int] = defaultdict(int)
-        for tenant, n in self._con.execute(
-            f"SELECT tenant, count(*) FROM events WHERE seq > ? AND type IN {xsql.EXEC_TYPES}"
-            " GROUP BY tenant",
-            [self._exec_seq],
-        ).fetchall():
-            self._pending[tenant] = n
-        self._pending_total = sum(self._pending.values())
+        # Per derived table, per tenant: events past the table's watermark.
+        self._pending: dict[str, dict[str, int]] = {name: defaultdict(int) for name in _FEEDS}
+        for name, predicate in _FEEDS.items():
+            for tenant, n in self._con.execute(
+                f"SELECT tenant, count(*) FROM events WHERE seq > ? AND {predicate} GROUP BY tenant",
+                [self._watermarks[name]],
+            ).fetchall():
+                self._pending[name][tenant] = n
+        self._pending_total = sum(sum(p.values()) for p in self._pending.values())
         self._recent_rows = self._scalar("SELECT count(*) FROM events_recent")
         #: Bumped on every commit that touches a tenant; caches key on it.
         self.versions: dict[str, int] = defaultdict(int)
@@ -183,8 +193,8 @@ class DuckDBEventStore:
         """Call ``listener({tenant: events accepted})`` after each commit (writer thread)."""
         self._listeners.append(listener)
 
-    def has_pending(self, tenant: str) -> bool:
-        return self._pending.get(tenant, 0) > 0
+    def has_pending(self, tenant: str, table: str = "executions") -> bool:
+        return self._pending[table].get(tenant, 0) > 0
 
     # ----------------------------------------------------------------- writes
 
@@ -352,7 +362,7 @@ class DuckDBEventStore:
             kept_hashes = np.concatenate([b.hashes[k] for b, k in zip(batches, keeps, strict=True)])
             kept_n = int(kept_hashes.size)
             old_seq = self._seq
-            counts: list[tuple[str, int, int]] = []
+            counts: list[tuple[Any, ...]] = []
             if kept_n:
                 kept = pa.concat_tables(kept_parts).append_column(
                     "seq", pa.array(np.arange(old_seq + 1, old_seq + kept_n + 1, dtype=np.int64))
@@ -368,8 +378,9 @@ class DuckDBEventStore:
                     for stmt, params in wf_changes:
                         con.execute(stmt, params)
                     counts = con.execute(
-                        f"SELECT tenant, count(*), count(*) FILTER (WHERE type IN {xsql.EXEC_TYPES})"
-                        " FROM kept GROUP BY tenant"
+                        "SELECT tenant, count(*), "
+                        + ", ".join(f"count(*) FILTER (WHERE {p})" for p in _FEEDS.values())
+                        + " FROM kept GROUP BY tenant"
                     ).fetchall()
                     con.execute("COMMIT")
                 except BaseException:
@@ -386,12 +397,13 @@ class DuckDBEventStore:
             for *_, fut in items:
                 fut.set_exception(StoreUnavailable(f"commit failed: {exc}"))
             return
-        touched = {tenant: n for tenant, n, _ in counts}
-        for tenant, _, n_exec in counts:
+        touched = {row[0]: row[1] for row in counts}
+        for tenant, _, *per_table in counts:
             self.versions[tenant] += 1
-            if n_exec:
-                self._pending[tenant] += n_exec
-                self._pending_total += n_exec
+            for name, n in zip(_FEEDS, per_table, strict=True):
+                if n:
+                    self._pending[name][tenant] += n
+                    self._pending_total += n
         for listener in self._listeners:
             try:
                 listener(touched)
@@ -490,56 +502,66 @@ class DuckDBEventStore:
     # ------------------------------------------------------------- compaction
 
     def _compact(self) -> None:
-        """Fold execution events past the watermark into ``executions``."""
+        """Fold the events past each derived table's watermark into that table."""
         if not self._pending_total:
             return
         new_seq = self._seq
         con = self._con
         con.execute("BEGIN")
         try:
-            where = f"seq > {int(self._exec_seq)} AND seq <= {int(new_seq)}"
-            con.execute(f"CREATE TEMP TABLE delta AS {xsql.event_states(where)}")
-            con.execute(
-                "CREATE TEMP TABLE merged AS "
-                + xsql.merge_and_finalise(
-                    "SELECT tenant, execution_id, s, c, f FROM executions"
-                    " WHERE (tenant, execution_id) IN (SELECT DISTINCT tenant, execution_id FROM delta)"
-                    " UNION ALL SELECT * FROM delta"
-                )
-            )
-            con.execute(
-                "DELETE FROM executions WHERE (tenant, execution_id) IN"
-                " (SELECT tenant, execution_id FROM merged)"
-            )
-            con.execute(
-                "INSERT INTO executions SELECT * FROM merged ORDER BY tenant, workflow_id, started_at"
-            )
-            con.execute("UPDATE store_state SET value = ? WHERE key = 'exec_seq'", [new_seq])
-            con.execute("DROP TABLE delta")
-            con.execute("DROP TABLE merged")
-            total = self._scalar("SELECT count(*) FROM executions")
-            sorted_rows = self._scalar(
-                "SELECT value FROM store_state WHERE key = 'exec_sorted_rows'"
-            )
-            if total - sorted_rows > RESORT_RATIO * max(sorted_rows, 1) and total > 50_000:
-                # Most rows arrived since the last sort: rewrite the table in scan order.
-                con.execute(
-                    "CREATE TEMP TABLE resorted AS SELECT * FROM executions"
-                    " ORDER BY tenant, workflow_id, started_at"
-                )
-                con.execute("DELETE FROM executions")
-                con.execute("INSERT INTO executions SELECT * FROM resorted")
-                con.execute("DROP TABLE resorted")
-                con.execute(
-                    "UPDATE store_state SET value = ? WHERE key = 'exec_sorted_rows'", [total]
-                )
+            if any(self._pending["executions"].values()):
+                self._fold_executions(new_seq)
+            for d in DERIVED:
+                if any(self._pending[d.name].values()):
+                    for stmt in compact_statements(d, self._watermarks[d.name], new_seq):
+                        con.execute(stmt)
+                    con.execute(
+                        "UPDATE store_state SET value = ? WHERE key = ?", [new_seq, d.watermark]
+                    )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        self._exec_seq = new_seq
-        self._pending.clear()
+        for name in _FEEDS:
+            self._watermarks[name] = new_seq
+            self._pending[name].clear()
         self._pending_total = 0
+
+    def _fold_executions(self, new_seq: int) -> None:
+        """Merge new execution events into ``executions`` (inside the caller's transaction)."""
+        con = self._con
+        where = f"seq > {int(self._watermarks['executions'])} AND seq <= {int(new_seq)}"
+        con.execute(f"CREATE TEMP TABLE delta AS {xsql.event_states(where)}")
+        con.execute(
+            "CREATE TEMP TABLE merged AS "
+            + xsql.merge_and_finalise(
+                "SELECT tenant, execution_id, s, c, f FROM executions"
+                " WHERE (tenant, execution_id) IN (SELECT DISTINCT tenant, execution_id FROM delta)"
+                " UNION ALL SELECT * FROM delta"
+            )
+        )
+        con.execute(
+            "DELETE FROM executions WHERE (tenant, execution_id) IN"
+            " (SELECT tenant, execution_id FROM merged)"
+        )
+        con.execute(
+            "INSERT INTO executions SELECT * FROM merged ORDER BY tenant, workflow_id, started_at"
+        )
+        con.execute("UPDATE store_state SET value = ? WHERE key = 'exec_seq'", [new_seq])
+        con.execute("DROP TABLE delta")
+        con.execute("DROP TABLE merged")
+        total = self._scalar("SELECT count(*) FROM executions")
+        sorted_rows = self._scalar("SELECT value FROM store_state WHERE key = 'exec_sorted_rows'")
+        if total - sorted_rows > RESORT_RATIO * max(sorted_rows, 1) and total > 50_000:
+            # Most rows arrived since the last sort: rewrite the table in scan order.
+            con.execute(
+                "CREATE TEMP TABLE resorted AS SELECT * FROM executions"
+                " ORDER BY tenant, workflow_id, started_at"
+            )
+            con.execute("DELETE FROM executions")
+            con.execute("INSERT INTO executions SELECT * FROM resorted")
+            con.execute("DROP TABLE resorted")
+            con.execute("UPDATE store_state SET value = ? WHERE key = 'exec_sorted_rows'", [total])
 
     def _move_events(self) -> None:
         """Move the recent events into ``events_main`` as one sorted chunk."""
@@ -588,6 +610,10 @@ class DuckDBEventStore:
         used = set(_PARAM.findall(sql))
         bound = {k: v for k, v in params.items() if k in used}
         return cur.sql(sql, params=bound).to_arrow_reader(batch_rows)
+
+    def derived_sql(self, table: Derived, tenant: str) -> str:
+        """SQL for the current rows of a derived table for ``tenant`` (binds ``$tenant``)."""
+        return current_rows(table, self.has_pending(tenant, table.name))
 
     def executions_sql(self, tenant: str) -> str:
         """SQL for the current executions of ``tenant`` (binds ``$tenant``)."""
