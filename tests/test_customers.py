@@ -61,7 +61,12 @@ def customer_events(seed: int) -> list[dict[str, Any]]:
 
 
 def send_split(api: Api, events: list[dict[str, Any]], compact: str) -> None:
-    """Send events, folding none, the first half, or all of them into the derived tables."""
+    """Send events, folding none, the first half, all, or each fifth into the derived tables."""
+    if compact == "steps":
+        for i in range(5):
+            api.send(events[i * len(events) // 5 : (i + 1) * len(events) // 5])
+            api.compact()
+        return
     half = len(events) // 2 if compact == "half" else len(events)
     api.send(events[:half])
     if compact != "none":
@@ -70,7 +75,7 @@ def send_split(api: Api, events: list[dict[str, Any]], compact: str) -> None:
         api.send(events[half:])
 
 
-@pytest.mark.parametrize("compact", ["none", "half", "all"])
+@pytest.mark.parametrize("compact", ["none", "half", "all", "steps"])
 @pytest.mark.parametrize(
     ("segment", "channel"), [(None, None), ("vip", None), (None, "sms"), ("smb", "voice")]
 )
@@ -138,7 +143,7 @@ def journey_events(seed: int, jtype: str = "support", n: int = 150) -> list[dict
     return out
 
 
-@pytest.mark.parametrize("compact", ["none", "half", "all"])
+@pytest.mark.parametrize("compact", ["none", "half", "all", "steps"])
 def test_journey_matches_oracle(api: Api, other_api: Api, compact: str) -> None:
     events = journey_events(3) + journey_events(4, "purchase", 60)
     random.Random(1).shuffle(events)

@@ -82,8 +82,7 @@ def _engagement_numbers(
         f"""SELECT count(*) FILTER (WHERE first_event <= $hi),
                 count(*) FILTER (WHERE first_received BETWEEN $lo AND $hi)
             FROM ({customers})
-            WHERE channel IS NOT DISTINCT FROM $channel
-              {"AND segment = $segment" if q.customer_segment is not None else ""}""",
+            WHERE channel IS NOT DISTINCT FROM $channel {in_segment}""",
         params,
     )[0]
     active_rows = store.query(

@@ -1,11 +1,13 @@
-"""Tables derived from the events by recomputing whole keys: journeys, sessions, customers.
+"""Tables derived from the events: journeys, sessions, customers.
 
-Each derived table has a key (a journey, a customer's channel, a customer). When
-events of a key arrive, every row of that key is rebuilt from *all* of the
-key's events, so late and out-of-order events give the same rows as in-order
-ones. Compaction does this in the background for the keys touched since the
-table's watermark; until then a query rebuilds the touched keys of its tenant
-on the fly with the same SQL and puts them in place of the stale rows.
+Each derived table has a key (a journey, a customer's channel, a customer) and
+a way to bring the rows of the keys touched by new events up to date, exactly
+as if they had been built from all events at once, whatever order events came
+in: journeys are rebuilt from all their events; sessions are rebuilt from the
+first session the new messages can touch onwards; customers merge first-seen
+times with ``min``. Compaction does this in the background for the keys touched
+since the table's watermark; until then a query does the same for its tenant
+on the fly, with the same SQL, and puts the result in place of the stale rows.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ class Derived:
     key: tuple[str, ...]
     #: Which events feed this table (a predicate on ``events``).
     event_filter: str
-    #: Rows of the table from a source of events (SQL over ``src``).
-    build: Callable[[str], str]
+    #: ``update(delta, table)``: SQL for the new rows of every key in ``delta``
+    #: (events past the watermark), and the predicate on ``table`` rows they replace.
+    update: Callable[[str, str], tuple[str, str]]
     ddl: str
     order_by: str
 
@@ -34,6 +37,23 @@ class Derived:
 
     def key_cols(self) -> str:
         return ", ".join(("tenant", *self.key))
+
+
+def _rebuild_keys(
+    build: Callable[[str], str], key: str, event_filter: str
+) -> Callable[[str, str], tuple[str, str]]:
+    """Rebuild every touched key from all of its events."""
+
+    def update(delta: str, table: str) -> tuple[str, str]:
+        touched = f"SELECT DISTINCT {key} FROM ({delta})"
+        rows = build(
+            f"SELECT * FROM events WHERE {event_filter}"
+            f" AND tenant IN (SELECT tenant FROM ({delta}))"
+            f" AND ({key}) IN ({touched})"
+        )
+        return rows, f"({key}) IN ({touched})"
+
+    return update
 
 
 def _journeys(src: str) -> str:
@@ -73,11 +93,12 @@ def _journeys(src: str) -> str:
     """
 
 
+_JOURNEY_EVENTS = "type IN ('journey.step', 'journey.completed', 'journey.dropped')"
 JOURNEYS = Derived(
     name="journeys",
     key=("journey_id",),
-    event_filter="type IN ('journey.step', 'journey.completed', 'journey.dropped')",
-    build=_journeys,
+    event_filter=_JOURNEY_EVENTS,
+    update=_rebuild_keys(_journeys, "tenant, journey_id", _JOURNEY_EVENTS),
     ddl="""
         CREATE TABLE IF NOT EXISTS journeys (
             tenant VARCHAR, journey_id VARCHAR, journey_type VARCHAR, first_step TIMESTAMP,
@@ -110,11 +131,41 @@ def _sessions(src: str) -> str:
     """
 
 
+_MESSAGES = "type IN ('message.sent', 'message.received')"
+
+
+def _sessions_update(delta: str, table: str) -> tuple[str, str]:
+    """Rebuild each touched conversation from the first session its new messages can join.
+
+    Sessions that ended more than 30 minutes before a conversation's earliest
+    new message cannot change; the ones after are rebuilt from their messages.
+    """
+    cut = f"""
+        SELECT t.tenant, t.customer_id, t.channel,
+            least(t.t0, coalesce(min(s.first_ts), t.t0)) AS from_ts
+        FROM (SELECT tenant, customer_id, channel, min(ts) AS t0 FROM ({delta}) GROUP BY ALL) t
+        LEFT JOIN {table} s
+          ON s.tenant = t.tenant AND s.customer_id = t.customer_id AND s.channel = t.channel
+         AND epoch_us(s.last_ts) >= epoch_us(t.t0) - {SESSION_GAP_US}
+        GROUP BY t.tenant, t.customer_id, t.channel, t.t0
+    """
+    rows = _sessions(
+        f"""SELECT e.* FROM events e JOIN ({cut}) c
+              ON e.tenant = c.tenant AND e.customer_id = c.customer_id AND e.channel = c.channel
+             AND e.ts >= c.from_ts
+            WHERE e.{_MESSAGES} AND e.tenant IN (SELECT tenant FROM ({delta}))"""
+    )
+    replaced = f"""EXISTS (SELECT 1 FROM ({cut}) c WHERE c.tenant = {table}.tenant
+        AND c.customer_id = {table}.customer_id AND c.channel = {table}.channel
+        AND {table}.first_ts >= c.from_ts)"""
+    return rows, replaced
+
+
 SESSIONS = Derived(
     name="sessions",
     key=("customer_id", "channel"),
-    event_filter="type IN ('message.sent', 'message.received')",
-    build=_sessions,
+    event_filter=_MESSAGES,
+    update=_sessions_update,
     ddl="""
         CREATE TABLE IF NOT EXISTS sessions (
             tenant VARCHAR, customer_id VARCHAR, channel VARCHAR, first_ts TIMESTAMP,
@@ -124,37 +175,46 @@ SESSIONS = Derived(
 )
 
 
-def _customers(src: str) -> str:
-    # One row per customer and channel it used, and one with channel NULL for all of
-    # them; each carries the customer's latest segment, for the segment filter.
-    return f"""
-    WITH e AS (SELECT tenant, customer_id, channel, type, ts, segment FROM ({src})),
-    seg AS (
-        SELECT tenant, customer_id, arg_max(segment, ts) AS segment FROM e
-        WHERE type = 'customer.updated' AND segment IS NOT NULL GROUP BY ALL
-    ),
-    per AS (
+def _customers_update(delta: str, table: str) -> tuple[str, str]:
+    """Merge first-seen times and the latest segment into the touched customers' rows.
+
+    One row per customer and channel it used, and one with channel NULL for all
+    of them, which also carries the customer's latest segment.
+    """
+    keys = f"SELECT DISTINCT tenant, customer_id FROM ({delta})"
+    fresh = f"""
         SELECT tenant, customer_id, channel, min(ts) AS first_event,
-            min(ts) FILTER (WHERE type = 'message.received') AS first_received
-        FROM e WHERE channel IS NOT NULL GROUP BY ALL
+            min(ts) FILTER (WHERE type = 'message.received') AS first_received,
+            NULL AS segment, NULL::TIMESTAMP AS segment_ts
+        FROM ({delta}) WHERE channel IS NOT NULL GROUP BY ALL
         UNION ALL
         SELECT tenant, customer_id, NULL, min(ts),
-            min(ts) FILTER (WHERE type = 'message.received')
-        FROM e GROUP BY ALL
-    )
-    SELECT per.*, seg.segment FROM per LEFT JOIN seg USING (tenant, customer_id)
+            min(ts) FILTER (WHERE type = 'message.received'),
+            arg_max(segment, ts) FILTER (WHERE type = 'customer.updated' AND segment IS NOT NULL),
+            max(ts) FILTER (WHERE type = 'customer.updated' AND segment IS NOT NULL)
+        FROM ({delta}) GROUP BY ALL
     """
+    rows = f"""
+        SELECT tenant, customer_id, channel, min(first_event), min(first_received),
+            arg_max(segment, segment_ts), max(segment_ts)
+        FROM (
+            SELECT * FROM {table} WHERE (tenant, customer_id) IN ({keys})
+            UNION ALL {fresh}
+        )
+        GROUP BY tenant, customer_id, channel
+    """
+    return rows, f"(tenant, customer_id) IN ({keys})"
 
 
 CUSTOMERS = Derived(
     name="customers",
     key=("customer_id",),
     event_filter="customer_id IS NOT NULL",
-    build=_customers,
+    update=_customers_update,
     ddl="""
         CREATE TABLE IF NOT EXISTS customers (
             tenant VARCHAR, customer_id VARCHAR, channel VARCHAR, first_event TIMESTAMP,
-            first_received TIMESTAMP, segment VARCHAR
+            first_received TIMESTAMP, segment VARCHAR, segment_ts TIMESTAMP
         )""",
     order_by="tenant, channel, customer_id",
 )
@@ -163,21 +223,16 @@ DERIVED = (JOURNEYS, SESSIONS, CUSTOMERS)
 
 
 def compact_statements(d: Derived, lo_seq: int, hi_seq: int) -> list[str]:
-    """Rebuild every key touched by events in (lo_seq, hi_seq]."""
-    keys = d.key_cols()
+    """Bring the keys touched by events in (lo_seq, hi_seq] up to date."""
+    delta = f"SELECT * FROM events WHERE seq > {int(lo_seq)} AND seq <= {int(hi_seq)} AND {d.event_filter}"
+    rows, replaced = d.update("SELECT * FROM delta", d.name)
     return [
-        f"""CREATE TEMP TABLE touched AS SELECT DISTINCT {keys} FROM events
-            WHERE seq > {int(lo_seq)} AND seq <= {int(hi_seq)} AND {d.event_filter}""",
-        f"""CREATE TEMP TABLE rebuilt AS {
-            d.build(
-                f"SELECT * FROM events WHERE {d.event_filter} AND seq <= {int(hi_seq)}"
-                f" AND ({keys}) IN (SELECT {keys} FROM touched)"
-            )
-        }""",
-        f"DELETE FROM {d.name} WHERE ({keys}) IN (SELECT {keys} FROM touched)",
+        f"CREATE TEMP TABLE delta AS {delta}",
+        f"CREATE TEMP TABLE rebuilt AS {rows}",
+        f"DELETE FROM {d.name} WHERE {replaced}",
         f"INSERT INTO {d.name} SELECT * FROM rebuilt ORDER BY {d.order_by}",
-        "DROP TABLE touched",
         "DROP TABLE rebuilt",
+        "DROP TABLE delta",
     ]
 
 
@@ -185,22 +240,16 @@ def current_rows(d: Derived, has_pending: bool) -> str:
     """The current rows of tenant ``$tenant`` (one statement, one snapshot)."""
     if not has_pending:
         return f"SELECT * FROM {d.name} WHERE tenant = $tenant"
-    keys = ", ".join(d.key)
-    touched = (
-        f"SELECT DISTINCT {keys} FROM events WHERE tenant = $tenant AND {d.event_filter}"
+    delta = (
+        f"SELECT * FROM events WHERE tenant = $tenant AND {d.event_filter}"
         f" AND seq > (SELECT value FROM store_state WHERE key = '{d.watermark}')"
     )
+    rows, replaced = d.update("SELECT * FROM delta", d.name)
     return f"""
     SELECT * FROM (
-        WITH touched AS ({touched})
-        SELECT * FROM {d.name}
-        WHERE tenant = $tenant AND ({keys}) NOT IN (SELECT {keys} FROM touched)
+        WITH delta AS ({delta})
+        SELECT * FROM {d.name} WHERE tenant = $tenant AND NOT ({replaced})
         UNION ALL
-        SELECT * FROM ({
-        d.build(
-            f"SELECT * FROM events WHERE tenant = $tenant AND {d.event_filter}"
-            f" AND ({keys}) IN (SELECT {keys} FROM touched)"
-        )
-    })
+        SELECT * FROM ({rows})
     )
     """
