@@ -229,3 +229,28 @@ def test_workflows_registry(api: Api, other_api: Api) -> None:
               {**VALID[0], "workflow_name": "Old", "timestamp": "2023-02-01T00:00:00Z"}])  # fmt: skip
     names = {w["workflow_id"]: w["name"] for w in api.get("/v1/workflows").json()["data"]}
     assert names["w"] == "Bot v2"
+
+
+def test_ingest_through_worker_processes(tmp_path: Any) -> None:
+    """The same answers when batches are validated in ingest processes."""
+    from fastapi.testclient import TestClient
+
+    from conftest import GENEROUS_LIMITS, make_key
+    from kaie_analytics.app import create_app
+    from kaie_analytics.config import Settings
+
+    settings = Settings(data_dir=tmp_path / "d", ingest_workers=1, rate_limits=GENEROUS_LIMITS)
+    key = make_key(settings, "acme")
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings)) as c:
+        assert c.app.state.ingest_pool is not None  # type: ignore[attr-defined]
+        events = [*VALID, {"type": "bogus", "timestamp": T}, {**VALID[5], "id": "dup"},
+                  {**VALID[5], "id": "dup"}]  # fmt: skip
+        d = c.post("/v1/events", json={"events": events}, headers=headers).json()["data"]
+        assert (d["accepted"], d["duplicates"], d["rejected"]) == (len(VALID) + 1, 1, 1)
+        assert d["errors"][0]["index"] == len(VALID) and d["errors"][0]["field"] == "type"
+        r = c.post(
+            "/v1/events", content=b"{", headers={**headers, "Content-Type": "application/json"}
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_REQUEST"
+        assert c.app.state.store.count_events("acme") == len(VALID) + 1  # type: ignore[attr-defined]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
+from multiprocessing import get_context
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +18,7 @@ from kaie_analytics.auth import KeyCache
 from kaie_analytics.cache import ResponseCache
 from kaie_analytics.config import Settings
 from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
+from kaie_analytics.ingest.service import warm_up
 from kaie_analytics.jobs.worker import JobWorker
 from kaie_analytics.ratelimit import RateLimiter, parse_rate_limits
 from kaie_analytics.responses import JSONResponse
@@ -71,6 +74,16 @@ def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(ApiError("an unexpected error occurred; it has been logged"))
 
 
+def _ingest_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Processes that decode, validate and prepare event batches (0: in the server)."""
+    if workers <= 0:
+        return None
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    for f in [pool.submit(warm_up) for _ in range(workers)]:
+        f.result()
+    return pool
+
+
 class UnsupportedBackend(ValueError):
     pass
 
@@ -108,9 +121,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = jobs
         app.state.worker = worker
         worker.start()
+        app.state.ingest_pool = _ingest_pool(settings.ingest_workers)
         try:
             yield
         finally:
+            if app.state.ingest_pool is not None:
+                app.state.ingest_pool.shutdown(cancel_futures=True)
             worker.stop()
             store.close()
             meta.close()

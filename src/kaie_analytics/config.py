@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     events_backend: str = "duckdb"
     meta_backend: str = "sqlite"
 
+    #: Processes that decode and validate event batches beside the server (0: in the server).
+    ingest_workers: int = 0
     #: Largest request body, after gzip is undone.
     max_body_bytes: int = 5 * 1024 * 1024
     #: Longest time one analytics query may run before it is interrupted.

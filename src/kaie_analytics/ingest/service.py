@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kaie_analytics.ingest.body import decode_events
 from kaie_analytics.ingest.validate import EventError, ValidEvent, validate_event
-from kaie_analytics.store.duckdb_store import AppendResult, DuckDBEventStore
+from kaie_analytics.store.duckdb_store import AppendResult, DuckDBEventStore, PreparedBatch
 
 
 @dataclass
@@ -65,3 +66,21 @@ def ingest_items(store: DuckDBEventStore, tenant: str, items: list[Any]) -> Inge
     batch = validate_batch(items)
     result = store.append(tenant, batch.rows).result() if batch.rows else AppendResult(0, 0)
     return summarize(batch, result)
+
+
+def prepare_body(
+    body: bytes, content_type: str | None, tenant: str
+) -> tuple[ValidatedBatch, PreparedBatch | None]:
+    """Decode, validate and prepare a request body; runs in an ingest process.
+
+    Everything here is pure CPU work on the request's own bytes, so a pool of
+    processes can do it in parallel while the server's writer commits.
+    """
+    batch = validate_batch(decode_events(body, content_type))
+    prepared = DuckDBEventStore.prepare(tenant, batch.rows) if batch.rows else None
+    batch.rows = []  # the prepared table carries them now; do not ship them twice
+    return batch, prepared
+
+
+def warm_up() -> None:
+    """Import everything an ingest process needs before the first request."""

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
 from kaie_analytics.auth import Principal, require
-from kaie_analytics.ingest.body import decode_events, read_body
-from kaie_analytics.ingest.service import ValidatedBatch, summarize, validate_batch
+from kaie_analytics.ingest.body import read_body
+from kaie_analytics.ingest.service import prepare_body, summarize
 from kaie_analytics.store.duckdb_store import AppendResult
 
 router = APIRouter(tags=["events"])
@@ -25,13 +24,18 @@ async def post_events(
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     content_type = request.headers.get("content-type")
     store = request.app.state.store
-
-    def validate_and_queue() -> tuple[ValidatedBatch, Future[AppendResult] | None]:
-        batch = validate_batch(decode_events(body, content_type))
-        return batch, store.append(principal.tenant, batch.rows) if batch.rows else None
-
-    batch, pending = validate_and_queue()
-    result = await asyncio.wrap_future(pending) if pending else AppendResult(0, 0)
+    pool = request.app.state.ingest_pool
+    if pool is not None:
+        loop = asyncio.get_running_loop()
+        batch, prepared = await loop.run_in_executor(
+            pool, prepare_body, body, content_type, principal.tenant
+        )
+    else:
+        batch, prepared = prepare_body(body, content_type, principal.tenant)
+    if prepared is not None:
+        result = await asyncio.wrap_future(store.append_prepared(principal.tenant, prepared))
+    else:
+        result = AppendResult(0, 0)
     summary = summarize(batch, result)
     events_total = request.app.state.telemetry.events
     events_total.labels("accepted").inc(summary.accepted)

@@ -96,7 +96,12 @@ class AppendResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _Prepared:
+class PreparedBatch:
+    """A validated batch as typed Arrow columns, with its 64-bit id hashes.
+
+    Built off the writer thread (in a request thread or an ingest process).
+    """
+
     table: pa.Table
     hashes: np.ndarray
     event_ids: list[str]
@@ -206,14 +211,20 @@ class DuckDBEventStore:
         The Arrow table and id hashes are built here, in the caller's thread, so
         the single writer thread only dedupes, inserts and commits.
         """
+        return self.append_prepared(tenant, self.prepare(tenant, rows))
+
+    def append_prepared(
+        self, tenant: str, batch: PreparedBatch
+    ) -> concurrent.futures.Future[AppendResult]:
+        """Queue a prepared batch for the next group commit."""
         fut: concurrent.futures.Future[AppendResult] = concurrent.futures.Future()
         if self._closed:
             raise StoreUnavailable("the store is shutting down")
-        self._queue.put(("append", tenant, self._prepare(tenant, rows), fut))
+        self._queue.put(("append", tenant, batch, fut))
         return fut
 
     @staticmethod
-    def _prepare(tenant: str, rows: list[ValidEvent]) -> _Prepared:
+    def prepare(tenant: str, rows: list[ValidEvent]) -> PreparedBatch:
         """Typed Arrow columns and 64-bit id hashes of a batch (caller's thread).
 
         The field columns are parsed from the (already validated) raw JSON by
@@ -256,7 +267,7 @@ class DuckDBEventStore:
                     [getattr(e.fields, name, None) for e in rows],
                     _ARROW_TYPES.get(name, pa.string()),
                 )
-        return _Prepared(pa.table(columns), hashes, event_ids)
+        return PreparedBatch(pa.table(columns), hashes, event_ids)
 
     def put_workflow(
         self, tenant: str, workflow_id: str, name: str
@@ -350,7 +361,7 @@ class DuckDBEventStore:
     def _commit_appends(self, items: list[Any]) -> None:
         """Dedupe, append and commit every queued batch in one transaction."""
         con = self._con
-        batches: list[_Prepared] = [payload for _, _, payload, _ in items]
+        batches: list[PreparedBatch] = [payload for _, _, payload, _ in items]
         tenants = [tenant for _, tenant, _, _ in items]
         try:
             keeps = self._dedupe(tenants, batches)
@@ -412,7 +423,7 @@ class DuckDBEventStore:
         for (*_, fut), res in zip(items, results, strict=True):
             fut.set_result(res)
 
-    def _dedupe(self, tenants: list[str], batches: list[_Prepared]) -> list[np.ndarray]:
+    def _dedupe(self, tenants: list[str], batches: list[PreparedBatch]) -> list[np.ndarray]:
         """Per batch, a mask of the events to store: new, and first in this group."""
         maybes = [self._ids.candidates(b.hashes) for b in batches]
         stored: set[tuple[str, str]] = set()
