@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
@@ -71,8 +72,14 @@ class Server:
         return out.stdout.strip().splitlines()[-1]
 
     def rss_mb(self) -> float:
+        """Resident memory of the server and its child processes (ingest workers)."""
         assert self.proc is not None
-        return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
+        proc = psutil.Process(self.proc.pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += child.memory_info().rss
+        return float(total) / 2**20
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:

@@ -133,23 +133,29 @@ def main() -> None:
     print(f"Machine: {machine()}")
     print(f"{args.events:,} events per run, batches of {BATCH}, durable acknowledgements")
     print()
-    print("| body | clients | events/s (median) | runs | server peak RSS |")
-    print("|---|---|---:|---:|---:|")
-    for fmt in ("json", "ndjson"):
-        for clients in (1, 4):
-            rates, peaks = [], []
-            for run in range(args.runs):
-                events = make_events(args.events, run, f"{fmt}{clients}r{run}")
-                payloads = bodies(events, fmt)
-                del events
-                with tempfile.TemporaryDirectory() as tmp, Server(Path(tmp) / "data") as server:
-                    key = server.create_key("bench")
-                    with PeakMemory(server) as mem:
-                        elapsed = send(server.url, key, payloads, fmt, clients)
-                    rates.append(args.events / elapsed)
-                    peaks.append(mem.peak)
-            print(f"| {fmt} | {clients} | {median(rates):,.0f} | {args.runs} |"
-                  f" {max(peaks):,.0f} MiB |", flush=True)  # fmt: skip
+    print(
+        "| body | clients | ingest workers | events/s (median) | runs | peak RSS, server + workers |"
+    )
+    print("|---|---|---|---:|---:|---:|")
+    for workers in (0, 2):
+        for fmt in ("json", "ndjson"):
+            for clients in (1, 4):
+                rates, peaks = [], []
+                for run in range(args.runs):
+                    events = make_events(args.events, run, f"{fmt}{clients}r{run}")
+                    payloads = bodies(events, fmt)
+                    del events
+                    with (
+                        tempfile.TemporaryDirectory() as tmp,
+                        Server(Path(tmp) / "data", KAIE_INGEST_WORKERS=str(workers)) as server,
+                    ):
+                        key = server.create_key("bench")
+                        with PeakMemory(server) as mem:
+                            elapsed = send(server.url, key, payloads, fmt, clients)
+                        rates.append(args.events / elapsed)
+                        peaks.append(mem.peak)
+                print(f"| {fmt} | {clients} | {workers} | {median(rates):,.0f} | {args.runs} |"
+                      f" {max(peaks):,.0f} MiB |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -46,10 +47,8 @@ def _download_url(request: Request, job: Job) -> str:
     exp = int(expires.timestamp())
     sig = sign(request.app.state.secret, job.kind, job.id, job.tenant, exp)
     base = request.app.state.settings.public_url or str(request.base_url).rstrip("/")
-    return (
-        f"{base.rstrip('/')}/v1/analytics/{segment}/{job.id}/download"
-        f"?tenant={job.tenant}&expires={exp}&signature={sig}"
-    )
+    query = urlencode({"tenant": job.tenant, "expires": exp, "signature": sig})
+    return f"{base.rstrip('/')}/v1/analytics/{segment}/{job.id}/download?{query}"
 
 
 def render_job(request: Request, job: Job) -> dict[str, Any]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from kaie_analytics.store.sqlite import SqliteDatabase
 
 MAX_ATTEMPTS = 3
 RETENTION = timedelta(days=7)
@@ -77,27 +78,9 @@ class Job:
     rows: int | None
 
 
-class JobStore:
+class JobStore(SqliteDatabase):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-        self._con().executescript(_SCHEMA)
-
-    def _con(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.row_factory = sqlite3.Row
-            self._local.con = con
-        return con
-
-    def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        super().__init__(path, _SCHEMA)
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:

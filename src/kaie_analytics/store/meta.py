@@ -11,12 +11,13 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from kaie_analytics.store.sqlite import SqliteDatabase
 
 SCOPES = ("events:write", "analytics:read", "reports:write")
 KEY_PREFIX = "kaie_"
@@ -68,24 +69,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class MetaStore:
+class MetaStore(SqliteDatabase):
     """Tenants and API keys. Thread-safe: one connection per thread."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._local = threading.local()
-        self._con().executescript(_SCHEMA)
-
-    def _con(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("PRAGMA foreign_keys=ON")
-            self._local.con = con
-        return con
+        super().__init__(path, _SCHEMA)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -97,12 +85,6 @@ class MetaStore:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
-
-    def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
 
     # tenants -------------------------------------------------------------
 
