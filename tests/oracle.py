@@ -246,8 +246,7 @@ def performance(
     ids = {x.execution_id for x in xs}
     nodes: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in events:
-        if e["type"] in ("node.completed", "node.failed") and e["execution_id"] in ids \
-                and e["workflow_id"] == wf:  # fmt: skip
+        if e["type"] in ("node.completed", "node.failed") and e["execution_id"] in ids:
             nodes[e["node_id"]].append(e)
     node_perf = []
     for node_id, evs in nodes.items():

@@ -72,48 +72,23 @@ def run_realtime(
         SELECT type, ts, workflow_id, execution_id, customer_id, channel FROM events
         WHERE tenant = $tenant AND ingested_at >= $ingest_lo AND ts <= $now
     """
+    filters = "($workflow IS NULL OR workflow_id = $workflow) AND ($channel IS NULL OR channel = $channel)"
     running = store.query(
-        """
-        SELECT wf, count(*) FROM (
-            SELECT execution_id,
-                arg_min(workflow_id, ts) FILTER (WHERE type = 'execution.started') AS wf,
-                arg_min(channel, ts) FILTER (WHERE type = 'execution.started') AS ch,
-                bool_or(type = 'execution.started' AND ts >= $day_ago) AS recent_start,
-                bool_or(type <> 'execution.started') AS finished
-            FROM events
-            WHERE tenant = $tenant AND ingested_at >= $ingest_lo
-              AND type IN ('execution.started', 'execution.completed', 'execution.failed')
-            GROUP BY execution_id
-        )
-        WHERE recent_start AND NOT finished
-          AND ($workflow IS NULL OR wf = $workflow) AND ($channel IS NULL OR ch = $channel)
-        GROUP BY wf
-        """,
+        f"""SELECT workflow_id, count(*) FROM ({store.executions_sql(q.tenant)})
+            WHERE status = 0 AND started_at BETWEEN $day_ago AND $now AND {filters}
+            GROUP BY workflow_id""",
         params,
     )
     active_by_wf = {wf: n for wf, n in running}
-    filters = "($workflow IS NULL OR workflow_id = $workflow) AND ($channel IS NULL OR channel = $channel)"
-    active_workflows = [
-        r[0]
-        for r in store.query(
-            f"""SELECT DISTINCT workflow_id FROM ({recent})
-                WHERE type LIKE 'execution.%' AND ts >= $hour_ago AND {filters}
-                ORDER BY 1""",
-            params,
-        )
-    ]
-    messages = store.query(
-        f"""SELECT grouping(workflow_id, channel), workflow_id, channel, count(*)
+    last_hour = store.query(
+        f"""SELECT grouping(workflow_id, channel), workflow_id, channel,
+                count(*) FILTER (WHERE type LIKE 'execution.%'),
+                count(*) FILTER (WHERE type IN ('message.sent', 'message.received')),
+                count(DISTINCT customer_id) FILTER (
+                    WHERE type IN ('message.sent', 'message.received') AND ts >= $half_hour_ago)
             FROM ({recent})
-            WHERE type IN ('message.sent', 'message.received') AND ts >= $hour_ago AND {filters}
+            WHERE ts >= $hour_ago AND {filters}
             GROUP BY GROUPING SETS ((), (workflow_id), (channel))""",
-        params,
-    )
-    conversations = store.query(
-        f"""SELECT channel, count(DISTINCT customer_id) FROM ({recent})
-            WHERE type IN ('message.sent', 'message.received') AND ts >= $half_hour_ago
-              AND {filters}
-            GROUP BY channel""",
         params,
     )
     replies = store.query(
@@ -137,16 +112,22 @@ def run_realtime(
         params,
     )
     total_msgs = 0
+    active_workflows: list[str] = []
     msgs_by_wf: dict[str, int] = {}
     msgs_by_channel: dict[str, int] = {}
-    for grouping, wf, ch, n in messages:
+    conv: dict[str, int] = {}
+    for grouping, wf, ch, exec_events, n_msgs, conversations in last_hour:
         if grouping == 3:
-            total_msgs = n
-        elif grouping == 1:  # grouped by workflow
+            total_msgs = n_msgs
+        elif grouping == 1:  # per workflow
             if wf is not None:
-                msgs_by_wf[wf] = n
-        elif ch is not None:
-            msgs_by_channel[ch] = n
+                msgs_by_wf[wf] = n_msgs
+                if exec_events:
+                    active_workflows.append(wf)
+        elif ch is not None and (n_msgs or conversations):
+            msgs_by_channel[ch] = n_msgs
+            conv[ch] = conversations
+    active_workflows.sort()
     reply_total: tuple[int, int] = (0, 0)
     reply_by_wf: dict[str, tuple[int, int]] = {}
     for grouping, wf, total, count in replies:
@@ -154,8 +135,7 @@ def run_realtime(
             reply_total = (total or 0, count)
         elif wf is not None:
             reply_by_wf[wf] = (total or 0, count)
-    conv = {ch: n for ch, n in conversations if ch is not None}
-    channels = sorted(set(msgs_by_channel) | set(conv))
+    channels = sorted(msgs_by_channel)
     data: dict[str, Any] = {
         "timestamp": iso(now),
         "current_metrics": {

@@ -117,9 +117,23 @@ SEGMENTS_SQL = """
 
 
 def _exec_cte(store: DuckDBEventStore, tenant: str, with_segment: bool) -> str:
+    """The workflow's executions started in [$lo, $hi], with ``t`` = start."""
     base = f"""
-        SELECT * FROM ({store.executions_sql(tenant)})
+        SELECT *, started_at AS t FROM ({store.executions_sql(tenant)})
         WHERE workflow_id = $workflow AND started_at BETWEEN $lo AND $hi
+    """
+    if not with_segment:
+        return base
+    return f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({SEGMENTS_SQL}) seg USING (customer_id)"
+
+
+def _event_cte(with_segment: bool) -> str:
+    """The workflow's messages and feedback in [$lo, $hi], with ``t`` = timestamp."""
+    base = """
+        SELECT type, ts AS t, channel, customer_id, csat FROM events
+        WHERE tenant = $tenant AND workflow_id = $workflow
+          AND type IN ('message.sent', 'message.received', 'feedback.submitted')
+          AND ts BETWEEN $lo AND $hi
     """
     if not with_segment:
         return base
@@ -134,6 +148,7 @@ _EXEC_AGG = """
     count(duration_ms) FILTER (WHERE status > 0) AS dur_n,
     count(DISTINCT customer_id) AS customers
 """
+_EXEC_FIELDS = ("total", "ok", "failed", "dur_sum", "dur_n", "customers")
 
 _EVENT_AGG = """
     count(*) FILTER (WHERE type = 'message.sent') AS sent,
@@ -141,23 +156,7 @@ _EVENT_AGG = """
     sum(csat) FILTER (WHERE type = 'feedback.submitted') AS csat_sum,
     count(csat) FILTER (WHERE type = 'feedback.submitted') AS csat_n
 """
-
-
-def _event_cte(with_segment: bool) -> str:
-    base = """
-        SELECT type, ts, channel, customer_id, csat FROM events
-        WHERE tenant = $tenant AND workflow_id = $workflow
-          AND type IN ('message.sent', 'message.received', 'feedback.submitted')
-          AND ts BETWEEN $lo AND $hi
-    """
-    if not with_segment:
-        return base
-    return f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({SEGMENTS_SQL}) seg USING (customer_id)"
-
-
-def _group_expr(group_by: str | None) -> str:
-    # Only registry names reach here.
-    return {None: "NULL", "channel": "channel", "customer_segment": "segment"}[group_by]
+_EVENT_FIELDS = ("sent", "received", "csat_sum", "csat_n")
 
 
 def _params(q: WorkflowMetricsQuery | WorkflowPerformanceQuery, period: Period) -> dict[str, Any]:
@@ -174,40 +173,30 @@ def _ensure_workflow(store: DuckDBEventStore, tenant: str, workflow_id: str) -> 
         raise WorkflowNotFound(f"no workflow {workflow_id!r} for this tenant", field="workflow_id")
 
 
-def _grouped(
+def _sums(
     store: DuckDBEventStore,
     q: WorkflowMetricsQuery,
-    period: Period,
-    key: str,
+    params: dict[str, Any],
+    keys: str,
+    group: str,
     *,
-    bounds: list[datetime] | None = None,
-) -> dict[Any, dict[str, Any]]:
-    """Raw sums per group key (``key`` is a registry expression or the bucket)."""
-    seg = key == "segment"
-    params = _params(q, period)
-    if bounds is not None:
-        params["bounds"] = [b.astimezone(UTC).replace(tzinfo=None) for b in bounds]
-        join = "ASOF JOIN (SELECT unnest($bounds::TIMESTAMP[]) AS lo) b ON x.{col} >= b.lo"
-        exec_sql = (
-            f"SELECT b.lo AS k, {_EXEC_AGG} FROM ({_exec_cte(store, q.tenant, False)}) x "
-            + join.format(col="started_at")
-            + " GROUP BY ALL"
-        )
-        event_sql = (
-            f"SELECT b.lo AS k, {_EVENT_AGG} FROM ({_event_cte(False)}) x "
-            + join.format(col="ts")
-            + " GROUP BY ALL"
-        )
-    else:
-        exec_sql = f"SELECT {key} AS k, {_EXEC_AGG} FROM ({_exec_cte(store, q.tenant, seg)}) x GROUP BY ALL"
-        event_sql = f"SELECT {key} AS k, {_EVENT_AGG} FROM ({_event_cte(seg)}) x GROUP BY ALL"
-    out: dict[Any, dict[str, Any]] = defaultdict(dict)
-    for k, total, ok, failed, dsum, dn, customers in store.query(exec_sql, params):
-        out[k].update(
-            total=total, ok=ok, failed=failed, dur_sum=dsum, dur_n=dn, customers=customers
-        )
-    for k, sent, received, csum, cn in store.query(event_sql, params):
-        out[k].update(sent=sent, received=received, csat_sum=csum, csat_n=cn)
+    join: str = "",
+    segment: bool = False,
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Raw sums of executions and of messages/feedback, per group key.
+
+    ``keys`` selects the key columns (registry expressions only), ``group`` is
+    the GROUP BY clause, ``join`` an optional bucket join on ``x.t``.
+    """
+    n_keys = keys.count(" AS ")
+    out: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
+    for cte, agg, fields in (
+        (_exec_cte(store, q.tenant, segment), _EXEC_AGG, _EXEC_FIELDS),
+        (_event_cte(segment), _EVENT_AGG, _EVENT_FIELDS),
+    ):
+        sql = f"SELECT {keys}, {agg} FROM ({cte}) x {join} GROUP BY {group}"
+        for row in store.query(sql, params):
+            out[tuple(row[:n_keys])].update(zip(fields, row[n_keys:], strict=True))
     return out
 
 
@@ -230,21 +219,36 @@ def _metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> d
 def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> dict[str, Any]:
     _ensure_workflow(store, q.tenant, q.workflow_id)
     period = q.period
-    overall = _grouped(store, q, period, "NULL").get(None, {})
-    previous = _grouped(store, q, period.previous(), "NULL").get(None, {})
-    by_channel = _grouped(store, q, period, "channel")
+    previous = period.previous()
+    # One pass over the current and previous periods: totals of each, and per channel.
+    totals = _sums(
+        store,
+        q,
+        {**_params(q, period), "lo": previous.start_naive, "cur_lo": period.start_naive},
+        "x.t >= $cur_lo AS cur, grouping(channel) AS g, channel AS channel",
+        "GROUPING SETS ((cur), (cur, channel))",
+    )
+    # Per channel, with None for what has no channel (a group of its own in group_by).
+    by_channel = {ch: raw for (cur, g, ch), raw in totals.items() if cur and not g}
     channels = {
         ch: v["total"]
         for ch, v in sorted(by_channel.items(), key=lambda kv: str(kv[0]))
         if ch is not None and v.get("total")
     }
-    current = _metrics_block(overall, channels)
-    prev = _metrics_block(previous, None)
-    series_raw = _grouped(store, q, period, "", bounds=buckets(period, q.granularity))
+    current = _metrics_block(totals.get((True, 1, None), {}), channels)
+    prev = _metrics_block(totals.get((False, 1, None), {}), None)
+    starts = buckets(period, q.granularity)
+    series = _sums(
+        store,
+        q,
+        {**_params(q, period), "bounds": [b.astimezone(UTC).replace(tzinfo=None) for b in starts]},
+        "b.lo AS k",
+        "b.lo",
+        join="ASOF JOIN (SELECT unnest($bounds::TIMESTAMP[]) AS lo) b ON x.t >= b.lo",
+    )
     daily = []
-    for start in buckets(period, q.granularity):
-        raw = series_raw.get(start.astimezone(UTC).replace(tzinfo=None), {})
-        block = _metrics_block(raw, None)
+    for start in starts:
+        block = _metrics_block(series.get((start.astimezone(UTC).replace(tzinfo=None),), {}), None)
         daily.append(
             {
                 "date": bucket_label(start, q.granularity, period.tz),
@@ -275,33 +279,36 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
 
 
 def _groups(
-    store: DuckDBEventStore, q: WorkflowMetricsQuery, by_channel: dict[Any, dict[str, Any]]
+    store: DuckDBEventStore, q: WorkflowMetricsQuery, by_channel: dict[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
     groups = []
     for field in q.group_by:
-        raw = by_channel if field == "channel" else _grouped(store, q, q.period, "segment")
-        for key in sorted(raw, key=lambda k: (k is None, str(k))):
-            channels = (
-                {key: raw[key]["total"]} if field == "channel" and raw[key].get("total") else None
+        blocks: dict[Any, dict[str, Any]] = {}
+        if field == "channel":
+            for ch, v in by_channel.items():
+                blocks[ch] = _metrics_block(
+                    v, {ch: v["total"]} if ch is not None and v.get("total") else {}
+                )
+        else:
+            per = _sums(
+                store,
+                q,
+                _params(q, q.period),
+                "segment AS segment, grouping(channel) AS g, channel AS channel",
+                "GROUPING SETS ((segment), (segment, channel))",
+                segment=True,
             )
-            if field == "customer_segment":
-                seg_channels = _segment_channels(store, q, key)
-                channels = seg_channels
-            block = _metrics_block(raw[key], channels)
-            groups.append({field: key, "metrics": {k: block[k] for k in q.metrics}})
+            for (seg, g, _), v in per.items():
+                if g:
+                    chans = {
+                        ch: w["total"]
+                        for (s2, g2, ch), w in sorted(per.items(), key=lambda kv: str(kv[0][2]))
+                        if s2 == seg and not g2 and ch is not None and w.get("total")
+                    }
+                    blocks[seg] = _metrics_block(v, chans)
+        for key in sorted(blocks, key=lambda k: (k is None, str(k))):
+            groups.append({field: key, "metrics": {m: blocks[key][m] for m in q.metrics}})
     return groups
-
-
-def _segment_channels(
-    store: DuckDBEventStore, q: WorkflowMetricsQuery, segment: str | None
-) -> dict[str, int]:
-    sql = f"""
-        SELECT channel, count(*) FROM ({_exec_cte(store, q.tenant, True)}) x
-        WHERE segment IS NOT DISTINCT FROM $segment AND channel IS NOT NULL
-        GROUP BY channel ORDER BY channel
-    """
-    params = _params(q, q.period) | {"segment": segment}
-    return {ch: n for ch, n in store.query(sql, params)}
 
 
 # ------------------------------------------------------------- performance
@@ -369,12 +376,9 @@ def run_workflow_performance(
         nodes = store.query(
             f"""
             SELECT n.node_id, arg_max(n.node_type, n.ts), count(*),
-                count(*) FILTER (WHERE n.type = 'node.completed'), sum(n.duration_ms), count(n.duration_ms),
-                count(*) FILTER (WHERE n.type = 'node.failed')
-            FROM events n
-            WHERE n.tenant = $tenant AND n.workflow_id = $workflow
-              AND n.type IN ('node.completed', 'node.failed')
-              AND n.execution_id IN (SELECT execution_id FROM ({execs}))
+                count(*) FILTER (WHERE n.ok), sum(n.dur), count(n.dur),
+                count(*) FILTER (WHERE NOT n.ok)
+            FROM (SELECT unnest(nodes) AS n FROM ({execs}))
             GROUP BY n.node_id
             ORDER BY count(*) DESC, n.node_id
             """,

@@ -63,7 +63,7 @@ _JSON_PARSE = pa_json.ParseOptions(
 )
 
 #: Which events feed each derived table, and where its watermark is kept.
-_FEEDS = {"executions": f"type IN {xsql.EXEC_TYPES}", **{d.name: d.event_filter for d in DERIVED}}
+_FEEDS = {"executions": f"type IN {xsql.FEED_TYPES}", **{d.name: d.event_filter for d in DERIVED}}
 _WATERMARK_KEYS = {"executions": "exec_seq", **{d.name: d.watermark for d in DERIVED}}
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?"
@@ -546,7 +546,7 @@ class DuckDBEventStore:
         con.execute(
             "CREATE TEMP TABLE merged AS "
             + xsql.merge_and_finalise(
-                "SELECT tenant, execution_id, s, c, f FROM executions"
+                "SELECT tenant, execution_id, s, c, f, nodes AS n FROM executions"
                 " WHERE (tenant, execution_id) IN (SELECT DISTINCT tenant, execution_id FROM delta)"
                 " UNION ALL SELECT * FROM delta"
             )

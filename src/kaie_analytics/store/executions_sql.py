@@ -10,6 +10,12 @@ events not yet folded in), so both always agree.
 from __future__ import annotations
 
 EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
+#: Node events ride along with their execution, so node metrics need no join.
+FEED_TYPES = (
+    "('execution.started', 'execution.completed', 'execution.failed',"
+    " 'node.completed', 'node.failed')"
+)
+NODE_STRUCT = "STRUCT(node_id VARCHAR, node_type VARCHAR, ts TIMESTAMP, ok BOOLEAN, dur BIGINT)"
 
 TERMINAL_STRUCT = (
     "STRUCT(ts TIMESTAMP, dur BIGINT, wf VARCHAR, ch VARCHAR, cust VARCHAR, err VARCHAR)"
@@ -29,13 +35,14 @@ CREATE TABLE IF NOT EXISTS executions (
     error_type VARCHAR,
     s {START_STRUCT},
     c {TERMINAL_STRUCT},
-    f {TERMINAL_STRUCT}
+    f {TERMINAL_STRUCT},
+    nodes {NODE_STRUCT}[]
 )
 """
 
 FINAL_COLUMNS = (
     "tenant, execution_id, workflow_id, channel, customer_id, started_at, status,"
-    " duration_ms, error_type"
+    " duration_ms, error_type, nodes"
 )
 
 
@@ -53,9 +60,13 @@ def event_states(where: str) -> str:
         CASE WHEN type = 'execution.failed' THEN
             {{'ts': ts, 'dur': duration_ms, 'wf': workflow_id, 'ch': channel,
               'cust': customer_id, 'err': error_type}}::{TERMINAL_STRUCT}
-        END AS f
+        END AS f,
+        CASE WHEN type IN ('node.completed', 'node.failed') THEN
+            [{{'node_id': node_id, 'node_type': node_type, 'ts': ts,
+               'ok': type = 'node.completed', 'dur': duration_ms}}::{NODE_STRUCT}]
+        END AS n
     FROM events
-    WHERE type IN {EXEC_TYPES} AND {where}
+    WHERE type IN {FEED_TYPES} AND {where}
     """
 
 
@@ -81,7 +92,7 @@ def merge_and_finalise(states: str) -> str:
              WHEN s IS NOT NULL THEN greatest(0, (epoch_us(w.ts) - epoch_us(s.ts)) // 1000)
         END AS duration_ms,
         CASE WHEN w IS NOT NULL AND NOT c_wins THEN f.err END AS error_type,
-        s, c, f
+        s, c, f, n AS nodes
     FROM (
         SELECT *,
             CASE WHEN c_wins THEN c ELSE f END AS w,
@@ -93,7 +104,8 @@ def merge_and_finalise(states: str) -> str:
             SELECT *, (c IS NOT NULL AND (f IS NULL OR c.ts > f.ts)) AS c_wins
             FROM (
                 SELECT tenant, execution_id,
-                    arg_min(s, s.ts) AS s, arg_max(c, c.ts) AS c, arg_max(f, f.ts) AS f
+                    arg_min(s, s.ts) AS s, arg_max(c, c.ts) AS c, arg_max(f, f.ts) AS f,
+                    flatten(coalesce(list(n) FILTER (WHERE n IS NOT NULL), [])) AS n
                 FROM ({states})
                 GROUP BY tenant, execution_id
             )
@@ -123,7 +135,7 @@ def tenant_executions(has_pending: bool) -> str:
         UNION ALL
         SELECT {FINAL_COLUMNS} FROM ({
         merge_and_finalise(
-            "SELECT tenant, execution_id, s, c, f FROM executions"
+            "SELECT tenant, execution_id, s, c, f, nodes AS n FROM executions"
             " WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)"
             " UNION ALL SELECT * FROM delta"
         )
