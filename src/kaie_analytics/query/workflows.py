@@ -182,6 +182,7 @@ def _sums(
     *,
     join: str = "",
     segment: bool = False,
+    parts: tuple[str, ...] = ("executions", "events"),
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Raw sums of executions and of messages/feedback, per group key.
 
@@ -190,10 +191,11 @@ def _sums(
     """
     n_keys = keys.count(" AS ")
     out: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
-    for cte, agg, fields in (
-        (_exec_cte(store, q.tenant, segment), _EXEC_AGG, _EXEC_FIELDS),
-        (_event_cte(segment), _EVENT_AGG, _EVENT_FIELDS),
-    ):
+    sources = {
+        "executions": (_exec_cte(store, q.tenant, segment), _EXEC_AGG, _EXEC_FIELDS),
+        "events": (_event_cte(segment), _EVENT_AGG, _EVENT_FIELDS),
+    }
+    for cte, agg, fields in (sources[p] for p in parts):
         sql = f"SELECT {keys}, {agg} FROM ({cte}) x {join} GROUP BY {group}"
         for row in store.query(sql, params):
             out[tuple(row[:n_keys])].update(zip(fields, row[n_keys:], strict=True))
@@ -237,21 +239,40 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     }
     current = _metrics_block(totals.get((True, 1, None), {}), channels)
     prev = _metrics_block(totals.get((False, 1, None), {}), None)
-    starts = buckets(period, q.granularity)
+    starts = [b.astimezone(UTC).replace(tzinfo=None) for b in buckets(period, q.granularity)]
+    slots, owners = _slots(starts, period.end_naive)
+    # Executions: distinct customers per bucket are not additive, so each row joins
+    # its bucket through its 15-minute slot (every bucket edge, in any time zone, is
+    # on a slot edge). Messages are additive: sum slots into buckets here.
     series = _sums(
         store,
         q,
-        {**_params(q, period), "bounds": [b.astimezone(UTC).replace(tzinfo=None) for b in starts]},
-        "b.lo AS k",
-        "b.lo",
-        join="ASOF JOIN (SELECT unnest($bounds::TIMESTAMP[]) AS lo) b ON x.t >= b.lo",
+        {**_params(q, period), "slots": slots, "owners": owners},
+        "m.owner AS k",
+        "m.owner",
+        join="JOIN (SELECT unnest($slots::TIMESTAMP[]) AS slot, unnest($owners::TIMESTAMP[]) AS owner) m"
+        " ON time_bucket(INTERVAL 15 MINUTE, x.t) = m.slot",
+        parts=("executions",),
     )
+    slot_owner = dict(zip(slots, owners, strict=True))
+    per_slot = _sums(
+        store,
+        q,
+        _params(q, period),
+        "time_bucket(INTERVAL 15 MINUTE, x.t) AS k",
+        "1",
+        parts=("events",),
+    )
+    for (slot,), sums in per_slot.items():
+        bucket = series[(slot_owner[slot],)]
+        for field, value in sums.items():
+            bucket[field] = (bucket.get(field) or 0) + (value or 0)
     daily = []
     for start in starts:
-        block = _metrics_block(series.get((start.astimezone(UTC).replace(tzinfo=None),), {}), None)
+        block = _metrics_block(series.get((start,), {}), None)
         daily.append(
             {
-                "date": bucket_label(start, q.granularity, period.tz),
+                "date": bucket_label(start.replace(tzinfo=UTC), q.granularity, period.tz),
                 "executions": block["total_executions"],
                 "success_rate": block["success_rate"],
                 "average_duration_ms": block["average_duration_ms"],
@@ -276,6 +297,22 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     if q.group_by:
         data["groups"] = _groups(store, q, by_channel)
     return data
+
+
+SLOT = timedelta(minutes=15)  # every UTC offset in use is a multiple of 15 minutes
+
+
+def _slots(starts: list[datetime], end: datetime) -> tuple[list[datetime], list[datetime]]:
+    """Every 15-minute UTC slot from the first bucket to ``end``, and its bucket."""
+    slots, owners = [], []
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else end + SLOT
+        slot = start
+        while slot < stop:
+            slots.append(slot)
+            owners.append(start)
+            slot += SLOT
+    return slots, owners
 
 
 def _groups(
@@ -313,7 +350,6 @@ def _groups(
 
 # ------------------------------------------------------------- performance
 
-SLOT = timedelta(minutes=15)  # every UTC offset in use is a multiple of 15 minutes
 
 
 def run_workflow_performance(
