@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     #: How long a looked-up API key is trusted before it is checked again.
     key_cache_ttl_s: float = 2.0
     #: Fold pending events into the compacted execution table after this many.
-    compact_after_events: int = 200_000
+    compact_after_events: int = 500_000
     #: ... or after this many seconds without new events.
     compact_idle_s: float = 2.0
     #: Longest time one report or export job may run before it fails.

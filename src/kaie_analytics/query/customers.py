@@ -229,16 +229,20 @@ def run_journey(store: DuckDBEventStore, q: JourneyQuery) -> dict[str, Any]:
                  sum(epoch_us(completed) - epoch_us(first_step)) FROM jr""",
         params,
     )[0]
+    # One pass per step: journeys that reached it, those that also reached the step
+    # before, and those that did not reach the next (the next step's drop-offs).
     steps = store.query(
         base
         + """SELECT s.step, arg_max(s.name, s.name_ts), count(*),
                  count(*) FILTER (WHERE list_contains(reached, s.step - 1)),
-                 sum(s.gap_us), count(s.gap_us)
+                 sum(s.gap_us), count(s.gap_us),
+                 count(*) FILTER (WHERE NOT list_contains(reached, s.step + 1))
              FROM st GROUP BY s.step ORDER BY s.step""",
         params,
     )
-    reached = {k: n for k, _, n, _, _, _ in steps}
+    reached = {k: n for k, _, n, *_ in steps}
     names = {k: name for k, name, *_ in steps}
+    not_next = {k + 1: n for k, *_, n in steps}
     journey_steps = [
         {
             "step": k,
@@ -249,7 +253,7 @@ def run_journey(store: DuckDBEventStore, q: JourneyQuery) -> dict[str, Any]:
             else num.rate(with_prev, reached.get(k - 1, 0)),
             "average_duration_ms": num.mean_us_as_ms(gap_sum, gap_n),
         }
-        for k, name, n, with_prev, gap_sum, gap_n in steps
+        for k, name, n, with_prev, gap_sum, gap_n, _ in steps
     ]
     journey: dict[str, Any] = {
         "journey_type": jtype,
@@ -262,14 +266,7 @@ def run_journey(store: DuckDBEventStore, q: JourneyQuery) -> dict[str, Any]:
         "journey_steps": journey_steps,
     }
     if q.include_dropoffs:
-        drops = store.query(
-            base
-            + """SELECT s.step + 1 AS k, count(*) FROM st
-                 WHERE NOT list_contains(reached, s.step + 1)
-                   AND s.step + 1 IN (SELECT s.step FROM st)
-                 GROUP BY ALL ORDER BY 1""",
-            params,
-        )
+        drops = [(k, not_next.get(k, 0)) for k in sorted(reached)]
         reasons = store.query(
             base
             + """SELECT top_step + 1 AS k, reason, count(*) AS n

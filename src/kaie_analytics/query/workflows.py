@@ -351,7 +351,6 @@ def _groups(
 # ------------------------------------------------------------- performance
 
 
-
 def run_workflow_performance(
     store: DuckDBEventStore, q: WorkflowPerformanceQuery
 ) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import logging
 import queue
 import re
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -133,7 +132,7 @@ class DuckDBEventStore:
         memory_limit: str = "2GB",
         threads: int = 2,
         query_timeout_s: float = 10.0,
-        compact_after_events: int = 200_000,
+        compact_after_events: int = 500_000,
         compact_idle_s: float = 2.0,
         chunk_rows: int = 1_000_000,
     ) -> None:
@@ -295,14 +294,17 @@ class DuckDBEventStore:
         self._writer.join()
         self._con.close()
 
+    def _backlog(self) -> int:
+        """Events committed but not yet folded into every derived table."""
+        return self._seq - min(self._watermarks.values())
+
     def _write_loop(self) -> None:
-        last_write = time.monotonic()
         while True:
-            timeout = self.compact_idle_s if self._pending_total else None
+            timeout = self.compact_idle_s if self._backlog() or self._recent_rows else None
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
-                self._safe_compact()
+                self._maintain(idle=True)
                 continue
             batch = [item]
             while True:
@@ -315,7 +317,6 @@ class DuckDBEventStore:
             appends = [b for b in work if b[0] == "append"]
             if appends:
                 self._commit_appends(appends)
-                last_write = time.monotonic()
             for kind, tenant, payload, fut in work:
                 if kind == "workflow":
                     try:
@@ -333,12 +334,8 @@ class DuckDBEventStore:
             if stop:
                 self._fail_queued()
                 return
-            if (
-                self._pending_total >= self.compact_after_events
-                or self._recent_rows >= self.chunk_rows
-                or (self._pending_total and time.monotonic() - last_write > self.compact_idle_s)
-            ):
-                self._safe_compact()
+            if self._backlog() >= self.compact_after_events or self._recent_rows >= self.chunk_rows:
+                self._maintain(idle=False)
 
     def _fail_queued(self) -> None:
         while True:
@@ -349,14 +346,16 @@ class DuckDBEventStore:
             if not isinstance(item, _Stop):
                 item[3].set_exception(StoreUnavailable("the store is shutting down"))
 
-    def _safe_compact(self) -> None:
+    def _maintain(self, *, idle: bool) -> None:
+        """Fold pending events, move a full chunk, and (when idle) checkpoint the WAL."""
         try:
             self._compact()
             if self._recent_rows >= self.chunk_rows:
                 self._move_events()
-            self._con.execute("CHECKPOINT")
+            if idle:
+                self._con.execute("CHECKPOINT")
         except Exception:
-            log.exception("compaction failed; will retry")
+            log.exception("maintenance failed; will retry")
 
     def _commit_appends(self, items: list[Any]) -> None:
         """Dedupe, append and commit every queued batch in one transaction."""
@@ -514,7 +513,7 @@ class DuckDBEventStore:
 
     def _compact(self) -> None:
         """Fold the events past each derived table's watermark into that table."""
-        if not self._pending_total:
+        if not self._backlog():
             return
         new_seq = self._seq
         con = self._con
@@ -526,9 +525,9 @@ class DuckDBEventStore:
                 if any(self._pending[d.name].values()):
                     for stmt in compact_statements(d, self._watermarks[d.name], new_seq):
                         con.execute(stmt)
-                    con.execute(
-                        "UPDATE store_state SET value = ? WHERE key = ?", [new_seq, d.watermark]
-                    )
+            # Every table is now current up to new_seq, including those nothing fed.
+            for key in _WATERMARK_KEYS.values():
+                con.execute("UPDATE store_state SET value = ? WHERE key = ?", [new_seq, key])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -558,7 +557,6 @@ class DuckDBEventStore:
         con.execute(
             "INSERT INTO executions SELECT * FROM merged ORDER BY tenant, workflow_id, started_at"
         )
-        con.execute("UPDATE store_state SET value = ? WHERE key = 'exec_seq'", [new_seq])
         con.execute("DROP TABLE delta")
         con.execute("DROP TABLE merged")
         total = self._scalar("SELECT count(*) FROM executions")
