@@ -25,6 +25,8 @@ class Derived:
     key: tuple[str, ...]
     #: Which events feed this table (a predicate on ``events``).
     event_filter: str
+    #: The event types that feed it, or None when any event with a customer does.
+    feed_types: frozenset[str] | None
     #: ``update(delta, table)``: SQL for the new rows of every key in ``delta``
     #: (events past the watermark), and the predicate on ``table`` rows they replace.
     update: Callable[[str, str], tuple[str, str]]
@@ -93,11 +95,17 @@ def _journeys(src: str) -> str:
     """
 
 
-_JOURNEY_EVENTS = "type IN ('journey.step', 'journey.completed', 'journey.dropped')"
+def type_filter(types: frozenset[str]) -> str:
+    return "type IN (" + ", ".join(f"'{t}'" for t in sorted(types)) + ")"
+
+
+_JOURNEY_TYPES = frozenset(("journey.step", "journey.completed", "journey.dropped"))
+_JOURNEY_EVENTS = type_filter(_JOURNEY_TYPES)
 JOURNEYS = Derived(
     name="journeys",
     key=("journey_id",),
     event_filter=_JOURNEY_EVENTS,
+    feed_types=_JOURNEY_TYPES,
     update=_rebuild_keys(_journeys, "tenant, journey_id", _JOURNEY_EVENTS),
     ddl="""
         CREATE TABLE IF NOT EXISTS journeys (
@@ -131,7 +139,8 @@ def _sessions(src: str) -> str:
     """
 
 
-_MESSAGES = "type IN ('message.sent', 'message.received')"
+_MESSAGE_TYPES = frozenset(("message.sent", "message.received"))
+_MESSAGES = type_filter(_MESSAGE_TYPES)
 
 
 def _sessions_update(delta: str, table: str) -> tuple[str, str]:
@@ -165,6 +174,7 @@ SESSIONS = Derived(
     name="sessions",
     key=("customer_id", "channel"),
     event_filter=_MESSAGES,
+    feed_types=_MESSAGE_TYPES,
     update=_sessions_update,
     ddl="""
         CREATE TABLE IF NOT EXISTS sessions (
@@ -210,6 +220,7 @@ CUSTOMERS = Derived(
     name="customers",
     key=("customer_id",),
     event_filter="customer_id IS NOT NULL",
+    feed_types=None,
     update=_customers_update,
     ddl="""
         CREATE TABLE IF NOT EXISTS customers (

@@ -10,10 +10,12 @@ Layout: ``events`` is a view over every accepted event (``seq`` increases with
 each commit): commits append to the small ``events_recent``; once it holds
 ``chunk_rows`` events they move to ``events_main`` as one chunk sorted by
 (tenant, type, workflow, time), so zone maps let a tenant's query skip the
-other tenants' rows. ``executions`` holds one merged row per execution, kept
-sorted by (tenant, workflow, start) for fast scans; events past the watermark
-``exec_seq`` are folded into it in the background and merged on the fly by
-queries until then (see ``executions_sql``).
+other tenants' rows. Derived tables serve the queries: ``executions`` (one
+merged row per execution, with its node events, sorted by tenant, workflow and
+start; see ``executions_sql``) and journeys, sessions and customers (see
+``derived``). Each has a watermark: events past it are folded in by the writer
+in the background (after ``compact_after_events`` or when idle), and queries
+merge them on the fly until then, so answers are always exact and current.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import queue
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,6 @@ _DDL = [
 class AppendResult:
     accepted: int
     duplicates: int
-    duplicate_indexes: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,31 @@ class Workflow:
     name: str | None
     name_ts: datetime | None
     created_at: datetime
+
+
+#: The event types feeding each derived table (None: every event with a customer).
+_FEED_TYPES: dict[str, frozenset[str] | None] = {
+    "executions": xsql.FEED_TYPE_SET,
+    **{d.name: d.feed_types for d in DERIVED},
+}
+
+
+def _feed_counts(tenants: list[str], parts: list[pa.Table]) -> list[tuple[Any, ...]]:
+    """Per tenant: events kept, then events feeding each derived table (``_FEEDS`` order)."""
+    totals: dict[str, list[int]] = {}
+    for tenant, part in zip(tenants, parts, strict=True):
+        if not part.num_rows:
+            continue
+        row = totals.setdefault(tenant, [0] * (1 + len(_FEEDS)))
+        row[0] += part.num_rows
+        by_type = {v["values"]: v["counts"] for v in part["type"].value_counts().to_pylist()}
+        for i, name in enumerate(_FEEDS, start=1):
+            types = _FEED_TYPES[name]
+            if types is None:
+                row[i] += part.num_rows - part["customer_id"].null_count
+            else:
+                row[i] += sum(n for t, n in by_type.items() if t in types)
+    return [(tenant, *row) for tenant, row in totals.items()]
 
 
 def _utcnow() -> datetime:
@@ -176,11 +202,9 @@ class DuckDBEventStore:
                 [self._watermarks[name]],
             ).fetchall():
                 self._pending[name][tenant] = n
-        self._pending_total = sum(sum(p.values()) for p in self._pending.values())
         self._recent_rows = self._scalar("SELECT count(*) FROM events_recent")
         #: Bumped on every commit that touches a tenant; caches key on it.
         self.versions: dict[str, int] = defaultdict(int)
-        self._listeners: list[Callable[[dict[str, int]], None]] = []
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self._local = threading.local()
@@ -192,10 +216,6 @@ class DuckDBEventStore:
     def _scalar(self, sql: str, params: Sequence[Any] | None = None) -> int:
         rows = self._con.execute(sql, params or []).fetchall()
         return int(rows[0][0]) if rows else 0
-
-    def on_commit(self, listener: Callable[[dict[str, int]], None]) -> None:
-        """Call ``listener({tenant: events accepted})`` after each commit (writer thread)."""
-        self._listeners.append(listener)
 
     def has_pending(self, tenant: str, table: str = "executions") -> bool:
         return self._pending[table].get(tenant, 0) > 0
@@ -366,13 +386,13 @@ class DuckDBEventStore:
             keeps = self._dedupe(tenants, batches)
             results = []
             for keep in keeps:
-                dups = np.flatnonzero(~keep).tolist()
-                results.append(AppendResult(int(keep.size) - len(dups), len(dups), dups))
+                kept_here = int(keep.sum())
+                results.append(AppendResult(kept_here, int(keep.size) - kept_here))
             kept_parts = [b.table.filter(pa.array(k)) for b, k in zip(batches, keeps, strict=True)]
             kept_hashes = np.concatenate([b.hashes[k] for b, k in zip(batches, keeps, strict=True)])
             kept_n = int(kept_hashes.size)
             old_seq = self._seq
-            counts: list[tuple[Any, ...]] = []
+            counts = _feed_counts(tenants, kept_parts)
             if kept_n:
                 kept = pa.concat_tables(kept_parts).append_column(
                     "seq", pa.array(np.arange(old_seq + 1, old_seq + kept_n + 1, dtype=np.int64))
@@ -384,14 +404,9 @@ class DuckDBEventStore:
                         "INSERT INTO events_recent BY NAME SELECT *, $now AS ingested_at FROM kept",
                         {"now": _utcnow()},
                     )
-                    wf_changes = self._workflow_changes(old_seq)
+                    wf_changes = self._workflow_changes()
                     for stmt, params in wf_changes:
                         con.execute(stmt, params)
-                    counts = con.execute(
-                        "SELECT tenant, count(*), "
-                        + ", ".join(f"count(*) FILTER (WHERE {p})" for p in _FEEDS.values())
-                        + " FROM kept GROUP BY tenant"
-                    ).fetchall()
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -407,18 +422,11 @@ class DuckDBEventStore:
             for *_, fut in items:
                 fut.set_exception(StoreUnavailable(f"commit failed: {exc}"))
             return
-        touched = {row[0]: row[1] for row in counts}
         for tenant, _, *per_table in counts:
             self.versions[tenant] += 1
             for name, n in zip(_FEEDS, per_table, strict=True):
                 if n:
                     self._pending[name][tenant] += n
-                    self._pending_total += n
-        for listener in self._listeners:
-            try:
-                listener(touched)
-            except Exception:
-                log.exception("commit listener failed")
         for (*_, fut), res in zip(items, results, strict=True):
             fut.set_result(res)
 
@@ -457,14 +465,13 @@ class DuckDBEventStore:
 
     # -------------------------------------------------------------- workflows
 
-    def _workflow_changes(self, after_seq: int) -> list[tuple[str, list[Any]]]:
+    def _workflow_changes(self) -> list[tuple[str, list[Any]]]:
         """Statements that register new workflows and apply newer names (writer thread)."""
         rows = self._con.execute(
             "SELECT tenant, workflow_id,"
             " arg_max(workflow_name, ts) FILTER (WHERE workflow_name IS NOT NULL),"
             " max(ts) FILTER (WHERE workflow_name IS NOT NULL)"
-            " FROM events WHERE seq > ? AND workflow_id IS NOT NULL GROUP BY ALL",
-            [after_seq],
+            " FROM kept WHERE workflow_id IS NOT NULL GROUP BY ALL"
         ).fetchall()
         now = _utcnow()
         changes: list[tuple[str, list[Any]]] = []
@@ -535,7 +542,6 @@ class DuckDBEventStore:
         for name in _FEEDS:
             self._watermarks[name] = new_seq
             self._pending[name].clear()
-        self._pending_total = 0
 
     def _fold_executions(self, new_seq: int) -> None:
         """Merge new execution events into ``executions`` (inside the caller's transaction)."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
 #: Node events ride along with their execution, so node metrics need no join.
-FEED_TYPES = (
-    "('execution.started', 'execution.completed', 'execution.failed',"
-    " 'node.completed', 'node.failed')"
-)
+FEED_TYPE_SET = frozenset(
+    ("execution.started", "execution.completed", "execution.failed", "node.completed",
+     "node.failed")
+)  # fmt: skip
+FEED_TYPES = "(" + ", ".join(f"'{t}'" for t in sorted(FEED_TYPE_SET)) + ")"
 NODE_STRUCT = "STRUCT(node_id VARCHAR, node_type VARCHAR, ts TIMESTAMP, ok BOOLEAN, dur BIGINT)"
 
 TERMINAL_STRUCT = (
