@@ -30,6 +30,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/query.py
+	$(PY) bench/export.py
 
 clean:
 	rm -rf $(VENV) kaie-data .pytest_cache .mypy_cache .ruff_cache
