@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import duckdb
+import httpx
 import orjson
 import typer
 from rich.console import Console
@@ -283,8 +284,6 @@ def ingest(
     store = None if url else _open_store(settings)
     client = None
     if url:
-        import httpx
-
         client = httpx.Client(
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}"},
@@ -315,7 +314,7 @@ def ingest(
                     )
                 offset += len(lines)
                 progress.update(task, advance=size)
-    except httpx_errors() as exc:
+    except httpx.TransportError as exc:
         raise CliError(f"cannot reach {url}: {exc}") from None
     finally:
         if store is not None:
@@ -328,12 +327,6 @@ def ingest(
     )
     for message in first_errors:
         sys.stderr.write(message + "\n")
-
-
-def httpx_errors() -> tuple[type[Exception], ...]:
-    import httpx
-
-    return (httpx.TransportError,)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from kaie_analytics.auth import Principal, require
 from kaie_analytics.ingest.body import read_body
@@ -30,8 +31,10 @@ async def post_events(
         batch, prepared = await loop.run_in_executor(
             pool, prepare_body, body, content_type, principal.tenant
         )
-    else:
-        batch, prepared = prepare_body(body, content_type, principal.tenant)
+    else:  # a worker thread, so a large batch never stalls the other requests
+        batch, prepared = await run_in_threadpool(
+            prepare_body, body, content_type, principal.tenant
+        )
     if prepared is not None:
         result = await asyncio.wrap_future(store.append_prepared(principal.tenant, prepared))
     else:
