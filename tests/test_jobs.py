@@ -250,6 +250,9 @@ def _expected(events: list[dict[str, Any]], data_type: str) -> list[dict[str, An
 
 def _same(got: list[dict[str, Any]], want: list[dict[str, Any]], fmt: str) -> None:
     assert len(got) == len(want)
+    key = "execution_id" if "execution_id" in want[0] and "event_id" not in want[0] else "event_id"
+    got = sorted(got, key=lambda r: r[key])
+    want = sorted(want, key=lambda r: r[key])
     for g, w in zip(got, want, strict=True):
         for key, value in w.items():
             gv = g[key]

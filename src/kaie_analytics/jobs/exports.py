@@ -2,6 +2,8 @@
 
 Memory stays flat whatever the row count: rows flow from DuckDB as a
 ``RecordBatchReader`` into a Parquet / CSV writer or line by line into JSON.
+Raw rows are therefore written in storage order (by workflow, then time),
+not sorted: a sort would hold the whole export in memory.
 """
 
 from __future__ import annotations
@@ -108,7 +110,6 @@ def export_sql(store: DuckDBEventStore, tenant: str, data_type: str) -> str:
                 ['running', 'success', 'failed'][status + 1] AS status, duration_ms, error_type
             FROM ({store.executions_sql(tenant)})
             WHERE started_at BETWEEN $lo AND $hi AND {_FILTERS}
-            ORDER BY started_at, execution_id
         """
     if data_type == "messages":
         return f"""
@@ -117,7 +118,6 @@ def export_sql(store: DuckDBEventStore, tenant: str, data_type: str) -> str:
             FROM events
             WHERE tenant = $tenant AND type IN ('message.sent', 'message.received')
               AND ts BETWEEN $lo AND $hi AND {_FILTERS}
-            ORDER BY ts, event_id
         """
     if data_type == "feedback":
         return f"""
@@ -126,7 +126,6 @@ def export_sql(store: DuckDBEventStore, tenant: str, data_type: str) -> str:
             FROM events
             WHERE tenant = $tenant AND type = 'feedback.submitted'
               AND ts BETWEEN $lo AND $hi AND {_FILTERS}
-            ORDER BY ts, event_id
         """
     if data_type == "journeys":
         # Journeys have no workflow; the channel filter keeps journeys with a step on it.
@@ -152,7 +151,6 @@ def export_sql(store: DuckDBEventStore, tenant: str, data_type: str) -> str:
                 {fields}
             FROM events
             WHERE tenant = $tenant AND ts BETWEEN $lo AND $hi AND {_FILTERS}
-            ORDER BY ts, seq
         """
     assert data_type == "workflow_metrics"
     return f"""
