@@ -60,8 +60,13 @@ def parse_journey_query(tenant: str, params: Mapping[str, Sequence[str]]) -> Jou
 
 
 def _engagement_numbers(
-    store: DuckDBEventStore, q: EngagementQuery, period: Period
+    store: DuckDBEventStore, q: EngagementQuery, period: Period, *, by_channel: bool = True
 ) -> dict[str, Any]:
+    """The period's raw engagement numbers; ``by_channel`` adds the channel breakdown.
+
+    The previous period (for trends) needs only the totals, and its distinct
+    count of active customers is the most expensive part of this endpoint.
+    """
     params = {
         "tenant": q.tenant,
         "channel": q.channel,
@@ -85,11 +90,16 @@ def _engagement_numbers(
             WHERE channel IS NOT DISTINCT FROM $channel {in_segment}""",
         params,
     )[0]
+    keys, groups = (
+        ("grouping(channel), channel", "GROUP BY GROUPING SETS ((), (channel))")
+        if by_channel
+        else ("1, NULL", "")
+    )
     active_rows = store.query(
-        f"""SELECT grouping(channel), channel, count(DISTINCT customer_id) FROM events
+        f"""SELECT {keys}, count(DISTINCT customer_id) FROM events
             WHERE tenant = $tenant AND type = 'message.received' AND ts BETWEEN $lo AND $hi
               {channel}{in_segment}
-            GROUP BY GROUPING SETS ((), (channel))""",
+            {groups}""",
         params,
     )
     session_rows = store.query(
@@ -149,7 +159,7 @@ def _session_means(sessions: tuple[int, int, int]) -> tuple[float | None, float 
 
 def run_engagement(store: DuckDBEventStore, q: EngagementQuery) -> dict[str, Any]:
     cur = _engagement_numbers(store, q, q.period)
-    prev = _engagement_numbers(store, q, q.period.previous())
+    prev = _engagement_numbers(store, q, q.period.previous(), by_channel=False)
     duration, per_session = _session_means(cur["sessions"])
     _, prev_per_session = _session_means(prev["sessions"])
     csat = num.mean(cur["csat"][0], cur["csat"][1], 2)
