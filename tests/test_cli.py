@@ -98,3 +98,13 @@ def test_serve_bootstraps_a_key_and_keys_work_while_running(tmp_path: Path) -> N
         assert out.returncode != 0 and "in use" in out.stderr and "Traceback" not in out.stderr
     finally:
         server.stop()
+
+
+def test_demo_generates_once_then_reuses(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    out = cli("demo", "--days", "3", "--no-serve", "--data-dir", data)
+    assert out.returncode == 0, out.stderr
+    assert "rejected" in out.stdout and " 0 rejected" in out.stdout
+    assert "Bearer kaie_" in out.stdout
+    again = cli("demo", "--days", "3", "--no-serve", "--data-dir", data)
+    assert again.returncode == 0 and "already present" in again.stdout

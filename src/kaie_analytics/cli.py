@@ -142,22 +142,27 @@ def demo(
     store = _open_store(settings)
     totals = [0, 0, 0]
     try:
-        with _progress() as progress:
-            task = progress.add_task("Generating and ingesting demo events", total=days)
-            for day_done, events in generate_demo(days=days, seed=seed):
-                for i in range(0, len(events), INGEST_CHUNK):
-                    chunk = [orjson.dumps(e) for e in events[i : i + INGEST_CHUNK]]
-                    summary = ingest_items(store, "demo", chunk)
-                    totals[0] += summary.accepted
-                    totals[1] += summary.duplicates
-                    totals[2] += summary.rejected
-                progress.update(task, completed=day_done)
-        store.compact_now(move_events=True).result()
+        existing = store.count_events("demo")
+        if existing:  # a second `make demo` serves what is there rather than doubling it
+            typer.echo(f"Demo data already present ({existing} events); serving it.")
+        else:
+            with _progress() as progress:
+                task = progress.add_task("Generating and ingesting demo events", total=days)
+                for day_done, events in generate_demo(days=days, seed=seed):
+                    for i in range(0, len(events), INGEST_CHUNK):
+                        chunk = [orjson.dumps(e) for e in events[i : i + INGEST_CHUNK]]
+                        summary = ingest_items(store, "demo", chunk)
+                        totals[0] += summary.accepted
+                        totals[1] += summary.duplicates
+                        totals[2] += summary.rejected
+                    progress.update(task, completed=day_done)
+            store.compact_now(move_events=True).result()
+            typer.echo(
+                f"Demo data: {totals[0]} events accepted, {totals[1]} duplicates,"
+                f" {totals[2]} rejected."
+            )
     finally:
         store.close()
-    typer.echo(
-        f"Demo data: {totals[0]} events accepted, {totals[1]} duplicates, {totals[2]} rejected."
-    )
     base = f"http://{settings.host}:{settings.port}"
     banner = [
         f"API key for tenant 'demo' (shown only once): {key}",
