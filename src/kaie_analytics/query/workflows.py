@@ -183,6 +183,7 @@ def _sums(
     join: str = "",
     segment: bool = False,
     parts: tuple[str, ...] = ("executions", "events"),
+    distinct_customers: bool = True,
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Raw sums of executions and of messages/feedback, per group key.
 
@@ -191,8 +192,16 @@ def _sums(
     """
     n_keys = keys.count(" AS ")
     out: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
+    exec_agg, exec_fields = (
+        (_EXEC_AGG, _EXEC_FIELDS)
+        if distinct_customers
+        else (
+            _EXEC_AGG.replace(",\n    count(DISTINCT customer_id) AS customers", ""),
+            _EXEC_FIELDS[:-1],
+        )
+    )
     sources = {
-        "executions": (_exec_cte(store, q.tenant, segment), _EXEC_AGG, _EXEC_FIELDS),
+        "executions": (_exec_cte(store, q.tenant, segment), exec_agg, exec_fields),
         "events": (_event_cte(segment), _EVENT_AGG, _EVENT_FIELDS),
     }
     for cte, agg, fields in (sources[p] for p in parts):
@@ -223,13 +232,36 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     period = q.period
     previous = period.previous()
     # One pass over the current and previous periods: totals of each, and per channel.
+    # Distinct customers (the costly part) come from the series pass below, unless
+    # the channel groups need them too.
     totals = _sums(
         store,
         q,
         {**_params(q, period), "lo": previous.start_naive, "cur_lo": period.start_naive},
         "x.t >= $cur_lo AS cur, grouping(channel) AS g, channel AS channel",
         "GROUPING SETS ((cur), (cur, channel))",
+        parts=("executions",),
+        distinct_customers="channel" in q.group_by,
     )
+    # Messages and feedback are additive: one pass per (period, channel, 15-minute
+    # slot), summed here into the totals, the channels and the buckets.
+    event_slots = _sums(
+        store,
+        q,
+        {**_params(q, period), "lo": previous.start_naive, "cur_lo": period.start_naive},
+        "x.t >= $cur_lo AS cur, channel AS channel, time_bucket(INTERVAL 15 MINUTE, x.t) AS k",
+        "1, 2, 3",
+        parts=("events",),
+    )
+
+    def add(target: dict[str, Any], sums: dict[str, Any]) -> None:
+        for field, value in sums.items():
+            target[field] = (target.get(field) or 0) + (value or 0)
+
+    for (cur, ch, _), sums in event_slots.items():
+        add(totals[(cur, 1, None)], sums)
+        if cur:
+            add(totals[(True, 0, ch)], sums)
     # Per channel, with None for what has no channel (a group of its own in group_by).
     by_channel = {ch: raw for (cur, g, ch), raw in totals.items() if cur and not g}
     channels = {
@@ -237,8 +269,6 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         for ch, v in sorted(by_channel.items(), key=lambda kv: str(kv[0]))
         if ch is not None and v.get("total")
     }
-    current = _metrics_block(totals.get((True, 1, None), {}), channels)
-    prev = _metrics_block(totals.get((False, 1, None), {}), None)
     starts = [b.astimezone(UTC).replace(tzinfo=None) for b in buckets(period, q.granularity)]
     slots, owners = _slots(starts, period.end_naive)
     # Executions: distinct customers per bucket are not additive, so each row joins
@@ -248,28 +278,23 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         store,
         q,
         {**_params(q, period), "slots": slots, "owners": owners},
-        "m.owner AS k",
-        "m.owner",
+        "grouping(m.owner) AS g, m.owner AS k",
+        "GROUPING SETS ((), (m.owner))",
         join="JOIN (SELECT unnest($slots::TIMESTAMP[]) AS slot, unnest($owners::TIMESTAMP[]) AS owner) m"
         " ON time_bucket(INTERVAL 15 MINUTE, x.t) = m.slot",
         parts=("executions",),
     )
     slot_owner = dict(zip(slots, owners, strict=True))
-    per_slot = _sums(
-        store,
-        q,
-        _params(q, period),
-        "time_bucket(INTERVAL 15 MINUTE, x.t) AS k",
-        "1",
-        parts=("events",),
-    )
-    for (slot,), sums in per_slot.items():
-        bucket = series[(slot_owner[slot],)]
-        for field, value in sums.items():
-            bucket[field] = (bucket.get(field) or 0) + (value or 0)
+    current_raw = dict(totals.get((True, 1, None), {}))
+    current_raw["customers"] = series.get((1, None), {}).get("customers") or 0
+    current = _metrics_block(current_raw, channels)
+    prev = _metrics_block(totals.get((False, 1, None), {}), None)
+    for (cur, _, slot), sums in event_slots.items():
+        if cur:
+            add(series[(0, slot_owner[slot])], sums)
     daily = []
     for start in starts:
-        block = _metrics_block(series.get((start,), {}), None)
+        block = _metrics_block(series.get((0, start), {}), None)
         daily.append(
             {
                 "date": bucket_label(start.replace(tzinfo=UTC), q.granularity, period.tz),
