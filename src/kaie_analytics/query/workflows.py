@@ -240,28 +240,8 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         {**_params(q, period), "lo": previous.start_naive, "cur_lo": period.start_naive},
         "x.t >= $cur_lo AS cur, grouping(channel) AS g, channel AS channel",
         "GROUPING SETS ((cur), (cur, channel))",
-        parts=("executions",),
         distinct_customers="channel" in q.group_by,
     )
-    # Messages and feedback are additive: one pass per (period, channel, 15-minute
-    # slot), summed here into the totals, the channels and the buckets.
-    event_slots = _sums(
-        store,
-        q,
-        {**_params(q, period), "lo": previous.start_naive, "cur_lo": period.start_naive},
-        "x.t >= $cur_lo AS cur, channel AS channel, time_bucket(INTERVAL 15 MINUTE, x.t) AS k",
-        "1, 2, 3",
-        parts=("events",),
-    )
-
-    def add(target: dict[str, Any], sums: dict[str, Any]) -> None:
-        for field, value in sums.items():
-            target[field] = (target.get(field) or 0) + (value or 0)
-
-    for (cur, ch, _), sums in event_slots.items():
-        add(totals[(cur, 1, None)], sums)
-        if cur:
-            add(totals[(True, 0, ch)], sums)
     # Per channel, with None for what has no channel (a group of its own in group_by).
     by_channel = {ch: raw for (cur, g, ch), raw in totals.items() if cur and not g}
     channels = {
@@ -285,13 +265,23 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         parts=("executions",),
     )
     slot_owner = dict(zip(slots, owners, strict=True))
+    # Messages and feedback are additive: sum 15-minute slots into buckets here.
+    per_slot = _sums(
+        store,
+        q,
+        _params(q, period),
+        "time_bucket(INTERVAL 15 MINUTE, x.t) AS k",
+        "1",
+        parts=("events",),
+    )
     current_raw = dict(totals.get((True, 1, None), {}))
     current_raw["customers"] = series.get((1, None), {}).get("customers") or 0
     current = _metrics_block(current_raw, channels)
     prev = _metrics_block(totals.get((False, 1, None), {}), None)
-    for (cur, _, slot), sums in event_slots.items():
-        if cur:
-            add(series[(0, slot_owner[slot])], sums)
+    for (slot,), sums in per_slot.items():
+        bucket = series[(0, slot_owner[slot])]
+        for field, value in sums.items():
+            bucket[field] = (bucket.get(field) or 0) + (value or 0)
     daily = []
     for start in starts:
         block = _metrics_block(series.get((0, start), {}), None)
