@@ -20,8 +20,12 @@ import pyarrow.parquet as pq
 
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.ingest.validate import FIELD_COLUMNS
-from kaie_analytics.query.params import Period, parse_period, parse_timezone
-from kaie_analytics.query.reports import _string_list
+from kaie_analytics.query.params import (
+    Period,
+    parse_period,
+    parse_string_list,
+    parse_timezone,
+)
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 
 DATA_TYPES = ("executions", "messages", "feedback", "journeys", "events", "workflow_metrics")
@@ -90,8 +94,8 @@ def parse_export_request(body: Any) -> ExportRequest:
         data_type=data_type,
         format=fmt,
         period=parse_period(body.get("start_date"), body.get("end_date"), tz),
-        workflow_ids=_string_list(filters.get("workflow_ids"), "filters.workflow_ids"),
-        channels=_string_list(filters.get("channels"), "filters.channels"),
+        workflow_ids=parse_string_list(filters.get("workflow_ids"), "filters.workflow_ids"),
+        channels=parse_string_list(filters.get("channels"), "filters.channels"),
         include_metadata=include,
     )
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kaie_analytics.errors import InvalidDateRange, InvalidGranularity, InvalidParameter
@@ -13,7 +14,8 @@ from kaie_analytics.errors import InvalidDateRange, InvalidGranularity, InvalidP
 MAX_PERIOD = timedelta(days=366)
 DEFAULT_PERIOD = timedelta(days=30)
 GRANULARITIES = ("hour", "day", "week", "month")
-MAX_BUCKETS = 9000  # 366 days of hours, with room for DST
+MAX_BUCKETS = 9000
+MAX_LIST = 1000  # 366 days of hours, with room for DST
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ONE_US = timedelta(microseconds=1)
 _TRUE = {"true", "1", "yes", "on"}
@@ -130,6 +132,19 @@ def parse_list(params: Mapping[str, Sequence[str]], name: str) -> tuple[str, ...
     for raw in params.get(name, ()):
         out.extend(p.strip() for p in raw.split(",") if p.strip())
     return tuple(dict.fromkeys(out))
+
+
+def parse_string_list(value: Any, field: str) -> tuple[str, ...]:
+    """A JSON list of strings (or one comma-separated string), deduplicated, bounded."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidParameter(f"{field} must be a list of strings", field=field)
+    if len(value) > MAX_LIST:
+        raise InvalidParameter(f"{field} holds at most {MAX_LIST} values", field=field)
+    return tuple(dict.fromkeys(value))
 
 
 def parse_bool(value: str | None, name: str, default: bool) -> bool:

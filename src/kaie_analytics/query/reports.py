@@ -20,9 +20,10 @@ from kaie_analytics.query.params import (
     buckets,
     parse_granularity,
     parse_period,
+    parse_string_list,
     parse_timezone,
 )
-from kaie_analytics.query.workflows import SEGMENTS_SQL
+from kaie_analytics.query.workflows import SEGMENTS_SQL, metrics_block
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 
 REPORT_METRICS = (
@@ -32,7 +33,6 @@ REPORT_METRICS = (
 )  # fmt: skip
 REPORT_GROUP_BY = ("workflow_id", "channel", "customer_segment")
 REPORT_FORMATS = ("json", "csv", "pdf")
-MAX_LIST = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +65,6 @@ class ReportRequest:
         }
 
 
-def _string_list(value: Any, field: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise InvalidParameter(f"{field} must be a list of strings", field=field)
-    if len(value) > MAX_LIST:
-        raise InvalidParameter(f"{field} holds at most {MAX_LIST} values", field=field)
-    return tuple(dict.fromkeys(value))
-
-
 def _text(body: dict[str, Any], field: str, max_len: int, required: bool) -> str | None:
     value = body.get(field)
     if value is None:
@@ -99,7 +87,7 @@ def parse_report_request(body: Any) -> ReportRequest:
         raise InvalidParameter(f"unknown field {unknown[0]!r}", field=unknown[0])
     name = _text(body, "name", 200, True)
     description = _text(body, "description", 2000, False)
-    metrics = _string_list(body.get("metrics"), "metrics")
+    metrics = parse_string_list(body.get("metrics"), "metrics")
     if not metrics:
         raise InvalidMetrics(
             f"metrics is required; valid metrics: {', '.join(REPORT_METRICS)}", field="metrics"
@@ -120,7 +108,7 @@ def parse_report_request(body: Any) -> ReportRequest:
         raise InvalidParameter(f"unknown filter {extra[0]!r}", field=f"filters.{extra[0]}")
     tz = parse_timezone(filters.get("timezone"))
     period = parse_period(filters.get("start_date"), filters.get("end_date"), tz)
-    group_by = _string_list(body.get("group_by"), "group_by")
+    group_by = parse_string_list(body.get("group_by"), "group_by")
     bad = [g for g in group_by if g not in REPORT_GROUP_BY]
     if bad:
         raise InvalidParameter(
@@ -141,17 +129,12 @@ def parse_report_request(body: Any) -> ReportRequest:
         description=description,
         metrics=metrics,
         period=period,
-        workflow_ids=_string_list(filters.get("workflow_ids"), "filters.workflow_ids"),
-        channels=_string_list(filters.get("channels"), "filters.channels"),
+        workflow_ids=parse_string_list(filters.get("workflow_ids"), "filters.workflow_ids"),
+        channels=parse_string_list(filters.get("channels"), "filters.channels"),
         group_by=group_by,
         granularity=granularity,
         format=fmt,
     )
-
-
-def report_request_from_params(params: dict[str, Any]) -> ReportRequest:
-    """Rebuild the request a job was created with."""
-    return parse_report_request(params)
 
 
 _DIMS = {"workflow_id": "workflow_id", "channel": "channel", "customer_segment": "segment"}
@@ -223,13 +206,11 @@ def report_rows(store: DuckDBEventStore, tenant: str, req: ReportRequest) -> lis
     raw: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
     for rec in exec_rows:
         key = tuple(rec[:n_keys])
-        total, ok, failed, dsum, dn, p50, p95, customers = rec[n_keys:]
-        raw[key].update(total=total, ok=ok, failed=failed, dsum=dsum, dn=dn, p50=p50, p95=p95,
-                        customers=customers)  # fmt: skip
+        fields = ("total", "ok", "failed", "dur_sum", "dur_n", "p50", "p95", "customers")
+        raw[key].update(zip(fields, rec[n_keys:], strict=True))
     for rec in event_rows:
         key = tuple(rec[:n_keys])
-        sent, received, csum, cn = rec[n_keys:]
-        raw[key].update(sent=sent, received=received, csum=csum, cn=cn)
+        raw[key].update(zip(("sent", "received", "csat_sum", "csat_n"), rec[n_keys:], strict=True))
     groups = sorted(
         {k[: len(dims)] for k in raw} if dims else {()},
         key=lambda g: [(v is None, str(v)) for v in g],
@@ -249,19 +230,10 @@ def report_rows(store: DuckDBEventStore, tenant: str, req: ReportRequest) -> lis
 
 
 def _metric_values(v: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, Any]:
-    ok, failed = v.get("ok") or 0, v.get("failed") or 0
-    all_values = {
-        "total_executions": v.get("total") or 0,
-        "successful_executions": ok,
-        "failed_executions": failed,
-        "success_rate": num.rate(ok, ok + failed),
-        "average_duration_ms": num.avg_ms(v.get("dsum"), v.get("dn") or 0),
+    """The workflow metrics of these sums, plus the report's percentiles."""
+    all_values = metrics_block(v, None) | {
         "median_duration_ms": num.round_ms(v.get("p50")),
         "p95_duration_ms": num.round_ms(v.get("p95")),
-        "total_messages_sent": v.get("sent") or 0,
-        "total_messages_received": v.get("received") or 0,
-        "unique_customers": v.get("customers") or 0,
-        "customer_satisfaction": num.mean(v.get("csum"), v.get("cn") or 0, 2),
     }
     return {m: all_values[m] for m in metrics}
 
@@ -277,7 +249,3 @@ def chart_series(
 
 def _fields(req: ReportRequest) -> dict[str, Any]:
     return {f: getattr(req, f) for f in ReportRequest.__slots__}
-
-
-def generated_at() -> datetime:
-    return datetime.now(UTC)

@@ -145,10 +145,11 @@ _EXEC_AGG = """
     count(*) FILTER (WHERE status = 1) AS ok,
     count(*) FILTER (WHERE status = 2) AS failed,
     sum(duration_ms) FILTER (WHERE status > 0) AS dur_sum,
-    count(duration_ms) FILTER (WHERE status > 0) AS dur_n,
-    count(DISTINCT customer_id) AS customers
+    count(duration_ms) FILTER (WHERE status > 0) AS dur_n
 """
-_EXEC_FIELDS = ("total", "ok", "failed", "dur_sum", "dur_n", "customers")
+_EXEC_FIELDS = ("total", "ok", "failed", "dur_sum", "dur_n")
+#: Distinct customers: not additive, and the costliest aggregate; asked for only where needed.
+_CUSTOMERS_AGG = ", count(DISTINCT customer_id) AS customers"
 
 _EVENT_AGG = """
     count(*) FILTER (WHERE type = 'message.sent') AS sent,
@@ -193,12 +194,9 @@ def _sums(
     n_keys = keys.count(" AS ")
     out: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
     exec_agg, exec_fields = (
-        (_EXEC_AGG, _EXEC_FIELDS)
+        (_EXEC_AGG + _CUSTOMERS_AGG, (*_EXEC_FIELDS, "customers"))
         if distinct_customers
-        else (
-            _EXEC_AGG.replace(",\n    count(DISTINCT customer_id) AS customers", ""),
-            _EXEC_FIELDS[:-1],
-        )
+        else (_EXEC_AGG, _EXEC_FIELDS)
     )
     sources = {
         "executions": (_exec_cte(store, q.tenant, segment), exec_agg, exec_fields),
@@ -211,7 +209,8 @@ def _sums(
     return out
 
 
-def _metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> dict[str, Any]:
+def metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> dict[str, Any]:
+    """The metrics of spec/METRICS.md from raw sums (shared with custom reports)."""
     total, ok, failed = raw.get("total") or 0, raw.get("ok") or 0, raw.get("failed") or 0
     return {
         "total_executions": total,
@@ -276,15 +275,15 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     )
     current_raw = dict(totals.get((True, 1, None), {}))
     current_raw["customers"] = series.get((1, None), {}).get("customers") or 0
-    current = _metrics_block(current_raw, channels)
-    prev = _metrics_block(totals.get((False, 1, None), {}), None)
+    current = metrics_block(current_raw, channels)
+    prev = metrics_block(totals.get((False, 1, None), {}), None)
     for (slot,), sums in per_slot.items():
         bucket = series[(0, slot_owner[slot])]
         for field, value in sums.items():
             bucket[field] = (bucket.get(field) or 0) + (value or 0)
     daily = []
     for start in starts:
-        block = _metrics_block(series.get((0, start), {}), None)
+        block = metrics_block(series.get((0, start), {}), None)
         daily.append(
             {
                 "date": bucket_label(start.replace(tzinfo=UTC), q.granularity, period.tz),
@@ -338,7 +337,7 @@ def _groups(
         blocks: dict[Any, dict[str, Any]] = {}
         if field == "channel":
             for ch, v in by_channel.items():
-                blocks[ch] = _metrics_block(
+                blocks[ch] = metrics_block(
                     v, {ch: v["total"]} if ch is not None and v.get("total") else {}
                 )
         else:
@@ -357,7 +356,7 @@ def _groups(
                         for (s2, g2, ch), w in sorted(per.items(), key=lambda kv: str(kv[0][2]))
                         if s2 == seg and not g2 and ch is not None and w.get("total")
                     }
-                    blocks[seg] = _metrics_block(v, chans)
+                    blocks[seg] = metrics_block(v, chans)
         for key in sorted(blocks, key=lambda k: (k is None, str(k))):
             groups.append({field: key, "metrics": {m: blocks[key][m] for m in q.metrics}})
     return groups

@@ -21,8 +21,6 @@ SESSION_GAP_US = 30 * 60 * 1_000_000
 @dataclass(frozen=True)
 class Derived:
     name: str
-    #: Columns that, with ``tenant``, identify a key.
-    key: tuple[str, ...]
     #: Which events feed this table (a predicate on ``events``).
     event_filter: str
     #: The event types that feed it, or None when any event with a customer does.
@@ -36,9 +34,6 @@ class Derived:
     @property
     def watermark(self) -> str:
         return f"{self.name}_seq"
-
-    def key_cols(self) -> str:
-        return ", ".join(("tenant", *self.key))
 
 
 def _rebuild_keys(
@@ -103,7 +98,6 @@ _JOURNEY_TYPES = frozenset(("journey.step", "journey.completed", "journey.droppe
 _JOURNEY_EVENTS = type_filter(_JOURNEY_TYPES)
 JOURNEYS = Derived(
     name="journeys",
-    key=("journey_id",),
     event_filter=_JOURNEY_EVENTS,
     feed_types=_JOURNEY_TYPES,
     update=_rebuild_keys(_journeys, "tenant, journey_id", _JOURNEY_EVENTS),
@@ -172,7 +166,6 @@ def _sessions_update(delta: str, table: str) -> tuple[str, str]:
 
 SESSIONS = Derived(
     name="sessions",
-    key=("customer_id", "channel"),
     event_filter=_MESSAGES,
     feed_types=_MESSAGE_TYPES,
     update=_sessions_update,
@@ -218,7 +211,6 @@ def _customers_update(delta: str, table: str) -> tuple[str, str]:
 
 CUSTOMERS = Derived(
     name="customers",
-    key=("customer_id",),
     event_filter="customer_id IS NOT NULL",
     feed_types=None,
     update=_customers_update,

@@ -88,15 +88,6 @@ class MetaStore(SqliteDatabase):
 
     # tenants -------------------------------------------------------------
 
-    def ensure_tenant(self, name: str) -> None:
-        with self._tx() as con:
-            con.execute(
-                "INSERT OR IGNORE INTO tenants(name, created_at) VALUES (?, ?)", (name, _now())
-            )
-
-    def tenants(self) -> list[str]:
-        return [r[0] for r in self._con().execute("SELECT name FROM tenants ORDER BY name")]
-
     # keys ----------------------------------------------------------------
 
     def create_key(self, tenant: str, scopes: frozenset[str] = frozenset(SCOPES)) -> str:
