@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -183,3 +184,76 @@ def test_single_journey_type_is_the_default(api: Api) -> None:
     want = oracle.journey(events, "support", datetime(2024, 3, 20, tzinfo=UTC),
                           datetime(2024, 4, 20, 23, 59, 59, 999999, tzinfo=UTC))  # fmt: skip
     assert got == want
+
+
+KATHMANDU = ZoneInfo("Asia/Kathmandu")  # UTC+5:45: local midnight is not on a UTC hour
+
+# (query parameters, period start, period end) — ends inclusive.
+ACTIVE_PERIODS = [
+    # Over days, with both ends inside a 15-minute slot, to the microsecond.
+    (
+        {"start_date": "2024-04-02T07:07:30.000001Z", "end_date": "2024-04-09T16:52:00.5Z"},
+        datetime(2024, 4, 2, 7, 7, 30, 1, tzinfo=UTC),
+        datetime(2024, 4, 9, 16, 52, 0, 500000, tzinfo=UTC),
+    ),
+    # Local days in a zone whose midnight falls on a quarter hour.
+    (
+        {"start_date": "2024-04-03", "end_date": "2024-04-08", "timezone": "Asia/Kathmandu"},
+        datetime(2024, 4, 3, tzinfo=KATHMANDU),
+        datetime(2024, 4, 8, 23, 59, 59, 999999, tzinfo=KATHMANDU),
+    ),
+    # Within one day, across slots; and within one slot.
+    (
+        {"start_date": "2024-04-05T00:10:00Z", "end_date": "2024-04-05T09:00:00Z"},
+        datetime(2024, 4, 5, 0, 10, tzinfo=UTC),
+        datetime(2024, 4, 5, 9, tzinfo=UTC),
+    ),
+    (
+        {"start_date": "2024-04-05T08:01:00Z", "end_date": "2024-04-05T08:14:00Z"},
+        datetime(2024, 4, 5, 8, 1, tzinfo=UTC),
+        datetime(2024, 4, 5, 8, 14, tzinfo=UTC),
+    ),
+]
+
+
+def activity_events(lo: datetime, hi: datetime, seed: int) -> list[dict[str, Any]]:
+    """Received messages around the period's edges and its slot and day boundaries."""
+    rng = random.Random(seed)
+    us = timedelta(microseconds=1)
+    quarter = timedelta(minutes=15)
+    lo_slot = lo.astimezone(UTC).replace(minute=lo.astimezone(UTC).minute // 15 * 15, second=0,
+                                         microsecond=0)  # fmt: skip
+    marks = [lo - us, lo, lo + us, hi - us, hi, hi + us, lo_slot, lo_slot + quarter - us,
+             lo_slot + quarter, lo.astimezone(UTC).replace(hour=0, minute=0, second=0,
+                                                           microsecond=0) + timedelta(days=1)]  # fmt: skip
+    out = []
+    for i, t in enumerate(marks):
+        out.append(msg("received", f"edge-{i}", rng.choice(["sms", "voice"]), t))
+    span = (hi - lo) + timedelta(days=2)
+    for i in range(120):
+        t = lo - timedelta(days=1) + span * rng.random()
+        out.append(msg(rng.choice(["received", "received", "sent"]), f"c-{i % 70}",
+                       rng.choice(["sms", "voice", "whatsapp"]), t))  # fmt: skip
+    for i in range(0, 70, 3):
+        out.append({"type": "customer.updated", "customer_id": f"c-{i}",
+                    "timestamp": iso(lo - timedelta(days=3)), "segment": "vip"})  # fmt: skip
+    rng.shuffle(out)
+    return out
+
+
+@pytest.mark.parametrize("compact", ["none", "half", "steps"])
+@pytest.mark.parametrize(("params", "lo", "hi"), ACTIVE_PERIODS)
+def test_active_customers_at_bucket_edges(
+    api: Api, compact: str, params: dict[str, str], lo: datetime, hi: datetime
+) -> None:
+    """Active counts from bitmaps of whole days and slots plus raw edges equal a plain count."""
+    events = activity_events(lo, hi, 5)
+    send_split(api, events, compact)
+    for extra in ({}, {"channel": "sms"}, {"customer_segment": "vip"}):
+        r = api.get("/v1/analytics/customers/engagement", params={**params, **extra})
+        assert r.status_code == 200, r.text
+        got = r.json()["data"]
+        want = oracle.engagement(events, lo, hi, extra.get("customer_segment"),
+                                 extra.get("channel"))  # fmt: skip
+        assert got["engagement"] == want["engagement"], extra
+        assert got["trends"] == want["trends"], extra

@@ -9,6 +9,7 @@ from typing import Any
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.query import numbers as num
 from kaie_analytics.query.params import Period, parse_bool, parse_period, parse_timezone
+from kaie_analytics.store.activity import active_customers
 from kaie_analytics.store.derived import CUSTOMERS, JOURNEYS, SESSIONS
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 
@@ -76,12 +77,12 @@ def _engagement_numbers(
     }
     customers = store.derived_sql(CUSTOMERS, q.tenant)
     # Customers of the segment: the all-channels row carries the latest segment.
-    in_segment = (
-        f" AND customer_id IN (SELECT customer_id FROM ({customers})"
-        " WHERE channel IS NULL AND segment = $segment)"
+    members = (
+        f"SELECT customer_id FROM ({customers}) WHERE channel IS NULL AND segment = $segment"
         if q.customer_segment is not None
-        else ""
+        else None
     )
+    in_segment = f" AND customer_id IN ({members})" if members is not None else ""
     channel = " AND channel = $channel" if q.channel is not None else ""
     (total, new) = store.query(
         f"""SELECT count(*) FILTER (WHERE first_event <= $hi),
@@ -90,17 +91,14 @@ def _engagement_numbers(
             WHERE channel IS NOT DISTINCT FROM $channel {in_segment}""",
         params,
     )[0]
-    keys, groups = (
-        ("grouping(channel), channel", "GROUP BY GROUPING SETS ((), (channel))")
-        if by_channel
-        else ("1, NULL", "")
-    )
-    active_rows = store.query(
-        f"""SELECT {keys}, count(DISTINCT customer_id) FROM events
-            WHERE tenant = $tenant AND type = 'message.received' AND ts BETWEEN $lo AND $hi
-              {channel}{in_segment}
-            {groups}""",
-        params,
+    active = active_customers(
+        store,
+        q.tenant,
+        period.start_naive,
+        period.end_naive,
+        channel=q.channel,
+        members=members,
+        params=params,
     )
     session_rows = store.query(
         f"""SELECT grouping(channel), channel, count(*),
@@ -133,11 +131,10 @@ def _engagement_numbers(
         by: dict[str, Any] = out["by_channel"]
         return by.setdefault(ch, {"active": 0, "sessions": (0, 0, 0), "csat": (0, 0)})
 
-    for g, ch, active in active_rows:
-        if g:
-            out["active"] = active
-        elif ch is not None:
-            per_channel(ch)["active"] = active
+    out["active"] = active.total
+    if by_channel:
+        for ch, n in active.by_channel.items():
+            per_channel(ch)["active"] = n
     for g, ch, n, dur_us, size in session_rows:
         if g:
             out["sessions"] = (n, dur_us or 0, size or 0)

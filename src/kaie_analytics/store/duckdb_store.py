@@ -21,13 +21,14 @@ merge them on the fly until then, so answers are always exact and current.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import logging
 import queue
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +43,7 @@ from xxhash import xxh3_64_intdigest
 
 from kaie_analytics.errors import QueryTimeout, StoreUnavailable
 from kaie_analytics.ingest.validate import FIELD_COLUMNS, ValidEvent
+from kaie_analytics.store import activity
 from kaie_analytics.store import executions_sql as xsql
 from kaie_analytics.store.dedupe import IdIndex
 from kaie_analytics.store.derived import DERIVED, Derived, compact_statements, current_rows
@@ -64,8 +66,16 @@ _JSON_PARSE = pa_json.ParseOptions(
 )
 
 #: Which events feed each derived table, and where its watermark is kept.
-_FEEDS = {"executions": f"type IN {xsql.FEED_TYPES}", **{d.name: d.event_filter for d in DERIVED}}
-_WATERMARK_KEYS = {"executions": "exec_seq", **{d.name: d.watermark for d in DERIVED}}
+_FEEDS = {
+    "executions": f"type IN {xsql.FEED_TYPES}",
+    **{d.name: d.event_filter for d in DERIVED},
+    "activity": activity.FEED,
+}
+_WATERMARK_KEYS = {
+    "executions": "exec_seq",
+    **{d.name: d.watermark for d in DERIVED},
+    "activity": activity.WATERMARK,
+}
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?"
 _DDL = [
@@ -85,7 +95,8 @@ _DDL = [
     "CREATE TABLE IF NOT EXISTS store_state (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
     "INSERT OR IGNORE INTO store_state VALUES ('exec_seq', 0), ('exec_sorted_rows', 0)",
     *(d.ddl for d in DERIVED),
-    *(f"INSERT OR IGNORE INTO store_state VALUES ('{d.watermark}', 0)" for d in DERIVED),
+    *activity.DDL,
+    *(f"INSERT OR IGNORE INTO store_state VALUES ('{key}', 0)" for key in _WATERMARK_KEYS.values()),
 ]
 
 
@@ -119,6 +130,7 @@ class Workflow:
 _FEED_TYPES: dict[str, frozenset[str] | None] = {
     "executions": xsql.FEED_TYPE_SET,
     **{d.name: d.feed_types for d in DERIVED},
+    "activity": activity.FEED_TYPES,
 }
 
 
@@ -532,6 +544,8 @@ class DuckDBEventStore:
                 if any(self._pending[d.name].values()):
                     for stmt in compact_statements(d, self._watermarks[d.name], new_seq):
                         con.execute(stmt)
+            if any(self._pending["activity"].values()):
+                activity.fold(con, self._watermarks["activity"], new_seq)
             # Every table is now current up to new_seq, including those nothing fed.
             for key in _WATERMARK_KEYS.values():
                 con.execute("UPDATE store_state SET value = ? WHERE key = ?", [new_seq, key])
@@ -604,6 +618,16 @@ class DuckDBEventStore:
             cur = self._con.cursor()
             self._local.cur = cur
         return cur
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Run this thread's queries inside the block on one snapshot of the data."""
+        cur = self._cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        finally:
+            cur.execute("ROLLBACK")
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query with the store's time limit (blocking; call off the event loop)."""

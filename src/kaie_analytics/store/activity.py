@@ -1,0 +1,251 @@
+"""Exact counts of active customers from bitmaps of customer numbers.
+
+A customer is active in a period when it sent us (``message.received``) a
+message in it. Counting that exactly is a distinct count over millions of
+messages; here it is a union of bitmaps instead:
+
+- every customer that ever sent a message gets a dense number per tenant
+  (``customer_numbers``, assigned once, in order of first fold);
+- ``activity`` keeps, per tenant, channel and time bucket, a Roaring bitmap of
+  the numbers of the customers active in it, for two bucket spans: 15 minutes
+  and one (UTC) day. A bucket only ever gains customers, so folding new events
+  is a union, whatever order they arrive in;
+- a period is covered by whole days, then whole 15-minute slots at its ends
+  (every time zone's midnight falls on one), and the few minutes left at the
+  edges, plus any events not folded yet, are read from the events themselves.
+
+The union of those sets, counted, is exactly the distinct count.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+from pyroaring import BitMap
+
+if TYPE_CHECKING:
+    from kaie_analytics.store.duckdb_store import DuckDBEventStore
+
+SLOT_US = 15 * 60 * 1_000_000
+DAY_US = 24 * 60 * 60 * 1_000_000
+SPANS = (SLOT_US, DAY_US)
+FEED = "type = 'message.received'"
+FEED_TYPES = frozenset(("message.received",))
+WATERMARK = "activity_seq"
+DDL = [
+    "CREATE TABLE IF NOT EXISTS customer_numbers (tenant VARCHAR NOT NULL,"
+    " customer_id VARCHAR NOT NULL, num UINTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS activity (tenant VARCHAR NOT NULL, channel VARCHAR NOT NULL,"
+    " span BIGINT NOT NULL, bucket BIGINT NOT NULL, customers BLOB NOT NULL)",
+]
+_EPOCH = datetime(1970, 1, 1)
+
+
+def epoch_us(ts: datetime) -> int:
+    """Microseconds since the epoch of a naive UTC time."""
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_epoch_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+# ------------------------------------------------------------------ folding
+
+
+def fold(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> None:
+    """Number new customers and add the messages in (lo_seq, hi_seq] to their buckets.
+
+    Runs in the writer's transaction.
+    """
+    con.execute(
+        "CREATE TEMP TABLE adelta AS SELECT tenant, customer_id, channel, epoch_us(ts) AS t"
+        f" FROM events WHERE seq > {int(lo_seq)} AND seq <= {int(hi_seq)} AND {FEED}"
+    )
+    try:
+        con.execute(
+            """INSERT INTO customer_numbers
+            SELECT n.tenant, n.customer_id,
+                (coalesce(m.top, 0)
+                 + row_number() OVER (PARTITION BY n.tenant ORDER BY n.customer_id))::UINTEGER
+            FROM (SELECT DISTINCT tenant, customer_id FROM adelta) n
+            LEFT JOIN (SELECT tenant, max(num) AS top FROM customer_numbers
+                       WHERE tenant IN (SELECT tenant FROM adelta) GROUP BY tenant) m
+              USING (tenant)
+            WHERE NOT EXISTS (SELECT 1 FROM customer_numbers c
+                              WHERE c.tenant = n.tenant AND c.customer_id = n.customer_id)"""
+        )
+        spans = ", ".join(f"({s})" for s in SPANS)
+        con.execute(
+            f"""CREATE TEMP TABLE touched AS
+            SELECT d.tenant, d.channel, s.span, d.t // s.span AS bucket,
+                list(DISTINCT c.num ORDER BY c.num) AS nums
+            FROM adelta d
+            JOIN (SELECT * FROM customer_numbers WHERE tenant IN (SELECT tenant FROM adelta)) c
+              USING (tenant, customer_id)
+            CROSS JOIN (VALUES {spans}) s(span)
+            GROUP BY ALL"""
+        )
+        old = {
+            (tenant, channel, span, bucket): blob
+            for tenant, channel, span, bucket, blob in con.execute(
+                """SELECT a.tenant, a.channel, a.span, a.bucket, a.customers
+                FROM activity a SEMI JOIN touched t USING (tenant, channel, span, bucket)"""
+            ).fetchall()
+        }
+        keys: dict[str, list[Any]] = {"tenant": [], "channel": [], "span": [], "bucket": []}
+        blobs = []
+        for batch in con.sql("SELECT * FROM touched").to_arrow_reader(65_536):
+            columns = batch.to_pydict()
+            for tenant, channel, span, bucket, nums in zip(*columns.values(), strict=True):
+                bits = BitMap(nums)
+                blob = old.get((tenant, channel, span, bucket))
+                if blob is not None:
+                    bits |= BitMap.deserialize(blob)
+                for name, value in zip(keys, (tenant, channel, span, bucket), strict=True):
+                    keys[name].append(value)
+                blobs.append(bits.serialize())
+        con.execute(
+            "DELETE FROM activity a WHERE EXISTS (SELECT 1 FROM touched t WHERE t.tenant = a.tenant"
+            " AND t.channel = a.channel AND t.span = a.span AND t.bucket = a.bucket)"
+        )
+        fresh = pa.table({**keys, "customers": pa.array(blobs, pa.binary())})
+        con.register("fresh_activity", fresh)
+        try:
+            con.execute(
+                "INSERT INTO activity SELECT * FROM fresh_activity ORDER BY tenant, span, bucket"
+            )
+        finally:
+            con.unregister("fresh_activity")
+    finally:
+        con.execute("DROP TABLE IF EXISTS touched")
+        con.execute("DROP TABLE adelta")
+
+
+# ------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True, slots=True)
+class Cover:
+    """Whole buckets ``(span, first, end)`` and leftover raw ranges ``[a, b)`` (µs)."""
+
+    buckets: list[tuple[int, int, int]]
+    raw: list[tuple[int, int]]
+
+
+def cover(lo_us: int, end_us: int) -> Cover:
+    """Cover ``[lo_us, end_us)`` with whole days, whole slots, and raw edges."""
+    s0, s1 = -(-lo_us // SLOT_US), end_us // SLOT_US
+    if s0 >= s1:
+        return Cover([], [(lo_us, end_us)] if lo_us < end_us else [])
+    per_day = DAY_US // SLOT_US
+    d0, d1 = -(-s0 // per_day), s1 // per_day
+    if d0 < d1:
+        buckets = [(DAY_US, d0, d1)]
+        buckets += [(SLOT_US, a, b) for a, b in ((s0, d0 * per_day), (d1 * per_day, s1)) if a < b]
+    else:
+        buckets = [(SLOT_US, s0, s1)]
+    raw = [(a, b) for a, b in ((lo_us, s0 * SLOT_US), (s1 * SLOT_US, end_us)) if a < b]
+    return Cover(buckets, raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveCounts:
+    total: int
+    by_channel: dict[str, int]
+
+
+def active_customers(
+    store: DuckDBEventStore,
+    tenant: str,
+    lo: datetime,
+    hi: datetime,
+    *,
+    channel: str | None = None,
+    members: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> ActiveCounts:
+    """Distinct customers with a ``message.received`` in ``[lo, hi]`` (naive UTC, inclusive).
+
+    ``channel`` keeps one channel; ``members`` is SQL for the ``customer_id`` of
+    the customers to count (a segment), run with ``params``.
+    """
+    c = cover(epoch_us(lo), epoch_us(hi) + 1)
+    p: dict[str, Any] = {**(params or {}), "tenant": tenant, "channel": channel}
+    in_bucket = []
+    for i, (span, first, end) in enumerate(c.buckets):
+        in_bucket.append(f"(span = {span} AND bucket >= $b{i} AND bucket < $e{i})")
+        p[f"b{i}"], p[f"e{i}"] = first, end
+    only_channel = " AND channel = $channel" if channel is not None else ""
+    only_members = f" AND customer_id IN ({members})" if members is not None else ""
+    ranges = []
+    for i, (a, b) in enumerate(c.raw):
+        ranges.append(f"(ts >= $ra{i} AND ts < $rb{i})")
+        p[f"ra{i}"], p[f"rb{i}"] = from_epoch_us(a), from_epoch_us(b)
+    raw_parts = []
+    if ranges:
+        raw_parts.append(" OR ".join(ranges))
+    if store.has_pending(tenant, "activity"):
+        p["lo"], p["hi"] = lo, hi
+        raw_parts.append(
+            "ts BETWEEN $lo AND $hi"
+            f" AND seq > (SELECT value FROM store_state WHERE key = '{WATERMARK}')"
+        )
+    unions: dict[str, list[BitMap]] = defaultdict(list)
+    unnumbered: dict[str, set[str]] = defaultdict(set)
+    with store.snapshot():
+        if in_bucket:
+            for ch, blob in store.query(
+                f"SELECT channel, customers FROM activity WHERE tenant = $tenant"
+                f" AND ({' OR '.join(in_bucket)}){only_channel}",
+                p,
+            ):
+                unions[ch].append(BitMap.deserialize(blob))
+        if raw_parts:
+            raw = " UNION ALL ".join(
+                f"SELECT channel, customer_id FROM events WHERE tenant = $tenant AND {FEED}"
+                f" AND ({part}){only_channel}{only_members}"
+                for part in raw_parts
+            )
+            extra: dict[str, list[int]] = defaultdict(list)
+            for ch, num, customer in store.query(
+                f"""WITH raw AS ({raw})
+                SELECT DISTINCT r.channel, n.num, r.customer_id FROM raw r
+                LEFT JOIN (SELECT customer_id, num FROM customer_numbers WHERE tenant = $tenant) n
+                  USING (customer_id)""",
+                p,
+            ):
+                if num is None:
+                    unnumbered[ch].add(customer)
+                else:
+                    extra[ch].append(num)
+            for ch, nums in extra.items():
+                unions[ch].append(BitMap(nums))
+        segment = (
+            BitMap(
+                r[0]
+                for r in store.query(
+                    "SELECT num FROM customer_numbers WHERE tenant = $tenant"
+                    f" AND customer_id IN ({members})",
+                    p,
+                )
+            )
+            if members is not None and unions
+            else None
+        )
+    per_channel = {ch: BitMap.union(*bitmaps) for ch, bitmaps in unions.items()}
+    if segment is not None:
+        per_channel = {ch: bits & segment for ch, bits in per_channel.items()}
+    counts = {
+        ch: n
+        for ch in set(per_channel) | set(unnumbered)
+        if (n := len(per_channel.get(ch, ())) + len(unnumbered.get(ch, ())))
+    }
+    everyone = BitMap.union(*per_channel.values()) if per_channel else BitMap()
+    strangers: set[str] = set().union(*unnumbered.values())
+    return ActiveCounts(len(everyone) + len(strangers), counts)
