@@ -65,8 +65,8 @@ def _engagement_numbers(
 ) -> dict[str, Any]:
     """The period's raw engagement numbers; ``by_channel`` adds the channel breakdown.
 
-    The previous period (for trends) needs only the totals, and its distinct
-    count of active customers is the most expensive part of this endpoint.
+    The previous period (for trends) needs only the totals. Active customers
+    come from the activity bitmaps (``store.activity``).
     """
     params = {
         "tenant": q.tenant,

@@ -214,9 +214,14 @@ def active_customers(
             )
             extra: dict[str, list[int]] = defaultdict(list)
             for ch, num, customer in store.query(
-                f"""WITH raw AS ({raw})
-                SELECT DISTINCT r.channel, n.num, r.customer_id FROM raw r
-                LEFT JOIN (SELECT customer_id, num FROM customer_numbers WHERE tenant = $tenant) n
+                # Look the few raw customers up (a semi-join), rather than joining
+                # the tenant's whole numbering to them.
+                f"""WITH raw AS (SELECT DISTINCT channel, customer_id FROM ({raw})),
+                known AS (
+                    SELECT customer_id, num FROM customer_numbers
+                    WHERE tenant = $tenant AND customer_id IN (SELECT customer_id FROM raw)
+                )
+                SELECT r.channel, k.num, r.customer_id FROM raw r LEFT JOIN known k
                   USING (customer_id)""",
                 p,
             ):

@@ -13,7 +13,7 @@ each commit): commits append to the small ``events_recent``; once it holds
 other tenants' rows. Derived tables serve the queries: ``executions`` (one
 merged row per execution, with its node events, sorted by tenant, workflow and
 start; see ``executions_sql``) and journeys, sessions and customers (see
-``derived``). Each has a watermark: events past it are folded in by the writer
+``derived``), and bitmaps of active customers (see ``activity``). Each has a watermark: events past it are folded in by the writer
 in the background (after ``compact_after_events`` or when idle), and queries
 merge them on the fly until then, so answers are always exact and current.
 """
