@@ -58,6 +58,66 @@ def from_epoch_us(us: int) -> datetime:
 # ------------------------------------------------------------------ folding
 
 
+def number_customers(con: duckdb.DuckDBPyConnection, source: str) -> None:
+    """Give the customers of table ``source`` (tenant, customer_id) that have none a number."""
+    con.execute(
+        f"""INSERT INTO customer_numbers
+        SELECT n.tenant, n.customer_id,
+            (coalesce(m.top, 0)
+             + row_number() OVER (PARTITION BY n.tenant ORDER BY n.customer_id))::UINTEGER
+        FROM (SELECT DISTINCT tenant, customer_id FROM {source}
+              WHERE customer_id IS NOT NULL) n
+        LEFT JOIN (SELECT tenant, max(num) AS top FROM customer_numbers
+                   WHERE tenant IN (SELECT tenant FROM {source}) GROUP BY tenant) m
+          USING (tenant)
+        WHERE NOT EXISTS (SELECT 1 FROM customer_numbers c
+                          WHERE c.tenant = n.tenant AND c.customer_id = n.customer_id)"""
+    )
+
+
+def put_bitmaps(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    keys: tuple[str, ...],
+    source: str,
+    *,
+    replace: str,
+    merge: bool,
+) -> None:
+    """Write rows ``(*keys, customers)`` of ``table`` from rows ``(*keys, nums)`` of ``source``.
+
+    Rows of ``table`` whose keys are in table ``replace`` go first; with
+    ``merge``, their customers are kept in the new rows (a union).
+    """
+    cols = ", ".join(keys)
+    on = " AND ".join(f"t.{k} = a.{k}" for k in keys)
+    stale = f"EXISTS (SELECT 1 FROM {replace} t WHERE {on})"
+    old: dict[tuple[Any, ...], bytes] = {}
+    if merge:
+        for *key, blob in con.execute(
+            f"SELECT {cols}, customers FROM {table} a WHERE {stale}"
+        ).fetchall():
+            old[tuple(key)] = blob
+    con.execute(f"DELETE FROM {table} a WHERE {stale}")
+    rows = con.sql(f"SELECT {cols}, nums FROM {source}").to_arrow_table()
+    for batch in rows.to_batches(max_chunksize=65_536):
+        columns = batch.to_pydict()
+        blobs = []
+        for key, nums in zip(zip(*(columns[k] for k in keys)), columns["nums"], strict=True):
+            bits = BitMap(nums)
+            if key in old:
+                bits |= BitMap.deserialize(old[key])
+            blobs.append(bits.serialize())
+        fresh = pa.table(
+            {**{k: batch.column(k) for k in keys}, "customers": pa.array(blobs, pa.binary())}
+        )
+        con.register("fresh_bitmaps", fresh)
+        try:
+            con.execute(f"INSERT INTO {table} SELECT * FROM fresh_bitmaps")
+        finally:
+            con.unregister("fresh_bitmaps")
+
+
 def fold(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> None:
     """Number new customers and add the messages in (lo_seq, hi_seq] to their buckets.
 
@@ -68,18 +128,7 @@ def fold(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> None:
         f" FROM events WHERE seq > {int(lo_seq)} AND seq <= {int(hi_seq)} AND {FEED}"
     )
     try:
-        con.execute(
-            """INSERT INTO customer_numbers
-            SELECT n.tenant, n.customer_id,
-                (coalesce(m.top, 0)
-                 + row_number() OVER (PARTITION BY n.tenant ORDER BY n.customer_id))::UINTEGER
-            FROM (SELECT DISTINCT tenant, customer_id FROM adelta) n
-            LEFT JOIN (SELECT tenant, max(num) AS top FROM customer_numbers
-                       WHERE tenant IN (SELECT tenant FROM adelta) GROUP BY tenant) m
-              USING (tenant)
-            WHERE NOT EXISTS (SELECT 1 FROM customer_numbers c
-                              WHERE c.tenant = n.tenant AND c.customer_id = n.customer_id)"""
-        )
+        number_customers(con, "adelta")
         spans = ", ".join(f"({s})" for s in SPANS)
         con.execute(
             f"""CREATE TEMP TABLE touched AS
@@ -91,37 +140,8 @@ def fold(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> None:
             CROSS JOIN (VALUES {spans}) s(span)
             GROUP BY ALL"""
         )
-        old = {
-            (tenant, channel, span, bucket): blob
-            for tenant, channel, span, bucket, blob in con.execute(
-                """SELECT a.tenant, a.channel, a.span, a.bucket, a.customers
-                FROM activity a SEMI JOIN touched t USING (tenant, channel, span, bucket)"""
-            ).fetchall()
-        }
-        keys: dict[str, list[Any]] = {"tenant": [], "channel": [], "span": [], "bucket": []}
-        blobs = []
-        for batch in con.sql("SELECT * FROM touched").to_arrow_reader(65_536):
-            columns = batch.to_pydict()
-            for tenant, channel, span, bucket, nums in zip(*columns.values(), strict=True):
-                bits = BitMap(nums)
-                blob = old.get((tenant, channel, span, bucket))
-                if blob is not None:
-                    bits |= BitMap.deserialize(blob)
-                for name, value in zip(keys, (tenant, channel, span, bucket), strict=True):
-                    keys[name].append(value)
-                blobs.append(bits.serialize())
-        con.execute(
-            "DELETE FROM activity a WHERE EXISTS (SELECT 1 FROM touched t WHERE t.tenant = a.tenant"
-            " AND t.channel = a.channel AND t.span = a.span AND t.bucket = a.bucket)"
-        )
-        fresh = pa.table({**keys, "customers": pa.array(blobs, pa.binary())})
-        con.register("fresh_activity", fresh)
-        try:
-            con.execute(
-                "INSERT INTO activity SELECT * FROM fresh_activity ORDER BY tenant, span, bucket"
-            )
-        finally:
-            con.unregister("fresh_activity")
+        put_bitmaps(con, "activity", ("tenant", "channel", "span", "bucket"), "touched",
+                    replace="touched", merge=True)  # fmt: skip
     finally:
         con.execute("DROP TABLE IF EXISTS touched")
         con.execute("DROP TABLE adelta")

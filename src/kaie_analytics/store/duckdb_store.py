@@ -45,6 +45,7 @@ from kaie_analytics.errors import QueryTimeout, StoreUnavailable
 from kaie_analytics.ingest.validate import FIELD_COLUMNS, ValidEvent
 from kaie_analytics.store import activity
 from kaie_analytics.store import executions_sql as xsql
+from kaie_analytics.store import rollups
 from kaie_analytics.store.dedupe import IdIndex
 from kaie_analytics.store.derived import DERIVED, Derived, compact_statements, current_rows
 
@@ -70,11 +71,13 @@ _FEEDS = {
     "executions": f"type IN {xsql.FEED_TYPES}",
     **{d.name: d.event_filter for d in DERIVED},
     "activity": activity.FEED,
+    "message_slots": rollups.FEED,
 }
 _WATERMARK_KEYS = {
     "executions": "exec_seq",
     **{d.name: d.watermark for d in DERIVED},
     "activity": activity.WATERMARK,
+    "message_slots": rollups.WATERMARK,
 }
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?"
@@ -96,6 +99,7 @@ _DDL = [
     "INSERT OR IGNORE INTO store_state VALUES ('exec_seq', 0), ('exec_sorted_rows', 0)",
     *(d.ddl for d in DERIVED),
     *activity.DDL,
+    *rollups.DDL,
     *(f"INSERT OR IGNORE INTO store_state VALUES ('{key}', 0)" for key in _WATERMARK_KEYS.values()),
 ]
 
@@ -131,6 +135,7 @@ _FEED_TYPES: dict[str, frozenset[str] | None] = {
     "executions": xsql.FEED_TYPE_SET,
     **{d.name: d.feed_types for d in DERIVED},
     "activity": activity.FEED_TYPES,
+    "message_slots": rollups.MESSAGE_TYPES,
 }
 
 
@@ -191,6 +196,8 @@ class DuckDBEventStore:
         )
         for stmt in _DDL:
             self._con.execute(stmt)
+        if not self._scalar("SELECT value FROM store_state WHERE key = ?", [rollups.BUILT]):
+            self._build_rollups()
         self._seq = self._scalar("SELECT coalesce(max(seq), 0) FROM events")
         self._watermarks = {
             name: self._scalar("SELECT value FROM store_state WHERE key = ?", [key])
@@ -546,6 +553,8 @@ class DuckDBEventStore:
                         con.execute(stmt)
             if any(self._pending["activity"].values()):
                 activity.fold(con, self._watermarks["activity"], new_seq)
+            if any(self._pending["message_slots"].values()):
+                rollups.fold_messages(con, self._watermarks["message_slots"], new_seq)
             # Every table is now current up to new_seq, including those nothing fed.
             for key in _WATERMARK_KEYS.values():
                 con.execute("UPDATE store_state SET value = ? WHERE key = ?", [new_seq, key])
@@ -570,6 +579,17 @@ class DuckDBEventStore:
                 " UNION ALL SELECT * FROM delta"
             )
         )
+        # Every slot an execution leaves or joins: its rollups are rebuilt below.
+        slot = rollups.slot_of("started_at")
+        con.execute(
+            f"""CREATE TEMP TABLE touched_slots AS
+            SELECT DISTINCT tenant, workflow_id, {slot} AS slot FROM executions
+            WHERE (tenant, execution_id) IN (SELECT tenant, execution_id FROM merged)
+              AND workflow_id IS NOT NULL AND started_at IS NOT NULL
+            UNION
+            SELECT DISTINCT tenant, workflow_id, {slot} FROM merged
+            WHERE workflow_id IS NOT NULL AND started_at IS NOT NULL"""
+        )
         con.execute(
             "DELETE FROM executions WHERE (tenant, execution_id) IN"
             " (SELECT tenant, execution_id FROM merged)"
@@ -591,6 +611,19 @@ class DuckDBEventStore:
             con.execute("INSERT INTO executions SELECT * FROM resorted")
             con.execute("DROP TABLE resorted")
             con.execute("UPDATE store_state SET value = ? WHERE key = 'exec_sorted_rows'", [total])
+        rollups.refresh_executions(con)
+
+    def _build_rollups(self) -> None:
+        """Build the execution rollups from ``executions`` (a data directory from before them)."""
+        con = self._con
+        con.execute("BEGIN")
+        try:
+            rollups.refresh_executions(con, everything=True)
+            con.execute("UPDATE store_state SET value = 1 WHERE key = ?", [rollups.BUILT])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def _move_events(self) -> None:
         """Move the recent events into ``events_main`` as one sorted chunk."""
