@@ -135,3 +135,43 @@ def test_late_events_change_the_answer(api: Api) -> None:
     assert m["channel_breakdown"] == {"voice": 1}
     api.compact()
     assert _get(api, "/v1/analytics/workflows/w", **q)["metrics"] == m
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
+def test_rollups_stay_exact_as_late_events_move_executions(api: Api, tz: str) -> None:
+    """Per-slot rollups, edges cut mid-slot, and start events that arrive after the fold.
+
+    Terminal events first (each execution starts at terminal − duration, in one
+    slot, with the terminal's customer), then the start events, which move
+    executions to other slots and give them their customers: compared with the
+    oracle while pending, after a fold, and half and half.
+    """
+    zone = ZoneInfo(tz)
+    events = workflow_events(7, START, 6, n=250)
+    first = [e for e in events if e["type"] != "execution.started"]
+    late = [e for e in events if e["type"] == "execution.started"]
+    half = len(late) // 2
+    start = datetime(2024, 3, 5, 3, 7, 11, 5, tzinfo=UTC)
+    end = datetime(2024, 3, 9, 17, 52, tzinfo=UTC)
+    period = {"start_date": iso(start), "end_date": iso(end), "timezone": tz}
+
+    def check(sent: list[dict[str, Any]]) -> None:
+        got = _get(api, "/v1/analytics/workflows/wf-1", granularity="hour", **period)
+        want = oracle.workflow_metrics(sent, "wf-1", start, end, "hour", zone)
+        assert got["metrics"] == want["metrics"]
+        assert got["trends"] == want["trends"]
+        assert got["daily_metrics"] == want["daily_metrics"]
+        perf = _get(api, "/v1/analytics/workflows/wf-1/performance", **period)
+        assert perf["performance"] == oracle.performance(sent, "wf-1", start, end, zone)
+
+    api.send(first)
+    check(first)
+    api.compact()
+    check(first)
+    api.send(late[:half])
+    check(first + late[:half])
+    api.compact()
+    api.send(late[half:])
+    check(events)
+    api.compact()
+    check(events)

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
+
+from pyroaring import BitMap
 
 from kaie_analytics.errors import InvalidMetrics, InvalidParameter, WorkflowNotFound
 from kaie_analytics.query import numbers as num
+from kaie_analytics.query import slots
 from kaie_analytics.query.params import (
     Period,
     bucket_label,
@@ -26,6 +29,7 @@ from kaie_analytics.query.params import (
     parse_period,
     parse_timezone,
 )
+from kaie_analytics.store.activity import SLOT_US, epoch_us, from_epoch_us
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 
 METRICS = (
@@ -226,64 +230,124 @@ def metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> di
     }
 
 
+def _slot_owners(starts: list[datetime], end: datetime) -> dict[int, int]:
+    """Every 15-minute UTC slot from the first bucket to ``end``, and its bucket's index.
+
+    Every UTC offset in use is a multiple of 15 minutes, so every bucket edge is a
+    slot edge.
+    """
+    owners: dict[int, int] = {}
+    bounds = [epoch_us(s) // SLOT_US for s in starts] + [epoch_us(end) // SLOT_US + 1]
+    for i in range(len(starts)):
+        for slot in range(bounds[i], bounds[i + 1]):
+            owners[slot] = i
+    return owners
+
+
+_SUM_FIELDS = (*_EXEC_FIELDS, *_EVENT_FIELDS)
+
+
+def _slot_sums(
+    store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
+) -> tuple[
+    dict[bool, dict[str, Any]], dict[bool, dict[Any, dict[str, Any]]], dict[int, dict[str, Any]]
+]:
+    """Execution and message sums per period (``cur``), per period and channel, and per bucket."""
+    zero = ", ".join(f"0 AS {f}" for f in _EVENT_FIELDS)
+    rows = store.query(
+        f"""
+        WITH owners AS (
+            SELECT unnest($owner_slots::BIGINT[]) AS slot, unnest($owner_idx::INTEGER[]) AS owner
+        ),
+        r AS (
+            SELECT slot, cur, channel, total, ok, failed, dur_sum, dur_n, {zero}
+            FROM ({slots.exec_rows(store, p)})
+            UNION ALL
+            SELECT slot, cur, channel, 0, 0, 0, NULL, 0, sent, received, csat_sum, csat_n
+            FROM ({slots.message_rows(store, p)})
+        )
+        SELECT grouping(r.cur, r.channel, o.owner) AS gid, r.cur, r.channel, o.owner,
+            {", ".join(f"sum({f})" for f in _SUM_FIELDS)}
+        FROM r LEFT JOIN owners o ON o.slot = r.slot AND r.cur
+        GROUP BY GROUPING SETS ((r.cur), (r.cur, r.channel), (o.owner))
+        """,
+        {**p.params, "owner_slots": list(owners), "owner_idx": list(owners.values())},
+    )
+    totals: dict[bool, dict[str, Any]] = {}
+    by_channel: dict[bool, dict[Any, dict[str, Any]]] = defaultdict(dict)
+    series: dict[int, dict[str, Any]] = {}
+    for gid, cur, channel, owner, *sums in rows:
+        raw = dict(zip(_SUM_FIELDS, sums, strict=True))
+        if gid == 0b011:
+            totals[cur] = raw
+        elif gid == 0b001:
+            by_channel[cur][channel] = raw
+        elif owner is not None:
+            series[owner] = raw
+    return totals, by_channel, series
+
+
+def _bucket_customers(
+    store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
+) -> tuple[int, dict[int, int]]:
+    """Distinct customers of the current period's executions, overall and per bucket."""
+    bitmaps_sql, raw_sql = slots.customer_rows(store, p)
+    per_bucket: dict[int, list[BitMap]] = defaultdict(list)
+    for slot, blob in store.query(bitmaps_sql, p.params):
+        per_bucket[owners[slot]].append(BitMap.deserialize(blob))
+    numbered: dict[int, list[int]] = defaultdict(list)
+    strangers: dict[int, set[str]] = defaultdict(set)
+    for slot, number, customer in store.query(raw_sql, p.params):
+        if number is None:
+            strangers[owners[slot]].add(customer)
+        else:
+            numbered[owners[slot]].append(number)
+    for bucket, numbers in numbered.items():
+        per_bucket[bucket].append(BitMap(numbers))
+    unions = {b: BitMap.union(*bms) for b, bms in per_bucket.items()}
+    counts = {b: len(unions.get(b, ())) + len(strangers.get(b, ())) for b in owners.values()}
+    everyone = BitMap.union(*unions.values()) if unions else BitMap()
+    return len(everyone) + len(set().union(*strangers.values())), counts
+
+
 def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> dict[str, Any]:
     _ensure_workflow(store, q.tenant, q.workflow_id)
     period = q.period
     previous = period.previous()
-    # One pass over the current and previous periods: totals of each, and per channel.
-    # Distinct customers (the costly part) come from the series pass below, unless
-    # the channel groups need them too.
-    totals = _sums(
-        store,
-        q,
-        {**_params(q, period), "lo": previous.start_naive, "cur_lo": period.start_naive},
-        "x.t >= $cur_lo AS cur, grouping(channel) AS g, channel AS channel",
-        "GROUPING SETS ((cur), (cur, channel))",
-        distinct_customers="channel" in q.group_by,
-    )
-    # Per channel, with None for what has no channel (a group of its own in group_by).
-    by_channel = {ch: raw for (cur, g, ch), raw in totals.items() if cur and not g}
+    starts = [b.astimezone(UTC).replace(tzinfo=None) for b in buckets(period, q.granularity)]
+    owners = _slot_owners(starts, period.end_naive)
+    with store.snapshot():
+        # One plan over the previous and current periods, cut where they meet.
+        p = slots.plan(
+            store,
+            q.tenant,
+            q.workflow_id,
+            previous.start_naive,
+            period.end_naive,
+            edges=(period.start_naive,),
+        )
+        totals, by_period_channel, series = _slot_sums(store, p, owners)
+        customers, per_bucket = _bucket_customers(store, p, owners)
+        if "channel" in q.group_by:
+            per_channel = store.query(
+                f"""SELECT channel, count(DISTINCT customer_id) FROM ({_exec_cte(store, q.tenant, False)})
+                    GROUP BY ALL""",
+                _params(q, period),
+            )
+    by_channel = by_period_channel.get(True, {})
+    if "channel" in q.group_by:
+        for ch, n in per_channel:
+            by_channel.setdefault(ch, {})["customers"] = n
     channels = {
         ch: v["total"]
         for ch, v in sorted(by_channel.items(), key=lambda kv: str(kv[0]))
         if ch is not None and v.get("total")
     }
-    starts = [b.astimezone(UTC).replace(tzinfo=None) for b in buckets(period, q.granularity)]
-    slots, owners = _slots(starts, period.end_naive)
-    # Executions: distinct customers per bucket are not additive, so each row joins
-    # its bucket through its 15-minute slot (every bucket edge, in any time zone, is
-    # on a slot edge). Messages are additive: sum slots into buckets here.
-    series = _sums(
-        store,
-        q,
-        {**_params(q, period), "slots": slots, "owners": owners},
-        "grouping(m.owner) AS g, m.owner AS k",
-        "GROUPING SETS ((), (m.owner))",
-        join="JOIN (SELECT unnest($slots::TIMESTAMP[]) AS slot, unnest($owners::TIMESTAMP[]) AS owner) m"
-        " ON time_bucket(INTERVAL 15 MINUTE, x.t) = m.slot",
-        parts=("executions",),
-    )
-    slot_owner = dict(zip(slots, owners, strict=True))
-    # Messages and feedback are additive: sum 15-minute slots into buckets here.
-    per_slot = _sums(
-        store,
-        q,
-        _params(q, period),
-        "time_bucket(INTERVAL 15 MINUTE, x.t) AS k",
-        "1",
-        parts=("events",),
-    )
-    current_raw = dict(totals.get((True, 1, None), {}))
-    current_raw["customers"] = series.get((1, None), {}).get("customers") or 0
-    current = metrics_block(current_raw, channels)
-    prev = metrics_block(totals.get((False, 1, None), {}), None)
-    for (slot,), sums in per_slot.items():
-        bucket = series[(0, slot_owner[slot])]
-        for field, value in sums.items():
-            bucket[field] = (bucket.get(field) or 0) + (value or 0)
+    current = metrics_block({**totals.get(True, {}), "customers": customers}, channels)
+    prev = metrics_block(totals.get(False, {}), None)
     daily = []
-    for start in starts:
-        block = metrics_block(series.get((0, start), {}), None)
+    for i, start in enumerate(starts):
+        block = metrics_block({**series.get(i, {}), "customers": per_bucket.get(i, 0)}, None)
         daily.append(
             {
                 "date": bucket_label(start.replace(tzinfo=UTC), q.granularity, period.tz),
@@ -311,22 +375,6 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     if q.group_by:
         data["groups"] = _groups(store, q, by_channel)
     return data
-
-
-SLOT = timedelta(minutes=15)  # every UTC offset in use is a multiple of 15 minutes
-
-
-def _slots(starts: list[datetime], end: datetime) -> tuple[list[datetime], list[datetime]]:
-    """Every 15-minute UTC slot from the first bucket to ``end``, and its bucket."""
-    slots, owners = [], []
-    for i, start in enumerate(starts):
-        stop = starts[i + 1] if i + 1 < len(starts) else end + SLOT
-        slot = start
-        while slot < stop:
-            slots.append(slot)
-            owners.append(start)
-            slot += SLOT
-    return slots, owners
 
 
 def _groups(
@@ -370,36 +418,51 @@ def run_workflow_performance(
 ) -> dict[str, Any]:
     _ensure_workflow(store, q.tenant, q.workflow_id)
     period = q.period
-    params = _params(q, period)
-    execs = _exec_cte(store, q.tenant, False)
-    (total, ok, failed, dsum, dn, p50, p95, p99) = store.query(
-        f"""
-        SELECT count(*), count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
-            sum(duration_ms) FILTER (WHERE status > 0),
-            count(duration_ms) FILTER (WHERE status > 0),
-            quantile_cont(duration_ms, 0.5) FILTER (WHERE status > 0),
-            quantile_cont(duration_ms, 0.95) FILTER (WHERE status > 0),
-            quantile_cont(duration_ms, 0.99) FILTER (WHERE status > 0)
-        FROM ({execs})
-        """,
-        params,
-    )[0]
-    finished = ok + failed
-    by_error = store.query(
-        f"""SELECT error_type, count(*) FROM ({execs})
-            WHERE status = 2 AND error_type IS NOT NULL GROUP BY ALL ORDER BY 1""",
-        params,
-    )
-    slots = store.query(
-        f"SELECT time_bucket(INTERVAL 15 MINUTE, started_at) AS s, count(*) FROM ({execs}) GROUP BY ALL",
-        params,
-    )
+    with store.snapshot():
+        p = slots.plan(store, q.tenant, q.workflow_id, period.start_naive, period.end_naive)
+        # Percentiles need every duration: read from the executions themselves (exact).
+        (quantiles,) = store.query(
+            f"""SELECT quantile_cont(duration_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status > 0)
+                FROM ({_exec_cte(store, q.tenant, False)})""",
+            p.params,
+        )[0]
+        sums = store.query(
+            f"""SELECT grouping(slot, channel, error_type) AS gid, slot, channel, error_type,
+                    sum(total), sum(ok), sum(failed), sum(dur_sum), sum(dur_n)
+                FROM ({slots.exec_rows(store, p)})
+                GROUP BY GROUPING SETS ((), (error_type), (slot), (channel))""",
+            p.params,
+        )
+        nodes = (
+            store.query(
+                f"""SELECT node_id, arg_max(node_type, type_ts), sum(n) AS events, sum(ok),
+                        sum(dur_sum), sum(dur_n), sum(errors)
+                    FROM ({slots.node_rows(store, p)})
+                    GROUP BY node_id ORDER BY events DESC, node_id""",
+                p.params,
+            )
+            if q.include_nodes
+            else []
+        )
+    total = ok = failed = 0
+    dsum, dn = None, 0
+    by_error: dict[str, int] = {}
+    by_channel: dict[str, tuple[int, int, int, Any, int]] = {}
     per_clock_hour: dict[datetime, int] = defaultdict(int)
     per_hour_of_day: dict[int, int] = defaultdict(int)
-    for slot, n in slots:
-        local = slot.replace(tzinfo=UTC).astimezone(period.tz)
-        per_clock_hour[local.replace(minute=0).astimezone(UTC)] += n
-        per_hour_of_day[local.hour] += n
+    for gid, slot, channel, error_type, n, n_ok, n_failed, d_sum, d_n in sums:
+        if gid == 0b111:  # sums over no rows are NULL
+            total, ok, failed, dsum, dn = n or 0, n_ok or 0, n_failed or 0, d_sum, d_n or 0
+        elif gid == 0b110 and error_type is not None and n_failed:
+            by_error[error_type] = n_failed
+        elif gid == 0b011:
+            local = from_epoch_us(slot * SLOT_US).replace(tzinfo=UTC).astimezone(period.tz)
+            per_clock_hour[local.replace(minute=0).astimezone(UTC)] += n
+            per_hour_of_day[local.hour] += n
+        elif gid == 0b101 and channel is not None:
+            by_channel[channel] = (n, n_ok, n_failed, d_sum, d_n)
+    finished = ok + failed
+    p50, p95, p99 = quantiles if quantiles is not None else (None, None, None)
     peak_hour = (
         min(per_hour_of_day, key=lambda h: (-per_hour_of_day[h], h)) if per_hour_of_day else None
     )
@@ -418,21 +481,10 @@ def run_workflow_performance(
         },
         "error_rate": {
             "overall": num.rate(failed, finished),
-            "by_error_type": {err: num.rate(n, finished) for err, n in by_error},
+            "by_error_type": {err: num.rate(n, finished) for err, n in sorted(by_error.items())},
         },
     }
     if q.include_nodes:
-        nodes = store.query(
-            f"""
-            SELECT n.node_id, arg_max(n.node_type, n.ts), count(*),
-                count(*) FILTER (WHERE n.ok), sum(n.dur), count(n.dur),
-                count(*) FILTER (WHERE NOT n.ok)
-            FROM (SELECT unnest(nodes) AS n FROM ({execs}))
-            GROUP BY n.node_id
-            ORDER BY count(*) DESC, n.node_id
-            """,
-            params,
-        )
         performance["node_performance"] = [
             {
                 "node_id": node_id,
@@ -445,19 +497,12 @@ def run_workflow_performance(
             for node_id, node_type, count, done, dsum_n, dcount, errors in nodes
         ]
     if q.include_channels:
-        rows = store.query(
-            f"""SELECT channel, count(*), count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
-                    sum(duration_ms) FILTER (WHERE status > 0),
-                    count(duration_ms) FILTER (WHERE status > 0)
-                FROM ({execs}) WHERE channel IS NOT NULL GROUP BY ALL ORDER BY 1""",
-            params,
-        )
         performance["channel_performance"] = {
             ch: {
                 "executions": n,
                 "success_rate": num.rate(c_ok, c_ok + c_failed),
                 "average_duration_ms": num.avg_ms(c_dsum, c_dn),
             }
-            for ch, n, c_ok, c_failed, c_dsum, c_dn in rows
+            for ch, (n, c_ok, c_failed, c_dsum, c_dn) in sorted(by_channel.items())
         }
     return {"workflow_id": q.workflow_id, "period": period.render(), "performance": performance}

@@ -103,7 +103,8 @@ def put_bitmaps(
     for batch in rows.to_batches(max_chunksize=65_536):
         columns = batch.to_pydict()
         blobs = []
-        for key, nums in zip(zip(*(columns[k] for k in keys)), columns["nums"], strict=True):
+        key_rows = zip(*(columns[k] for k in keys), strict=True)
+        for key, nums in zip(key_rows, columns["nums"], strict=True):
             bits = BitMap(nums)
             if key in old:
                 bits |= BitMap.deserialize(old[key])

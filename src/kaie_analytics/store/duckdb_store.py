@@ -43,9 +43,8 @@ from xxhash import xxh3_64_intdigest
 
 from kaie_analytics.errors import QueryTimeout, StoreUnavailable
 from kaie_analytics.ingest.validate import FIELD_COLUMNS, ValidEvent
-from kaie_analytics.store import activity
+from kaie_analytics.store import activity, rollups
 from kaie_analytics.store import executions_sql as xsql
-from kaie_analytics.store import rollups
 from kaie_analytics.store.dedupe import IdIndex
 from kaie_analytics.store.derived import DERIVED, Derived, compact_statements, current_rows
 

@@ -115,6 +115,16 @@ def merge_and_finalise(states: str) -> str:
     """
 
 
+_PENDING = event_states(
+    "tenant = $tenant AND seq > (SELECT value FROM store_state WHERE key = 'exec_seq')"
+)
+_MERGED_TOUCHED = merge_and_finalise(
+    "SELECT tenant, execution_id, s, c, f, nodes AS n FROM executions"
+    " WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)"
+    " UNION ALL SELECT * FROM delta"
+)
+
+
 def tenant_executions(has_pending: bool) -> str:
     """A query of the current executions of tenant ``$tenant`` (final columns).
 
@@ -124,22 +134,31 @@ def tenant_executions(has_pending: bool) -> str:
     """
     if not has_pending:
         return f"SELECT {FINAL_COLUMNS} FROM executions WHERE tenant = $tenant"
-    delta = event_states(
-        "tenant = $tenant AND seq > (SELECT value FROM store_state WHERE key = 'exec_seq')"
-    )
     return f"""
     SELECT {FINAL_COLUMNS} FROM (
-        WITH delta AS ({delta}),
+        WITH delta AS ({_PENDING}),
              touched AS (SELECT DISTINCT execution_id FROM delta)
         SELECT {FINAL_COLUMNS} FROM executions
         WHERE tenant = $tenant AND execution_id NOT IN (SELECT execution_id FROM touched)
         UNION ALL
-        SELECT {FINAL_COLUMNS} FROM ({
-        merge_and_finalise(
-            "SELECT tenant, execution_id, s, c, f, nodes AS n FROM executions"
-            " WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)"
-            " UNION ALL SELECT * FROM delta"
-        )
-    })
+        SELECT {FINAL_COLUMNS} FROM ({_MERGED_TOUCHED})
+    )
+    """
+
+
+def pending_versions() -> str:
+    """Both versions of the executions of ``$tenant`` that events past the watermark touch.
+
+    The folded row (if there is one) and the merged one: where the execution was
+    counted, and where it is counted now (final columns).
+    """
+    return f"""
+    SELECT {FINAL_COLUMNS} FROM (
+        WITH delta AS ({_PENDING}),
+             touched AS (SELECT DISTINCT execution_id FROM delta)
+        SELECT {FINAL_COLUMNS} FROM executions
+        WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)
+        UNION ALL
+        SELECT {FINAL_COLUMNS} FROM ({_MERGED_TOUCHED})
     )
     """

@@ -1,0 +1,187 @@
+"""Reading one workflow's numbers per 15-minute slot: rollups where right, rows elsewhere.
+
+A *slot plan* splits the slots of a period (or of the previous and current
+periods together) in two: the slots the rollups have exactly right, and the
+*raw* slots, read from the executions and events themselves. Raw are the slots
+cut by a period edge (an edge not on a quarter hour), and the slots of the
+executions that events not yet folded touch (both where such an execution was
+and where it is now). Messages not yet folded are added on top: they only add.
+
+Every function here returns SQL over the same row shape, so a caller sums
+slot rows without caring where they came from; run them inside
+``store.snapshot()`` so that the plan and the rows agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kaie_analytics.store import executions_sql as xsql
+from kaie_analytics.store import rollups
+from kaie_analytics.store.activity import SLOT_US, epoch_us
+from kaie_analytics.store.duckdb_store import DuckDBEventStore
+
+#: More raw ranges than this are read with one range and a slot filter.
+MAX_RANGES = 8
+_SLOT = rollups.slot_of
+
+
+@dataclass(frozen=True, slots=True)
+class SlotPlan:
+    first: int
+    last: int
+    raw: tuple[int, ...]
+    params: dict[str, Any]
+
+    def ranges(self, column: str) -> str:
+        """A predicate on ``column`` for the raw slots (ranges zone maps can use)."""
+        if not self.raw:
+            return "false"
+        runs: list[list[int]] = []
+        for s in self.raw:
+            if runs and runs[-1][1] == s - 1:
+                runs[-1][1] = s
+            else:
+                runs.append([s, s])
+        if len(runs) > MAX_RANGES:
+            runs = [[self.raw[0], self.raw[-1]]]
+            extra = f" AND {_SLOT(column)} IN (SELECT unnest($raw_slots::BIGINT[]))"
+        else:
+            extra = ""
+        parts = [
+            f"({column} >= {_ts(a * SLOT_US)} AND {column} < {_ts((b + 1) * SLOT_US)})"
+            for a, b in runs
+        ]
+        return "((" + " OR ".join(parts) + ")" + extra + ")"
+
+
+def _ts(us: int) -> str:
+    # An integer we computed, never user input.
+    return f"make_timestamp({int(us)}::BIGINT)"
+
+
+def plan(
+    store: DuckDBEventStore,
+    tenant: str,
+    workflow_id: str,
+    lo: datetime,
+    hi: datetime,
+    edges: tuple[datetime, ...] = (),
+) -> SlotPlan:
+    """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``."""
+    first, last = epoch_us(lo) // SLOT_US, epoch_us(hi) // SLOT_US
+    raw: set[int] = set()
+    for t in (lo, *edges):
+        if epoch_us(t) % SLOT_US:
+            raw.add(epoch_us(t) // SLOT_US)
+    if (epoch_us(hi) + 1) % SLOT_US:
+        raw.add(last)
+    params: dict[str, Any] = {
+        "tenant": tenant,
+        "workflow": workflow_id,
+        "lo": lo,
+        "hi": hi,
+        # Rows at or after the first edge are the current period's (``cur``).
+        "cur_lo": edges[0] if edges else lo,
+    }
+    if store.has_pending(tenant):
+        for (slot,) in store.query(
+            f"""SELECT DISTINCT {_SLOT("started_at")} FROM ({xsql.pending_versions()})
+                WHERE workflow_id = $workflow AND started_at BETWEEN $lo AND $hi""",
+            params,
+        ):
+            raw.add(int(slot))
+    ordered = tuple(sorted(raw))
+    return SlotPlan(first, last, ordered, {**params, "raw_slots": list(ordered)})
+
+
+def _rolled(p: SlotPlan, table: str) -> str:
+    return (
+        f"SELECT * FROM {table} WHERE tenant = $tenant AND workflow_id = $workflow"
+        f" AND slot BETWEEN {int(p.first)} AND {int(p.last)}"
+        " AND slot NOT IN (SELECT unnest($raw_slots::BIGINT[]))"
+    )
+
+
+#: Whether a rollup row (never cut by ``$cur_lo``) is in the current period.
+_ROLLED_CUR = "slot * " + str(SLOT_US) + " >= epoch_us($cur_lo) AS cur"
+
+
+def exec_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
+    """Rows (slot, cur, channel, error_type, total, ok, failed, dur_sum, dur_n) of the plan."""
+    return f"""
+        SELECT slot, {_ROLLED_CUR}, channel, error_type, total, ok, failed, dur_sum, dur_n
+        FROM ({_rolled(p, "exec_slots")})
+        UNION ALL
+        SELECT {_SLOT("x.started_at")}, x.started_at >= $cur_lo, x.channel, x.error_type,
+            {rollups.EXEC_SUMS}
+        FROM ({store.executions_sql(p.params["tenant"])}) x
+        WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
+          AND {p.ranges("x.started_at")}
+        GROUP BY ALL
+    """
+
+
+def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
+    """Rows (slot, cur, channel, sent, received, csat_sum, csat_n) of the plan."""
+    base = f"""
+        SELECT {_SLOT("e.ts")}, e.ts >= $cur_lo, e.channel, {rollups.MESSAGE_SUMS} FROM events e
+        WHERE e.tenant = $tenant AND e.workflow_id = $workflow
+          AND e.type IN ('feedback.submitted', 'message.received', 'message.sent')
+          AND e.ts BETWEEN $lo AND $hi"""
+    sql = f"""
+        SELECT slot, {_ROLLED_CUR}, channel, sent, received, csat_sum, csat_n
+        FROM ({_rolled(p, "message_slots")})
+        UNION ALL
+        {base} AND {p.ranges("e.ts")} GROUP BY ALL
+    """
+    if store.has_pending(p.params["tenant"], "message_slots"):
+        sql += f"""
+        UNION ALL
+        {base} AND e.seq > (SELECT value FROM store_state WHERE key = '{rollups.WATERMARK}')
+          AND NOT {p.ranges("e.ts")}
+        GROUP BY ALL"""
+    return sql
+
+
+def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
+    """Rows (node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors) of the plan."""
+    return f"""
+        SELECT node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors
+        FROM ({_rolled(p, "node_slots")})
+        UNION ALL
+        SELECT n.node_id, {rollups.NODE_SUMS}
+        FROM (SELECT unnest(x.nodes) AS n FROM ({store.executions_sql(p.params["tenant"])}) x
+              WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
+                AND {p.ranges("x.started_at")})
+        GROUP BY ALL
+    """
+
+
+def customer_rows(store: DuckDBEventStore, p: SlotPlan) -> tuple[str, str]:
+    """SQL for the customers of the current period's executions.
+
+    Bitmaps (slot, customers) and raw rows (slot, num, customer_id); raw
+    customers that have no number yet (new since the last fold) come with
+    ``num`` NULL.
+    """
+    bitmaps = (
+        f"SELECT slot, customers FROM ({_rolled(p, 'exec_customers')})"
+        f" WHERE slot * {SLOT_US} >= epoch_us($cur_lo)"
+    )
+    raw = f"""
+        WITH raw AS (
+            SELECT DISTINCT {_SLOT("x.started_at")} AS slot, x.customer_id
+            FROM ({store.executions_sql(p.params["tenant"])}) x
+            WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $cur_lo AND $hi
+              AND x.customer_id IS NOT NULL AND {p.ranges("x.started_at")}
+        ),
+        known AS (
+            SELECT customer_id, num FROM customer_numbers
+            WHERE tenant = $tenant AND customer_id IN (SELECT customer_id FROM raw)
+        )
+        SELECT r.slot, k.num, r.customer_id FROM raw r LEFT JOIN known k USING (customer_id)
+    """
+    return bitmaps, raw
