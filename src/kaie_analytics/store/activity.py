@@ -94,10 +94,8 @@ def put_bitmaps(
     stale = f"EXISTS (SELECT 1 FROM {replace} t WHERE {on})"
     old: dict[tuple[Any, ...], bytes] = {}
     if merge:
-        for *key, blob in con.execute(
-            f"SELECT {cols}, customers FROM {table} a WHERE {stale}"
-        ).fetchall():
-            old[tuple(key)] = blob
+        for row in con.execute(f"SELECT {cols}, customers FROM {table} a WHERE {stale}").fetchall():
+            old[tuple(row[:-1])] = row[-1]
     con.execute(f"DELETE FROM {table} a WHERE {stale}")
     rows = con.sql(f"SELECT {cols}, nums FROM {source}").to_arrow_table()
     for batch in rows.to_batches(max_chunksize=65_536):
@@ -106,8 +104,8 @@ def put_bitmaps(
         key_rows = zip(*(columns[k] for k in keys), strict=True)
         for key, nums in zip(key_rows, columns["nums"], strict=True):
             bits = BitMap(nums)
-            if key in old:
-                bits |= BitMap.deserialize(old[key])
+            if (blob := old.get(key)) is not None:
+                bits |= BitMap.deserialize(blob)
             blobs.append(bits.serialize())
         fresh = pa.table(
             {**{k: batch.column(k) for k in keys}, "customers": pa.array(blobs, pa.binary())}
