@@ -244,60 +244,70 @@ def _slot_owners(starts: list[datetime], end: datetime) -> dict[int, int]:
     return owners
 
 
-_SUM_FIELDS = (*_EXEC_FIELDS, *_EVENT_FIELDS)
+def _slot_sums_sql(
+    store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Execution sums, then message sums, per period (``cur``) and channel, and per bucket.
+
+    Two statements, so that they can run side by side; each groups twice
+    (GROUPING SETS cost several times more here).
+    """
+    params = {**p.params, "owner_slots": list(owners), "owner_idx": list(owners.values())}
+    out = []
+    for rows, fields in (
+        (slots.exec_rows(store, p), _EXEC_FIELDS),
+        (slots.message_rows(store, p), _EVENT_FIELDS),
+    ):
+        sums = ", ".join(f"sum({f}) AS {f}" for f in fields)
+        sql = f"""
+            WITH owners AS (
+                SELECT unnest($owner_slots::BIGINT[]) AS slot,
+                    unnest($owner_idx::INTEGER[]) AS owner
+            ),
+            r AS MATERIALIZED ({rows})
+            SELECT false AS series, cur, channel, NULL::INTEGER AS owner, {sums}
+            FROM r GROUP BY cur, channel
+            UNION ALL
+            SELECT true, true, NULL, o.owner, {sums}
+            FROM r JOIN owners o ON o.slot = r.slot WHERE r.cur GROUP BY o.owner
+        """
+        out.append((sql, params))
+    return out
 
 
 def _slot_sums(
-    store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
+    results: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]],
 ) -> tuple[
     dict[bool, dict[str, Any]], dict[bool, dict[Any, dict[str, Any]]], dict[int, dict[str, Any]]
 ]:
-    """Execution and message sums per period (``cur``), per period and channel, and per bucket."""
-    zero = ", ".join(f"0 AS {f}" for f in _EVENT_FIELDS)
-    rows = store.query(
-        f"""
-        WITH owners AS (
-            SELECT unnest($owner_slots::BIGINT[]) AS slot, unnest($owner_idx::INTEGER[]) AS owner
-        ),
-        r AS (
-            SELECT slot, cur, channel, total, ok, failed, dur_sum, dur_n, {zero}
-            FROM ({slots.exec_rows(store, p)})
-            UNION ALL
-            SELECT slot, cur, channel, 0, 0, 0, NULL, 0, sent, received, csat_sum, csat_n
-            FROM ({slots.message_rows(store, p)})
-        )
-        SELECT grouping(r.cur, r.channel, o.owner) AS gid, r.cur, r.channel, o.owner,
-            {", ".join(f"sum({f})" for f in _SUM_FIELDS)}
-        FROM r LEFT JOIN owners o ON o.slot = r.slot AND r.cur
-        GROUP BY GROUPING SETS ((r.cur), (r.cur, r.channel), (o.owner))
-        """,
-        {**p.params, "owner_slots": list(owners), "owner_idx": list(owners.values())},
-    )
+    """Totals per period, sums per period and channel, and sums per bucket."""
     totals: dict[bool, dict[str, Any]] = {}
     by_channel: dict[bool, dict[Any, dict[str, Any]]] = defaultdict(dict)
-    series: dict[int, dict[str, Any]] = {}
-    for gid, cur, channel, owner, *sums in rows:
-        raw = dict(zip(_SUM_FIELDS, sums, strict=True))
-        if gid == 0b011:
-            totals[cur] = raw
-        elif gid == 0b001:
-            by_channel[cur][channel] = raw
-        elif owner is not None:
-            series[owner] = raw
+    series: dict[int, dict[str, Any]] = defaultdict(dict)
+    for fields, rows in results:
+        for is_series, cur, channel, owner, *values in rows:
+            raw = dict(zip(fields, values, strict=True))
+            if is_series:
+                series[owner].update(raw)
+                continue
+            by_channel[cur].setdefault(channel, {}).update(raw)
+            total = totals.setdefault(cur, {})
+            for field, value in raw.items():
+                if value is not None:
+                    total[field] = (total.get(field) or 0) + value
     return totals, by_channel, series
 
 
 def _bucket_customers(
-    store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
+    bitmap_rows: list[tuple[Any, ...]], raw_rows: list[tuple[Any, ...]], owners: dict[int, int]
 ) -> tuple[int, dict[int, int]]:
     """Distinct customers of the current period's executions, overall and per bucket."""
-    bitmaps_sql, raw_sql = slots.customer_rows(store, p)
     per_bucket: dict[int, list[BitMap]] = defaultdict(list)
-    for slot, blob in store.query(bitmaps_sql, p.params):
+    for slot, blob in bitmap_rows:
         per_bucket[owners[slot]].append(BitMap.deserialize(blob))
     numbered: dict[int, list[int]] = defaultdict(list)
     strangers: dict[int, set[str]] = defaultdict(set)
-    for slot, number, customer in store.query(raw_sql, p.params):
+    for slot, number, customer in raw_rows:
         if number is None:
             strangers[owners[slot]].add(customer)
         else:
@@ -316,28 +326,40 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     previous = period.previous()
     starts = [b.astimezone(UTC).replace(tzinfo=None) for b in buckets(period, q.granularity)]
     owners = _slot_owners(starts, period.end_naive)
-    with store.snapshot():
-        # One plan over the previous and current periods, cut where they meet.
-        p = slots.plan(
-            store,
-            q.tenant,
-            q.workflow_id,
-            previous.start_naive,
-            period.end_naive,
-            edges=(period.start_naive,),
-        )
-        totals, by_period_channel, series = _slot_sums(store, p, owners)
-        customers, per_bucket = _bucket_customers(store, p, owners)
-        if "channel" in q.group_by:
-            per_channel = store.query(
-                f"""SELECT channel, count(DISTINCT customer_id) FROM ({_exec_cte(store, q.tenant, False)})
-                    GROUP BY ALL""",
+    # One plan over the previous and current periods, cut where they meet. The
+    # statements below run side by side, each on its own snapshot: each reads
+    # every slot from exactly one source (rollup or rows), so each is exact as
+    # of its snapshot; events that arrive meanwhile may show in some, not others.
+    p = slots.plan(
+        store,
+        q.tenant,
+        q.workflow_id,
+        previous.start_naive,
+        period.end_naive,
+        edges=(period.start_naive,),
+    )
+    bitmaps_sql, raw_sql = slots.customer_rows(store, p)
+    statements = [
+        *_slot_sums_sql(store, p, owners),
+        (bitmaps_sql, p.params),
+        (raw_sql, p.params),
+    ]
+    if "channel" in q.group_by:
+        statements.append(
+            (
+                f"""SELECT channel, count(DISTINCT customer_id)
+                    FROM ({_exec_cte(store, q.tenant, False)}) GROUP BY ALL""",
                 _params(q, period),
             )
+        )
+    exec_sums, message_sums, bitmap_rows, raw_rows, *per_channel = store.query_all(statements)
+    totals, by_period_channel, series = _slot_sums(
+        [(_EXEC_FIELDS, exec_sums), (_EVENT_FIELDS, message_sums)]
+    )
+    customers, per_bucket = _bucket_customers(bitmap_rows, raw_rows, owners)
     by_channel = by_period_channel.get(True, {})
-    if "channel" in q.group_by:
-        for ch, n in per_channel:
-            by_channel.setdefault(ch, {})["customers"] = n
+    for ch, n in per_channel[0] if per_channel else ():
+        by_channel.setdefault(ch, {})["customers"] = n
     channels = {
         ch: v["total"]
         for ch, v in sorted(by_channel.items(), key=lambda kv: str(kv[0]))
@@ -418,49 +440,62 @@ def run_workflow_performance(
 ) -> dict[str, Any]:
     _ensure_workflow(store, q.tenant, q.workflow_id)
     period = q.period
-    with store.snapshot():
-        p = slots.plan(store, q.tenant, q.workflow_id, period.start_naive, period.end_naive)
+    p = slots.plan(store, q.tenant, q.workflow_id, period.start_naive, period.end_naive)
+    # Side by side, each exact on its own snapshot (see run_workflow_metrics).
+    statements = [
         # Percentiles need every duration: read from the executions themselves (exact).
-        (quantiles,) = store.query(
+        (
             f"""SELECT quantile_cont(duration_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status > 0)
                 FROM ({_exec_cte(store, q.tenant, False)})""",
             p.params,
-        )[0]
-        sums = store.query(
-            f"""SELECT grouping(slot, channel, error_type) AS gid, slot, channel, error_type,
-                    sum(total), sum(ok), sum(failed), sum(dur_sum), sum(dur_n)
-                FROM ({slots.exec_rows(store, p)})
-                GROUP BY GROUPING SETS ((), (error_type), (slot), (channel))""",
+        ),
+        # Per slot (peak hour) and per channel and error type; two plain groupings.
+        (
+            f"""WITH r AS MATERIALIZED ({slots.exec_rows(store, p)})
+                SELECT slot, NULL AS channel, NULL AS error_type, sum(total), NULL, NULL, NULL,
+                    NULL
+                FROM r GROUP BY slot
+                UNION ALL
+                SELECT NULL, channel, error_type, sum(total), sum(ok), sum(failed),
+                    sum(dur_sum), sum(dur_n)
+                FROM r GROUP BY channel, error_type""",
             p.params,
-        )
-        nodes = (
-            store.query(
+        ),
+    ]
+    if q.include_nodes:
+        statements.append(
+            (
                 f"""SELECT node_id, arg_max(node_type, type_ts), sum(n) AS events, sum(ok),
                         sum(dur_sum), sum(dur_n), sum(errors)
                     FROM ({slots.node_rows(store, p)})
                     GROUP BY node_id ORDER BY events DESC, node_id""",
                 p.params,
             )
-            if q.include_nodes
-            else []
         )
-    total = ok = failed = 0
-    dsum, dn = None, 0
-    by_error: dict[str, int] = {}
-    by_channel: dict[str, tuple[int, int, int, Any, int]] = {}
+    [(quantiles,)], sums, *node_rows = store.query_all(statements)
+    nodes = node_rows[0] if node_rows else []
+    total = ok = failed = dn = 0
+    dsum = None
+    by_error: dict[str, int] = defaultdict(int)
+    by_channel: dict[str, list[Any]] = {}
     per_clock_hour: dict[datetime, int] = defaultdict(int)
     per_hour_of_day: dict[int, int] = defaultdict(int)
-    for gid, slot, channel, error_type, n, n_ok, n_failed, d_sum, d_n in sums:
-        if gid == 0b111:  # sums over no rows are NULL
-            total, ok, failed, dsum, dn = n or 0, n_ok or 0, n_failed or 0, d_sum, d_n or 0
-        elif gid == 0b110 and error_type is not None and n_failed:
-            by_error[error_type] = n_failed
-        elif gid == 0b011:
+    for slot, channel, error_type, n, n_ok, n_failed, d_sum, d_n in sums:
+        if slot is not None:
             local = from_epoch_us(slot * SLOT_US).replace(tzinfo=UTC).astimezone(period.tz)
             per_clock_hour[local.replace(minute=0).astimezone(UTC)] += n
             per_hour_of_day[local.hour] += n
-        elif gid == 0b101 and channel is not None:
-            by_channel[channel] = (n, n_ok, n_failed, d_sum, d_n)
+            continue
+        total, ok, failed, dn = total + n, ok + n_ok, failed + n_failed, dn + d_n
+        if d_sum is not None:
+            dsum = (dsum or 0) + d_sum
+        if error_type is not None and n_failed:
+            by_error[error_type] += n_failed
+        if channel is not None:
+            acc = by_channel.setdefault(channel, [0, 0, 0, None, 0])
+            for i, value in enumerate((n, n_ok, n_failed, d_sum, d_n)):
+                if value is not None:
+                    acc[i] = (acc[i] or 0) + value
     finished = ok + failed
     p50, p95, p99 = quantiles if quantiles is not None else (None, None, None)
     peak_hour = (

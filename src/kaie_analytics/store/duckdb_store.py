@@ -226,6 +226,8 @@ class DuckDBEventStore:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self._local = threading.local()
+        #: Runs the independent statements of one answer side by side (``query_all``).
+        self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kaie-read")
         self._writer = threading.Thread(target=self._write_loop, name="kaie-writer", daemon=True)
         self._writer.start()
 
@@ -330,6 +332,7 @@ class DuckDBEventStore:
         self._closed = True
         self._queue.put(_Stop())
         self._writer.join()
+        self._readers.shutdown(wait=True)
         self._con.close()
 
     def _backlog(self) -> int:
@@ -674,6 +677,19 @@ class DuckDBEventStore:
             raise QueryTimeout(f"query exceeded {self.query_timeout_s:g} s") from None
         finally:
             timer.cancel()
+
+    def query_all(
+        self, statements: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Run independent read statements side by side, each on its own cursor.
+
+        Each statement sees its own snapshot: use it only for statements that are
+        each exact on their own (no statement relies on another's snapshot).
+        """
+        if len(statements) < 2:
+            return [self.query(sql, params) for sql, params in statements]
+        futures = [self._readers.submit(self.query, sql, params) for sql, params in statements]
+        return [f.result() for f in futures]
 
     def stream(self, sql: str, params: dict[str, Any], batch_rows: int) -> pa.RecordBatchReader:
         """Rows in Arrow batches, for exports that must not hold the result in memory."""
