@@ -71,7 +71,8 @@ def number_customers(con: duckdb.DuckDBPyConnection, source: str) -> None:
                    WHERE tenant IN (SELECT tenant FROM {source}) GROUP BY tenant) m
           USING (tenant)
         WHERE NOT EXISTS (SELECT 1 FROM customer_numbers c
-                          WHERE c.tenant = n.tenant AND c.customer_id = n.customer_id)"""
+                          WHERE c.tenant = n.tenant AND c.customer_id = n.customer_id)
+        ORDER BY n.tenant, n.customer_id"""
     )
 
 

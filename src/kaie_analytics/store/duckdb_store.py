@@ -195,7 +195,8 @@ class DuckDBEventStore:
         )
         for stmt in _DDL:
             self._con.execute(stmt)
-        if not self._scalar("SELECT value FROM store_state WHERE key = ?", [rollups.BUILT]):
+        built = self._scalar("SELECT value FROM store_state WHERE key = ?", [rollups.BUILT])
+        if built < rollups.LAYOUT:
             self._build_rollups()
         self._seq = self._scalar("SELECT coalesce(max(seq), 0) FROM events")
         self._watermarks = {
@@ -621,7 +622,18 @@ class DuckDBEventStore:
         con.execute("BEGIN")
         try:
             rollups.refresh_executions(con, everything=True)
-            con.execute("UPDATE store_state SET value = 1 WHERE key = ?", [rollups.BUILT])
+            # Customer numbers in (tenant, customer) order, so zone maps find a
+            # tenant's few customers when a query looks them up.
+            con.execute(
+                "CREATE TEMP TABLE numbers AS SELECT * FROM customer_numbers"
+                " ORDER BY tenant, customer_id"
+            )
+            con.execute("DELETE FROM customer_numbers")
+            con.execute("INSERT INTO customer_numbers SELECT * FROM numbers")
+            con.execute("DROP TABLE numbers")
+            con.execute(
+                "UPDATE store_state SET value = ? WHERE key = ?", [rollups.LAYOUT, rollups.BUILT]
+            )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

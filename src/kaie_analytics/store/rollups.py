@@ -29,6 +29,8 @@ from kaie_analytics.store.activity import SLOT_US, number_customers, put_bitmaps
 
 WATERMARK = "message_slots_seq"
 BUILT = "exec_rollups_built"
+#: The rollup layout this code writes; an older data directory is rebuilt once.
+LAYOUT = 2
 MESSAGE_TYPES = frozenset(("message.sent", "message.received", "feedback.submitted"))
 FEED = (
     "type IN ('feedback.submitted', 'message.received', 'message.sent') AND workflow_id IS NOT NULL"
