@@ -33,6 +33,8 @@ class SlotPlan:
     first: int
     last: int
     raw: tuple[int, ...]
+    #: Whole days (as their first slot) read from the day rollups.
+    days: tuple[int, ...]
     params: dict[str, Any]
 
     def ranges(self, column: str) -> str:
@@ -69,8 +71,14 @@ def plan(
     lo: datetime,
     hi: datetime,
     edges: tuple[datetime, ...] = (),
+    owners: dict[int, int] | None = None,
 ) -> SlotPlan:
-    """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``."""
+    """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``.
+
+    Whole days come from the day rollups when no raw slot is in them, they are
+    on one side of ``edges[0]``, and (with ``owners``, slot → bucket) all their
+    slots are in one bucket.
+    """
     first, last = epoch_us(lo) // SLOT_US, epoch_us(hi) // SLOT_US
     raw: set[int] = set()
     for t in (lo, *edges):
@@ -94,26 +102,58 @@ def plan(
         ):
             raw.add(int(slot))
     ordered = tuple(sorted(raw))
-    return SlotPlan(first, last, ordered, {**params, "raw_slots": list(ordered)})
+    cut = epoch_us(params["cur_lo"])
+    per_day = rollups.SLOTS_PER_DAY
+    days = []
+    for d in range(-(-first // per_day) * per_day, last + 2 - per_day, per_day):
+        end = d + per_day - 1
+        if any(d <= s <= end for s in ordered):
+            continue
+        if d * SLOT_US < cut < (end + 1) * SLOT_US:
+            continue
+        if owners is not None and d in owners and owners[d] != owners.get(end):
+            continue
+        days.append(d)
+    return SlotPlan(
+        first,
+        last,
+        ordered,
+        tuple(days),
+        {**params, "raw_slots": list(ordered), "day_slots": days},
+    )
 
 
-def _rolled(p: SlotPlan, table: str) -> str:
-    return (
+def _rolled(p: SlotPlan, table: str, *, days: bool = True) -> str:
+    """Rollup rows of the plan's whole days (day rows) and other non-raw slots."""
+    slot_rows = (
         f"SELECT * FROM {table} WHERE tenant = $tenant AND workflow_id = $workflow"
         f" AND slot BETWEEN {int(p.first)} AND {int(p.last)}"
         " AND slot NOT IN (SELECT unnest($raw_slots::BIGINT[]))"
     )
+    if not days or not p.days:
+        return slot_rows
+    return f"""
+        SELECT * FROM {rollups.DAY_TABLES[table]}
+        WHERE tenant = $tenant AND workflow_id = $workflow
+          AND slot BETWEEN {int(p.days[0])} AND {int(p.days[-1])}
+          AND slot IN (SELECT unnest($day_slots::BIGINT[]))
+        UNION ALL
+        {slot_rows} AND {rollups.day_of("slot")} NOT IN (SELECT unnest($day_slots::BIGINT[]))
+    """
 
 
 #: Whether a rollup row (never cut by ``$cur_lo``) is in the current period.
 _ROLLED_CUR = "slot * " + str(SLOT_US) + " >= epoch_us($cur_lo) AS cur"
 
 
-def exec_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
-    """Rows (slot, cur, channel, error_type, total, ok, failed, dur_sum, dur_n) of the plan."""
+def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, days: bool = True) -> str:
+    """Rows (slot, cur, channel, error_type, total, ok, failed, dur_sum, dur_n) of the plan.
+
+    Without ``days``, every row is one slot's (for numbers per slot or hour).
+    """
     return f"""
         SELECT slot, {_ROLLED_CUR}, channel, error_type, total, ok, failed, dur_sum, dur_n
-        FROM ({_rolled(p, "exec_slots")})
+        FROM ({_rolled(p, "exec_slots", days=days)})
         UNION ALL
         SELECT {_SLOT("x.started_at")}, x.started_at >= $cur_lo, x.channel, x.error_type,
             {rollups.EXEC_SUMS}

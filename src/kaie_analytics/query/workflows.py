@@ -337,6 +337,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         previous.start_naive,
         period.end_naive,
         edges=(period.start_naive,),
+        owners=owners,
     )
     bitmaps_sql, raw_sql = slots.customer_rows(store, p)
     statements = [
@@ -449,16 +450,16 @@ def run_workflow_performance(
                 FROM ({_exec_cte(store, q.tenant, False)})""",
             p.params,
         ),
-        # Per slot (peak hour) and per channel and error type; two plain groupings.
+        # Per slot (for the peak hour), from slot rows only.
         (
-            f"""WITH r AS MATERIALIZED ({slots.exec_rows(store, p)})
-                SELECT slot, NULL AS channel, NULL AS error_type, sum(total), NULL, NULL, NULL,
-                    NULL
-                FROM r GROUP BY slot
-                UNION ALL
-                SELECT NULL, channel, error_type, sum(total), sum(ok), sum(failed),
-                    sum(dur_sum), sum(dur_n)
-                FROM r GROUP BY channel, error_type""",
+            f"SELECT slot, sum(total) FROM ({slots.exec_rows(store, p, days=False)}) GROUP BY slot",
+            p.params,
+        ),
+        # Per channel and error type.
+        (
+            f"""SELECT channel, error_type, sum(total), sum(ok), sum(failed), sum(dur_sum),
+                    sum(dur_n)
+                FROM ({slots.exec_rows(store, p)}) GROUP BY ALL""",
             p.params,
         ),
     ]
@@ -472,7 +473,7 @@ def run_workflow_performance(
                 p.params,
             )
         )
-    [(quantiles,)], sums, *node_rows = store.query_all(statements)
+    [(quantiles,)], per_slot, sums, *node_rows = store.query_all(statements)
     nodes = node_rows[0] if node_rows else []
     total = ok = failed = dn = 0
     dsum = None
@@ -480,12 +481,11 @@ def run_workflow_performance(
     by_channel: dict[str, list[Any]] = {}
     per_clock_hour: dict[datetime, int] = defaultdict(int)
     per_hour_of_day: dict[int, int] = defaultdict(int)
-    for slot, channel, error_type, n, n_ok, n_failed, d_sum, d_n in sums:
-        if slot is not None:
-            local = from_epoch_us(slot * SLOT_US).replace(tzinfo=UTC).astimezone(period.tz)
-            per_clock_hour[local.replace(minute=0).astimezone(UTC)] += n
-            per_hour_of_day[local.hour] += n
-            continue
+    for slot, n in per_slot:
+        local = from_epoch_us(slot * SLOT_US).replace(tzinfo=UTC).astimezone(period.tz)
+        per_clock_hour[local.replace(minute=0).astimezone(UTC)] += n
+        per_hour_of_day[local.hour] += n
+    for channel, error_type, n, n_ok, n_failed, d_sum, d_n in sums:
         total, ok, failed, dn = total + n, ok + n_ok, failed + n_failed, dn + d_n
         if d_sum is not None:
             dsum = (dsum or 0) + d_sum

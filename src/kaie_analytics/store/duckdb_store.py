@@ -617,11 +617,15 @@ class DuckDBEventStore:
         rollups.refresh_executions(con)
 
     def _build_rollups(self) -> None:
-        """Build the execution rollups from ``executions`` (a data directory from before them)."""
+        """Build the execution rollups from ``executions``, and the day rows of the messages.
+
+        For a data directory written before this rollup layout (or a new one).
+        """
         con = self._con
         con.execute("BEGIN")
         try:
             rollups.refresh_executions(con, everything=True)
+            rollups.refresh_days(con, ("message_slots",), "message_slots")
             # Customer numbers in (tenant, customer) order, so zone maps find a
             # tenant's few customers when a query looks them up.
             con.execute(

@@ -23,14 +23,18 @@ folded (see ``query.workflows``).
 
 from __future__ import annotations
 
-import duckdb
+from collections import defaultdict
 
-from kaie_analytics.store.activity import SLOT_US, number_customers, put_bitmaps
+import duckdb
+import pyarrow as pa
+from pyroaring import BitMap
+
+from kaie_analytics.store.activity import DAY_US, SLOT_US, number_customers, put_bitmaps
 
 WATERMARK = "message_slots_seq"
 BUILT = "exec_rollups_built"
 #: The rollup layout this code writes; an older data directory is rebuilt once.
-LAYOUT = 2
+LAYOUT = 3
 MESSAGE_TYPES = frozenset(("message.sent", "message.received", "feedback.submitted"))
 FEED = (
     "type IN ('feedback.submitted', 'message.received', 'message.sent') AND workflow_id IS NOT NULL"
@@ -54,6 +58,32 @@ DDL = [
         csat_n BIGINT NOT NULL)""",
     f"INSERT OR IGNORE INTO store_state VALUES ('{BUILT}', 0)",
 ]
+#: Each slot table has a day table of the same shape, whose ``slot`` is the
+#: day's first slot: a month is 30 rows per key instead of 2,880.
+DAY_TABLES = {
+    "exec_slots": "exec_days",
+    "node_slots": "node_days",
+    "message_slots": "message_days",
+    "exec_customers": "exec_customer_days",
+}
+SLOTS_PER_DAY = DAY_US // SLOT_US
+DDL += [
+    f"CREATE TABLE IF NOT EXISTS {day} AS SELECT * FROM {slot} WHERE false"
+    for slot, day in DAY_TABLES.items()
+]
+#: How a day row sums its slot rows: (grouping columns, aggregates).
+_DAY_SUMS = {
+    "exec_slots": (
+        "channel, error_type",
+        "sum(total), sum(ok), sum(failed), sum(dur_sum), sum(dur_n)",
+    ),
+    "node_slots": (
+        "node_id",
+        "arg_max(node_type, type_ts), max(type_ts), sum(n), sum(ok), sum(dur_sum),"
+        " sum(dur_n), sum(errors)",
+    ),
+    "message_slots": ("channel", "sum(sent), sum(received), sum(csat_sum), sum(csat_n)"),
+}
 
 
 def slot_of(column: str) -> str:
@@ -78,6 +108,72 @@ MESSAGE_SUMS = """count(*) FILTER (WHERE e.type = 'message.sent') AS sent,
 _SLOT_KEYS = ("tenant", "workflow_id", "slot")
 _STALE = "EXISTS (SELECT 1 FROM touched_slots t WHERE t.tenant = r.tenant" \
     " AND t.workflow_id = r.workflow_id AND t.slot = r.slot)"  # fmt: skip
+
+
+def day_of(slot: str) -> str:
+    """The first slot of the day of ``slot`` (SQL)."""
+    return f"({slot} // {SLOTS_PER_DAY} * {SLOTS_PER_DAY})"
+
+
+def refresh_days(con: duckdb.DuckDBPyConnection, tables: tuple[str, ...], touched: str) -> None:
+    """Rebuild the day rows of ``tables`` (slot tables) for the keys in table ``touched``.
+
+    ``touched`` holds (tenant, workflow_id, slot) of any slots; their days are rebuilt
+    from the slot rows.
+    """
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE touched_days AS SELECT DISTINCT tenant, workflow_id,"
+        f" {day_of('slot')} AS slot FROM {touched}"
+    )
+    (lo, hi) = con.execute("SELECT min(slot), max(slot) FROM touched_days").fetchall()[0]
+    if lo is None:
+        return
+    span = f"s.slot BETWEEN {int(lo)} AND {int(hi) + SLOTS_PER_DAY - 1}"
+    on_day = f"""EXISTS (SELECT 1 FROM touched_days t WHERE t.tenant = s.tenant
+        AND t.workflow_id = s.workflow_id AND t.slot = {day_of("s.slot")})"""
+    try:
+        for table in tables:
+            day_table = DAY_TABLES[table]
+            con.execute(
+                f"""DELETE FROM {day_table} r WHERE EXISTS (SELECT 1 FROM touched_days t
+                    WHERE t.tenant = r.tenant AND t.workflow_id = r.workflow_id
+                      AND t.slot = r.slot)"""
+            )
+            if table == "exec_customers":
+                _union_days(con, f"SELECT * FROM exec_customers s WHERE {span} AND {on_day}")
+                continue
+            dims, sums = _DAY_SUMS[table]
+            con.execute(
+                f"""INSERT INTO {day_table}
+                SELECT tenant, workflow_id, {day_of("slot")} AS day, {dims}, {sums}
+                FROM {table} s WHERE {span} AND {on_day}
+                GROUP BY tenant, workflow_id, day, {dims} ORDER BY tenant, workflow_id, day"""
+            )
+    finally:
+        con.execute("DROP TABLE touched_days")
+
+
+def _union_days(con: duckdb.DuckDBPyConnection, slot_rows: str) -> None:
+    """Write the union of each day's slot bitmaps into ``exec_customer_days``."""
+    days: dict[tuple[str, str, int], list[BitMap]] = defaultdict(list)
+    for tenant, workflow_id, slot, blob in con.execute(slot_rows).fetchall():
+        days[(tenant, workflow_id, slot // SLOTS_PER_DAY * SLOTS_PER_DAY)].append(
+            BitMap.deserialize(blob)
+        )
+    keys = sorted(days)
+    table = pa.table(
+        {
+            "tenant": [k[0] for k in keys],
+            "workflow_id": [k[1] for k in keys],
+            "slot": pa.array([k[2] for k in keys], pa.int64()),
+            "customers": pa.array([BitMap.union(*days[k]).serialize() for k in keys], pa.binary()),
+        }
+    )
+    con.register("fresh_days", table)
+    try:
+        con.execute("INSERT INTO exec_customer_days SELECT * FROM fresh_days")
+    finally:
+        con.unregister("fresh_days")
 
 
 def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False) -> None:
@@ -135,6 +231,7 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
             replace="touched_slots",
             merge=False,
         )
+        refresh_days(con, ("exec_slots", "node_slots", "exec_customers"), "touched_slots")
     finally:
         con.execute("DROP TABLE slot_execs")
         con.execute("DROP TABLE IF EXISTS touched_slots")
@@ -167,6 +264,7 @@ def fold_messages(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> N
             "INSERT INTO message_slots SELECT * FROM message_merged"
             " ORDER BY tenant, workflow_id, slot"
         )
+        refresh_days(con, ("message_slots",), "message_delta")
     finally:
         con.execute("DROP TABLE IF EXISTS message_merged")
         con.execute("DROP TABLE message_delta")
