@@ -49,7 +49,7 @@ class SlotPlan:
                 runs.append([s, s])
         if len(runs) > MAX_RANGES:
             runs = [[self.raw[0], self.raw[-1]]]
-            extra = f" AND {_SLOT(column)} IN (SELECT unnest($raw_slots::BIGINT[]))"
+            extra = f" AND {_SLOT(column)} IN {_ints(self.raw)}"
         else:
             extra = ""
         parts = [
@@ -62,6 +62,12 @@ class SlotPlan:
 def _ts(us: int) -> str:
     # An integer we computed, never user input.
     return f"make_timestamp({int(us)}::BIGINT)"
+
+
+def _ints(values: tuple[int, ...]) -> str:
+    """A literal list of integers we computed (a plain filter, where a list
+    parameter would cost a join)."""
+    return "(" + ", ".join(str(int(v)) for v in values) + ")"
 
 
 def plan(
@@ -119,7 +125,7 @@ def plan(
         last,
         ordered,
         tuple(days),
-        {**params, "raw_slots": list(ordered), "day_slots": days},
+        params,
     )
 
 
@@ -128,18 +134,22 @@ def _rolled(p: SlotPlan, table: str, *, days: bool = True) -> str:
     slot_rows = (
         f"SELECT * FROM {table} WHERE tenant = $tenant AND workflow_id = $workflow"
         f" AND slot BETWEEN {int(p.first)} AND {int(p.last)}"
-        " AND slot NOT IN (SELECT unnest($raw_slots::BIGINT[]))"
     )
+    if p.raw:
+        slot_rows += f" AND slot NOT IN {_ints(p.raw)}"
     if not days or not p.days:
         return slot_rows
     return f"""
         SELECT * FROM {rollups.DAY_TABLES[table]}
-        WHERE tenant = $tenant AND workflow_id = $workflow
-          AND slot BETWEEN {int(p.days[0])} AND {int(p.days[-1])}
-          AND slot IN (SELECT unnest($day_slots::BIGINT[]))
+        WHERE tenant = $tenant AND workflow_id = $workflow AND slot IN {_ints(p.days)}
         UNION ALL
-        {slot_rows} AND {rollups.day_of("slot")} NOT IN (SELECT unnest($day_slots::BIGINT[]))
+        {slot_rows} AND {rollups.day_of("slot")} NOT IN {_ints(p.days)}
     """
+
+
+def _raw(p: SlotPlan, sql: str) -> str:
+    """``UNION ALL`` and the raw rows of ``sql`` when the plan has raw slots, else nothing."""
+    return f"UNION ALL {sql}" if p.raw else ""
 
 
 #: Whether a rollup row (never cut by ``$cur_lo``) is in the current period.
@@ -154,13 +164,18 @@ def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, days: bool = True) -> str
     return f"""
         SELECT slot, {_ROLLED_CUR}, channel, error_type, total, ok, failed, dur_sum, dur_n
         FROM ({_rolled(p, "exec_slots", days=days)})
-        UNION ALL
+        {
+        _raw(
+            p,
+            f'''
         SELECT {_SLOT("x.started_at")}, x.started_at >= $cur_lo, x.channel, x.error_type,
             {rollups.EXEC_SUMS}
         FROM ({store.executions_sql(p.params["tenant"])}) x
         WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
           AND {p.ranges("x.started_at")}
-        GROUP BY ALL
+        GROUP BY ALL''',
+        )
+    }
     """
 
 
@@ -174,8 +189,7 @@ def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
     sql = f"""
         SELECT slot, {_ROLLED_CUR}, channel, sent, received, csat_sum, csat_n
         FROM ({_rolled(p, "message_slots")})
-        UNION ALL
-        {base} AND {p.ranges("e.ts")} GROUP BY ALL
+        {_raw(p, f"{base} AND {p.ranges('e.ts')} GROUP BY ALL")}
     """
     if store.has_pending(p.params["tenant"], "message_slots"):
         sql += f"""
@@ -191,21 +205,26 @@ def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
     return f"""
         SELECT node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors
         FROM ({_rolled(p, "node_slots")})
-        UNION ALL
+        {
+        _raw(
+            p,
+            f'''
         SELECT n.node_id, {rollups.NODE_SUMS}
         FROM (SELECT unnest(x.nodes) AS n FROM ({store.executions_sql(p.params["tenant"])}) x
               WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
                 AND {p.ranges("x.started_at")})
-        GROUP BY ALL
+        GROUP BY ALL''',
+        )
+    }
     """
 
 
-def customer_rows(store: DuckDBEventStore, p: SlotPlan) -> tuple[str, str]:
+def customer_rows(store: DuckDBEventStore, p: SlotPlan) -> tuple[str, str | None]:
     """SQL for the customers of the current period's executions.
 
-    Bitmaps (slot, customers) and raw rows (slot, num, customer_id); raw
-    customers that have no number yet (new since the last fold) come with
-    ``num`` NULL.
+    Bitmaps (slot, customers) and raw rows (slot, num, customer_id), or None
+    without raw slots; raw customers that have no number yet (new since the
+    last fold) come with ``num`` NULL.
     """
     bitmaps = (
         f"SELECT slot, customers FROM ({_rolled(p, 'exec_customers')})"
@@ -224,4 +243,4 @@ def customer_rows(store: DuckDBEventStore, p: SlotPlan) -> tuple[str, str]:
         )
         SELECT r.slot, k.num, r.customer_id FROM raw r LEFT JOIN known k USING (customer_id)
     """
-    return bitmaps, raw
+    return bitmaps, raw if p.raw else None

@@ -247,32 +247,25 @@ def _slot_owners(starts: list[datetime], end: datetime) -> dict[int, int]:
 def _slot_sums_sql(
     store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Execution sums, then message sums, per period (``cur``) and channel, and per bucket.
+    """Execution sums, then message sums, per (period, channel, bucket).
 
-    Two statements, so that they can run side by side; each groups twice
-    (GROUPING SETS cost several times more here).
+    Two statements, so that they can run side by side; one plain grouping each,
+    and a slot's bucket looked up in a list (cheaper here than a join).
     """
-    params = {**p.params, "owner_slots": list(owners), "owner_idx": list(owners.values())}
-    out = []
-    for rows, fields in (
-        (slots.exec_rows(store, p), _EXEC_FIELDS),
-        (slots.message_rows(store, p), _EVENT_FIELDS),
-    ):
-        sums = ", ".join(f"sum({f}) AS {f}" for f in fields)
-        sql = f"""
-            WITH owners AS (
-                SELECT unnest($owner_slots::BIGINT[]) AS slot,
-                    unnest($owner_idx::INTEGER[]) AS owner
-            ),
-            r AS MATERIALIZED ({rows})
-            SELECT false AS series, cur, channel, NULL::INTEGER AS owner, {sums}
-            FROM r GROUP BY cur, channel
-            UNION ALL
-            SELECT true, true, NULL, o.owner, {sums}
-            FROM r JOIN owners o ON o.slot = r.slot WHERE r.cur GROUP BY o.owner
-        """
-        out.append((sql, params))
-    return out
+    base = min(owners)
+    params = {**p.params, "owner_list": [owners[s] for s in range(base, max(owners) + 1)]}
+    owner = f"CASE WHEN cur THEN list_extract($owner_list, (slot - {int(base)})::INTEGER + 1) END"
+    return [
+        (
+            f"""SELECT cur, channel, {owner} AS owner, {", ".join(f"sum({f})" for f in fields)}
+                FROM ({rows}) GROUP BY ALL""",
+            params,
+        )
+        for rows, fields in (
+            (slots.exec_rows(store, p), _EXEC_FIELDS),
+            (slots.message_rows(store, p), _EVENT_FIELDS),
+        )
+    ]
 
 
 def _slot_sums(
@@ -284,17 +277,18 @@ def _slot_sums(
     totals: dict[bool, dict[str, Any]] = {}
     by_channel: dict[bool, dict[Any, dict[str, Any]]] = defaultdict(dict)
     series: dict[int, dict[str, Any]] = defaultdict(dict)
+
+    def add(into: dict[str, Any], field: str, value: Any) -> None:
+        if value is not None:
+            into[field] = (into.get(field) or 0) + value
+
     for fields, rows in results:
-        for is_series, cur, channel, owner, *values in rows:
-            raw = dict(zip(fields, values, strict=True))
-            if is_series:
-                series[owner].update(raw)
-                continue
-            by_channel[cur].setdefault(channel, {}).update(raw)
-            total = totals.setdefault(cur, {})
-            for field, value in raw.items():
-                if value is not None:
-                    total[field] = (total.get(field) or 0) + value
+        for cur, channel, owner, *values in rows:
+            for field, value in zip(fields, values, strict=True):
+                add(totals.setdefault(cur, {}), field, value)
+                add(by_channel[cur].setdefault(channel, {}), field, value)
+                if owner is not None:
+                    add(series[owner], field, value)
     return totals, by_channel, series
 
 
@@ -340,11 +334,8 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         owners=owners,
     )
     bitmaps_sql, raw_sql = slots.customer_rows(store, p)
-    statements = [
-        *_slot_sums_sql(store, p, owners),
-        (bitmaps_sql, p.params),
-        (raw_sql, p.params),
-    ]
+    statements = [*_slot_sums_sql(store, p, owners), (bitmaps_sql, p.params)]
+    statements.append((raw_sql or "SELECT NULL, NULL, NULL WHERE false", p.params))
     if "channel" in q.group_by:
         statements.append(
             (
