@@ -41,14 +41,9 @@ class SlotPlan:
         """A predicate on ``column`` for the raw slots (ranges zone maps can use)."""
         if not self.raw:
             return "false"
-        runs: list[list[int]] = []
-        for s in self.raw:
-            if runs and runs[-1][1] == s - 1:
-                runs[-1][1] = s
-            else:
-                runs.append([s, s])
+        runs = _runs(self.raw)
         if len(runs) > MAX_RANGES:
-            runs = [[self.raw[0], self.raw[-1]]]
+            runs = [(self.raw[0], self.raw[-1])]
             extra = f" AND {_SLOT(column)} IN {_ints(self.raw)}"
         else:
             extra = ""
@@ -129,22 +124,44 @@ def plan(
     )
 
 
+def _runs(values: list[int] | tuple[int, ...], step: int = 1) -> list[tuple[int, int]]:
+    """Sorted integers as runs ``(first, last)`` of consecutive values ``step`` apart."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and runs[-1][1] == v - step:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return [(a, b) for a, b in runs]
+
+
+def _in_runs(runs: list[tuple[int, int]]) -> str:
+    # Ranges (of integers we computed), so zone maps skip everything else.
+    return "(" + " OR ".join(f"slot BETWEEN {int(a)} AND {int(b)}" for a, b in runs) + ")"
+
+
 def _rolled(p: SlotPlan, table: str, *, days: bool = True) -> str:
     """Rollup rows of the plan's whole days (day rows) and other non-raw slots."""
-    slot_rows = (
-        f"SELECT * FROM {table} WHERE tenant = $tenant AND workflow_id = $workflow"
-        f" AND slot BETWEEN {int(p.first)} AND {int(p.last)}"
-    )
-    if p.raw:
-        slot_rows += f" AND slot NOT IN {_ints(p.raw)}"
-    if not days or not p.days:
-        return slot_rows
-    return f"""
-        SELECT * FROM {rollups.DAY_TABLES[table]}
-        WHERE tenant = $tenant AND workflow_id = $workflow AND slot IN {_ints(p.days)}
-        UNION ALL
-        {slot_rows} AND {rollups.day_of("slot")} NOT IN {_ints(p.days)}
-    """
+    skip = set(p.raw)
+    day_runs: list[tuple[int, int]] = []
+    if days and p.days:
+        per_day = rollups.SLOTS_PER_DAY
+        day_runs = _runs(p.days, per_day)
+        for a, b in day_runs:
+            skip.update(range(a, b + per_day))
+    slot_runs = _runs([s for s in range(p.first, p.last + 1) if s not in skip])
+    parts = []
+    if day_runs:
+        parts.append(
+            f"SELECT * FROM {rollups.DAY_TABLES[table]}"
+            f" WHERE tenant = $tenant AND workflow_id = $workflow AND {_in_runs(day_runs)}"
+        )
+    if slot_runs or not parts:
+        parts.append(
+            f"SELECT * FROM {table} WHERE tenant = $tenant AND workflow_id = $workflow"
+            f" AND {_in_runs(slot_runs) if slot_runs else 'false'}"
+        )
+    return " UNION ALL ".join(parts)
 
 
 def _raw(p: SlotPlan, sql: str) -> str:
