@@ -7,9 +7,12 @@ cut by a period edge (an edge not on a quarter hour), and the slots of the
 executions that events not yet folded touch (both where such an execution was
 and where it is now). Messages not yet folded are added on top: they only add.
 
-Every function here returns SQL over the same row shape, so a caller sums
-slot rows without caring where they came from; run them inside
-``store.snapshot()`` so that the plan and the rows agree.
+Whole days whose slots are all rolled up are read from the day rollups (one
+row per key instead of 96). Every function here returns SQL whose rows have
+one shape whatever their source, so a caller sums them without caring where
+they came from. Each statement reads every slot from exactly one source, so
+each is exact on its own snapshot: a fold between the plan and a statement
+moves rows from "not folded" to "rolled up" without losing or doubling any.
 """
 
 from __future__ import annotations
@@ -115,13 +118,7 @@ def plan(
         if owners is not None and d in owners and owners[d] != owners.get(end):
             continue
         days.append(d)
-    return SlotPlan(
-        first,
-        last,
-        ordered,
-        tuple(days),
-        params,
-    )
+    return SlotPlan(first, last, ordered, tuple(days), params)
 
 
 def _runs(values: list[int] | tuple[int, ...], step: int = 1) -> list[tuple[int, int]]:
@@ -173,27 +170,46 @@ def _raw(p: SlotPlan, sql: str) -> str:
 _ROLLED_CUR = "slot * " + str(SLOT_US) + " >= epoch_us($cur_lo) AS cur"
 
 
-def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, days: bool = True) -> str:
+def exec_rows(
+    store: DuckDBEventStore, p: SlotPlan, *, days: bool = True, customers: bool = False
+) -> str:
     """Rows (slot, cur, channel, error_type, total, ok, failed, dur_sum, dur_n) of the plan.
 
     Without ``days``, every row is one slot's (for numbers per slot or hour).
+    With ``customers``, two more columns give the customers of the raw rows of
+    the current period: ``nums`` (their numbers) and ``strangers`` (the ids of
+    those with no number yet, new since the last fold); NULL on rollup rows.
     """
-    return f"""
-        SELECT slot, {_ROLLED_CUR}, channel, error_type, total, ok, failed, dur_sum, dur_n
-        FROM ({_rolled(p, "exec_slots", days=days)})
-        {
-        _raw(
-            p,
-            f'''
-        SELECT {_SLOT("x.started_at")}, x.started_at >= $cur_lo, x.channel, x.error_type,
-            {rollups.EXEC_SUMS}
+    extra = ", NULL::UINTEGER[] AS nums, NULL::VARCHAR[] AS strangers" if customers else ""
+    rolled = f"""
+        SELECT slot, {_ROLLED_CUR}, channel, error_type, total, ok, failed, dur_sum, dur_n{extra}
+        FROM ({_rolled(p, "exec_slots", days=days)})"""
+    if not p.raw:
+        return rolled
+    rows = f"""
+        SELECT {_SLOT("x.started_at")} AS slot, x.started_at >= $cur_lo AS cur, x.*
         FROM ({store.executions_sql(p.params["tenant"])}) x
         WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
-          AND {p.ranges("x.started_at")}
-        GROUP BY ALL''',
-        )
-    }
-    """
+          AND {p.ranges("x.started_at")}"""
+    keys = "x.slot, x.cur, x.channel, x.error_type"
+    if not customers:
+        raw = f"SELECT {keys}, {rollups.EXEC_SUMS} FROM ({rows}) x GROUP BY ALL"
+    else:
+        # Look the few raw customers up (a semi-join), rather than joining the
+        # tenant's whole numbering to them.
+        raw = f"""
+            WITH rx AS ({rows}),
+            known AS (
+                SELECT customer_id, num FROM customer_numbers
+                WHERE tenant = $tenant AND customer_id IN (SELECT customer_id FROM rx WHERE cur)
+            )
+            SELECT {keys}, {rollups.EXEC_SUMS},
+                list(DISTINCT k.num) FILTER (WHERE x.cur AND k.num IS NOT NULL),
+                list(DISTINCT x.customer_id)
+                    FILTER (WHERE x.cur AND k.num IS NULL AND x.customer_id IS NOT NULL)
+            FROM rx x LEFT JOIN known k USING (customer_id)
+            GROUP BY ALL"""
+    return f"{rolled} UNION ALL ({raw})"
 
 
 def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
@@ -219,45 +235,21 @@ def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
 
 def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
     """Rows (node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors) of the plan."""
-    return f"""
-        SELECT node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors
-        FROM ({_rolled(p, "node_slots")})
-        {
-        _raw(
-            p,
-            f'''
+    raw = f"""
         SELECT n.node_id, {rollups.NODE_SUMS}
         FROM (SELECT unnest(x.nodes) AS n FROM ({store.executions_sql(p.params["tenant"])}) x
               WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
                 AND {p.ranges("x.started_at")})
-        GROUP BY ALL''',
-        )
-    }
-    """
+        GROUP BY ALL"""
+    return f"""
+        SELECT node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors
+        FROM ({_rolled(p, "node_slots")})
+        {_raw(p, raw)}"""
 
 
-def customer_rows(store: DuckDBEventStore, p: SlotPlan) -> tuple[str, str | None]:
-    """SQL for the customers of the current period's executions.
-
-    Bitmaps (slot, customers) and raw rows (slot, num, customer_id), or None
-    without raw slots; raw customers that have no number yet (new since the
-    last fold) come with ``num`` NULL.
-    """
-    bitmaps = (
+def customer_bitmaps(p: SlotPlan) -> str:
+    """Rows (slot, customers) of the current period's rolled-up slots and days."""
+    return (
         f"SELECT slot, customers FROM ({_rolled(p, 'exec_customers')})"
         f" WHERE slot * {SLOT_US} >= epoch_us($cur_lo)"
     )
-    raw = f"""
-        WITH raw AS (
-            SELECT DISTINCT {_SLOT("x.started_at")} AS slot, x.customer_id
-            FROM ({store.executions_sql(p.params["tenant"])}) x
-            WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $cur_lo AND $hi
-              AND x.customer_id IS NOT NULL AND {p.ranges("x.started_at")}
-        ),
-        known AS (
-            SELECT customer_id, num FROM customer_numbers
-            WHERE tenant = $tenant AND customer_id IN (SELECT customer_id FROM raw)
-        )
-        SELECT r.slot, k.num, r.customer_id FROM raw r LEFT JOIN known k USING (customer_id)
-    """
-    return bitmaps, raw if p.raw else None

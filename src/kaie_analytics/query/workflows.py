@@ -247,7 +247,7 @@ def _slot_owners(starts: list[datetime], end: datetime) -> dict[int, int]:
 def _slot_sums_sql(
     store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Execution sums, then message sums, per (period, channel, bucket).
+    """Execution sums (with raw rows' customers), then message sums, per (period, channel, bucket).
 
     Two statements, so that they can run side by side; one plain grouping each,
     and a slot's bucket looked up in a list (cheaper here than a join).
@@ -255,63 +255,74 @@ def _slot_sums_sql(
     base = min(owners)
     params = {**p.params, "owner_list": [owners[s] for s in range(base, max(owners) + 1)]}
     owner = f"CASE WHEN cur THEN list_extract($owner_list, (slot - {int(base)})::INTEGER + 1) END"
+    customers = """, flatten(list(nums) FILTER (WHERE nums IS NOT NULL)),
+        flatten(list(strangers) FILTER (WHERE strangers IS NOT NULL))"""
     return [
         (
-            f"""SELECT cur, channel, {owner} AS owner, {", ".join(f"sum({f})" for f in fields)}
+            f"""SELECT cur, channel, {owner} AS owner,
+                    {", ".join(f"sum({f})" for f in fields)}{extra}
                 FROM ({rows}) GROUP BY ALL""",
             params,
         )
-        for rows, fields in (
-            (slots.exec_rows(store, p), _EXEC_FIELDS),
-            (slots.message_rows(store, p), _EVENT_FIELDS),
+        for rows, fields, extra in (
+            (slots.exec_rows(store, p, customers=True), _EXEC_FIELDS, customers),
+            (slots.message_rows(store, p), _EVENT_FIELDS, ""),
         )
     ]
 
 
+#: Per bucket: numbers of raw customers, and ids of raw customers with none yet.
+RawCustomers = dict[int, tuple[list[int], set[str]]]
+
+
 def _slot_sums(
-    results: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]],
+    exec_rows: list[tuple[Any, ...]], message_rows: list[tuple[Any, ...]]
 ) -> tuple[
-    dict[bool, dict[str, Any]], dict[bool, dict[Any, dict[str, Any]]], dict[int, dict[str, Any]]
+    dict[bool, dict[str, Any]],
+    dict[bool, dict[Any, dict[str, Any]]],
+    dict[int, dict[str, Any]],
+    RawCustomers,
 ]:
-    """Totals per period, sums per period and channel, and sums per bucket."""
+    """Totals per period, sums per period and channel, sums and raw customers per bucket."""
     totals: dict[bool, dict[str, Any]] = {}
     by_channel: dict[bool, dict[Any, dict[str, Any]]] = defaultdict(dict)
     series: dict[int, dict[str, Any]] = defaultdict(dict)
+    raw_customers: RawCustomers = defaultdict(lambda: ([], set()))
 
     def add(into: dict[str, Any], field: str, value: Any) -> None:
         if value is not None:
             into[field] = (into.get(field) or 0) + value
 
-    for fields, rows in results:
+    for fields, rows in ((_EXEC_FIELDS, exec_rows), (_EVENT_FIELDS, message_rows)):
         for cur, channel, owner, *values in rows:
-            for field, value in zip(fields, values, strict=True):
+            for field, value in zip(fields, values[: len(fields)], strict=True):
                 add(totals.setdefault(cur, {}), field, value)
                 add(by_channel[cur].setdefault(channel, {}), field, value)
                 if owner is not None:
                     add(series[owner], field, value)
-    return totals, by_channel, series
+            if fields is _EXEC_FIELDS and owner is not None:
+                nums, strangers = values[len(fields) :]
+                raw_customers[owner][0].extend(nums or ())
+                raw_customers[owner][1].update(strangers or ())
+    return totals, by_channel, series, raw_customers
 
 
 def _bucket_customers(
-    bitmap_rows: list[tuple[Any, ...]], raw_rows: list[tuple[Any, ...]], owners: dict[int, int]
+    bitmap_rows: list[tuple[Any, ...]], raw: RawCustomers, owners: dict[int, int]
 ) -> tuple[int, dict[int, int]]:
     """Distinct customers of the current period's executions, overall and per bucket."""
     per_bucket: dict[int, list[BitMap]] = defaultdict(list)
     for slot, blob in bitmap_rows:
         per_bucket[owners[slot]].append(BitMap.deserialize(blob))
-    numbered: dict[int, list[int]] = defaultdict(list)
-    strangers: dict[int, set[str]] = defaultdict(set)
-    for slot, number, customer in raw_rows:
-        if number is None:
-            strangers[owners[slot]].add(customer)
-        else:
-            numbered[owners[slot]].append(number)
-    for bucket, numbers in numbered.items():
+    for bucket, (numbers, _) in raw.items():
         per_bucket[bucket].append(BitMap(numbers))
     unions = {b: BitMap.union(*bms) for b, bms in per_bucket.items()}
-    counts = {b: len(unions.get(b, ())) + len(strangers.get(b, ())) for b in owners.values()}
+    counts = {
+        b: len(unions.get(b, ())) + len(raw[b][1] if b in raw else ()) for b in owners.values()
+    }
     everyone = BitMap.union(*unions.values()) if unions else BitMap()
-    return len(everyone) + len(set().union(*strangers.values())), counts
+    strangers: set[str] = set().union(*(s for _, s in raw.values()))
+    return len(everyone) + len(strangers), counts
 
 
 def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> dict[str, Any]:
@@ -333,9 +344,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         edges=(period.start_naive,),
         owners=owners,
     )
-    bitmaps_sql, raw_sql = slots.customer_rows(store, p)
-    statements = [*_slot_sums_sql(store, p, owners), (bitmaps_sql, p.params)]
-    statements.append((raw_sql or "SELECT NULL, NULL, NULL WHERE false", p.params))
+    statements = [*_slot_sums_sql(store, p, owners), (slots.customer_bitmaps(p), p.params)]
     if "channel" in q.group_by:
         statements.append(
             (
@@ -344,11 +353,9 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
                 _params(q, period),
             )
         )
-    exec_sums, message_sums, bitmap_rows, raw_rows, *per_channel = store.query_all(statements)
-    totals, by_period_channel, series = _slot_sums(
-        [(_EXEC_FIELDS, exec_sums), (_EVENT_FIELDS, message_sums)]
-    )
-    customers, per_bucket = _bucket_customers(bitmap_rows, raw_rows, owners)
+    exec_sums, message_sums, bitmap_rows, *per_channel = store.query_all(statements)
+    totals, by_period_channel, series, raw_customers = _slot_sums(exec_sums, message_sums)
+    customers, per_bucket = _bucket_customers(bitmap_rows, raw_customers, owners)
     by_channel = by_period_channel.get(True, {})
     for ch, n in per_channel[0] if per_channel else ():
         by_channel.setdefault(ch, {})["customers"] = n

@@ -12,13 +12,16 @@ message of the period:
 - ``message_slots``: per (tenant, workflow, slot, channel) messages sent and
   received and the feedback's CSAT sum and count.
 
+Each has a day table of the same shape (``DAY_TABLES``) whose rows sum a UTC
+day's slots, rebuilt from the slot rows for every day a fold touches.
+
 Executions change when late events merge into them (status, start, customer),
 so the execution rollups are rebuilt, for every slot an execution left or
 joined, from the ``executions`` table each time it is folded. Messages never
 change: their rollup only adds. A query takes the slots a rollup has right,
 and reads the rest from the rows themselves: slots cut by the period's edges,
 slots of executions touched by events not yet folded, and messages not yet
-folded (see ``query.workflows``).
+folded (see ``query.slots``).
 """
 
 from __future__ import annotations
