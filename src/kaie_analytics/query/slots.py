@@ -139,14 +139,20 @@ def _in_runs(runs: list[tuple[int, int]]) -> str:
 
 def _rolled(p: SlotPlan, table: str, *, days: bool = True) -> str:
     """Rollup rows of the plan's whole days (day rows) and other non-raw slots."""
-    skip = set(p.raw)
+    # Slot ranges not read otherwise: [first, last] minus raw slots and whole days.
+    taken = [(s, s) for s in p.raw]
     day_runs: list[tuple[int, int]] = []
     if days and p.days:
-        per_day = rollups.SLOTS_PER_DAY
-        day_runs = _runs(p.days, per_day)
-        for a, b in day_runs:
-            skip.update(range(a, b + per_day))
-    slot_runs = _runs([s for s in range(p.first, p.last + 1) if s not in skip])
+        day_runs = _runs(p.days, rollups.SLOTS_PER_DAY)
+        taken += [(a, b + rollups.SLOTS_PER_DAY - 1) for a, b in day_runs]
+    slot_runs = []
+    at = p.first
+    for a, b in sorted(taken):
+        if a > at:
+            slot_runs.append((at, a - 1))
+        at = max(at, b + 1)
+    if at <= p.last:
+        slot_runs.append((at, p.last))
     parts = []
     if day_runs:
         parts.append(

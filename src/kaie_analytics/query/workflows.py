@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyroaring import BitMap
@@ -29,7 +29,7 @@ from kaie_analytics.query.params import (
     parse_period,
     parse_timezone,
 )
-from kaie_analytics.store.activity import SLOT_US, epoch_us, from_epoch_us
+from kaie_analytics.store.activity import SLOT_US, epoch_us
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 
 METRICS = (
@@ -230,6 +230,9 @@ def metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> di
     }
 
 
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _slot_owners(starts: list[datetime], end: datetime) -> dict[int, int]:
     """Every 15-minute UTC slot from the first bucket to ``end``, and its bucket's index.
 
@@ -283,32 +286,43 @@ def _slot_sums(
     dict[int, dict[str, Any]],
     RawCustomers,
 ]:
-    """Totals per period, sums per period and channel, sums and raw customers per bucket."""
-    totals: dict[bool, dict[str, Any]] = {}
-    by_channel: dict[bool, dict[Any, dict[str, Any]]] = defaultdict(dict)
-    series: dict[int, dict[str, Any]] = defaultdict(dict)
+    """Totals per period, sums per period and channel, sums and raw customers per bucket.
+
+    A sum over nothing is 0 here: every mean divides by a count that is then 0.
+    """
+    width = len(_EXEC_FIELDS)
+    fields = (*_EXEC_FIELDS, *_EVENT_FIELDS)
+    by_channel_v: dict[tuple[bool, Any], list[int]] = {}
+    series_v: dict[int, list[int]] = {}
     raw_customers: RawCustomers = defaultdict(lambda: ([], set()))
-
-    def add(into: dict[str, Any], field: str, value: Any) -> None:
-        if value is not None:
-            into[field] = (into.get(field) or 0) + value
-
-    for fields, rows in ((_EXEC_FIELDS, exec_rows), (_EVENT_FIELDS, message_rows)):
+    for offset, rows in ((0, exec_rows), (width, message_rows)):
+        n = width if offset == 0 else len(_EVENT_FIELDS)
         for cur, channel, owner, *values in rows:
-            for field, value in zip(fields, values[: len(fields)], strict=True):
-                add(totals.setdefault(cur, {}), field, value)
-                add(by_channel[cur].setdefault(channel, {}), field, value)
-                if owner is not None:
-                    add(series[owner], field, value)
-            if fields is _EXEC_FIELDS and owner is not None:
-                nums, strangers = values[len(fields) :]
+            targets = [by_channel_v.setdefault((cur, channel), [0] * len(fields))]
+            if owner is not None:
+                targets.append(series_v.setdefault(owner, [0] * len(fields)))
+            for i in range(n):
+                value = values[i]
+                if value:
+                    for target in targets:
+                        target[offset + i] += value
+            if offset == 0 and owner is not None:
+                nums, strangers = values[n:]
                 raw_customers[owner][0].extend(nums or ())
                 raw_customers[owner][1].update(strangers or ())
+    totals: dict[bool, dict[str, Any]] = {}
+    by_channel: dict[bool, dict[Any, dict[str, Any]]] = defaultdict(dict)
+    for (cur, channel), vector in by_channel_v.items():
+        by_channel[cur][channel] = dict(zip(fields, vector, strict=True))
+        total = totals.setdefault(cur, dict.fromkeys(fields, 0))
+        for field, value in zip(fields, vector, strict=True):
+            total[field] += value
+    series = {owner: dict(zip(fields, v, strict=True)) for owner, v in series_v.items()}
     return totals, by_channel, series, raw_customers
 
 
 def _bucket_customers(
-    bitmap_rows: list[tuple[Any, ...]], raw: RawCustomers, owners: dict[int, int]
+    bitmap_rows: list[tuple[Any, ...]], raw: RawCustomers, owners: dict[int, int], n_buckets: int
 ) -> tuple[int, dict[int, int]]:
     """Distinct customers of the current period's executions, overall and per bucket."""
     per_bucket: dict[int, list[BitMap]] = defaultdict(list)
@@ -317,12 +331,12 @@ def _bucket_customers(
     for bucket, (numbers, _) in raw.items():
         per_bucket[bucket].append(BitMap(numbers))
     unions = {b: BitMap.union(*bms) for b, bms in per_bucket.items()}
-    counts = {
-        b: len(unions.get(b, ())) + len(raw[b][1] if b in raw else ()) for b in owners.values()
-    }
+    counts = {b: len(unions[b]) if b in unions else 0 for b in range(n_buckets)}
+    for b, (_, strangers) in raw.items():
+        counts[b] += len(strangers)
     everyone = BitMap.union(*unions.values()) if unions else BitMap()
-    strangers: set[str] = set().union(*(s for _, s in raw.values()))
-    return len(everyone) + len(strangers), counts
+    all_strangers: set[str] = set().union(*(s for _, s in raw.values()))
+    return len(everyone) + len(all_strangers), counts
 
 
 def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> dict[str, Any]:
@@ -355,7 +369,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         )
     exec_sums, message_sums, bitmap_rows, *per_channel = store.query_all(statements)
     totals, by_period_channel, series, raw_customers = _slot_sums(exec_sums, message_sums)
-    customers, per_bucket = _bucket_customers(bitmap_rows, raw_customers, owners)
+    customers, per_bucket = _bucket_customers(bitmap_rows, raw_customers, owners, len(starts))
     by_channel = by_period_channel.get(True, {})
     for ch, n in per_channel[0] if per_channel else ():
         by_channel.setdefault(ch, {})["customers"] = n
@@ -477,11 +491,13 @@ def run_workflow_performance(
     dsum = None
     by_error: dict[str, int] = defaultdict(int)
     by_channel: dict[str, list[Any]] = {}
-    per_clock_hour: dict[datetime, int] = defaultdict(int)
+    # Per local clock hour (keyed by the UTC second it starts at, so a repeated
+    # hour when clocks go back counts twice) and per local hour of the day.
+    per_clock_hour: dict[int, int] = defaultdict(int)
     per_hour_of_day: dict[int, int] = defaultdict(int)
     for slot, n in per_slot:
-        local = from_epoch_us(slot * SLOT_US).replace(tzinfo=UTC).astimezone(period.tz)
-        per_clock_hour[local.replace(minute=0).astimezone(UTC)] += n
+        local = (_EPOCH_UTC + timedelta(microseconds=slot * SLOT_US)).astimezone(period.tz)
+        per_clock_hour[slot * SLOT_US // 1_000_000 - local.minute * 60] += n
         per_hour_of_day[local.hour] += n
     for channel, error_type, n, n_ok, n_failed, d_sum, d_n in sums:
         total, ok, failed, dn = total + n, ok + n_ok, failed + n_failed, dn + d_n
