@@ -56,6 +56,23 @@ class SlotPlan:
         ]
         return "((" + " OR ".join(parts) + ")" + extra + ")"
 
+    def per_range(self, column: str, sql: str) -> str:
+        """``sql`` once per run of raw slots, its ``{RANGE}`` a predicate on ``column``.
+
+        One range per branch of a ``UNION ALL``, because zone maps skip row
+        groups for a plain range but not for ranges joined by ``OR``.
+        """
+        runs = _runs(self.raw)
+        if len(runs) > MAX_RANGES:
+            return sql.replace("{RANGE}", self.ranges(column))
+        return " UNION ALL ".join(
+            sql.replace(
+                "{RANGE}",
+                f"{column} >= {_ts(a * SLOT_US)} AND {column} < {_ts((b + 1) * SLOT_US)}",
+            )
+            for a, b in runs
+        )
+
 
 def _ts(us: int) -> str:
     # An integer we computed, never user input.
@@ -192,11 +209,12 @@ def exec_rows(
         FROM ({_rolled(p, "exec_slots", days=days)})"""
     if not p.raw:
         return rolled
-    rows = f"""
-        SELECT {_SLOT("x.started_at")} AS slot, x.started_at >= $cur_lo AS cur, x.*
+    rows = p.per_range(
+        "x.started_at",
+        f"""SELECT {_SLOT("x.started_at")} AS slot, x.started_at >= $cur_lo AS cur, x.*
         FROM ({store.executions_sql(p.params["tenant"])}) x
-        WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
-          AND {p.ranges("x.started_at")}"""
+        WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi AND {{RANGE}}""",
+    )
     keys = "x.slot, x.cur, x.channel, x.error_type"
     if not customers:
         raw = f"SELECT {keys}, {rollups.EXEC_SUMS} FROM ({rows}) x GROUP BY ALL"
@@ -228,7 +246,7 @@ def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
     sql = f"""
         SELECT slot, {_ROLLED_CUR}, channel, sent, received, csat_sum, csat_n
         FROM ({_rolled(p, "message_slots")})
-        {_raw(p, f"{base} AND {p.ranges('e.ts')} GROUP BY ALL")}
+        {_raw(p, p.per_range("e.ts", base + " AND {RANGE} GROUP BY ALL"))}
     """
     if store.has_pending(p.params["tenant"], "message_slots"):
         sql += f"""
@@ -243,9 +261,14 @@ def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
     """Rows (node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors) of the plan."""
     raw = f"""
         SELECT n.node_id, {rollups.NODE_SUMS}
-        FROM (SELECT unnest(x.nodes) AS n FROM ({store.executions_sql(p.params["tenant"])}) x
+        FROM ({
+        p.per_range(
+            "x.started_at",
+            f'''SELECT unnest(x.nodes) AS n FROM ({store.executions_sql(p.params["tenant"])}) x
               WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
-                AND {p.ranges("x.started_at")})
+                AND {{RANGE}}''',
+        )
+    })
         GROUP BY ALL"""
     return f"""
         SELECT node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors
