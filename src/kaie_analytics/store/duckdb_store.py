@@ -12,10 +12,12 @@ each commit): commits append to the small ``events_recent``; once it holds
 (tenant, type, workflow, time), so zone maps let a tenant's query skip the
 other tenants' rows. Derived tables serve the queries: ``executions`` (one
 merged row per execution, with its node events, sorted by tenant, workflow and
-start; see ``executions_sql``) and journeys, sessions and customers (see
-``derived``), and bitmaps of active customers (see ``activity``). Each has a watermark: events past it are folded in by the writer
-in the background (after ``compact_after_events`` or when idle), and queries
-merge them on the fly until then, so answers are always exact and current.
+start; see ``executions_sql``), journeys, sessions and customers (see
+``derived``), bitmaps of active customers (see ``activity``) and per-slot and
+per-day rollups of each workflow (see ``rollups``). Each has a watermark:
+events past it are folded in by the writer in the background (after
+``compact_after_events`` or when idle), and queries read them from the events
+until then, so answers are always exact and current.
 """
 
 from __future__ import annotations
