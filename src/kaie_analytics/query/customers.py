@@ -100,21 +100,21 @@ def _engagement_numbers(
         members=members,
         params=params,
     )
+    # Per channel; the totals are their sums (GROUPING SETS cost more here).
     session_rows = store.query(
-        f"""SELECT grouping(channel), channel, count(*),
-                sum(epoch_us(last_ts) - epoch_us(first_ts)), sum(size)
+        f"""SELECT channel, count(*), sum(epoch_us(last_ts) - epoch_us(first_ts)), sum(size)
             FROM ({store.derived_sql(SESSIONS, q.tenant)})
             WHERE first_ts BETWEEN $lo AND $hi {channel}{in_segment}
-            GROUP BY GROUPING SETS ((), (channel))""",
+            GROUP BY channel""",
         params,
     )
     feedback_rows = store.query(
-        f"""SELECT grouping(channel), channel, sum(csat), count(csat), count(nps),
+        f"""SELECT channel, sum(csat), count(csat), count(nps),
                 count(nps) FILTER (WHERE nps >= 9), count(nps) FILTER (WHERE nps <= 6)
             FROM events
             WHERE tenant = $tenant AND type = 'feedback.submitted' AND ts BETWEEN $lo AND $hi
               AND customer_id IS NOT NULL {channel}{in_segment}
-            GROUP BY GROUPING SETS ((), (channel))""",
+            GROUP BY channel""",
         params,
     )
     out: dict[str, Any] = {
@@ -135,16 +135,19 @@ def _engagement_numbers(
     if by_channel:
         for ch, n in active.by_channel.items():
             per_channel(ch)["active"] = n
-    for g, ch, n, dur_us, size in session_rows:
-        if g:
-            out["sessions"] = (n, dur_us or 0, size or 0)
-        elif ch is not None:
-            per_channel(ch)["sessions"] = (n, dur_us or 0, size or 0)
-    for g, ch, csum, cn, nn, promoters, detractors in feedback_rows:
-        if g:
-            out["csat"] = (csum or 0, cn)
-            out["nps"] = (nn, promoters, detractors)
-        elif ch is not None:
+
+    def add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(x + y for x, y in zip(a, b, strict=True))
+
+    for ch, n, dur_us, size in session_rows:
+        sessions = (n, dur_us or 0, size or 0)
+        out["sessions"] = add(out["sessions"], sessions)
+        if by_channel and ch is not None:
+            per_channel(ch)["sessions"] = sessions
+    for ch, csum, cn, nn, promoters, detractors in feedback_rows:
+        out["csat"] = add(out["csat"], (csum or 0, cn))
+        out["nps"] = add(out["nps"], (nn, promoters, detractors))
+        if by_channel and ch is not None:
             per_channel(ch)["csat"] = (csum or 0, cn)
     return out
 
