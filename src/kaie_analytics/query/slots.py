@@ -209,28 +209,40 @@ def exec_rows(
         FROM ({_rolled(p, "exec_slots", days=days)})"""
     if not p.raw:
         return rolled
+    tenant = p.params["tenant"]
     rows = p.per_range(
         "x.started_at",
-        f"""SELECT {_SLOT("x.started_at")} AS slot, x.started_at >= $cur_lo AS cur, x.*
-        FROM ({store.executions_sql(p.params["tenant"])}) x
+        f"""SELECT {_SLOT("x.started_at")} AS slot, x.started_at >= $cur_lo AS cur, x.channel,
+            x.error_type, x.customer_id, x.customer_num, x.status, x.duration_ms
+        FROM ({store.executions_sql(tenant, numbered=True)}) x
         WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi AND {{RANGE}}""",
     )
     keys = "x.slot, x.cur, x.channel, x.error_type"
     if not customers:
         raw = f"SELECT {keys}, {rollups.EXEC_SUMS} FROM ({rows}) x GROUP BY ALL"
+    elif not store.has_pending(tenant):
+        # Every execution is folded, so every customer has its number.
+        raw = f"""
+            SELECT {keys}, {rollups.EXEC_SUMS},
+                list(DISTINCT x.customer_num) FILTER (WHERE x.cur AND x.customer_num IS NOT NULL),
+                NULL::VARCHAR[]
+            FROM ({rows}) x GROUP BY ALL"""
     else:
-        # Look the few raw customers up (a semi-join), rather than joining the
-        # tenant's whole numbering to them.
+        # Executions merged on the fly have no number yet: look their few
+        # customers up (a semi-join); those without one are new.
         raw = f"""
             WITH rx AS ({rows}),
             known AS (
                 SELECT customer_id, num FROM customer_numbers
-                WHERE tenant = $tenant AND customer_id IN (SELECT customer_id FROM rx WHERE cur)
+                WHERE tenant = $tenant AND customer_id IN
+                    (SELECT customer_id FROM rx WHERE cur AND customer_num IS NULL)
             )
             SELECT {keys}, {rollups.EXEC_SUMS},
-                list(DISTINCT k.num) FILTER (WHERE x.cur AND k.num IS NOT NULL),
+                list(DISTINCT coalesce(x.customer_num, k.num))
+                    FILTER (WHERE x.cur AND coalesce(x.customer_num, k.num) IS NOT NULL),
                 list(DISTINCT x.customer_id)
-                    FILTER (WHERE x.cur AND k.num IS NULL AND x.customer_id IS NOT NULL)
+                    FILTER (WHERE x.cur AND coalesce(x.customer_num, k.num) IS NULL
+                            AND x.customer_id IS NOT NULL)
             FROM rx x LEFT JOIN known k USING (customer_id)
             GROUP BY ALL"""
     return f"{rolled} UNION ALL ({raw})"

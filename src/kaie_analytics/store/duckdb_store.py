@@ -94,6 +94,7 @@ _DDL = [
     "CREATE OR REPLACE VIEW events AS"
     " SELECT * FROM events_main UNION ALL SELECT * FROM events_recent",
     xsql.EXECUTIONS_DDL,
+    xsql.EXECUTIONS_MIGRATE,
     "CREATE TABLE IF NOT EXISTS workflows (tenant VARCHAR NOT NULL, workflow_id VARCHAR NOT NULL,"
     " name VARCHAR, name_ts TIMESTAMP, created_at TIMESTAMP NOT NULL)",
     "CREATE TABLE IF NOT EXISTS store_state (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
@@ -599,8 +600,14 @@ class DuckDBEventStore:
             "DELETE FROM executions WHERE (tenant, execution_id) IN"
             " (SELECT tenant, execution_id FROM merged)"
         )
+        activity.number_customers(con, "merged")
         con.execute(
-            "INSERT INTO executions SELECT * FROM merged ORDER BY tenant, workflow_id, started_at"
+            """INSERT INTO executions
+            SELECT m.*, c.num FROM merged m
+            LEFT JOIN (SELECT * FROM customer_numbers
+                       WHERE tenant IN (SELECT tenant FROM merged)) c
+              ON c.tenant = m.tenant AND c.customer_id = m.customer_id
+            ORDER BY m.tenant, m.workflow_id, m.started_at"""
         )
         con.execute("DROP TABLE delta")
         con.execute("DROP TABLE merged")
@@ -626,6 +633,13 @@ class DuckDBEventStore:
         con = self._con
         con.execute("BEGIN")
         try:
+            # Number every execution's customer (data from before customer_num).
+            activity.number_customers(con, "executions")
+            con.execute(
+                """UPDATE executions SET customer_num = c.num FROM customer_numbers c
+                WHERE c.tenant = executions.tenant AND c.customer_id = executions.customer_id
+                  AND executions.customer_num IS NULL"""
+            )
             rollups.refresh_executions(con, everything=True)
             rollups.refresh_days(con, ("message_slots",), "message_slots")
             # Customer numbers in (tenant, customer) order, so zone maps find a
@@ -720,9 +734,12 @@ class DuckDBEventStore:
         """SQL for the current rows of a derived table for ``tenant`` (binds ``$tenant``)."""
         return current_rows(table, self.has_pending(tenant, table.name))
 
-    def executions_sql(self, tenant: str) -> str:
-        """SQL for the current executions of ``tenant`` (binds ``$tenant``)."""
-        return xsql.tenant_executions(self.has_pending(tenant))
+    def executions_sql(self, tenant: str, *, numbered: bool = False) -> str:
+        """SQL for the current executions of ``tenant`` (binds ``$tenant``).
+
+        ``numbered`` adds ``customer_num`` (NULL on executions not folded yet).
+        """
+        return xsql.tenant_executions(self.has_pending(tenant), numbered=numbered)
 
     def count_events(self, tenant: str | None = None) -> int:
         sql = "SELECT count(*) FROM events WHERE $tenant IS NULL OR tenant = $tenant"

@@ -37,9 +37,12 @@ CREATE TABLE IF NOT EXISTS executions (
     s {START_STRUCT},
     c {TERMINAL_STRUCT},
     f {TERMINAL_STRUCT},
-    nodes {NODE_STRUCT}[]
+    nodes {NODE_STRUCT}[],
+    customer_num UINTEGER              -- the customer's number (store.activity), once folded
 )
 """
+#: For data directories from before ``customer_num``.
+EXECUTIONS_MIGRATE = "ALTER TABLE executions ADD COLUMN IF NOT EXISTS customer_num UINTEGER"
 
 FINAL_COLUMNS = (
     "tenant, execution_id, workflow_id, channel, customer_id, started_at, status,"
@@ -125,23 +128,26 @@ _MERGED_TOUCHED = merge_and_finalise(
 )
 
 
-def tenant_executions(has_pending: bool) -> str:
+def tenant_executions(has_pending: bool, *, numbered: bool = False) -> str:
     """A query of the current executions of tenant ``$tenant`` (final columns).
 
     Without pending events it reads the compacted table alone; with them it
     merges the events past the watermark into the rows they touch. It is one
     statement, so it sees one consistent snapshot of table and watermark.
+    ``numbered`` adds ``customer_num``, NULL on the rows merged on the fly.
     """
+    columns = FINAL_COLUMNS + (", customer_num" if numbered else "")
     if not has_pending:
-        return f"SELECT {FINAL_COLUMNS} FROM executions WHERE tenant = $tenant"
+        return f"SELECT {columns} FROM executions WHERE tenant = $tenant"
+    merged = FINAL_COLUMNS + (", NULL::UINTEGER AS customer_num" if numbered else "")
     return f"""
-    SELECT {FINAL_COLUMNS} FROM (
+    SELECT {columns} FROM (
         WITH delta AS ({_PENDING}),
              touched AS (SELECT DISTINCT execution_id FROM delta)
-        SELECT {FINAL_COLUMNS} FROM executions
+        SELECT {columns} FROM executions
         WHERE tenant = $tenant AND execution_id NOT IN (SELECT execution_id FROM touched)
         UNION ALL
-        SELECT {FINAL_COLUMNS} FROM ({_MERGED_TOUCHED})
+        SELECT {merged} FROM ({_MERGED_TOUCHED})
     )
     """
 

@@ -32,12 +32,12 @@ import duckdb
 import pyarrow as pa
 from pyroaring import BitMap
 
-from kaie_analytics.store.activity import DAY_US, SLOT_US, number_customers, put_bitmaps
+from kaie_analytics.store.activity import DAY_US, SLOT_US, put_bitmaps
 
 WATERMARK = "message_slots_seq"
 BUILT = "exec_rollups_built"
 #: The rollup layout this code writes; an older data directory is rebuilt once.
-LAYOUT = 3
+LAYOUT = 4
 MESSAGE_TYPES = frozenset(("message.sent", "message.received", "feedback.submitted"))
 FEED = (
     "type IN ('feedback.submitted', 'message.received', 'message.sent') AND workflow_id IS NOT NULL"
@@ -206,7 +206,7 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
     con.execute(
         f"""CREATE TEMP TABLE slot_execs AS
         SELECT x.tenant, x.workflow_id, {slot_of("x.started_at")} AS slot, x.channel,
-            x.error_type, x.customer_id, x.status, x.duration_ms, x.nodes
+            x.error_type, x.customer_num, x.status, x.duration_ms, x.nodes
         FROM executions x WHERE {where}"""
     )
     try:
@@ -223,14 +223,14 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
             FROM (SELECT tenant, workflow_id, slot, unnest(nodes) AS n FROM slot_execs)
             GROUP BY ALL ORDER BY tenant, workflow_id, slot"""
         )
-        number_customers(con, "slot_execs")
         put_bitmaps(
             con,
             "exec_customers",
             _SLOT_KEYS,
-            """(SELECT x.tenant, x.workflow_id, x.slot, list(DISTINCT c.num ORDER BY c.num) AS nums
-                FROM slot_execs x JOIN customer_numbers c USING (tenant, customer_id)
-                GROUP BY ALL ORDER BY x.tenant, x.workflow_id, x.slot)""",
+            """(SELECT tenant, workflow_id, slot,
+                    list(DISTINCT customer_num ORDER BY customer_num) AS nums
+                FROM slot_execs WHERE customer_num IS NOT NULL
+                GROUP BY ALL ORDER BY tenant, workflow_id, slot)""",
             replace="touched_slots",
             merge=False,
         )
