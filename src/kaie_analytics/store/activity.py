@@ -207,9 +207,7 @@ def active_customers(
     for i, (a, b) in enumerate(c.raw):
         ranges.append(f"(ts >= $ra{i} AND ts < $rb{i})")
         p[f"ra{i}"], p[f"rb{i}"] = from_epoch_us(a), from_epoch_us(b)
-    # One range per branch of the UNION ALL below: zone maps skip row groups
-    # for a plain range, not for ranges joined by OR.
-    raw_parts = list(ranges)
+    raw_parts = [" OR ".join(ranges)] if ranges else []
     if store.has_pending(tenant, "activity"):
         p["lo"], p["hi"] = lo, hi
         raw_parts.append(
