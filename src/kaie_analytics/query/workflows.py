@@ -29,6 +29,7 @@ from kaie_analytics.query.params import (
     parse_period,
     parse_timezone,
 )
+from kaie_analytics.store import rollups
 from kaie_analytics.store.activity import SLOT_US, epoch_us
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 
@@ -131,36 +132,19 @@ def _exec_cte(store: DuckDBEventStore, tenant: str, with_segment: bool) -> str:
     return f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({SEGMENTS_SQL}) seg USING (customer_id)"
 
 
-def _event_cte(with_segment: bool) -> str:
-    """The workflow's messages and feedback in [$lo, $hi], with ``t`` = timestamp."""
-    base = """
-        SELECT type, ts AS t, channel, customer_id, csat FROM events
-        WHERE tenant = $tenant AND workflow_id = $workflow
-          AND type IN ('message.sent', 'message.received', 'feedback.submitted')
-          AND ts BETWEEN $lo AND $hi
+def _event_cte() -> str:
+    """The workflow's messages and feedback in [$lo, $hi], with their customer's segment."""
+    return f"""
+        SELECT x.*, seg.segment FROM (
+            SELECT type, ts AS t, channel, customer_id, csat FROM events
+            WHERE tenant = $tenant AND workflow_id = $workflow
+              AND type IN ('message.sent', 'message.received', 'feedback.submitted')
+              AND ts BETWEEN $lo AND $hi
+        ) x LEFT JOIN ({SEGMENTS_SQL}) seg USING (customer_id)
     """
-    if not with_segment:
-        return base
-    return f"SELECT x.*, seg.segment FROM ({base}) x LEFT JOIN ({SEGMENTS_SQL}) seg USING (customer_id)"
 
 
-_EXEC_AGG = """
-    count(*) AS total,
-    count(*) FILTER (WHERE status = 1) AS ok,
-    count(*) FILTER (WHERE status = 2) AS failed,
-    sum(duration_ms) FILTER (WHERE status > 0) AS dur_sum,
-    count(duration_ms) FILTER (WHERE status > 0) AS dur_n
-"""
 _EXEC_FIELDS = ("total", "ok", "failed", "dur_sum", "dur_n")
-#: Distinct customers: not additive, and the costliest aggregate; asked for only where needed.
-_CUSTOMERS_AGG = ", count(DISTINCT customer_id) AS customers"
-
-_EVENT_AGG = """
-    count(*) FILTER (WHERE type = 'message.sent') AS sent,
-    count(*) FILTER (WHERE type = 'message.received') AS received,
-    sum(csat) FILTER (WHERE type = 'feedback.submitted') AS csat_sum,
-    count(csat) FILTER (WHERE type = 'feedback.submitted') AS csat_n
-"""
 _EVENT_FIELDS = ("sent", "received", "csat_sum", "csat_n")
 
 
@@ -179,35 +163,25 @@ def _ensure_workflow(store: DuckDBEventStore, tenant: str, workflow_id: str) -> 
 
 
 def _sums(
-    store: DuckDBEventStore,
-    q: WorkflowMetricsQuery,
-    params: dict[str, Any],
-    keys: str,
-    group: str,
-    *,
-    join: str = "",
-    segment: bool = False,
-    parts: tuple[str, ...] = ("executions", "events"),
-    distinct_customers: bool = True,
+    store: DuckDBEventStore, q: WorkflowMetricsQuery, params: dict[str, Any], keys: str, group: str
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Raw sums of executions and of messages/feedback, per group key.
+    """Sums of executions (with distinct customers) and of messages/feedback, per group key.
 
     ``keys`` selects the key columns (registry expressions only), ``group`` is
-    the GROUP BY clause, ``join`` an optional bucket join on ``x.t``.
+    the GROUP BY clause; rows carry their customer's latest ``segment``.
     """
     n_keys = keys.count(" AS ")
     out: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
-    exec_agg, exec_fields = (
-        (_EXEC_AGG + _CUSTOMERS_AGG, (*_EXEC_FIELDS, "customers"))
-        if distinct_customers
-        else (_EXEC_AGG, _EXEC_FIELDS)
+    sources = (
+        (
+            f"({_exec_cte(store, q.tenant, True)}) x",
+            f"{rollups.EXEC_SUMS}, count(DISTINCT x.customer_id)",
+            (*_EXEC_FIELDS, "customers"),
+        ),
+        (f"({_event_cte()}) e", rollups.MESSAGE_SUMS, _EVENT_FIELDS),
     )
-    sources = {
-        "executions": (_exec_cte(store, q.tenant, segment), exec_agg, exec_fields),
-        "events": (_event_cte(segment), _EVENT_AGG, _EVENT_FIELDS),
-    }
-    for cte, agg, fields in (sources[p] for p in parts):
-        sql = f"SELECT {keys}, {agg} FROM ({cte}) x {join} GROUP BY {group}"
+    for source, agg, fields in sources:
+        sql = f"SELECT {keys}, {agg} FROM {source} GROUP BY {group}"
         for row in store.query(sql, params):
             out[tuple(row[:n_keys])].update(zip(fields, row[n_keys:], strict=True))
     return out
@@ -430,7 +404,6 @@ def _groups(
                 _params(q, q.period),
                 "segment AS segment, grouping(channel) AS g, channel AS channel",
                 "GROUPING SETS ((segment), (segment, channel))",
-                segment=True,
             )
             for (seg, g, _), v in per.items():
                 if g:
