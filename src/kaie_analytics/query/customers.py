@@ -9,7 +9,7 @@ from typing import Any
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.query import numbers as num
 from kaie_analytics.query.params import Period, parse_bool, parse_period, parse_timezone
-from kaie_analytics.store.activity import active_customers
+from kaie_analytics.store.activity import DAY_US, SLOT_US, active_customers, cover, epoch_us
 from kaie_analytics.store.derived import CUSTOMERS, JOURNEYS, SESSIONS
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
 
@@ -100,14 +100,7 @@ def _engagement_numbers(
         members=members,
         params=params,
     )
-    # Per channel; the totals are their sums (GROUPING SETS cost more here).
-    session_rows = store.query(
-        f"""SELECT channel, count(*), sum(epoch_us(last_ts) - epoch_us(first_ts)), sum(size)
-            FROM ({store.derived_sql(SESSIONS, q.tenant)})
-            WHERE first_ts BETWEEN $lo AND $hi {channel}{in_segment}
-            GROUP BY channel""",
-        params,
-    )
+    session_rows = _session_sums(store, q, period, params, channel, in_segment)
     feedback_rows = store.query(
         f"""SELECT channel, sum(csat), count(csat), count(nps),
                 count(nps) FILTER (WHERE nps >= 9), count(nps) FILTER (WHERE nps <= 6)
@@ -150,6 +143,50 @@ def _engagement_numbers(
         if by_channel and ch is not None:
             per_channel(ch)["csat"] = (csum or 0, cn)
     return out
+
+
+def _session_sums(
+    store: DuckDBEventStore,
+    q: EngagementQuery,
+    period: Period,
+    params: dict[str, Any],
+    channel: str,
+    in_segment: str,
+) -> list[tuple[Any, ...]]:
+    """Per channel: sessions of the period, their total duration (µs) and size.
+
+    From the session rollups (whole days and 15-minute slots, and the sessions
+    themselves for the minutes left at the edges); from the sessions alone when
+    a segment filters them or messages wait to be folded into them.
+    """
+    if in_segment or store.has_pending(q.tenant, SESSIONS.name):
+        return store.query(
+            f"""SELECT channel, count(*), sum(epoch_us(last_ts) - epoch_us(first_ts)), sum(size)
+                FROM ({store.derived_sql(SESSIONS, q.tenant)})
+                WHERE first_ts BETWEEN $lo AND $hi {channel}{in_segment}
+                GROUP BY channel""",
+            params,
+        )
+    c = cover(epoch_us(period.start_naive), epoch_us(period.end_naive) + 1)
+    parts = []
+    for span, first, end in c.buckets:
+        per = span // SLOT_US
+        table = "session_days" if span == DAY_US else "session_slots"
+        parts.append(
+            f"SELECT channel, n, dur_us, size FROM {table} WHERE tenant = $tenant"
+            f" AND slot >= {int(first) * per} AND slot < {int(end) * per}{channel}"
+        )
+    for a, b in c.raw:
+        parts.append(
+            "SELECT channel, 1, epoch_us(last_ts) - epoch_us(first_ts), size FROM sessions"
+            f" WHERE tenant = $tenant AND first_ts >= make_timestamp({int(a)}::BIGINT)"
+            f" AND first_ts < make_timestamp({int(b)}::BIGINT){channel}"
+        )
+    return store.query(
+        f"SELECT channel, sum(n), sum(dur_us), sum(size) FROM ({' UNION ALL '.join(parts)})"
+        " t(channel, n, dur_us, size) GROUP BY channel",
+        params,
+    )
 
 
 def _session_means(sessions: tuple[int, int, int]) -> tuple[float | None, float | None]:

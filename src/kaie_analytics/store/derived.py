@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kaie_analytics.store.activity import SLOT_US
+
 SESSION_GAP_US = 30 * 60 * 1_000_000
 
 
@@ -30,6 +32,10 @@ class Derived:
     update: Callable[[str, str], tuple[str, str]]
     ddl: str
     order_by: str
+    #: The key a rollup sums this table's rows by (SQL columns: tenant, channel,
+    #: slot), when one does: each fold leaves the keys it touched in temp table
+    #: ``touched_rows`` for the rollup to rebuild (see ``rollups``).
+    rollup_key: str | None = None
 
     @property
     def watermark(self) -> str:
@@ -175,6 +181,7 @@ SESSIONS = Derived(
             last_ts TIMESTAMP, size BIGINT
         )""",
     order_by="tenant, first_ts",
+    rollup_key=f"tenant, channel, epoch_us(first_ts) // {SLOT_US} AS slot",
 )
 
 
@@ -229,9 +236,18 @@ def compact_statements(d: Derived, lo_seq: int, hi_seq: int) -> list[str]:
     """Bring the keys touched by events in (lo_seq, hi_seq] up to date."""
     delta = f"SELECT * FROM events WHERE seq > {int(lo_seq)} AND seq <= {int(hi_seq)} AND {d.event_filter}"
     rows, replaced = d.update("SELECT * FROM delta", d.name)
+    touched = (
+        [
+            f"CREATE TEMP TABLE touched_rows AS SELECT DISTINCT {d.rollup_key} FROM {d.name}"
+            f" WHERE {replaced} UNION SELECT DISTINCT {d.rollup_key} FROM rebuilt"
+        ]
+        if d.rollup_key
+        else []
+    )
     return [
         f"CREATE TEMP TABLE delta AS {delta}",
         f"CREATE TEMP TABLE rebuilt AS {rows}",
+        *touched,
         f"DELETE FROM {d.name} WHERE {replaced}",
         f"INSERT INTO {d.name} SELECT * FROM rebuilt ORDER BY {d.order_by}",
         "DROP TABLE rebuilt",

@@ -557,6 +557,8 @@ class DuckDBEventStore:
                 if any(self._pending[d.name].values()):
                     for stmt in compact_statements(d, self._watermarks[d.name], new_seq):
                         con.execute(stmt)
+                    if d.rollup_key:
+                        rollups.refresh_sessions(con)
             if any(self._pending["activity"].values()):
                 activity.fold(con, self._watermarks["activity"], new_seq)
             if any(self._pending["message_slots"].values()):
@@ -642,6 +644,11 @@ class DuckDBEventStore:
             )
             rollups.refresh_executions(con, everything=True)
             rollups.refresh_days(con, ("message_slots",), "message_slots")
+            con.execute(
+                "CREATE TEMP TABLE touched_rows AS SELECT DISTINCT tenant, channel,"
+                f" {rollups.slot_of('first_ts')} AS slot FROM sessions"
+            )
+            rollups.refresh_sessions(con)
             # Customer numbers in (tenant, customer) order, so zone maps find a
             # tenant's few customers when a query looks them up.
             con.execute(

@@ -37,7 +37,7 @@ from kaie_analytics.store.activity import DAY_US, SLOT_US, put_bitmaps
 WATERMARK = "message_slots_seq"
 BUILT = "exec_rollups_built"
 #: The rollup layout this code writes; an older data directory is rebuilt once.
-LAYOUT = 4
+LAYOUT = 5
 MESSAGE_TYPES = frozenset(("message.sent", "message.received", "feedback.submitted"))
 FEED = (
     "type IN ('feedback.submitted', 'message.received', 'message.sent') AND workflow_id IS NOT NULL"
@@ -59,6 +59,10 @@ DDL = [
         tenant VARCHAR NOT NULL, workflow_id VARCHAR NOT NULL, slot BIGINT NOT NULL,
         channel VARCHAR, sent BIGINT NOT NULL, received BIGINT NOT NULL, csat_sum HUGEINT,
         csat_n BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS session_slots (
+        tenant VARCHAR NOT NULL, channel VARCHAR NOT NULL, slot BIGINT NOT NULL,
+        n BIGINT NOT NULL, dur_us HUGEINT NOT NULL, size HUGEINT NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS session_days AS SELECT * FROM session_slots WHERE false",
     f"INSERT OR IGNORE INTO store_state VALUES ('{BUILT}', 0)",
 ]
 #: Each slot table has a day table of the same shape, whose ``slot`` is the
@@ -271,3 +275,51 @@ def fold_messages(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> N
     finally:
         con.execute("DROP TABLE IF EXISTS message_merged")
         con.execute("DROP TABLE message_delta")
+
+
+def refresh_sessions(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild the session rollups of the keys in temp table ``touched_rows``.
+
+    ``session_slots`` sums, per (tenant, channel, slot of the session's first
+    message), the sessions, their durations and sizes; ``session_days`` sums
+    a UTC day's slots. ``touched_rows`` (tenant, channel, slot) is left by the
+    fold of ``sessions`` (``derived.compact_statements``); dropped here.
+    """
+    try:
+        (lo, hi) = con.execute("SELECT min(slot), max(slot) FROM touched_rows").fetchall()[0]
+        if lo is None:
+            return
+        for table, key, rows, bounds in (
+            (
+                "session_slots",
+                "touched_rows",
+                f"""SELECT tenant, channel, {slot_of("first_ts")} AS slot, count(*),
+                    sum(epoch_us(last_ts) - epoch_us(first_ts)), sum(size) FROM sessions s""",
+                f"""first_ts >= make_timestamp({int(lo) * SLOT_US})
+                    AND first_ts < make_timestamp({(int(hi) + 1) * SLOT_US})""",
+            ),
+            (
+                "session_days",
+                "touched_session_days",
+                f"""SELECT tenant, channel, {day_of("slot")} AS slot, sum(n), sum(dur_us),
+                    sum(size) FROM session_slots s""",
+                f"slot BETWEEN {int(lo) - SLOTS_PER_DAY} AND {int(hi) + SLOTS_PER_DAY}",
+            ),
+        ):
+            if table == "session_days":
+                con.execute(
+                    "CREATE TEMP TABLE touched_session_days AS SELECT DISTINCT tenant, channel,"
+                    f" {day_of('slot')} AS slot FROM touched_rows"
+                )
+            on = f"""EXISTS (SELECT 1 FROM {key} t WHERE t.tenant = s.tenant
+                AND t.channel = s.channel AND t.slot = {{slot}})"""
+            con.execute(f"DELETE FROM {table} s WHERE {on.format(slot='s.slot')}")
+            slot_expr = slot_of("s.first_ts") if table == "session_slots" else day_of("s.slot")
+            con.execute(
+                f"""INSERT INTO {table} {rows}
+                WHERE {bounds} AND {on.format(slot=slot_expr)}
+                GROUP BY ALL ORDER BY 1, 3"""
+            )
+    finally:
+        con.execute("DROP TABLE IF EXISTS touched_session_days")
+        con.execute("DROP TABLE IF EXISTS touched_rows")
