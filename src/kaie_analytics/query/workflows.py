@@ -8,7 +8,7 @@ always bound parameters; only names from closed registries reach SQL text.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -230,8 +230,16 @@ def _slot_sums_sql(
     and a slot's bucket looked up in a list (cheaper here than a join).
     """
     base = min(owners)
-    params = {**p.params, "owner_list": [owners[s] for s in range(base, max(owners) + 1)]}
-    owner = f"CASE WHEN cur THEN list_extract($owner_list, (slot - {int(base)})::INTEGER + 1) END"
+    width = Counter(owners.values())[0]
+    params = dict(p.params)
+    if all(b == (s - base) // width for s, b in owners.items()):
+        # Buckets of one width (hours, days and weeks away from DST changes): arithmetic.
+        owner = f"CASE WHEN cur THEN ((slot - {int(base)}) // {int(width)})::INTEGER END"
+    else:  # months, and days with a DST change: a list lookup
+        params["owner_list"] = [owners[s] for s in range(base, max(owners) + 1)]
+        owner = (
+            f"CASE WHEN cur THEN list_extract($owner_list, (slot - {int(base)})::INTEGER + 1) END"
+        )
     customers = """, flatten(list(nums) FILTER (WHERE nums IS NOT NULL)),
         flatten(list(strangers) FILTER (WHERE strangers IS NOT NULL))"""
     return [
