@@ -557,7 +557,7 @@ class DuckDBEventStore:
                 if any(self._pending[d.name].values()):
                     for stmt in compact_statements(d, self._watermarks[d.name], new_seq):
                         con.execute(stmt)
-                    if d.rollup_key:
+                    if d.rollup_key:  # sessions: its rollups, for the keys just touched
                         rollups.refresh_sessions(con)
             if any(self._pending["activity"].values()):
                 activity.fold(con, self._watermarks["activity"], new_seq)
