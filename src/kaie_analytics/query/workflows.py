@@ -227,7 +227,8 @@ def _slot_sums_sql(
     """Execution sums (with raw rows' customers), then message sums, per (period, channel, bucket).
 
     Two statements, so that they can run side by side; one plain grouping each,
-    and a slot's bucket looked up in a list (cheaper here than a join).
+    and a slot's bucket computed, or looked up in a list (cheaper here than a
+    join to a slot → bucket table).
     """
     base = min(owners)
     width = Counter(owners.values())[0]
