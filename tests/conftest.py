@@ -109,6 +109,14 @@ class LiveServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
+    def create_key(self, tenant: str) -> str:
+        """An API key for ``tenant``, written to the data directory (before ``start``)."""
+        meta = MetaStore(self.data_dir / "meta.sqlite3")
+        try:
+            return meta.create_key(tenant)
+        finally:
+            meta.close()
+
     def start(self) -> str:
         env = os.environ | {"KAIE_LOG_FORMAT": "json"}
         self.proc = subprocess.Popen(

@@ -13,7 +13,6 @@ import orjson
 import pytest
 
 from conftest import LiveServer
-from kaie_analytics.store.meta import MetaStore
 
 BATCH = 200
 
@@ -34,9 +33,7 @@ def _batches(client: int, n: int) -> list[bytes]:
 @pytest.mark.slow
 def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "d")
-    meta = MetaStore(server.data_dir / "meta.sqlite3")
-    key = meta.create_key("acme")
-    meta.close()
+    key = server.create_key("acme")
     server.start()
     acked: set[str] = set()
     lock = threading.Lock()
@@ -85,9 +82,7 @@ def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_concurrent_clients_with_overlapping_ids(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "d")
-    meta = MetaStore(server.data_dir / "meta.sqlite3")
-    key = meta.create_key("acme")
-    meta.close()
+    key = server.create_key("acme")
     server.start()
     results: list[tuple[int, int]] = []
     lock = threading.Lock()

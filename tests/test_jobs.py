@@ -22,7 +22,6 @@ from pypdf import PdfReader
 import oracle
 from conftest import Api, LiveServer
 from factories import iso, workflow_events
-from kaie_analytics.store.meta import MetaStore
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 END = datetime(2024, 3, 10, 23, 59, 59, 999999, tzinfo=UTC)
@@ -335,9 +334,7 @@ def test_export_metadata_journeys_and_workflow_metrics(
 @pytest.mark.slow
 def test_job_survives_sigkill(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "d")
-    meta = MetaStore(server.data_dir / "meta.sqlite3")
-    key = meta.create_key("acme")
-    meta.close()
+    key = server.create_key("acme")
     rng = random.Random(3)
     lines = []
     for i in range(120_000):
