@@ -1,18 +1,17 @@
 """Reading one workflow's numbers per 15-minute slot: rollups where right, rows elsewhere.
 
 A *slot plan* splits the slots of a period (or of the previous and current
-periods together) in two: the slots the rollups have exactly right, and the
-*raw* slots, read from the executions and events themselves. Raw are the slots
-cut by a period edge (an edge not on a quarter hour), and the slots of the
-executions that events not yet folded touch (both where such an execution was
-and where it is now). Messages not yet folded are added on top: they only add.
+periods together) in two: the slots the rollups have exactly right, added up
+in memory (``store.rollup_cache``), and the *raw* slots, read from the
+executions and events themselves. Raw are the slots cut by a period edge (an
+edge not on a quarter hour), and the slots of the executions that events not
+yet folded touch (both where such an execution was and where it is now).
+Messages not yet folded are added on top: they only add.
 
-Whole days whose slots are all rolled up are read from the day rollups (one
-row per key instead of 96). Every function here returns SQL whose rows have
-one shape whatever their source, so a caller sums them without caring where
-they came from. Each statement reads every slot from exactly one source, so
-each is exact on its own snapshot: a fold between the plan and a statement
-moves rows from "not folded" to "rolled up" without losing or doubling any.
+The SQL here reads raw slots only; ``group`` and ``owner_index`` add up the
+rollup rows. A caller reads both through ``read_with_rollups``, so the
+rollups and its statements are of one fold: every slot is counted from exactly
+one source.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import numpy as np
 
 from kaie_analytics.store import executions_sql as xsql
 from kaie_analytics.store import rollups
@@ -36,8 +37,6 @@ class SlotPlan:
     first: int
     last: int
     raw: tuple[int, ...]
-    #: Whole days (as their first slot) read from the day rollups.
-    days: tuple[int, ...]
     params: dict[str, Any]
 
     def ranges(self, column: str) -> str:
@@ -86,6 +85,11 @@ def _ints(values: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(int(v)) for v in values) + ")"
 
 
+def span(lo: datetime, hi: datetime) -> tuple[int, int]:
+    """The first and last slot of [lo, hi] (naive UTC)."""
+    return epoch_us(lo) // SLOT_US, epoch_us(hi) // SLOT_US
+
+
 def plan(
     store: DuckDBEventStore,
     tenant: str,
@@ -93,15 +97,9 @@ def plan(
     lo: datetime,
     hi: datetime,
     edges: tuple[datetime, ...] = (),
-    owners: dict[int, int] | None = None,
 ) -> SlotPlan:
-    """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``.
-
-    Whole days come from the day rollups when no raw slot is in them, they are
-    on one side of ``edges[0]``, and (with ``owners``, slot → bucket) all their
-    slots are in one bucket.
-    """
-    first, last = epoch_us(lo) // SLOT_US, epoch_us(hi) // SLOT_US
+    """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``."""
+    first, last = span(lo, hi)
     raw: set[int] = set()
     for t in (lo, *edges):
         if epoch_us(t) % SLOT_US:
@@ -123,20 +121,7 @@ def plan(
             params,
         ):
             raw.add(int(slot))
-    ordered = tuple(sorted(raw))
-    cut = epoch_us(params["cur_lo"])
-    per_day = rollups.SLOTS_PER_DAY
-    days = []
-    for d in range(-(-first // per_day) * per_day, last + 2 - per_day, per_day):
-        end = d + per_day - 1
-        if any(d <= s <= end for s in ordered):
-            continue
-        if d * SLOT_US < cut < (end + 1) * SLOT_US:
-            continue
-        if owners is not None and d in owners and owners[d] != owners.get(end):
-            continue
-        days.append(d)
-    return SlotPlan(first, last, ordered, tuple(days), params)
+    return SlotPlan(first, last, tuple(sorted(raw)), params)
 
 
 def _runs(values: list[int] | tuple[int, ...], step: int = 1) -> list[tuple[int, int]]:
@@ -150,66 +135,15 @@ def _runs(values: list[int] | tuple[int, ...], step: int = 1) -> list[tuple[int,
     return [(a, b) for a, b in runs]
 
 
-def _in_runs(runs: list[tuple[int, int]]) -> str:
-    # Ranges (of integers we computed), so zone maps skip everything else.
-    return "(" + " OR ".join(f"slot BETWEEN {int(a)} AND {int(b)}" for a, b in runs) + ")"
+def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, customers: bool = False) -> str | None:
+    """Rows (slot, cur, channel, error_type, total, ok, failed, dur_sum, dur_n) of the raw slots.
 
-
-def _rolled(p: SlotPlan, table: str, *, days: bool = True) -> str:
-    """Rollup rows of the plan's whole days (day rows) and other non-raw slots."""
-    # Slot ranges not read otherwise: [first, last] minus raw slots and whole days.
-    taken = [(s, s) for s in p.raw]
-    day_runs: list[tuple[int, int]] = []
-    if days and p.days:
-        day_runs = _runs(p.days, rollups.SLOTS_PER_DAY)
-        taken += [(a, b + rollups.SLOTS_PER_DAY - 1) for a, b in day_runs]
-    slot_runs = []
-    at = p.first
-    for a, b in sorted(taken):
-        if a > at:
-            slot_runs.append((at, a - 1))
-        at = max(at, b + 1)
-    if at <= p.last:
-        slot_runs.append((at, p.last))
-    parts = []
-    if day_runs:
-        parts.append(
-            f"SELECT * FROM {rollups.DAY_TABLES[table]}"
-            f" WHERE tenant = $tenant AND workflow_id = $workflow AND {_in_runs(day_runs)}"
-        )
-    if slot_runs or not parts:
-        parts.append(
-            f"SELECT * FROM {table} WHERE tenant = $tenant AND workflow_id = $workflow"
-            f" AND {_in_runs(slot_runs) if slot_runs else 'false'}"
-        )
-    return " UNION ALL ".join(parts)
-
-
-def _raw(p: SlotPlan, sql: str) -> str:
-    """``UNION ALL`` and the raw rows of ``sql`` when the plan has raw slots, else nothing."""
-    return f"UNION ALL {sql}" if p.raw else ""
-
-
-#: Whether a rollup row (never cut by ``$cur_lo``) is in the current period.
-_ROLLED_CUR = "slot * " + str(SLOT_US) + " >= epoch_us($cur_lo) AS cur"
-
-
-def exec_rows(
-    store: DuckDBEventStore, p: SlotPlan, *, days: bool = True, customers: bool = False
-) -> str:
-    """Rows (slot, cur, channel, error_type, total, ok, failed, dur_sum, dur_n) of the plan.
-
-    Without ``days``, every row is one slot's (for numbers per slot or hour).
-    With ``customers``, two more columns give the customers of the raw rows of
-    the current period: ``nums`` (their numbers) and ``strangers`` (the ids of
-    those with no number yet, new since the last fold); NULL on rollup rows.
+    None when the plan has no raw slot. With ``customers``, two more columns give
+    the customers of the current period's rows: ``nums`` (their numbers) and
+    ``strangers`` (the ids of those with no number yet, new since the last fold).
     """
-    extra = ", NULL::UINTEGER[] AS nums, NULL::VARCHAR[] AS strangers" if customers else ""
-    rolled = f"""
-        SELECT slot, {_ROLLED_CUR}, channel, error_type, total, ok, failed, dur_sum, dur_n{extra}
-        FROM ({_rolled(p, "exec_slots", days=days)})"""
     if not p.raw:
-        return rolled
+        return None
     tenant = p.params["tenant"]
     rows = p.per_range(
         "x.started_at",
@@ -220,37 +154,39 @@ def exec_rows(
     )
     keys = "x.slot, x.cur, x.channel, x.error_type"
     if not customers:
-        raw = f"SELECT {keys}, {rollups.EXEC_SUMS} FROM ({rows}) x GROUP BY ALL"
-    elif not store.has_pending(tenant):
+        return f"SELECT {keys}, {rollups.EXEC_SUMS} FROM ({rows}) x GROUP BY ALL"
+    if not store.has_pending(tenant):
         # Every execution is folded, so every customer has its number.
-        raw = f"""
+        return f"""
             SELECT {keys}, {rollups.EXEC_SUMS},
-                list(DISTINCT x.customer_num) FILTER (WHERE x.cur AND x.customer_num IS NOT NULL),
-                NULL::VARCHAR[]
+                list(DISTINCT x.customer_num)
+                    FILTER (WHERE x.cur AND x.customer_num IS NOT NULL) AS nums,
+                NULL::VARCHAR[] AS strangers
             FROM ({rows}) x GROUP BY ALL"""
-    else:
-        # Executions merged on the fly have no number yet: look their few
-        # customers up (a semi-join); those without one are new.
-        raw = f"""
-            WITH rx AS ({rows}),
-            known AS (
-                SELECT customer_id, num FROM customer_numbers
-                WHERE tenant = $tenant AND customer_id IN
-                    (SELECT customer_id FROM rx WHERE cur AND customer_num IS NULL)
-            )
-            SELECT {keys}, {rollups.EXEC_SUMS},
-                list(DISTINCT coalesce(x.customer_num, k.num))
-                    FILTER (WHERE x.cur AND coalesce(x.customer_num, k.num) IS NOT NULL),
-                list(DISTINCT x.customer_id)
-                    FILTER (WHERE x.cur AND coalesce(x.customer_num, k.num) IS NULL
-                            AND x.customer_id IS NOT NULL)
-            FROM rx x LEFT JOIN known k USING (customer_id)
-            GROUP BY ALL"""
-    return f"{rolled} UNION ALL ({raw})"
+    # Executions merged on the fly have no number yet: look their few
+    # customers up (a semi-join); those without one are new.
+    return f"""
+        WITH rx AS ({rows}),
+        known AS (
+            SELECT customer_id, num FROM customer_numbers
+            WHERE tenant = $tenant AND customer_id IN
+                (SELECT customer_id FROM rx WHERE cur AND customer_num IS NULL)
+        )
+        SELECT {keys}, {rollups.EXEC_SUMS},
+            list(DISTINCT coalesce(x.customer_num, k.num))
+                FILTER (WHERE x.cur AND coalesce(x.customer_num, k.num) IS NOT NULL) AS nums,
+            list(DISTINCT x.customer_id)
+                FILTER (WHERE x.cur AND coalesce(x.customer_num, k.num) IS NULL
+                        AND x.customer_id IS NOT NULL) AS strangers
+        FROM rx x LEFT JOIN known k USING (customer_id)
+        GROUP BY ALL"""
 
 
-def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
-    """Rows (slot, cur, channel, sent, received, csat_sum, csat_n) of the plan."""
+def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
+    """Rows (slot, cur, channel, sent, received, csat_sum, csat_n) the rollups lack.
+
+    Those of the raw slots and the messages not yet folded; None if neither.
+    """
     events = """
         SELECT e.ts, e.type, e.channel, e.csat FROM events e
         WHERE e.tenant = $tenant AND e.workflow_id = $workflow
@@ -267,20 +203,18 @@ def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
             AND e.seq > (SELECT value FROM store_state WHERE key = '{rollups.WATERMARK}')
             AND NOT {p.ranges("e.ts")}"""
         )
-    sql = f"""
-        SELECT slot, {_ROLLED_CUR}, channel, sent, received, csat_sum, csat_n
-        FROM ({_rolled(p, "message_slots")})"""
-    if parts:
-        sql += f"""
-        UNION ALL
-        SELECT {_SLOT("e.ts")}, e.ts >= $cur_lo, e.channel, {rollups.MESSAGE_SUMS}
+    if not parts:
+        return None
+    return f"""
+        SELECT {_SLOT("e.ts")} AS slot, e.ts >= $cur_lo AS cur, e.channel, {rollups.MESSAGE_SUMS}
         FROM ({" UNION ALL ".join(parts)}) e GROUP BY ALL"""
-    return sql
 
 
-def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
-    """Rows (node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors) of the plan."""
-    raw = f"""
+def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
+    """Rows (node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors) of the raw slots."""
+    if not p.raw:
+        return None
+    return f"""
         SELECT n.node_id, {rollups.NODE_SUMS}
         FROM ({
         p.per_range(
@@ -291,15 +225,33 @@ def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str:
         )
     })
         GROUP BY ALL"""
-    return f"""
-        SELECT node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors
-        FROM ({_rolled(p, "node_slots")})
-        {_raw(p, raw)}"""
 
 
-def customer_bitmaps(p: SlotPlan) -> str:
-    """Rows (slot, customers) of the current period's rolled-up slots and days."""
-    return (
-        f"SELECT slot, customers FROM ({_rolled(p, 'exec_customers')})"
-        f" WHERE slot * {SLOT_US} >= epoch_us($cur_lo)"
-    )
+# ------------------------------------------------------- rollup rows in memory
+
+
+def group(keys: list[np.ndarray], sums: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The distinct combinations of ``keys`` (non-negative integer columns) and the
+    exact integer sums of the ``sums`` rows (n × k) of each."""
+    if not len(sums):
+        return [k[:0] for k in keys], sums[:0]
+    dims = tuple(int(k.max()) + 1 for k in keys)
+    key = np.ravel_multi_index(tuple(keys), dims)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    totals = np.add.reduceat(sums[order], starts, axis=0)
+    return list(np.unravel_index(key[starts], dims)), totals
+
+
+def owner_index(slots: np.ndarray, cur: np.ndarray, owners: dict[int, int]) -> np.ndarray:
+    """Per slot, the index of its bucket (``owners``: slot → bucket) if ``cur``, else -1."""
+    base = min(owners)
+    lookup = np.full(max(owners) - base + 1, -1, np.int64)
+    for slot, bucket in owners.items():
+        lookup[slot - base] = bucket
+    idx = slots - base
+    inside = cur & (idx >= 0) & (idx < len(lookup))
+    out = np.full(len(slots), -1, np.int64)
+    out[inside] = lookup[idx[inside]]
+    return out

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
+import numpy as np
 from pyroaring import BitMap
 
 from kaie_analytics.errors import InvalidMetrics, InvalidParameter, WorkflowNotFound
@@ -29,9 +30,10 @@ from kaie_analytics.query.params import (
     parse_period,
     parse_timezone,
 )
-from kaie_analytics.store import rollups
+from kaie_analytics.store import rollup_cache, rollups
 from kaie_analytics.store.activity import SLOT_US, epoch_us
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.store.rollup_cache import EXEC, MESSAGES, NODES, Rollups, read_with_rollups
 
 METRICS = (
     "total_executions",
@@ -221,14 +223,14 @@ def _slot_owners(starts: list[datetime], end: datetime) -> dict[int, int]:
     return owners
 
 
-def _slot_sums_sql(
+def _raw_sums_sql(
     store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
-) -> list[tuple[str, dict[str, Any]]]:
-    """Execution sums (with raw rows' customers), then message sums, per (period, channel, bucket).
+) -> list[tuple[str, dict[str, Any]] | None]:
+    """Execution sums (with customers), then message sums, per (period, channel, bucket),
+    of the rows the rollups lack (None where there are none).
 
-    Two statements, so that they can run side by side; one plain grouping each,
-    and a slot's bucket computed, or looked up in a list (cheaper here than a
-    join to a slot → bucket table).
+    One plain grouping each, and a slot's bucket computed, or looked up in a list
+    (cheaper here than a join to a slot → bucket table).
     """
     base = min(owners)
     width = Counter(owners.values())[0]
@@ -250,10 +252,42 @@ def _slot_sums_sql(
                 FROM ({rows}) GROUP BY ALL""",
             params,
         )
+        if rows is not None
+        else None
         for rows, fields, extra in (
             (slots.exec_rows(store, p, customers=True), _EXEC_FIELDS, customers),
             (slots.message_rows(store, p), _EVENT_FIELDS, ""),
         )
+    ]
+
+
+def _query_some(
+    store: DuckDBEventStore, statements: list[tuple[str, dict[str, Any]] | None]
+) -> list[list[tuple[Any, ...]]]:
+    """The rows of each statement, side by side; none for a None statement."""
+    ran = iter(store.query_all([s for s in statements if s is not None]))
+    return [next(ran) if s is not None else [] for s in statements]
+
+
+def _rolled_sums(
+    rolled: Rollups,
+    table: rollup_cache.Table,
+    p: slots.SlotPlan,
+    owners: dict[int, int],
+    cur_us: int,
+    extra: tuple[Any, ...] = (),
+) -> list[tuple[Any, ...]]:
+    """The rollup rows of ``table`` in the plan's non-raw slots, summed per (period,
+    channel, bucket): rows shaped as those of ``_raw_sums_sql``."""
+    rows = rolled.rows(table, p.first, p.last, p.raw)
+    cur = rows.slot * SLOT_US >= cur_us
+    (owner, channel), sums = slots.group(
+        [slots.owner_index(rows.slot, cur, owners) + 1, rows.keys[:, 0]], rows.sums
+    )
+    values = rolled.values
+    return [
+        (o > 0, values[c], o - 1 if o > 0 else None, *v, *extra)
+        for o, c, v in zip(owner.tolist(), channel.tolist(), sums.tolist(), strict=True)
     ]
 
 
@@ -305,12 +339,12 @@ def _slot_sums(
 
 
 def _bucket_customers(
-    bitmap_rows: list[tuple[Any, ...]], raw: RawCustomers, owners: dict[int, int], n_buckets: int
+    bitmaps: list[tuple[int, BitMap]], raw: RawCustomers, owners: dict[int, int], n_buckets: int
 ) -> tuple[int, dict[int, int]]:
     """Distinct customers of the current period's executions, overall and per bucket."""
     per_bucket: dict[int, list[BitMap]] = defaultdict(list)
-    for slot, blob in bitmap_rows:
-        per_bucket[owners[slot]].append(BitMap.deserialize(blob))
+    for slot, bitmap in bitmaps:
+        per_bucket[owners[slot]].append(bitmap)
     for bucket, (numbers, _) in raw.items():
         per_bucket[bucket].append(BitMap(numbers))
     unions = {b: BitMap.union(*bms) for b, bms in per_bucket.items()}
@@ -328,31 +362,34 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     previous = period.previous()
     starts = [b.astimezone(UTC).replace(tzinfo=None) for b in buckets(period, q.granularity)]
     owners = _slot_owners(starts, period.end_naive)
-    # One plan over the previous and current periods, cut where they meet. The
-    # statements below run side by side, each on its own snapshot: each reads
-    # every slot from exactly one source (rollup or rows), so each is exact as
-    # of its snapshot; events that arrive meanwhile may show in some, not others.
-    p = slots.plan(
-        store,
-        q.tenant,
-        q.workflow_id,
-        previous.start_naive,
-        period.end_naive,
-        edges=(period.start_naive,),
-        owners=owners,
-    )
-    statements = [*_slot_sums_sql(store, p, owners), (slots.customer_bitmaps(p), p.params)]
-    if "channel" in q.group_by:
-        statements.append(
-            (
-                f"""SELECT channel, count(DISTINCT customer_id)
-                    FROM ({_exec_cte(store, q.tenant, False)}) GROUP BY ALL""",
-                _params(q, period),
+    lo, hi = previous.start_naive, period.end_naive
+
+    def read() -> tuple[slots.SlotPlan, list[list[tuple[Any, ...]]]]:
+        # One plan over the previous and current periods, cut where they meet.
+        p = slots.plan(store, q.tenant, q.workflow_id, lo, hi, edges=(period.start_naive,))
+        statements = _raw_sums_sql(store, p, owners)
+        if "channel" in q.group_by:
+            statements.append(
+                (
+                    f"""SELECT channel, count(DISTINCT customer_id)
+                        FROM ({_exec_cte(store, q.tenant, False)}) GROUP BY ALL""",
+                    _params(q, period),
+                )
             )
-        )
-    exec_sums, message_sums, bitmap_rows, *per_channel = store.query_all(statements)
+        return p, _query_some(store, statements)
+
+    # The statements run side by side, each on its own snapshot, and with the
+    # rollups of one fold: every slot is read from exactly one source, so the
+    # answer is exact; events that arrive meanwhile may show in some, not others.
+    rolled, (p, (exec_raw, message_raw, *per_channel)) = read_with_rollups(
+        store, q.tenant, q.workflow_id, *slots.span(lo, hi), read
+    )
+    cur_us = epoch_us(period.start_naive)
+    exec_sums = _rolled_sums(rolled, EXEC, p, owners, cur_us, (None, None)) + exec_raw
+    message_sums = _rolled_sums(rolled, MESSAGES, p, owners, cur_us) + message_raw
+    bitmaps = [(s, b) for s, b in rolled.bitmaps(p.first, p.last, p.raw) if s * SLOT_US >= cur_us]
     totals, by_period_channel, series, raw_customers = _slot_sums(exec_sums, message_sums)
-    customers, per_bucket = _bucket_customers(bitmap_rows, raw_customers, owners, len(starts))
+    customers, per_bucket = _bucket_customers(bitmaps, raw_customers, owners, len(starts))
     by_channel = by_period_channel.get(True, {})
     for ch, n in per_channel[0] if per_channel else ():
         by_channel.setdefault(ch, {})["customers"] = n
@@ -430,68 +467,147 @@ def _groups(
 # ------------------------------------------------------------- performance
 
 
+def _utc_offsets_us(slots_: np.ndarray, tz: tzinfo) -> np.ndarray:
+    """The UTC offset of ``tz`` (µs) at the start of each slot.
+
+    Looked up once per UTC day and per slot only on days whose offset at the
+    start and the end differ (no zone changes its offset twice in one day).
+    """
+    days = slots_ // rollups.SLOTS_PER_DAY
+    out = np.empty(len(slots_), np.int64)
+    for day in np.unique(days).tolist():
+        start = _EPOCH_UTC + timedelta(days=day)
+        first = start.astimezone(tz).utcoffset() or timedelta(0)
+        end = (start + timedelta(days=1, microseconds=-1)).astimezone(tz).utcoffset()
+        on_day = days == day
+        if first == (end or timedelta(0)):
+            out[on_day] = first // timedelta(microseconds=1)
+            continue
+        for i in np.flatnonzero(on_day).tolist():
+            at = _EPOCH_UTC + timedelta(microseconds=int(slots_[i]) * SLOT_US)
+            out[i] = (at.astimezone(tz).utcoffset() or timedelta(0)) // timedelta(microseconds=1)
+    return out
+
+
+def _hours(
+    slots_: np.ndarray, counts: list[int], tz: tzinfo
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Executions per local clock hour and per local hour of the day, from per-slot counts.
+
+    A clock hour is keyed by the UTC second it starts at, so a repeated hour when
+    clocks go back counts twice.
+    """
+    if not len(slots_):
+        return {}, {}
+    local_us = slots_ * SLOT_US + _utc_offsets_us(slots_, tz)
+    minute = local_us // 60_000_000 % 60
+    clock = slots_ * (SLOT_US // 1_000_000) - minute * 60
+    hour = local_us // 3_600_000_000 % 24
+    n = np.array(counts, np.int64)[:, None]
+    (clock_keys,), per_clock = slots.group([clock - clock.min()], n)
+    (hour_keys,), per_hour = slots.group([hour], n)
+    return (
+        dict(zip((clock_keys + clock.min()).tolist(), per_clock[:, 0].tolist(), strict=True)),
+        dict(zip(hour_keys.tolist(), per_hour[:, 0].tolist(), strict=True)),
+    )
+
+
+def _nodes(rolled: Rollups, p: slots.SlotPlan, raw: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """(node_id, type, events, ok, dur_sum, dur_n, errors), most events first, then node_id.
+
+    A node's type is its latest one (``type_ts``), over rollups and raw rows.
+    """
+    x = rolled.rows(NODES, p.first, p.last, p.raw)
+    node, type_code, type_ts = x.keys[:, 0], x.keys[:, 1], x.keys[:, 2]
+    (ids,), sums = slots.group([node], x.sums)
+    # Each node's row with the latest type_ts: the last of its run when sorted.
+    order = np.lexsort((type_ts, node))
+    last = order[np.r_[node[order][1:] != node[order][:-1], True]] if len(order) else order
+    values = rolled.values
+    merged: dict[Any, list[Any]] = {
+        values[n]: [values[int(type_code[i])], int(type_ts[i]), *v]
+        for n, i, v in zip(ids.tolist(), last.tolist(), sums.tolist(), strict=True)
+    }
+    for node_id, node_type, ts, *v in raw:
+        acc = merged.get(node_id)
+        if acc is None:
+            merged[node_id] = [node_type, ts, *v]
+            continue
+        if ts is not None and ts > acc[1]:
+            acc[0], acc[1] = node_type, ts
+        for i, value in enumerate(v):
+            acc[2 + i] += value or 0
+    ordered = sorted(merged.items(), key=lambda kv: (-kv[1][2], kv[0] is None, kv[0] or ""))
+    return [(node_id, acc[0], *acc[2:]) for node_id, acc in ordered]
+
+
 def run_workflow_performance(
     store: DuckDBEventStore, q: WorkflowPerformanceQuery
 ) -> dict[str, Any]:
     _ensure_workflow(store, q.tenant, q.workflow_id)
     period = q.period
-    p = slots.plan(store, q.tenant, q.workflow_id, period.start_naive, period.end_naive)
-    # Side by side, each exact on its own snapshot (see run_workflow_metrics).
-    statements = [
-        # Percentiles need every duration: read from the executions themselves (exact).
-        (
-            f"""SELECT quantile_cont(duration_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status > 0)
-                FROM ({_exec_cte(store, q.tenant, False)})""",
-            p.params,
-        ),
-        # Per slot (for the peak hour), from slot rows only.
-        (
-            f"SELECT slot, sum(total) FROM ({slots.exec_rows(store, p, days=False)}) GROUP BY slot",
-            p.params,
-        ),
-        # Per channel and error type.
-        (
-            f"""SELECT channel, error_type, sum(total), sum(ok), sum(failed), sum(dur_sum),
-                    sum(dur_n)
-                FROM ({slots.exec_rows(store, p)}) GROUP BY ALL""",
-            p.params,
-        ),
-    ]
-    if q.include_nodes:
-        statements.append(
+    lo, hi = period.start_naive, period.end_naive
+
+    def read() -> tuple[slots.SlotPlan, list[list[tuple[Any, ...]]]]:
+        p = slots.plan(store, q.tenant, q.workflow_id, lo, hi)
+        raw_execs = slots.exec_rows(store, p)
+        raw_nodes = slots.node_rows(store, p) if q.include_nodes else None
+        statements = [
+            # Percentiles need every duration: read from the executions themselves (exact).
             (
-                f"""SELECT node_id, arg_max(node_type, type_ts), sum(n) AS events, sum(ok),
-                        sum(dur_sum), sum(dur_n), sum(errors)
-                    FROM ({slots.node_rows(store, p)})
-                    GROUP BY node_id ORDER BY events DESC, node_id""",
+                f"""SELECT quantile_cont(duration_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status > 0)
+                    FROM ({_exec_cte(store, q.tenant, False)})""",
+                p.params,
+            ),
+            (
+                f"""SELECT slot, channel, error_type, total, ok, failed, dur_sum, dur_n
+                    FROM ({raw_execs})""",
                 p.params,
             )
-        )
-    [(quantiles,)], per_slot, sums, *node_rows = store.query_all(statements)
-    nodes = node_rows[0] if node_rows else []
+            if raw_execs
+            else None,
+            (
+                f"""SELECT node_id, node_type, epoch_us(type_ts), n, ok, dur_sum, dur_n, errors
+                    FROM ({raw_nodes})""",
+                p.params,
+            )
+            if raw_nodes
+            else None,
+        ]
+        return p, _query_some(store, statements)
+
+    # Side by side, with the rollups of one fold (see run_workflow_metrics).
+    rolled, (p, ([(quantiles,)], raw_execs, raw_nodes)) = read_with_rollups(
+        store, q.tenant, q.workflow_id, *slots.span(lo, hi), read
+    )
+    values = rolled.values
+    x = rolled.rows(EXEC, p.first, p.last, p.raw)
+    # Executions per slot (for the peak hours), rollups and raw rows together.
+    (slot_of,), per_slot = slots.group([x.slot - p.first], x.sums[:, :1])
+    slot_list = (slot_of + p.first).tolist() + [r[0] for r in raw_execs]
+    counts = per_slot[:, 0].tolist() + [r[3] for r in raw_execs]
+    (channel, error), sums = slots.group([x.keys[:, 0], x.keys[:, 1]], x.sums)
+    rows = [
+        (values[c], values[e], *v)
+        for c, e, v in zip(channel.tolist(), error.tolist(), sums.tolist(), strict=True)
+    ] + [r[1:] for r in raw_execs]
     total = ok = failed = dn = 0
     dsum = None
     by_error: dict[str, int] = defaultdict(int)
     by_channel: dict[str, list[Any]] = {}
-    # Per local clock hour (keyed by the UTC second it starts at, so a repeated
-    # hour when clocks go back counts twice) and per local hour of the day.
-    per_clock_hour: dict[int, int] = defaultdict(int)
-    per_hour_of_day: dict[int, int] = defaultdict(int)
-    for slot, n in per_slot:
-        local = (_EPOCH_UTC + timedelta(microseconds=slot * SLOT_US)).astimezone(period.tz)
-        per_clock_hour[slot * SLOT_US // 1_000_000 - local.minute * 60] += n
-        per_hour_of_day[local.hour] += n
-    for channel, error_type, n, n_ok, n_failed, d_sum, d_n in sums:
+    for channel_v, error_type, n, n_ok, n_failed, d_sum, d_n in rows:
         total, ok, failed, dn = total + n, ok + n_ok, failed + n_failed, dn + d_n
         if d_sum is not None:
             dsum = (dsum or 0) + d_sum
         if error_type is not None and n_failed:
             by_error[error_type] += n_failed
-        if channel is not None:
-            acc = by_channel.setdefault(channel, [0, 0, 0, None, 0])
+        if channel_v is not None:
+            acc = by_channel.setdefault(channel_v, [0, 0, 0, None, 0])
             for i, value in enumerate((n, n_ok, n_failed, d_sum, d_n)):
                 if value is not None:
                     acc[i] = (acc[i] or 0) + value
+    per_clock_hour, per_hour_of_day = _hours(np.array(slot_list, np.int64), counts, period.tz)
+    nodes = _nodes(rolled, p, raw_nodes) if q.include_nodes else []
     finished = ok + failed
     p50, p95, p99 = quantiles if quantiles is not None else (None, None, None)
     peak_hour = (

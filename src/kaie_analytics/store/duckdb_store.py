@@ -13,8 +13,8 @@ each commit): commits append to the small ``events_recent``; once it holds
 other tenants' rows. Derived tables serve the queries: ``executions`` (one
 merged row per execution, with its node events, sorted by tenant, workflow and
 start; see ``executions_sql``), journeys, sessions and customers (see
-``derived``), bitmaps of active customers (see ``activity``) and per-slot and
-per-day rollups of each workflow (see ``rollups``). Each has a watermark:
+``derived``), bitmaps of active customers (see ``activity``) and per-slot
+rollups of each workflow (see ``rollups``, read through ``rollup_cache``). Each has a watermark:
 events past it are folded in by the writer in the background (after
 ``compact_after_events`` or when idle), and queries read them from the events
 until then, so answers are always exact and current.
@@ -49,6 +49,7 @@ from kaie_analytics.store import activity, rollups
 from kaie_analytics.store import executions_sql as xsql
 from kaie_analytics.store.dedupe import IdIndex
 from kaie_analytics.store.derived import DERIVED, Derived, compact_statements, current_rows
+from kaie_analytics.store.rollup_cache import RollupCache
 
 log = logging.getLogger("kaie_analytics.store")
 
@@ -180,6 +181,7 @@ class DuckDBEventStore:
         compact_after_events: int = 500_000,
         compact_idle_s: float = 2.0,
         chunk_rows: int = 1_000_000,
+        rollup_cache_bytes: int = 256 << 20,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -227,6 +229,10 @@ class DuckDBEventStore:
         self._recent_rows = self._scalar("SELECT count(*) FROM events_recent")
         #: Bumped on every commit that touches a tenant; caches key on it.
         self.versions: dict[str, int] = defaultdict(int)
+        #: Odd while a fold commits, bumped to even after: a reader that sees the
+        #: same even value before and after its reads read one fold's rollups.
+        self.rollup_gen = 0
+        self.rollup_cache = RollupCache(self, rollup_cache_bytes)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self._local = threading.local()
@@ -549,10 +555,11 @@ class DuckDBEventStore:
             return
         new_seq = self._seq
         con = self._con
+        changed: set[rollups.DayKey] = set()
         con.execute("BEGIN")
         try:
             if any(self._pending["executions"].values()):
-                self._fold_executions(new_seq)
+                changed |= self._fold_executions(new_seq)
             for d in DERIVED:
                 if any(self._pending[d.name].values()):
                     for stmt in compact_statements(d, self._watermarks[d.name], new_seq):
@@ -562,20 +569,28 @@ class DuckDBEventStore:
             if any(self._pending["activity"].values()):
                 activity.fold(con, self._watermarks["activity"], new_seq)
             if any(self._pending["message_slots"].values()):
-                rollups.fold_messages(con, self._watermarks["message_slots"], new_seq)
+                changed |= rollups.fold_messages(con, self._watermarks["message_slots"], new_seq)
             # Every table is now current up to new_seq, including those nothing fed.
             for key in _WATERMARK_KEYS.values():
                 con.execute("UPDATE store_state SET value = ? WHERE key = ?", [new_seq, key])
+            self.rollup_gen += 1  # odd: a fold is committing (see rollup_cache)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        finally:
+            if self.rollup_gen % 2:
+                self.rollup_cache.changed(self.rollup_gen + 1, changed)
+                self.rollup_gen += 1
         for name in _FEEDS:
             self._watermarks[name] = new_seq
             self._pending[name].clear()
 
-    def _fold_executions(self, new_seq: int) -> None:
-        """Merge new execution events into ``executions`` (inside the caller's transaction)."""
+    def _fold_executions(self, new_seq: int) -> set[rollups.DayKey]:
+        """Merge new execution events into ``executions`` (inside the caller's transaction).
+
+        Returns the days whose rollups changed.
+        """
         con = self._con
         where = f"seq > {int(self._watermarks['executions'])} AND seq <= {int(new_seq)}"
         con.execute(f"CREATE TEMP TABLE delta AS {xsql.event_states(where)}")
@@ -625,10 +640,10 @@ class DuckDBEventStore:
             con.execute("INSERT INTO executions SELECT * FROM resorted")
             con.execute("DROP TABLE resorted")
             con.execute("UPDATE store_state SET value = ? WHERE key = 'exec_sorted_rows'", [total])
-        rollups.refresh_executions(con)
+        return rollups.refresh_executions(con)
 
     def _build_rollups(self) -> None:
-        """Build the execution rollups from ``executions``, and the day rows of the messages.
+        """Build the execution rollups from ``executions``, and the session rollups.
 
         For a data directory written before this rollup layout (or a new one).
         """
@@ -643,7 +658,6 @@ class DuckDBEventStore:
                   AND executions.customer_num IS NULL"""
             )
             rollups.refresh_executions(con, everything=True)
-            rollups.refresh_days(con, ("message_slots",), "message_slots")
             con.execute(
                 "CREATE TEMP TABLE touched_rows AS SELECT DISTINCT tenant, channel,"
                 f" {rollups.slot_of('first_ts')} AS slot FROM sessions"

@@ -12,8 +12,8 @@ message of the period:
 - ``message_slots``: per (tenant, workflow, slot, channel) messages sent and
   received and the feedback's CSAT sum and count.
 
-Each has a day table of the same shape (``DAY_TABLES``) whose rows sum a UTC
-day's slots, rebuilt from the slot rows for every day a fold touches.
+A query adds up the rows of a workflow's slots in memory (``rollup_cache``,
+which keeps them by UTC day and drops the days each fold reports changed).
 
 Executions change when late events merge into them (status, start, customer),
 so the execution rollups are rebuilt, for every slot an execution left or
@@ -26,11 +26,7 @@ folded (see ``query.slots``).
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import duckdb
-import pyarrow as pa
-from pyroaring import BitMap
 
 from kaie_analytics.store.activity import DAY_US, SLOT_US, put_bitmaps
 
@@ -65,32 +61,15 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS session_days AS SELECT * FROM session_slots WHERE false",
     f"INSERT OR IGNORE INTO store_state VALUES ('{BUILT}', 0)",
 ]
-#: Each slot table has a day table of the same shape, whose ``slot`` is the
-#: day's first slot: a month is 30 rows per key instead of 2,880.
-DAY_TABLES = {
-    "exec_slots": "exec_days",
-    "node_slots": "node_days",
-    "message_slots": "message_days",
-    "exec_customers": "exec_customer_days",
-}
 SLOTS_PER_DAY = DAY_US // SLOT_US
+#: Day tables of an earlier layout: the workflow queries now add up slot rows in
+#: memory (``rollup_cache``), so nothing reads them.
 DDL += [
-    f"CREATE TABLE IF NOT EXISTS {day} AS SELECT * FROM {slot} WHERE false"
-    for slot, day in DAY_TABLES.items()
+    f"DROP TABLE IF EXISTS {day}"
+    for day in ("exec_days", "node_days", "message_days", "exec_customer_days")
 ]
-#: How a day row sums its slot rows: (grouping columns, aggregates).
-_DAY_SUMS = {
-    "exec_slots": (
-        "channel, error_type",
-        "sum(total), sum(ok), sum(failed), sum(dur_sum), sum(dur_n)",
-    ),
-    "node_slots": (
-        "node_id",
-        "arg_max(node_type, type_ts), max(type_ts), sum(n), sum(ok), sum(dur_sum),"
-        " sum(dur_n), sum(errors)",
-    ),
-    "message_slots": ("channel", "sum(sent), sum(received), sum(csat_sum), sum(csat_n)"),
-}
+#: (tenant, workflow, UTC day) whose rollups a fold changed.
+DayKey = tuple[str, str, int]
 
 
 def slot_of(column: str) -> str:
@@ -122,73 +101,22 @@ def day_of(slot: str) -> str:
     return f"({slot} // {SLOTS_PER_DAY} * {SLOTS_PER_DAY})"
 
 
-def refresh_days(con: duckdb.DuckDBPyConnection, tables: tuple[str, ...], touched: str) -> None:
-    """Rebuild the day rows of ``tables`` (slot tables) for the keys in table ``touched``.
-
-    ``touched`` holds (tenant, workflow_id, slot) of any slots; their days are rebuilt
-    from the slot rows.
-    """
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE touched_days AS SELECT DISTINCT tenant, workflow_id,"
-        f" {day_of('slot')} AS slot FROM {touched}"
-    )
-    (lo, hi) = con.execute("SELECT min(slot), max(slot) FROM touched_days").fetchall()[0]
-    if lo is None:
-        return
-    span = f"s.slot BETWEEN {int(lo)} AND {int(hi) + SLOTS_PER_DAY - 1}"
-    on_day = f"""EXISTS (SELECT 1 FROM touched_days t WHERE t.tenant = s.tenant
-        AND t.workflow_id = s.workflow_id AND t.slot = {day_of("s.slot")})"""
-    try:
-        for table in tables:
-            day_table = DAY_TABLES[table]
-            con.execute(
-                f"""DELETE FROM {day_table} r WHERE EXISTS (SELECT 1 FROM touched_days t
-                    WHERE t.tenant = r.tenant AND t.workflow_id = r.workflow_id
-                      AND t.slot = r.slot)"""
-            )
-            if table == "exec_customers":
-                _union_days(con, f"SELECT * FROM exec_customers s WHERE {span} AND {on_day}")
-                continue
-            dims, sums = _DAY_SUMS[table]
-            con.execute(
-                f"""INSERT INTO {day_table}
-                SELECT tenant, workflow_id, {day_of("slot")} AS day, {dims}, {sums}
-                FROM {table} s WHERE {span} AND {on_day}
-                GROUP BY tenant, workflow_id, day, {dims} ORDER BY tenant, workflow_id, day"""
-            )
-    finally:
-        con.execute("DROP TABLE touched_days")
+def touched_days(con: duckdb.DuckDBPyConnection, table: str) -> set[DayKey]:
+    """The (tenant, workflow, UTC day number) of the slots in ``table``."""
+    rows = con.execute(
+        f"SELECT DISTINCT tenant, workflow_id, slot // {SLOTS_PER_DAY} FROM {table}"
+        " WHERE workflow_id IS NOT NULL"
+    ).fetchall()
+    return {(t, w, int(d)) for t, w, d in rows}
 
 
-def _union_days(con: duckdb.DuckDBPyConnection, slot_rows: str) -> None:
-    """Write the union of each day's slot bitmaps into ``exec_customer_days``."""
-    days: dict[tuple[str, str, int], list[BitMap]] = defaultdict(list)
-    for tenant, workflow_id, slot, blob in con.execute(slot_rows).fetchall():
-        days[(tenant, workflow_id, slot // SLOTS_PER_DAY * SLOTS_PER_DAY)].append(
-            BitMap.deserialize(blob)
-        )
-    keys = sorted(days)
-    table = pa.table(
-        {
-            "tenant": [k[0] for k in keys],
-            "workflow_id": [k[1] for k in keys],
-            "slot": pa.array([k[2] for k in keys], pa.int64()),
-            "customers": pa.array([BitMap.union(*days[k]).serialize() for k in keys], pa.binary()),
-        }
-    )
-    con.register("fresh_days", table)
-    try:
-        con.execute("INSERT INTO exec_customer_days SELECT * FROM fresh_days")
-    finally:
-        con.unregister("fresh_days")
-
-
-def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False) -> None:
+def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False) -> set[DayKey]:
     """Rebuild the execution rollups of the slots in temp table ``touched_slots``.
 
     ``touched_slots`` (tenant, workflow_id, slot) holds every slot an execution
     left or joined. With ``everything``, rebuild all of them from scratch.
     Runs in the writer's transaction, after ``executions`` is up to date.
+    Returns the days whose rollups changed.
     """
     if everything:
         con.execute(
@@ -200,7 +128,7 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
     else:
         (lo, hi) = con.execute("SELECT min(slot), max(slot) FROM touched_slots").fetchall()[0]
         if lo is None:
-            return
+            return set()
         # Literal bounds let zone maps skip the executions of other times.
         where = f"""x.started_at >= make_timestamp({int(lo) * SLOT_US})
             AND x.started_at < make_timestamp({(int(hi) + 1) * SLOT_US})
@@ -238,14 +166,17 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
             replace="touched_slots",
             merge=False,
         )
-        refresh_days(con, ("exec_slots", "node_slots", "exec_customers"), "touched_slots")
+        return touched_days(con, "touched_slots")
     finally:
         con.execute("DROP TABLE slot_execs")
         con.execute("DROP TABLE IF EXISTS touched_slots")
 
 
-def fold_messages(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> None:
-    """Add the messages and feedback in (lo_seq, hi_seq] to ``message_slots``."""
+def fold_messages(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> set[DayKey]:
+    """Add the messages and feedback in (lo_seq, hi_seq] to ``message_slots``.
+
+    Returns the days whose rollups changed.
+    """
     con.execute(
         f"""CREATE TEMP TABLE message_delta AS
         SELECT e.tenant, e.workflow_id, {slot_of("e.ts")} AS slot, e.channel, {MESSAGE_SUMS}
@@ -271,7 +202,7 @@ def fold_messages(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> N
             "INSERT INTO message_slots SELECT * FROM message_merged"
             " ORDER BY tenant, workflow_id, slot"
         )
-        refresh_days(con, ("message_slots",), "message_delta")
+        return touched_days(con, "message_delta")
     finally:
         con.execute("DROP TABLE IF EXISTS message_merged")
         con.execute("DROP TABLE message_delta")
