@@ -230,13 +230,27 @@ def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
 # ------------------------------------------------------- rollup rows in memory
 
 
+#: Sums whose total stays below this are exact in float64 (``np.bincount``).
+_EXACT_FLOAT = 2**53
+#: Combinations of keys beyond this are summed by sorting instead of counting.
+_DENSE_KEYS = 1 << 20
+
+
 def group(keys: list[np.ndarray], sums: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """The distinct combinations of ``keys`` (non-negative integer columns) and the
-    exact integer sums of the ``sums`` rows (n × k) of each."""
+    exact integer sums of the ``sums`` rows (n × k, non-negative) of each."""
     if not len(sums):
         return [k[:0] for k in keys], sums[:0]
     dims = tuple(int(k.max()) + 1 for k in keys)
     key = np.ravel_multi_index(tuple(keys), dims)
+    size = int(np.prod(dims))
+    if size <= _DENSE_KEYS and int(sums.sum(axis=0).max()) < _EXACT_FLOAT:
+        # Every partial sum is an integer below 2**53: float64 adds it exactly.
+        present = np.flatnonzero(np.bincount(key, minlength=size))
+        totals = np.column_stack(
+            [np.bincount(key, weights=sums[:, j], minlength=size) for j in range(sums.shape[1])]
+        )
+        return list(np.unravel_index(present, dims)), totals[present].astype(np.int64)
     order = np.argsort(key, kind="stable")
     key = key[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
@@ -244,14 +258,34 @@ def group(keys: list[np.ndarray], sums: np.ndarray) -> tuple[list[np.ndarray], n
     return list(np.unravel_index(key[starts], dims)), totals
 
 
-def owner_index(slots: np.ndarray, cur: np.ndarray, owners: dict[int, int]) -> np.ndarray:
-    """Per slot, the index of its bucket (``owners``: slot → bucket) if ``cur``, else -1."""
-    base = min(owners)
-    lookup = np.full(max(owners) - base + 1, -1, np.int64)
-    for slot, bucket in owners.items():
-        lookup[slot - base] = bucket
-    idx = slots - base
-    inside = cur & (idx >= 0) & (idx < len(lookup))
-    out = np.full(len(slots), -1, np.int64)
-    out[inside] = lookup[idx[inside]]
-    return out
+@dataclass(frozen=True, slots=True)
+class Owners:
+    """Which bucket each 15-minute slot of a series is in (every bucket edge, in every
+    zone, is a slot edge): slot ``base + i`` is in bucket ``index[i]``."""
+
+    base: int
+    index: np.ndarray
+    #: The buckets' width in slots when all but the last (cut by the end) are as wide.
+    width: int | None
+
+    @classmethod
+    def of(cls, starts: list[datetime], end: datetime) -> Owners:
+        """The slots from the first bucket start (naive UTC) to ``end``, by bucket."""
+        bounds = np.array(
+            [epoch_us(s) // SLOT_US for s in starts] + [epoch_us(end) // SLOT_US + 1], np.int64
+        )
+        widths = np.diff(bounds)
+        index = np.repeat(np.arange(len(starts), dtype=np.int64), widths)
+        uniform = len(widths) and (widths[:-1] == widths[0]).all() and widths[-1] <= widths[0]
+        return cls(int(bounds[0]), index, int(widths[0]) if uniform else None)
+
+    def bucket(self, slot: int) -> int:
+        return int(self.index[slot - self.base])
+
+    def buckets(self, slots: np.ndarray, cur: np.ndarray) -> np.ndarray:
+        """Per slot, its bucket if ``cur`` (and in the series), else -1."""
+        idx = slots - self.base
+        inside = cur & (idx >= 0) & (idx < len(self.index))
+        out = np.full(len(slots), -1, np.int64)
+        out[inside] = self.index[idx[inside]]
+        return out

@@ -8,7 +8,7 @@ always bound parameters; only names from closed registries reach SQL text.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -209,22 +209,8 @@ def metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> di
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _slot_owners(starts: list[datetime], end: datetime) -> dict[int, int]:
-    """Every 15-minute UTC slot from the first bucket to ``end``, and its bucket's index.
-
-    Every UTC offset in use is a multiple of 15 minutes, so every bucket edge is a
-    slot edge.
-    """
-    owners: dict[int, int] = {}
-    bounds = [epoch_us(s) // SLOT_US for s in starts] + [epoch_us(end) // SLOT_US + 1]
-    for i in range(len(starts)):
-        for slot in range(bounds[i], bounds[i + 1]):
-            owners[slot] = i
-    return owners
-
-
 def _raw_sums_sql(
-    store: DuckDBEventStore, p: slots.SlotPlan, owners: dict[int, int]
+    store: DuckDBEventStore, p: slots.SlotPlan, owners: slots.Owners
 ) -> list[tuple[str, dict[str, Any]] | None]:
     """Execution sums (with customers), then message sums, per (period, channel, bucket),
     of the rows the rollups lack (None where there are none).
@@ -232,17 +218,14 @@ def _raw_sums_sql(
     One plain grouping each, and a slot's bucket computed, or looked up in a list
     (cheaper here than a join to a slot → bucket table).
     """
-    base = min(owners)
-    width = Counter(owners.values())[0]
+    base = owners.base
     params = dict(p.params)
-    if all(b == (s - base) // width for s, b in owners.items()):
+    if owners.width is not None:
         # Buckets of one width (hours, days and weeks away from DST changes): arithmetic.
-        owner = f"CASE WHEN cur THEN ((slot - {int(base)}) // {int(width)})::INTEGER END"
+        owner = f"CASE WHEN cur THEN ((slot - {base}) // {owners.width})::INTEGER END"
     else:  # months, and days with a DST change: a list lookup
-        params["owner_list"] = [owners[s] for s in range(base, max(owners) + 1)]
-        owner = (
-            f"CASE WHEN cur THEN list_extract($owner_list, (slot - {int(base)})::INTEGER + 1) END"
-        )
+        params["owner_list"] = owners.index.tolist()
+        owner = f"CASE WHEN cur THEN list_extract($owner_list, (slot - {base})::INTEGER + 1) END"
     customers = """, flatten(list(nums) FILTER (WHERE nums IS NOT NULL)),
         flatten(list(strangers) FILTER (WHERE strangers IS NOT NULL))"""
     return [
@@ -273,7 +256,7 @@ def _rolled_sums(
     rolled: Rollups,
     table: rollup_cache.Table,
     p: slots.SlotPlan,
-    owners: dict[int, int],
+    owners: slots.Owners,
     cur_us: int,
     extra: tuple[Any, ...] = (),
 ) -> list[tuple[Any, ...]]:
@@ -282,7 +265,7 @@ def _rolled_sums(
     rows = rolled.rows(table, p.first, p.last, p.raw)
     cur = rows.slot * SLOT_US >= cur_us
     (owner, channel), sums = slots.group(
-        [slots.owner_index(rows.slot, cur, owners) + 1, rows.keys[:, 0]], rows.sums
+        [owners.buckets(rows.slot, cur) + 1, rows.keys[:, 0]], rows.sums
     )
     values = rolled.values
     return [
@@ -339,12 +322,12 @@ def _slot_sums(
 
 
 def _bucket_customers(
-    bitmaps: list[tuple[int, BitMap]], raw: RawCustomers, owners: dict[int, int], n_buckets: int
+    bitmaps: list[tuple[int, BitMap]], raw: RawCustomers, owners: slots.Owners, n_buckets: int
 ) -> tuple[int, dict[int, int]]:
     """Distinct customers of the current period's executions, overall and per bucket."""
     per_bucket: dict[int, list[BitMap]] = defaultdict(list)
     for slot, bitmap in bitmaps:
-        per_bucket[owners[slot]].append(bitmap)
+        per_bucket[owners.bucket(slot)].append(bitmap)
     for bucket, (numbers, _) in raw.items():
         per_bucket[bucket].append(BitMap(numbers))
     unions = {b: BitMap.union(*bms) for b, bms in per_bucket.items()}
@@ -361,7 +344,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     period = q.period
     previous = period.previous()
     starts = [b.astimezone(UTC).replace(tzinfo=None) for b in buckets(period, q.granularity)]
-    owners = _slot_owners(starts, period.end_naive)
+    owners = slots.Owners.of(starts, period.end_naive)
     lo, hi = previous.start_naive, period.end_naive
 
     def read() -> tuple[slots.SlotPlan, list[list[tuple[Any, ...]]]]:

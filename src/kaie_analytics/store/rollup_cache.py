@@ -58,6 +58,13 @@ class Table:
     ints: tuple[str, ...]
     sums: tuple[str, ...]
 
+    def empty(self) -> Rows:
+        return Rows(
+            np.empty(0, np.int64),
+            np.empty((0, len(self.text) + len(self.ints)), np.int64),
+            np.empty((0, len(self.sums)), np.int64),
+        )
+
 
 EXEC = Table(
     "exec_slots",
@@ -99,40 +106,60 @@ class Rows:
 @dataclass(frozen=True, slots=True)
 class Day:
     tables: dict[str, Rows]
-    bitmap_slots: np.ndarray
-    bitmaps: tuple[BitMap, ...]
+    #: (slot, customers) of the day's slots that have executions.
+    bitmaps: tuple[tuple[int, BitMap], ...]
     nbytes: int
 
 
 class Rollups:
     """The rollup rows of some days of one workflow (what a query reads)."""
 
-    def __init__(self, days: Sequence[Day], values: list[Any]) -> None:
+    def __init__(self, first_day: int, days: Sequence[Day], values: list[Any]) -> None:
+        self._first_day = first_day
         self._days = days
         #: Code → text value (None for SQL NULL) of the coded key columns.
         self.values = values
 
-    def rows(self, table: Table, first: int, last: int, raw: Iterable[int]) -> Rows:
+    def _cut(self, first: int, last: int, raw: Sequence[int]) -> list[tuple[Day, bool]]:
+        """Each day with a slot in [first, last], and whether all its slots are taken."""
+        out = []
+        for i, day in enumerate(self._days):
+            lo = (self._first_day + i) * SLOTS_PER_DAY
+            hi = lo + SLOTS_PER_DAY - 1
+            if hi < first or lo > last:
+                continue
+            whole = first <= lo and hi <= last and not any(lo <= r <= hi for r in raw)
+            out.append((day, whole))
+        return out
+
+    def rows(self, table: Table, first: int, last: int, raw: Sequence[int]) -> Rows:
         """Rows of slots in [first, last] other than ``raw``."""
-        parts = [d.tables[table.name] for d in self._days]
-        rows = Rows(
+        raw_slots = np.array(raw, np.int64)
+        parts = []
+        for day, whole in self._cut(first, last, raw):
+            rows = day.tables[table.name]
+            parts.append(rows if whole else rows.where(_keep(rows.slot, first, last, raw_slots)))
+        if not parts:
+            return table.empty()
+        return Rows(
             np.concatenate([p.slot for p in parts]),
             np.concatenate([p.keys for p in parts]),
             np.concatenate([p.sums for p in parts]),
         )
-        return rows.where(_keep(rows.slot, first, last, raw))
 
-    def bitmaps(self, first: int, last: int, raw: Iterable[int]) -> list[tuple[int, BitMap]]:
+    def bitmaps(self, first: int, last: int, raw: Sequence[int]) -> list[tuple[int, BitMap]]:
         """(slot, customers) of slots in [first, last] other than ``raw``."""
-        out = []
-        for d in self._days:
-            keep = _keep(d.bitmap_slots, first, last, raw)
-            out += [(int(d.bitmap_slots[i]), d.bitmaps[i]) for i in np.flatnonzero(keep)]
+        out: list[tuple[int, BitMap]] = []
+        skip = set(raw)
+        for day, whole in self._cut(first, last, raw):
+            if whole:
+                out += day.bitmaps
+            else:
+                out += [(s, b) for s, b in day.bitmaps if first <= s <= last and s not in skip]
         return out
 
 
-def _keep(slots: np.ndarray, first: int, last: int, raw: Iterable[int]) -> np.ndarray:
-    raw = np.fromiter(raw, np.int64)
+def _keep(slots: np.ndarray, first: int, last: int, raw: np.ndarray) -> np.ndarray:
     keep = (slots >= first) & (slots <= last)
     if raw.size:
         keep &= ~np.isin(slots, raw)
@@ -179,7 +206,7 @@ class RollupCache:
                 days.append(self._days[k])
             while self._bytes > self._budget and self._days:
                 self._bytes -= self._days.popitem(last=False)[1].nbytes
-            return Rollups(days, self._values)
+            return Rollups(first, days, self._values)
 
     def _catch_up(self, gen: int) -> bool:
         """Drop the days changed by folds up to ``gen``; False if the cache is past it."""
@@ -243,8 +270,7 @@ class RollupCache:
                 i0, i1 = np.searchsorted(bitmap_slots, [lo, hi])
                 out[d] = Day(
                     day_tables,
-                    bitmap_slots[i0:i1].copy(),
-                    tuple(bitmaps[i0:i1]),
+                    tuple(zip(bitmap_slots[i0:i1].tolist(), bitmaps[i0:i1], strict=True)),
                     sum(r.nbytes for r in day_tables.values())
                     + int(blob_bytes[i0:i1].sum()) * 2
                     + 1024,
@@ -252,23 +278,16 @@ class RollupCache:
         return out
 
     def _rows(self, table: Table, rows: list[tuple[Any, ...]]) -> Rows:
-        n = len(rows)
-        cols = (
-            list(zip(*rows, strict=True))
-            if rows
-            else [()] * (1 + len(table.text) + len(table.ints) + len(table.sums))
-        )
-        slot = np.fromiter(cols[0], np.int64, n)
-        n_text = len(table.text)
-        keys = [np.fromiter(map(self._code, cols[1 + i]), np.int64, n) for i in range(n_text)]
-        keys += [
-            np.fromiter(c, np.int64, n) for c in cols[1 + n_text : 1 + n_text + len(table.ints)]
-        ]
-        sums = [np.fromiter(c, np.int64, n) for c in cols[1 + n_text + len(table.ints) :]]
+        if not rows:
+            return table.empty()
+        n, n_text, n_keys = len(rows), len(table.text), len(table.text) + len(table.ints)
+        cols = list(zip(*rows, strict=True))
+        keys = [np.fromiter(map(self._code, c), np.int64, n) for c in cols[1 : 1 + n_text]]
+        keys += [np.fromiter(c, np.int64, n) for c in cols[1 + n_text : 1 + n_keys]]
         return Rows(
-            slot,
-            np.column_stack(keys) if keys else np.empty((n, 0), np.int64),
-            np.column_stack(sums),
+            np.fromiter(cols[0], np.int64, n),
+            np.column_stack(keys),
+            np.column_stack([np.fromiter(c, np.int64, n) for c in cols[1 + n_keys :]]),
         )
 
 
