@@ -8,8 +8,8 @@ edge not on a quarter hour), and the slots of the executions that events not
 yet folded touch (both where such an execution was and where it is now).
 Messages not yet folded are added on top: they only add.
 
-The SQL here reads raw slots only; ``group`` and ``owner_index`` add up the
-rollup rows. A caller reads both through ``read_with_rollups``, so the
+The SQL here reads raw slots only, as rows the ``add_*`` functions add up;
+``Owners`` puts slots in buckets. A caller reads both through ``read_with_rollups``, so the
 rollups and its statements are of one fold: every slot is counted from exactly
 one source.
 """
@@ -135,57 +135,50 @@ def _runs(values: list[int] | tuple[int, ...], step: int = 1) -> list[tuple[int,
     return [(a, b) for a, b in runs]
 
 
-def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, customers: bool = False) -> str | None:
-    """Rows (slot, cur, channel, error_type, total, ok, failed, dur_sum, dur_n) of the raw slots.
+def exec_rows(
+    store: DuckDBEventStore, p: SlotPlan, *, customers: bool = False, nodes: bool = False
+) -> str | None:
+    """The executions of the raw slots, as rows (slot, cur, channel, error_type, status,
+    duration_ms[, num, customer_id][, nodes]); None when the plan has no raw slot.
 
-    None when the plan has no raw slot. With ``customers``, two more columns give
-    the customers of the current period's rows: ``nums`` (their numbers) and
-    ``strangers`` (the ids of those with no number yet, new since the last fold).
+    Rows, not sums: the few executions of a few slots add up faster in Python
+    (``add_execution``) than an aggregate is planned. With ``customers``, ``num``
+    is the customer's number, or NULL if the customer has none yet (new since
+    the last fold).
     """
     if not p.raw:
         return None
     tenant = p.params["tenant"]
+    extra = (", x.customer_num AS num, x.customer_id" if customers else "") + (
+        ", x.nodes" if nodes else ""
+    )
     rows = p.per_range(
         "x.started_at",
         f"""SELECT {_SLOT("x.started_at")} AS slot, x.started_at >= $cur_lo AS cur, x.channel,
-            x.error_type, x.customer_id, x.customer_num, x.status, x.duration_ms
+            x.error_type, x.status, x.duration_ms{extra}
         FROM ({store.executions_sql(tenant, numbered=True)}) x
         WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi AND {{RANGE}}""",
     )
-    keys = "x.slot, x.cur, x.channel, x.error_type"
-    if not customers:
-        return f"SELECT {keys}, {rollups.EXEC_SUMS} FROM ({rows}) x GROUP BY ALL"
-    if not store.has_pending(tenant):
-        # Every execution is folded, so every customer has its number.
-        return f"""
-            SELECT {keys}, {rollups.EXEC_SUMS},
-                list(DISTINCT x.customer_num)
-                    FILTER (WHERE x.cur AND x.customer_num IS NOT NULL) AS nums,
-                NULL::VARCHAR[] AS strangers
-            FROM ({rows}) x GROUP BY ALL"""
-    # Executions merged on the fly have no number yet: look their few
-    # customers up (a semi-join); those without one are new.
+    if not (customers and store.has_pending(tenant)):
+        return rows
+    # Executions merged on the fly have no number yet: look their few customers
+    # up (a semi-join).
     return f"""
         WITH rx AS ({rows}),
         known AS (
-            SELECT customer_id, num FROM customer_numbers
+            SELECT customer_id, num AS known FROM customer_numbers
             WHERE tenant = $tenant AND customer_id IN
-                (SELECT customer_id FROM rx WHERE cur AND customer_num IS NULL)
+                (SELECT customer_id FROM rx WHERE num IS NULL)
         )
-        SELECT {keys}, {rollups.EXEC_SUMS},
-            list(DISTINCT coalesce(x.customer_num, k.num))
-                FILTER (WHERE x.cur AND coalesce(x.customer_num, k.num) IS NOT NULL) AS nums,
-            list(DISTINCT x.customer_id)
-                FILTER (WHERE x.cur AND coalesce(x.customer_num, k.num) IS NULL
-                        AND x.customer_id IS NOT NULL) AS strangers
-        FROM rx x LEFT JOIN known k USING (customer_id)
-        GROUP BY ALL"""
+        SELECT rx.slot, rx.cur, rx.channel, rx.error_type, rx.status, rx.duration_ms,
+            coalesce(rx.num, k.known) AS num, rx.customer_id{", rx.nodes" if nodes else ""}
+        FROM rx LEFT JOIN known k USING (customer_id)"""
 
 
 def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
-    """Rows (slot, cur, channel, sent, received, csat_sum, csat_n) the rollups lack.
+    """Messages and feedback (slot, cur, channel, type, csat) the rollups lack.
 
-    Those of the raw slots and the messages not yet folded; None if neither.
+    Those of the raw slots and those not yet folded; None if neither.
     """
     events = """
         SELECT e.ts, e.type, e.channel, e.csat FROM events e
@@ -206,56 +199,50 @@ def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
     if not parts:
         return None
     return f"""
-        SELECT {_SLOT("e.ts")} AS slot, e.ts >= $cur_lo AS cur, e.channel, {rollups.MESSAGE_SUMS}
-        FROM ({" UNION ALL ".join(parts)}) e GROUP BY ALL"""
+        SELECT {_SLOT("e.ts")} AS slot, e.ts >= $cur_lo AS cur, e.channel, e.type, e.csat
+        FROM ({" UNION ALL ".join(parts)}) e"""
 
 
-def node_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
-    """Rows (node_id, node_type, type_ts, n, ok, dur_sum, dur_n, errors) of the raw slots."""
-    if not p.raw:
-        return None
-    return f"""
-        SELECT n.node_id, {rollups.NODE_SUMS}
-        FROM ({
-        p.per_range(
-            "x.started_at",
-            f'''SELECT unnest(x.nodes) AS n FROM ({store.executions_sql(p.params["tenant"])}) x
-              WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi
-                AND {{RANGE}}''',
-        )
-    })
-        GROUP BY ALL"""
+# The raw rows add up as the rollups do (``rollups.EXEC_SUMS``, ``MESSAGE_SUMS``,
+# ``NODE_SUMS``); sums are lists, in the order of the rollup columns.
+
+
+def add_execution(acc: list[int], status: int, duration_ms: int | None) -> None:
+    """Add one execution to (total, ok, failed, dur_sum, dur_n)."""
+    acc[0] += 1
+    if status == 1:
+        acc[1] += 1
+    elif status == 2:
+        acc[2] += 1
+    if status > 0 and duration_ms is not None:
+        acc[3] += duration_ms
+        acc[4] += 1
+
+
+def add_message(acc: list[int], type_: str, csat: int | None) -> None:
+    """Add one message or feedback to (sent, received, csat_sum, csat_n)."""
+    if type_ == "message.sent":
+        acc[0] += 1
+    elif type_ == "message.received":
+        acc[1] += 1
+    elif csat is not None:
+        acc[2] += csat
+        acc[3] += 1
+
+
+def add_node(acc: list[int], ok: bool | None, duration_ms: int | None) -> None:
+    """Add one node event to (n, ok, dur_sum, dur_n, errors)."""
+    acc[0] += 1
+    if ok is True:
+        acc[1] += 1
+    elif ok is False:
+        acc[4] += 1
+    if duration_ms is not None:
+        acc[2] += duration_ms
+        acc[3] += 1
 
 
 # ------------------------------------------------------- rollup rows in memory
-
-
-#: Sums whose total stays below this are exact in float64 (``np.bincount``).
-_EXACT_FLOAT = 2**53
-#: Combinations of keys beyond this are summed by sorting instead of counting.
-_DENSE_KEYS = 1 << 20
-
-
-def group(keys: list[np.ndarray], sums: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """The distinct combinations of ``keys`` (non-negative integer columns) and the
-    exact integer sums of the ``sums`` rows (n × k, non-negative) of each."""
-    if not len(sums):
-        return [k[:0] for k in keys], sums[:0]
-    dims = tuple(int(k.max()) + 1 for k in keys)
-    key = np.ravel_multi_index(tuple(keys), dims)
-    size = int(np.prod(dims))
-    if size <= _DENSE_KEYS and int(sums.sum(axis=0).max()) < _EXACT_FLOAT:
-        # Every partial sum is an integer below 2**53: float64 adds it exactly.
-        present = np.flatnonzero(np.bincount(key, minlength=size))
-        totals = np.column_stack(
-            [np.bincount(key, weights=sums[:, j], minlength=size) for j in range(sums.shape[1])]
-        )
-        return list(np.unravel_index(present, dims)), totals[present].astype(np.int64)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    totals = np.add.reduceat(sums[order], starts, axis=0)
-    return list(np.unravel_index(key[starts], dims)), totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,19 +252,23 @@ class Owners:
 
     base: int
     index: np.ndarray
+    #: The first slot of each bucket, and one past the last bucket's last.
+    edges: tuple[int, ...]
     #: The buckets' width in slots when all but the last (cut by the end) are as wide.
     width: int | None
 
     @classmethod
     def of(cls, starts: list[datetime], end: datetime) -> Owners:
         """The slots from the first bucket start (naive UTC) to ``end``, by bucket."""
-        bounds = np.array(
-            [epoch_us(s) // SLOT_US for s in starts] + [epoch_us(end) // SLOT_US + 1], np.int64
-        )
-        widths = np.diff(bounds)
+        edges = [epoch_us(s) // SLOT_US for s in starts] + [epoch_us(end) // SLOT_US + 1]
+        widths: np.ndarray = np.diff(np.array(edges, np.int64))
         index = np.repeat(np.arange(len(starts), dtype=np.int64), widths)
         uniform = len(widths) and (widths[:-1] == widths[0]).all() and widths[-1] <= widths[0]
-        return cls(int(bounds[0]), index, int(widths[0]) if uniform else None)
+        return cls(edges[0], index, tuple(edges), int(widths[0]) if uniform else None)
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """The first and last slot of each bucket."""
+        return [(a, b - 1) for a, b in zip(self.edges, self.edges[1:], strict=False)]
 
     def bucket(self, slot: int) -> int:
         return int(self.index[slot - self.base])

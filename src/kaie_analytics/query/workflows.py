@@ -209,39 +209,31 @@ def metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> di
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _raw_sums_sql(
-    store: DuckDBEventStore, p: slots.SlotPlan, owners: slots.Owners
-) -> list[tuple[str, dict[str, Any]] | None]:
-    """Execution sums (with customers), then message sums, per (period, channel, bucket),
-    of the rows the rollups lack (None where there are none).
-
-    One plain grouping each, and a slot's bucket computed, or looked up in a list
-    (cheaper here than a join to a slot → bucket table).
-    """
-    base = owners.base
-    params = dict(p.params)
-    if owners.width is not None:
-        # Buckets of one width (hours, days and weeks away from DST changes): arithmetic.
-        owner = f"CASE WHEN cur THEN ((slot - {base}) // {owners.width})::INTEGER END"
-    else:  # months, and days with a DST change: a list lookup
-        params["owner_list"] = owners.index.tolist()
-        owner = f"CASE WHEN cur THEN list_extract($owner_list, (slot - {base})::INTEGER + 1) END"
-    customers = """, flatten(list(nums) FILTER (WHERE nums IS NOT NULL)),
-        flatten(list(strangers) FILTER (WHERE strangers IS NOT NULL))"""
-    return [
-        (
-            f"""SELECT cur, channel, {owner} AS owner,
-                    {", ".join(f"sum({f})" for f in fields)}{extra}
-                FROM ({rows}) GROUP BY ALL""",
-            params,
+def _raw_sums(
+    exec_rows: list[tuple[Any, ...]], message_rows: list[tuple[Any, ...]], owners: slots.Owners
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Raw executions and messages summed per (period, channel, bucket), as ``_rolled_sums``;
+    an execution row carries its customers: numbers, and ids of those with none yet."""
+    execs: dict[tuple[Any, ...], list[Any]] = {}
+    for slot, cur, channel, _, status, duration_ms, number, customer_id in exec_rows:
+        key = (cur, channel, owners.bucket(slot) if cur else None)
+        acc = execs.get(key)
+        if acc is None:
+            acc = execs[key] = [0, 0, 0, 0, 0, [], set()]
+        slots.add_execution(acc, status, duration_ms)
+        if cur and number is not None:
+            acc[5].append(number)
+        elif cur and customer_id is not None:
+            acc[6].add(customer_id)
+    messages: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for slot, cur, channel, type_, csat in message_rows:
+        slots.add_message(
+            messages[(cur, channel, owners.bucket(slot) if cur else None)], type_, csat
         )
-        if rows is not None
-        else None
-        for rows, fields, extra in (
-            (slots.exec_rows(store, p, customers=True), _EXEC_FIELDS, customers),
-            (slots.message_rows(store, p), _EVENT_FIELDS, ""),
-        )
-    ]
+    return (
+        [(*k, *v) for k, v in execs.items()],
+        [(*k, *v) for k, v in messages.items()],
+    )
 
 
 def _query_some(
@@ -261,10 +253,12 @@ def _rolled_sums(
     extra: tuple[Any, ...] = (),
 ) -> list[tuple[Any, ...]]:
     """The rollup rows of ``table`` in the plan's non-raw slots, summed per (period,
-    channel, bucket): rows shaped as those of ``_raw_sums_sql``."""
-    rows = rolled.rows(table, p.first, p.last, p.raw)
-    cur = rows.slot * SLOT_US >= cur_us
-    (owner, channel), sums = slots.group(
+    channel, bucket): rows shaped as those of ``_raw_sums``."""
+    cur_first = -(-cur_us // SLOT_US)
+    cuts = np.array(sorted({cur_first, *owners.edges}), np.int64)
+    rows = rolled.rows(table, p.first, p.last, p.raw, cuts)
+    cur = rows.slot >= cur_first
+    (owner, channel), sums = rollup_cache.group(
         [owners.buckets(rows.slot, cur) + 1, rows.keys[:, 0]], rows.sums
     )
     values = rolled.values
@@ -322,19 +316,22 @@ def _slot_sums(
 
 
 def _bucket_customers(
-    bitmaps: list[tuple[int, BitMap]], raw: RawCustomers, owners: slots.Owners, n_buckets: int
-) -> tuple[int, dict[int, int]]:
+    rolled: Rollups,
+    p: slots.SlotPlan,
+    cur_first: int,
+    raw: RawCustomers,
+    owners: slots.Owners,
+) -> tuple[int, list[int]]:
     """Distinct customers of the current period's executions, overall and per bucket."""
-    per_bucket: dict[int, list[BitMap]] = defaultdict(list)
-    for slot, bitmap in bitmaps:
-        per_bucket[owners.bucket(slot)].append(bitmap)
-    for bucket, (numbers, _) in raw.items():
-        per_bucket[bucket].append(BitMap(numbers))
-    unions = {b: BitMap.union(*bms) for b, bms in per_bucket.items()}
-    counts = {b: len(unions[b]) if b in unions else 0 for b in range(n_buckets)}
-    for b, (_, strangers) in raw.items():
-        counts[b] += len(strangers)
-    everyone = BitMap.union(*unions.values()) if unions else BitMap()
+    unions = []
+    for bucket, (a, b) in enumerate(owners.bounds()):
+        customers = rolled.customers(max(a, cur_first), min(b, p.last), p.raw)
+        numbers, _ = raw.get(bucket, ((), ()))
+        if numbers:
+            customers |= BitMap(numbers)
+        unions.append(customers)
+    counts = [len(u) + len(raw[b][1]) if b in raw else len(u) for b, u in enumerate(unions)]
+    everyone = BitMap.union(*unions) if unions else BitMap()
     all_strangers: set[str] = set().union(*(s for _, s in raw.values()))
     return len(everyone) + len(all_strangers), counts
 
@@ -350,7 +347,8 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     def read() -> tuple[slots.SlotPlan, list[list[tuple[Any, ...]]]]:
         # One plan over the previous and current periods, cut where they meet.
         p = slots.plan(store, q.tenant, q.workflow_id, lo, hi, edges=(period.start_naive,))
-        statements = _raw_sums_sql(store, p, owners)
+        rows = (slots.exec_rows(store, p, customers=True), slots.message_rows(store, p))
+        statements = [(sql, p.params) if sql is not None else None for sql in rows]
         if "channel" in q.group_by:
             statements.append(
                 (
@@ -368,11 +366,13 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
         store, q.tenant, q.workflow_id, *slots.span(lo, hi), read
     )
     cur_us = epoch_us(period.start_naive)
-    exec_sums = _rolled_sums(rolled, EXEC, p, owners, cur_us, (None, None)) + exec_raw
+    exec_raw, message_raw = _raw_sums(exec_raw, message_raw, owners)
+    exec_sums = _rolled_sums(rolled, EXEC, p, owners, cur_us, ([], ())) + exec_raw
     message_sums = _rolled_sums(rolled, MESSAGES, p, owners, cur_us) + message_raw
-    bitmaps = [(s, b) for s, b in rolled.bitmaps(p.first, p.last, p.raw) if s * SLOT_US >= cur_us]
     totals, by_period_channel, series, raw_customers = _slot_sums(exec_sums, message_sums)
-    customers, per_bucket = _bucket_customers(bitmaps, raw_customers, owners, len(starts))
+    customers, per_bucket = _bucket_customers(
+        rolled, p, -(-cur_us // SLOT_US), raw_customers, owners
+    )
     by_channel = by_period_channel.get(True, {})
     for ch, n in per_channel[0] if per_channel else ():
         by_channel.setdefault(ch, {})["customers"] = n
@@ -385,7 +385,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     prev = metrics_block(totals.get(False, {}), None)
     daily = []
     for i, start in enumerate(starts):
-        block = metrics_block({**series.get(i, {}), "customers": per_bucket.get(i, 0)}, None)
+        block = metrics_block({**series.get(i, {}), "customers": per_bucket[i]}, None)
         daily.append(
             {
                 "date": bucket_label(start.replace(tzinfo=UTC), q.granularity, period.tz),
@@ -487,39 +487,46 @@ def _hours(
     clock = slots_ * (SLOT_US // 1_000_000) - minute * 60
     hour = local_us // 3_600_000_000 % 24
     n = np.array(counts, np.int64)[:, None]
-    (clock_keys,), per_clock = slots.group([clock - clock.min()], n)
-    (hour_keys,), per_hour = slots.group([hour], n)
+    (clock_keys,), per_clock = rollup_cache.group([clock - clock.min()], n)
+    (hour_keys,), per_hour = rollup_cache.group([hour], n)
     return (
         dict(zip((clock_keys + clock.min()).tolist(), per_clock[:, 0].tolist(), strict=True)),
         dict(zip(hour_keys.tolist(), per_hour[:, 0].tolist(), strict=True)),
     )
 
 
-def _nodes(rolled: Rollups, p: slots.SlotPlan, raw: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+#: Group whole days by their totals everywhere.
+_NO_CUTS = np.empty(0, np.int64)
+
+
+def _nodes(
+    rolled: Rollups, p: slots.SlotPlan, raw: list[list[dict[str, Any]]]
+) -> list[tuple[Any, ...]]:
     """(node_id, type, events, ok, dur_sum, dur_n, errors), most events first, then node_id.
 
-    A node's type is its latest one (``type_ts``), over rollups and raw rows.
+    ``raw``: the node events of each raw execution. A node's type is its latest
+    one (``type_ts``), over rollups and raw events.
     """
-    x = rolled.rows(NODES, p.first, p.last, p.raw)
+    x = rolled.rows(NODES, p.first, p.last, p.raw, _NO_CUTS)
     node, type_code, type_ts = x.keys[:, 0], x.keys[:, 1], x.keys[:, 2]
-    (ids,), sums = slots.group([node], x.sums)
-    # Each node's row with the latest type_ts: the last of its run when sorted.
-    order = np.lexsort((type_ts, node))
-    last = order[np.r_[node[order][1:] != node[order][:-1], True]] if len(order) else order
+    (ids,), sums = rollup_cache.group([node], x.sums)
+    last = rollup_cache.latest(node, type_ts)
     values = rolled.values
     merged: dict[Any, list[Any]] = {
         values[n]: [values[int(type_code[i])], int(type_ts[i]), *v]
         for n, i, v in zip(ids.tolist(), last.tolist(), sums.tolist(), strict=True)
     }
-    for node_id, node_type, ts, *v in raw:
-        acc = merged.get(node_id)
-        if acc is None:
-            merged[node_id] = [node_type, ts, *v]
-            continue
-        if ts is not None and ts > acc[1]:
-            acc[0], acc[1] = node_type, ts
-        for i, value in enumerate(v):
-            acc[2 + i] += value or 0
+    for events in raw:
+        for e in events or ():
+            acc = merged.get(e["node_id"])
+            if acc is None:
+                acc = merged[e["node_id"]] = [None, -1, 0, 0, 0, 0, 0]
+            ts = epoch_us(e["ts"]) if e["ts"] is not None else -1
+            if ts > acc[1] or acc[0] is None:
+                acc[0], acc[1] = e["node_type"], ts
+            sums_v = acc[2:]
+            slots.add_node(sums_v, e["ok"], e["dur"])
+            acc[2:] = sums_v
     ordered = sorted(merged.items(), key=lambda kv: (-kv[1][2], kv[0] is None, kv[0] or ""))
     return [(node_id, acc[0], *acc[2:]) for node_id, acc in ordered]
 
@@ -533,8 +540,7 @@ def run_workflow_performance(
 
     def read() -> tuple[slots.SlotPlan, list[list[tuple[Any, ...]]]]:
         p = slots.plan(store, q.tenant, q.workflow_id, lo, hi)
-        raw_execs = slots.exec_rows(store, p)
-        raw_nodes = slots.node_rows(store, p) if q.include_nodes else None
+        raw = slots.exec_rows(store, p, nodes=q.include_nodes)
         statements = [
             # Percentiles need every duration: read from the executions themselves (exact).
             (
@@ -542,55 +548,49 @@ def run_workflow_performance(
                     FROM ({_exec_cte(store, q.tenant, False)})""",
                 p.params,
             ),
-            (
-                f"""SELECT slot, channel, error_type, total, ok, failed, dur_sum, dur_n
-                    FROM ({raw_execs})""",
-                p.params,
-            )
-            if raw_execs
-            else None,
-            (
-                f"""SELECT node_id, node_type, epoch_us(type_ts), n, ok, dur_sum, dur_n, errors
-                    FROM ({raw_nodes})""",
-                p.params,
-            )
-            if raw_nodes
-            else None,
+            (raw, p.params) if raw is not None else None,
         ]
         return p, _query_some(store, statements)
 
     # Side by side, with the rollups of one fold (see run_workflow_metrics).
-    rolled, (p, ([(quantiles,)], raw_execs, raw_nodes)) = read_with_rollups(
+    rolled, (p, ([(quantiles,)], raw)) = read_with_rollups(
         store, q.tenant, q.workflow_id, *slots.span(lo, hi), read
     )
     values = rolled.values
-    x = rolled.rows(EXEC, p.first, p.last, p.raw)
-    # Executions per slot (for the peak hours), rollups and raw rows together.
-    (slot_of,), per_slot = slots.group([x.slot - p.first], x.sums[:, :1])
-    slot_list = (slot_of + p.first).tolist() + [r[0] for r in raw_execs]
-    counts = per_slot[:, 0].tolist() + [r[3] for r in raw_execs]
-    (channel, error), sums = slots.group([x.keys[:, 0], x.keys[:, 1]], x.sums)
-    rows = [
-        (values[c], values[e], *v)
+    # Executions per slot (for the peak hours) and per (channel, error type).
+    slot_of, per_slot = rolled.per_slot(p.first, p.last, p.raw)
+    slot_counts: dict[int, int] = dict(zip(slot_of.tolist(), per_slot.tolist(), strict=True))
+    x = rolled.rows(EXEC, p.first, p.last, p.raw, _NO_CUTS)
+    (channel, error), sums = rollup_cache.group([x.keys[:, 0], x.keys[:, 1]], x.sums)
+    by_key: dict[tuple[Any, Any], list[int]] = {
+        (values[c], values[e]): v
         for c, e, v in zip(channel.tolist(), error.tolist(), sums.tolist(), strict=True)
-    ] + [r[1:] for r in raw_execs]
-    total = ok = failed = dn = 0
-    dsum = None
+    }
+    for slot, _, channel_v, error_type, status, duration_ms, *_ in raw:
+        slot_counts[slot] = slot_counts.get(slot, 0) + 1
+        acc = by_key.setdefault((channel_v, error_type), [0, 0, 0, 0, 0])
+        slots.add_execution(acc, status, duration_ms)
+    total = ok = failed = dn = dsum = 0
     by_error: dict[str, int] = defaultdict(int)
-    by_channel: dict[str, list[Any]] = {}
-    for channel_v, error_type, n, n_ok, n_failed, d_sum, d_n in rows:
-        total, ok, failed, dn = total + n, ok + n_ok, failed + n_failed, dn + d_n
-        if d_sum is not None:
-            dsum = (dsum or 0) + d_sum
+    by_channel: dict[str, list[int]] = {}
+    for (channel_v, error_type), (n, n_ok, n_failed, d_sum, d_n) in by_key.items():
+        total, ok, failed, dsum, dn = (
+            total + n,
+            ok + n_ok,
+            failed + n_failed,
+            dsum + d_sum,
+            dn + d_n,
+        )
         if error_type is not None and n_failed:
             by_error[error_type] += n_failed
         if channel_v is not None:
-            acc = by_channel.setdefault(channel_v, [0, 0, 0, None, 0])
+            acc = by_channel.setdefault(channel_v, [0, 0, 0, 0, 0])
             for i, value in enumerate((n, n_ok, n_failed, d_sum, d_n)):
-                if value is not None:
-                    acc[i] = (acc[i] or 0) + value
-    per_clock_hour, per_hour_of_day = _hours(np.array(slot_list, np.int64), counts, period.tz)
-    nodes = _nodes(rolled, p, raw_nodes) if q.include_nodes else []
+                acc[i] += value
+    per_clock_hour, per_hour_of_day = _hours(
+        np.fromiter(slot_counts, np.int64, len(slot_counts)), list(slot_counts.values()), period.tz
+    )
+    nodes = _nodes(rolled, p, [r[-1] for r in raw]) if q.include_nodes else []
     finished = ok + failed
     p50, p95, p99 = quantiles if quantiles is not None else (None, None, None)
     peak_hour = (

@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -57,6 +57,9 @@ class Table:
     text: tuple[str, ...]
     ints: tuple[str, ...]
     sums: tuple[str, ...]
+    #: A day's total groups by this many leading keys; the other keys come
+    #: from the row with the greatest last key (the latest node type).
+    group_keys: int
 
     def empty(self) -> Rows:
         return Rows(
@@ -71,18 +74,21 @@ EXEC = Table(
     ("channel", "error_type"),
     (),
     ("total", "ok", "failed", "coalesce(dur_sum, 0)::BIGINT", "dur_n"),
+    2,
 )
 MESSAGES = Table(
     "message_slots",
     ("channel",),
     (),
     ("sent", "received", "coalesce(csat_sum, 0)::BIGINT", "csat_n"),
+    1,
 )
 NODES = Table(
     "node_slots",
     ("node_id", "node_type"),
     ("coalesce(epoch_us(type_ts), 0)",),
     ("n", "ok", "coalesce(dur_sum, 0)::BIGINT", "dur_n", "errors"),
+    1,
 )
 TABLES = (EXEC, MESSAGES, NODES)
 
@@ -105,14 +111,20 @@ class Rows:
 
 @dataclass(frozen=True, slots=True)
 class Day:
+    #: Per table, the day's rows, and their totals over the day (one row per
+    #: key, ``slot`` the day's first).
     tables: dict[str, Rows]
-    #: (slot, customers) of the day's slots that have executions.
+    totals: dict[str, Rows]
+    #: Executions per slot of the day.
+    per_slot: np.ndarray
+    #: (slot, customers) of the day's slots that have executions, and their union.
     bitmaps: tuple[tuple[int, BitMap], ...]
+    customers: BitMap
     nbytes: int
 
 
 class Rollups:
-    """The rollup rows of some days of one workflow (what a query reads)."""
+    """The rollup rows of consecutive days of one workflow (what a query reads)."""
 
     def __init__(self, first_day: int, days: Sequence[Day], values: list[Any]) -> None:
         self._first_day = first_day
@@ -120,23 +132,35 @@ class Rollups:
         #: Code → text value (None for SQL NULL) of the coded key columns.
         self.values = values
 
-    def _cut(self, first: int, last: int, raw: Sequence[int]) -> list[tuple[Day, bool]]:
-        """Each day with a slot in [first, last], and whether all its slots are taken."""
-        out = []
-        for i, day in enumerate(self._days):
-            lo = (self._first_day + i) * SLOTS_PER_DAY
-            hi = lo + SLOTS_PER_DAY - 1
-            if hi < first or lo > last:
-                continue
+    def _cut(self, first: int, last: int, raw: Sequence[int]) -> Iterator[tuple[int, Day, bool]]:
+        """Each day (first slot, day) with a slot in [first, last], and whether all its
+        slots are taken."""
+        lo_day = max(first // SLOTS_PER_DAY, self._first_day)
+        hi_day = min(last // SLOTS_PER_DAY, self._first_day + len(self._days) - 1)
+        for d in range(lo_day, hi_day + 1):
+            lo, hi = d * SLOTS_PER_DAY, (d + 1) * SLOTS_PER_DAY - 1
             whole = first <= lo and hi <= last and not any(lo <= r <= hi for r in raw)
-            out.append((day, whole))
-        return out
+            yield lo, self._days[d - self._first_day], whole
 
-    def rows(self, table: Table, first: int, last: int, raw: Sequence[int]) -> Rows:
-        """Rows of slots in [first, last] other than ``raw``."""
+    def rows(
+        self,
+        table: Table,
+        first: int,
+        last: int,
+        raw: Sequence[int],
+        cuts: np.ndarray | None = None,
+    ) -> Rows:
+        """Rows of slots in [first, last] other than ``raw``.
+
+        With ``cuts`` (sorted slots where the caller's groups change), a whole
+        day no cut falls inside comes as its totals (one row per key).
+        """
         raw_slots = np.array(raw, np.int64)
         parts = []
-        for day, whole in self._cut(first, last, raw):
+        for lo, day, whole in self._cut(first, last, raw):
+            if whole and cuts is not None and _uncut(cuts, lo):
+                parts.append(day.totals[table.name])
+                continue
             rows = day.tables[table.name]
             parts.append(rows if whole else rows.where(_keep(rows.slot, first, last, raw_slots)))
         if not parts:
@@ -147,16 +171,35 @@ class Rollups:
             np.concatenate([p.sums for p in parts]),
         )
 
-    def bitmaps(self, first: int, last: int, raw: Sequence[int]) -> list[tuple[int, BitMap]]:
-        """(slot, customers) of slots in [first, last] other than ``raw``."""
-        out: list[tuple[int, BitMap]] = []
+    def per_slot(self, first: int, last: int, raw: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Slots in [first, last] other than ``raw`` that have executions, and how many."""
+        raw_slots = np.array(raw, np.int64)
+        slots, counts = [], []
+        for lo, day, _ in self._cut(first, last, raw):
+            day_slots = np.arange(lo, lo + SLOTS_PER_DAY, dtype=np.int64)
+            keep = _keep(day_slots, first, last, raw_slots) & (day.per_slot > 0)
+            slots.append(day_slots[keep])
+            counts.append(day.per_slot[keep])
+        if not slots:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(slots), np.concatenate(counts)
+
+    def customers(self, first: int, last: int, raw: Sequence[int]) -> BitMap:
+        """The customers of the slots in [first, last] other than ``raw``."""
+        parts = []
         skip = set(raw)
-        for day, whole in self._cut(first, last, raw):
+        for _, day, whole in self._cut(first, last, raw):
             if whole:
-                out += day.bitmaps
+                parts.append(day.customers)
             else:
-                out += [(s, b) for s, b in day.bitmaps if first <= s <= last and s not in skip]
-        return out
+                parts += [b for s, b in day.bitmaps if first <= s <= last and s not in skip]
+        return BitMap.union(*parts) if parts else BitMap()
+
+
+def _uncut(cuts: np.ndarray, lo: int) -> bool:
+    """Whether no cut falls inside the day starting at slot ``lo`` (a cut at ``lo`` is its edge)."""
+    i = int(np.searchsorted(cuts, lo, side="right"))
+    return i == len(cuts) or int(cuts[i]) >= lo + SLOTS_PER_DAY
 
 
 def _keep(slots: np.ndarray, first: int, last: int, raw: np.ndarray) -> np.ndarray:
@@ -164,6 +207,60 @@ def _keep(slots: np.ndarray, first: int, last: int, raw: np.ndarray) -> np.ndarr
     if raw.size:
         keep &= ~np.isin(slots, raw)
     return keep
+
+
+#: Sums whose total stays below this are exact in float64 (``np.bincount``).
+_EXACT_FLOAT = 2**53
+#: Combinations of keys beyond this are summed by sorting instead of counting.
+_DENSE_KEYS = 1 << 20
+
+
+def group(keys: list[np.ndarray], sums: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The distinct combinations of ``keys`` (non-negative integer columns) and the
+    exact integer sums of the ``sums`` rows (n × k, non-negative) of each."""
+    if not len(sums):
+        return [k[:0] for k in keys], sums[:0]
+    dims = tuple(int(k.max()) + 1 for k in keys)
+    key = np.ravel_multi_index(tuple(keys), dims)
+    size = int(np.prod(dims))
+    if size <= _DENSE_KEYS and int(sums.sum(axis=0).max()) < _EXACT_FLOAT:
+        # Every partial sum is an integer below 2**53: float64 adds it exactly.
+        present = np.flatnonzero(np.bincount(key, minlength=size))
+        totals = np.column_stack(
+            [np.bincount(key, weights=sums[:, j], minlength=size) for j in range(sums.shape[1])]
+        )
+        return list(np.unravel_index(present, dims)), totals[present].astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    totals = np.add.reduceat(sums[order], starts, axis=0)
+    return list(np.unravel_index(key[starts], dims)), totals
+
+
+def latest(group_key: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Per distinct ``group_key`` (in ascending order), the index of its row with the
+    greatest ``ts``."""
+    order = np.lexsort((ts, group_key))
+    if not len(order):
+        return order
+    return order[np.r_[group_key[order][1:] != group_key[order][:-1], True]]
+
+
+def _day_totals(table: Table, rows: Rows, lo: int) -> Rows:
+    """The day's rows summed per key (``slot``: the day's first, ``lo``)."""
+    if not len(rows.slot):
+        return rows
+    g = table.group_keys
+    keys, sums = group([rows.keys[:, i] for i in range(g)], rows.sums)
+    columns = np.column_stack(keys)
+    if rows.keys.shape[1] > g:
+        # The other keys from each group's latest row (groups come out in key order).
+        flat = np.ravel_multi_index(
+            tuple(rows.keys[:, i] for i in range(g)),
+            tuple(int(rows.keys[:, i].max()) + 1 for i in range(g)),
+        )
+        columns = np.column_stack([columns, rows.keys[latest(flat, rows.keys[:, -1]), g:]])
+    return Rows(np.full(len(sums), lo, np.int64), columns, sums)
 
 
 class RollupCache:
@@ -267,12 +364,21 @@ class RollupCache:
             for d in range(a, b + 1):
                 lo, hi = d * SLOTS_PER_DAY, (d + 1) * SLOTS_PER_DAY
                 day_tables = {name: _day_rows(rows, lo, hi) for name, rows in tables.items()}
+                totals = {t.name: _day_totals(t, day_tables[t.name], lo) for t in TABLES}
+                execs = day_tables[EXEC.name]
+                per_slot = np.bincount(
+                    execs.slot - lo, weights=execs.sums[:, 0], minlength=SLOTS_PER_DAY
+                ).astype(np.int64)
                 i0, i1 = np.searchsorted(bitmap_slots, [lo, hi])
                 out[d] = Day(
                     day_tables,
+                    totals,
+                    per_slot,
                     tuple(zip(bitmap_slots[i0:i1].tolist(), bitmaps[i0:i1], strict=True)),
-                    sum(r.nbytes for r in day_tables.values())
-                    + int(blob_bytes[i0:i1].sum()) * 2
+                    BitMap.union(*bitmaps[i0:i1]) if i1 > i0 else BitMap(),
+                    sum(r.nbytes for r in (*day_tables.values(), *totals.values()))
+                    + per_slot.nbytes
+                    + int(blob_bytes[i0:i1].sum()) * 3
                     + 1024,
                 )
         return out
