@@ -7,10 +7,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from fastapi.testclient import TestClient
 
 import oracle
-from conftest import Api
+from conftest import Api, make_key
 from factories import iso, workflow_events
+from kaie_analytics.app import create_app
+from kaie_analytics.config import Settings
+from kaie_analytics.query import slots
+from kaie_analytics.query import workflows as wq
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # the US DST change (2024-03-10) is inside
 END = datetime(2024, 3, 17, 23, 59, 59, 999999, tzinfo=UTC)
@@ -138,32 +143,40 @@ def test_late_events_change_the_answer(api: Api) -> None:
     assert _get(api, "/v1/analytics/workflows/w", **q)["metrics"] == m
 
 
-@pytest.mark.parametrize("gran", ["hour", "day"])
-@pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
-def test_rollups_stay_exact_as_late_events_move_executions(api: Api, tz: str, gran: str) -> None:
-    """Per-slot rollups, edges cut mid-slot, and start events that arrive after the fold.
+#: A period cut mid-slot at both ends, for executions moved by late start events.
+LATE_START = datetime(2024, 3, 5, 3, 7, 11, 5, tzinfo=UTC)
+LATE_END = datetime(2024, 3, 9, 17, 52, tzinfo=UTC)
 
-    Terminal events first (each execution starts at terminal − duration, in one
+
+def _late_starts() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Executions' other events, and their start events (to send late)."""
+    events = workflow_events(7, START, 6, n=250)
+    return (
+        [e for e in events if e["type"] != "execution.started"],
+        [e for e in events if e["type"] == "execution.started"],
+    )
+
+
+def _same_metrics(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["metrics"] == want["metrics"]
+    assert got["trends"] == want["trends"]
+    assert got["daily_metrics"] == want["daily_metrics"]
+
+
+def _check_late_moves(api: Api, tz: str, gran: str) -> None:
+    """Terminal events first (each execution starts at terminal − duration, in one
     slot, with the terminal's customer), then the start events, which move
     executions to other slots and give them their customers: compared with the
-    oracle while pending, after a fold, and half and half. Whole UTC days come
-    from the day rollups (day buckets in UTC, and the previous period).
-    """
+    oracle while pending, after a fold, and half and half."""
     zone = ZoneInfo(tz)
-    events = workflow_events(7, START, 6, n=250)
-    first = [e for e in events if e["type"] != "execution.started"]
-    late = [e for e in events if e["type"] == "execution.started"]
+    first, late = _late_starts()
     half = len(late) // 2
-    start = datetime(2024, 3, 5, 3, 7, 11, 5, tzinfo=UTC)
-    end = datetime(2024, 3, 9, 17, 52, tzinfo=UTC)
+    start, end = LATE_START, LATE_END
     period = {"start_date": iso(start), "end_date": iso(end), "timezone": tz}
 
     def check(sent: list[dict[str, Any]]) -> None:
         got = _get(api, "/v1/analytics/workflows/wf-1", granularity=gran, **period)
-        want = oracle.workflow_metrics(sent, "wf-1", start, end, gran, zone)
-        assert got["metrics"] == want["metrics"]
-        assert got["trends"] == want["trends"]
-        assert got["daily_metrics"] == want["daily_metrics"]
+        _same_metrics(got, oracle.workflow_metrics(sent, "wf-1", start, end, gran, zone))
         perf = _get(api, "/v1/analytics/workflows/wf-1/performance", **period)
         assert perf["performance"] == oracle.performance(sent, "wf-1", start, end, zone)
 
@@ -175,6 +188,53 @@ def test_rollups_stay_exact_as_late_events_move_executions(api: Api, tz: str, gr
     check(first + late[:half])
     api.compact()
     api.send(late[half:])
-    check(events)
+    check(first + late)
     api.compact()
-    check(events)
+    check(first + late)
+
+
+@pytest.mark.parametrize("gran", ["hour", "day"])
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
+def test_rollups_stay_exact_as_late_events_move_executions(api: Api, tz: str, gran: str) -> None:
+    """Per-slot rollups, edges cut mid-slot, and start events that arrive after a
+    fold: the days a fold changes are dropped from memory and read again."""
+    _check_late_moves(api, tz, gran)
+
+
+def test_rollups_exact_with_no_memory_for_them(settings: Settings) -> None:
+    """KAIE_ROLLUP_CACHE_MB=0: every answer reads the days it needs afresh."""
+    settings = settings.model_copy(update={"rollup_cache_mb": 0})
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, make_key(settings, "acme"), "acme")
+        _check_late_moves(api, "Asia/Kathmandu", "day")
+        assert not client.app.state.store.rollup_cache._days  # type: ignore[attr-defined]
+
+
+def test_a_fold_during_an_answer_makes_it_read_again(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold that commits after the rollups were taken and before the statements
+    ran: the answer is read again, all of it from the new fold."""
+    first, late = _late_starts()
+    api.send(first)
+    api.compact()
+    store = api.client.app.state.store  # type: ignore[attr-defined]
+    params = {"start_date": [iso(LATE_START)], "end_date": [iso(LATE_END)]}
+    query = wq.parse_metrics_query("acme", "wf-1", params)
+    wq.run_workflow_metrics(store, query)  # the days are in memory now
+    real_plan = slots.plan
+    plans = []
+
+    def plan_after_a_fold(*args: Any, **kwargs: Any) -> slots.SlotPlan:
+        plans.append(store.rollup_gen)
+        if len(plans) == 1:  # late starts move executions, and are folded
+            api.send(late)
+            api.compact()
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(slots, "plan", plan_after_a_fold)
+    got = wq.run_workflow_metrics(store, query)
+    assert len(plans) == 2 and plans[1] > plans[0]
+    _same_metrics(
+        got, oracle.workflow_metrics(first + late, "wf-1", LATE_START, LATE_END, "day", UTC)
+    )

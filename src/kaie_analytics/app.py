@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             compact_after_events=settings.compact_after_events,
             compact_idle_s=settings.compact_idle_s,
             chunk_rows=settings.events_chunk_rows,
+            rollup_cache_bytes=settings.rollup_cache_mb << 20,
         )
         app.state.meta = meta
         app.state.store = store

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     #: Memory DuckDB may use (its own buffer manager limit).
     duckdb_memory_limit: str = "2GB"
     duckdb_threads: int = 2
+    #: Memory for the workflow rollups held per UTC day (MiB; 0 keeps none between queries).
+    rollup_cache_mb: int = 256
     #: How long a looked-up API key is trusted before it is checked again.
     key_cache_ttl_s: float = 2.0
     #: Fold pending events into the compacted execution table after this many.

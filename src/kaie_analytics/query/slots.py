@@ -38,6 +38,9 @@ class SlotPlan:
     last: int
     raw: tuple[int, ...]
     params: dict[str, Any]
+    #: Events after this seq are left out of the executions: the raw slots were
+    #: chosen from those up to it.
+    upto: int
 
     def ranges(self, column: str) -> str:
         """A predicate on ``column`` for the raw slots (ranges zone maps can use)."""
@@ -99,6 +102,8 @@ def plan(
     edges: tuple[datetime, ...] = (),
 ) -> SlotPlan:
     """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``."""
+    # Before the pending events are read: all of them up to here are committed.
+    upto = store.committed_seq
     first, last = span(lo, hi)
     raw: set[int] = set()
     for t in (lo, *edges):
@@ -116,12 +121,12 @@ def plan(
     }
     if store.has_pending(tenant):
         for (slot,) in store.query(
-            f"""SELECT DISTINCT {_SLOT("started_at")} FROM ({xsql.pending_versions()})
+            f"""SELECT DISTINCT {_SLOT("started_at")} FROM ({xsql.pending_versions(upto)})
                 WHERE workflow_id = $workflow AND started_at BETWEEN $lo AND $hi""",
             params,
         ):
             raw.add(int(slot))
-    return SlotPlan(first, last, tuple(sorted(raw)), params)
+    return SlotPlan(first, last, tuple(sorted(raw)), params, upto)
 
 
 def _runs(values: list[int] | tuple[int, ...], step: int = 1) -> list[tuple[int, int]]:
@@ -156,7 +161,7 @@ def exec_rows(
         "x.started_at",
         f"""SELECT {_SLOT("x.started_at")} AS slot, x.started_at >= $cur_lo AS cur, x.channel,
             x.error_type, x.status, x.duration_ms{extra}
-        FROM ({store.executions_sql(tenant, numbered=True)}) x
+        FROM ({store.executions_sql(tenant, numbered=True, upto=p.upto)}) x
         WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi AND {{RANGE}}""",
     )
     if not (customers and store.has_pending(tenant)):

@@ -444,6 +444,12 @@ class DuckDBEventStore:
                     raise
                 finally:
                     con.unregister("kept")
+                # Pending counts first: a reader that sees the new seq sees them too.
+                for tenant, _, *per_table in counts:
+                    self.versions[tenant] += 1
+                    for name, n in zip(_FEEDS, per_table, strict=True):
+                        if n:
+                            self._pending[name][tenant] += n
                 self._seq += kept_n
                 self._recent_rows += kept_n
                 self._ids.add(kept_hashes)
@@ -453,11 +459,6 @@ class DuckDBEventStore:
             for *_, fut in items:
                 fut.set_exception(StoreUnavailable(f"commit failed: {exc}"))
             return
-        for tenant, _, *per_table in counts:
-            self.versions[tenant] += 1
-            for name, n in zip(_FEEDS, per_table, strict=True):
-                if n:
-                    self._pending[name][tenant] += n
         for (*_, fut), res in zip(items, results, strict=True):
             fut.set_result(res)
 
@@ -755,12 +756,20 @@ class DuckDBEventStore:
         """SQL for the current rows of a derived table for ``tenant`` (binds ``$tenant``)."""
         return current_rows(table, self.has_pending(tenant, table.name))
 
-    def executions_sql(self, tenant: str, *, numbered: bool = False) -> str:
+    def executions_sql(
+        self, tenant: str, *, numbered: bool = False, upto: int | None = None
+    ) -> str:
         """SQL for the current executions of ``tenant`` (binds ``$tenant``).
 
-        ``numbered`` adds ``customer_num`` (NULL on executions not folded yet).
+        ``numbered`` adds ``customer_num`` (NULL on executions not folded yet);
+        ``upto`` leaves out events after that seq (see ``committed_seq``).
         """
-        return xsql.tenant_executions(self.has_pending(tenant), numbered=numbered)
+        return xsql.tenant_executions(self.has_pending(tenant), numbered=numbered, upto=upto)
+
+    @property
+    def committed_seq(self) -> int:
+        """The seq of the last committed event: every event up to it is visible."""
+        return self._seq
 
     def count_events(self, tenant: str | None = None) -> int:
         sql = "SELECT count(*) FROM events WHERE $tenant IS NULL OR tenant = $tenant"

@@ -118,9 +118,14 @@ def merge_and_finalise(states: str) -> str:
     """
 
 
-_PENDING = event_states(
-    "tenant = $tenant AND seq > (SELECT value FROM store_state WHERE key = 'exec_seq')"
-)
+def _pending(upto: int | None) -> str:
+    """The states of the events of ``$tenant`` past the watermark (up to seq ``upto``)."""
+    bound = f" AND seq <= {int(upto)}" if upto is not None else ""
+    return event_states(
+        f"tenant = $tenant AND seq > (SELECT value FROM store_state WHERE key = 'exec_seq'){bound}"
+    )
+
+
 _MERGED_TOUCHED = merge_and_finalise(
     "SELECT tenant, execution_id, s, c, f, nodes AS n FROM executions"
     " WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)"
@@ -128,13 +133,14 @@ _MERGED_TOUCHED = merge_and_finalise(
 )
 
 
-def tenant_executions(has_pending: bool, *, numbered: bool = False) -> str:
+def tenant_executions(has_pending: bool, *, numbered: bool = False, upto: int | None = None) -> str:
     """A query of the current executions of tenant ``$tenant`` (final columns).
 
     Without pending events it reads the compacted table alone; with them it
     merges the events past the watermark into the rows they touch. It is one
     statement, so it sees one consistent snapshot of table and watermark.
-    ``numbered`` adds ``customer_num``, NULL on the rows merged on the fly.
+    ``numbered`` adds ``customer_num``, NULL on the rows merged on the fly;
+    ``upto`` leaves out events after that seq.
     """
     columns = FINAL_COLUMNS + (", customer_num" if numbered else "")
     if not has_pending:
@@ -142,7 +148,7 @@ def tenant_executions(has_pending: bool, *, numbered: bool = False) -> str:
     merged = FINAL_COLUMNS + (", NULL::UINTEGER AS customer_num" if numbered else "")
     return f"""
     SELECT {columns} FROM (
-        WITH delta AS ({_PENDING}),
+        WITH delta AS ({_pending(upto)}),
              touched AS (SELECT DISTINCT execution_id FROM delta)
         SELECT {columns} FROM executions
         WHERE tenant = $tenant AND execution_id NOT IN (SELECT execution_id FROM touched)
@@ -152,15 +158,16 @@ def tenant_executions(has_pending: bool, *, numbered: bool = False) -> str:
     """
 
 
-def pending_versions() -> str:
-    """Both versions of the executions of ``$tenant`` that events past the watermark touch.
+def pending_versions(upto: int | None = None) -> str:
+    """Both versions of the executions of ``$tenant`` that events past the watermark
+    (up to seq ``upto``) touch.
 
     The folded row (if there is one) and the merged one: where the execution was
     counted, and where it is counted now (final columns).
     """
     return f"""
     SELECT {FINAL_COLUMNS} FROM (
-        WITH delta AS ({_PENDING}),
+        WITH delta AS ({_pending(upto)}),
              touched AS (SELECT DISTINCT execution_id FROM delta)
         SELECT {FINAL_COLUMNS} FROM executions
         WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)
