@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import duckdb
 import numpy as np
@@ -162,6 +162,10 @@ def _feed_counts(tenants: list[str], parts: list[pa.Table]) -> list[tuple[Any, .
 
 def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+#: A result as NumPy columns, by name.
+Columns = dict[str, np.ndarray]
 
 
 class _Stop:
@@ -720,29 +724,52 @@ class DuckDBEventStore:
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query with the store's time limit (blocking; call off the event loop)."""
+        rows: list[tuple[Any, ...]] = self._run(sql, params, columns=False)
+        return rows
+
+    def query_columns(self, sql: str, params: dict[str, Any] | None = None) -> Columns:
+        """``query``, its result as NumPy columns (masked where a value is NULL)."""
+        columns: Columns = self._run(sql, params, columns=True)
+        return columns
+
+    def _run(self, sql: str, params: dict[str, Any] | None, *, columns: bool) -> Any:
         cur = self._cursor()
         used = set(_PARAM.findall(sql))
         bound = {k: v for k, v in (params or {}).items() if k in used}
         timer = threading.Timer(self.query_timeout_s, cur.interrupt)
         timer.start()
         try:
-            return cur.execute(sql, bound).fetchall()
+            result = cur.execute(sql, bound)
+            return result.fetchnumpy() if columns else result.fetchall()
         except duckdb.InterruptException:
             raise QueryTimeout(f"query exceeded {self.query_timeout_s:g} s") from None
         finally:
             timer.cancel()
 
+    @overload
     def query_all(
-        self, statements: Sequence[tuple[str, dict[str, Any]]]
-    ) -> list[list[tuple[Any, ...]]]:
+        self, statements: Sequence[tuple[str, dict[str, Any]]], *, columns: Literal[False] = False
+    ) -> list[list[tuple[Any, ...]]]: ...
+
+    @overload
+    def query_all(
+        self, statements: Sequence[tuple[str, dict[str, Any]]], *, columns: Literal[True]
+    ) -> list[Columns]: ...
+
+    def query_all(
+        self, statements: Sequence[tuple[str, dict[str, Any]]], *, columns: bool = False
+    ) -> list[Any]:
         """Run independent read statements side by side, each on its own cursor.
 
         Each statement sees its own snapshot: use it only for statements that are
         each exact on their own (no statement relies on another's snapshot).
         """
         if len(statements) < 2:
-            return [self.query(sql, params) for sql, params in statements]
-        futures = [self._readers.submit(self.query, sql, params) for sql, params in statements]
+            return [self._run(sql, params, columns=columns) for sql, params in statements]
+        futures = [
+            self._readers.submit(self._run, sql, params, columns=columns)
+            for sql, params in statements
+        ]
         return [f.result() for f in futures]
 
     def stream(self, sql: str, params: dict[str, Any], batch_rows: int) -> pa.RecordBatchReader:

@@ -38,7 +38,7 @@ from kaie_analytics.errors import QueryTimeout
 from kaie_analytics.store.rollups import SLOTS_PER_DAY, DayKey
 
 if TYPE_CHECKING:
-    from kaie_analytics.store.duckdb_store import DuckDBEventStore
+    from kaie_analytics.store.duckdb_store import Columns, DuckDBEventStore
 
 T = TypeVar("T")
 
@@ -276,6 +276,11 @@ class RollupCache:
         self._codes: dict[Any, int] = {}
         self._values: list[Any] = []
 
+    @property
+    def nbytes(self) -> int:
+        """About how much memory the days held take."""
+        return self._bytes
+
     def changed(self, gen: int, days: Iterable[DayKey]) -> None:
         """The fold that makes generation ``gen`` changed the rollups of ``days`` (writer)."""
         self._log.append((gen, frozenset(days)))
@@ -352,15 +357,15 @@ class RollupCache:
                 for t in TABLES
             ]
             statements.append((f"SELECT slot, customers FROM exec_customers {where}", params))
-        results = self._store.query_all(statements)
+        results = self._store.query_all(statements, columns=True)
         out: dict[int, Day] = {}
         per_run = len(TABLES) + 1
         for i, (a, b) in enumerate(runs):
             tables = {t.name: self._rows(t, results[i * per_run + j]) for j, t in enumerate(TABLES)}
             blobs = results[i * per_run + len(TABLES)]
-            bitmap_slots = np.fromiter((s for s, _ in blobs), np.int64, len(blobs))
-            bitmaps = [BitMap.deserialize(b) for _, b in blobs]
-            blob_bytes = np.array([len(b) for _, b in blobs], np.int64)
+            bitmap_slots = blobs["slot"]
+            bitmaps = [BitMap.deserialize(b) for b in blobs["customers"].tolist()]
+            blob_bytes = np.array([len(b) for b in blobs["customers"].tolist()], np.int64)
             for d in range(a, b + 1):
                 lo, hi = d * SLOTS_PER_DAY, (d + 1) * SLOTS_PER_DAY
                 day_tables = {name: _day_rows(rows, lo, hi) for name, rows in tables.items()}
@@ -383,17 +388,21 @@ class RollupCache:
                 )
         return out
 
-    def _rows(self, table: Table, rows: list[tuple[Any, ...]]) -> Rows:
-        if not rows:
-            return table.empty()
-        n, n_text, n_keys = len(rows), len(table.text), len(table.text) + len(table.ints)
-        cols = list(zip(*rows, strict=True))
-        keys = [np.fromiter(map(self._code, c), np.int64, n) for c in cols[1 : 1 + n_text]]
-        keys += [np.fromiter(c, np.int64, n) for c in cols[1 + n_text : 1 + n_keys]]
+    def _rows(self, table: Table, columns: Columns) -> Rows:
+        """Rows from the columns of a load statement (slot, text keys, int keys, sums)."""
+        names = list(columns)
+        n_text, n_keys = len(table.text), len(table.text) + len(table.ints)
+        keys = []
+        for name in names[1 : 1 + n_text]:
+            values = columns[name].tolist()  # None where NULL
+            for v in set(values):
+                self._code(v)
+            keys.append(np.fromiter(map(self._codes.__getitem__, values), np.int64, len(values)))
+        keys += [np.asarray(columns[name], np.int64) for name in names[1 + n_text : 1 + n_keys]]
         return Rows(
-            np.fromiter(cols[0], np.int64, n),
-            np.column_stack(keys),
-            np.column_stack([np.fromiter(c, np.int64, n) for c in cols[1 + n_keys :]]),
+            np.asarray(columns[names[0]], np.int64),
+            np.column_stack(keys).reshape(len(columns[names[0]]), n_keys),
+            np.column_stack([np.asarray(columns[n], np.int64) for n in names[1 + n_keys :]]),
         )
 
 
