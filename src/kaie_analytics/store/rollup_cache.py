@@ -175,9 +175,11 @@ class Rollups:
         """Slots in [first, last] other than ``raw`` that have executions, and how many."""
         raw_slots = np.array(raw, np.int64)
         slots, counts = [], []
-        for lo, day, _ in self._cut(first, last, raw):
+        for lo, day, whole in self._cut(first, last, raw):
             day_slots = np.arange(lo, lo + SLOTS_PER_DAY, dtype=np.int64)
-            keep = _keep(day_slots, first, last, raw_slots) & (day.per_slot > 0)
+            keep = day.per_slot > 0
+            if not whole:
+                keep &= _keep(day_slots, first, last, raw_slots)
             slots.append(day_slots[keep])
             counts.append(day.per_slot[keep])
         if not slots:
