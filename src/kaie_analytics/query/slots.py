@@ -278,10 +278,6 @@ class Owners:
     def bucket(self, slot: int) -> int:
         return int(self.index[slot - self.base])
 
-    def buckets(self, slots: np.ndarray, cur: np.ndarray) -> np.ndarray:
-        """Per slot, its bucket if ``cur`` (and in the series), else -1."""
-        idx = slots - self.base
-        inside = cur & (idx >= 0) & (idx < len(self.index))
-        out = np.full(len(slots), -1, np.int64)
-        out[inside] = self.index[idx[inside]]
-        return out
+    def buckets(self, slots: np.ndarray) -> np.ndarray:
+        """The bucket of each slot (all in the series)."""
+        return self.index[slots - self.base]

@@ -209,33 +209,6 @@ def metrics_block(raw: Mapping[str, Any], channels: dict[str, int] | None) -> di
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _raw_sums(
-    exec_rows: list[tuple[Any, ...]], message_rows: list[tuple[Any, ...]], owners: slots.Owners
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Raw executions and messages summed per (period, channel, bucket), as ``_rolled_sums``;
-    an execution row carries its customers: numbers, and ids of those with none yet."""
-    execs: dict[tuple[Any, ...], list[Any]] = {}
-    for slot, cur, channel, _, status, duration_ms, number, customer_id in exec_rows:
-        key = (cur, channel, owners.bucket(slot) if cur else None)
-        acc = execs.get(key)
-        if acc is None:
-            acc = execs[key] = [0, 0, 0, 0, 0, [], set()]
-        slots.add_execution(acc, status, duration_ms)
-        if cur and number is not None:
-            acc[5].append(number)
-        elif cur and customer_id is not None:
-            acc[6].add(customer_id)
-    messages: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for slot, cur, channel, type_, csat in message_rows:
-        slots.add_message(
-            messages[(cur, channel, owners.bucket(slot) if cur else None)], type_, csat
-        )
-    return (
-        [(*k, *v) for k, v in execs.items()],
-        [(*k, *v) for k, v in messages.items()],
-    )
-
-
 def _query_some(
     store: DuckDBEventStore, statements: list[tuple[str, dict[str, Any]] | None]
 ) -> list[list[tuple[Any, ...]]]:
@@ -244,75 +217,98 @@ def _query_some(
     return [next(ran) if s is not None else [] for s in statements]
 
 
-def _rolled_sums(
-    rolled: Rollups,
-    table: rollup_cache.Table,
-    p: slots.SlotPlan,
-    owners: slots.Owners,
-    cur_us: int,
-    extra: tuple[Any, ...] = (),
-) -> list[tuple[Any, ...]]:
-    """The rollup rows of ``table`` in the plan's non-raw slots, summed per (period,
-    channel, bucket): rows shaped as those of ``_raw_sums``."""
-    cur_first = -(-cur_us // SLOT_US)
-    cuts = np.array(sorted({cur_first, *owners.edges}), np.int64)
-    rows = rolled.rows(table, p.first, p.last, p.raw, cuts)
-    cur = rows.slot >= cur_first
-    (owner, channel), sums = rollup_cache.group(
-        [owners.buckets(rows.slot, cur) + 1, rows.keys[:, 0]], rows.sums
-    )
-    values = rolled.values
-    return [
-        (o > 0, values[c], o - 1 if o > 0 else None, *v, *extra)
-        for o, c, v in zip(owner.tolist(), channel.tolist(), sums.tolist(), strict=True)
-    ]
-
-
 #: Per bucket: numbers of raw customers, and ids of raw customers with none yet.
 RawCustomers = dict[int, tuple[list[int], set[str]]]
+_FIELDS = (*_EXEC_FIELDS, *_EVENT_FIELDS)
+_MESSAGES_AT = len(_EXEC_FIELDS)
 
 
-def _slot_sums(
-    exec_rows: list[tuple[Any, ...]], message_rows: list[tuple[Any, ...]]
-) -> tuple[
-    dict[bool, dict[str, Any]],
-    dict[bool, dict[Any, dict[str, Any]]],
-    dict[int, dict[str, Any]],
-    RawCustomers,
-]:
-    """Totals per period, sums per period and channel, sums and raw customers per bucket.
+class _Sums:
+    """Execution and message sums per (period, channel) and per bucket, with the raw
+    rows' customers per bucket. A sum over nothing is 0 here: every mean divides
+    by a count that is then 0."""
 
-    A sum over nothing is 0 here: every mean divides by a count that is then 0.
-    """
-    width = len(_EXEC_FIELDS)
-    fields = (*_EXEC_FIELDS, *_EVENT_FIELDS)
-    by_channel_v: dict[tuple[bool, Any], list[int]] = {}
-    series_v: dict[int, list[int]] = {}
-    raw_customers: RawCustomers = defaultdict(lambda: ([], set()))
-    for offset, rows in ((0, exec_rows), (width, message_rows)):
-        n = width if offset == 0 else len(_EVENT_FIELDS)
-        for cur, channel, owner, *values in rows:
-            targets = [by_channel_v.setdefault((cur, channel), [0] * len(fields))]
-            if owner is not None:
-                targets.append(series_v.setdefault(owner, [0] * len(fields)))
-            for i in range(n):
-                value = values[i]
-                if value:
-                    for target in targets:
-                        target[offset + i] += value
-            if offset == 0 and owner is not None:
-                nums, strangers = values[n:]
-                raw_customers[owner][0].extend(nums or ())
-                raw_customers[owner][1].update(strangers or ())
-    totals: dict[bool, dict[str, Any]] = {}
-    by_channel: dict[bool, dict[Any, dict[str, Any]]] = defaultdict(dict)
-    for (cur, channel), vector in by_channel_v.items():
-        by_channel[cur][channel] = dict(zip(fields, vector, strict=True))
-        total = totals.setdefault(cur, dict.fromkeys(fields, 0))
-        for field, value in zip(fields, vector, strict=True):
-            total[field] += value
-    series = {owner: dict(zip(fields, v, strict=True)) for owner, v in series_v.items()}
-    return totals, by_channel, series, raw_customers
+    def __init__(self) -> None:
+        self.by_channel: dict[tuple[bool, Any], list[int]] = {}
+        self.series: dict[int, list[int]] = {}
+        self.raw_customers: RawCustomers = defaultdict(lambda: ([], set()))
+
+    def add(self, cur: bool, channel: Any, bucket: int | None, at: int, values: list[int]) -> None:
+        """Add ``values`` (fields from ``_FIELDS[at]`` on) for a channel of a period, and
+        for a bucket of the current period unless ``bucket`` is None."""
+        targets = [self.by_channel.setdefault((cur, channel), [0] * len(_FIELDS))]
+        if bucket is not None:
+            targets.append(self.series.setdefault(bucket, [0] * len(_FIELDS)))
+        for target in targets:
+            for i, value in enumerate(values):
+                target[at + i] += value
+
+    def add_rolled(
+        self,
+        rolled: Rollups,
+        table: rollup_cache.Table,
+        at: int,
+        p: slots.SlotPlan,
+        owners: slots.Owners,
+        cur_first: int,
+    ) -> None:
+        """Add the rollups of ``table`` of the plan's non-raw slots, summed per channel
+        and per bucket (a whole day inside one bucket as its totals)."""
+        cuts = np.array(sorted({cur_first, *owners.edges}), np.int64)
+        rows = rolled.rows(table, p.first, p.last, p.raw, cuts)
+        cur = rows.slot >= cur_first
+        values = rolled.values
+        (is_cur, channel), sums = rollup_cache.group(
+            [cur.astype(np.int64), rows.keys[:, 0]], rows.sums
+        )
+        for c, ch, v in zip(is_cur.tolist(), channel.tolist(), sums.tolist(), strict=True):
+            self.add(bool(c), values[ch], None, at, v)
+        (bucket,), sums = rollup_cache.group([owners.buckets(rows.slot[cur])], rows.sums[cur])
+        for b, v in zip(bucket.tolist(), sums.tolist(), strict=True):
+            target = self.series.setdefault(b, [0] * len(_FIELDS))
+            for i, value in enumerate(v):
+                target[at + i] += value
+
+    def add_raw(
+        self,
+        exec_rows: list[tuple[Any, ...]],
+        message_rows: list[tuple[Any, ...]],
+        owners: slots.Owners,
+    ) -> None:
+        """Add the raw executions (with their customers) and messages."""
+        for slot, cur, channel, _, status, duration_ms, number, customer_id in exec_rows:
+            bucket = owners.bucket(slot) if cur else None
+            acc = [0, 0, 0, 0, 0]
+            slots.add_execution(acc, status, duration_ms)
+            self.add(cur, channel, bucket, 0, acc)
+            if bucket is not None and number is not None:
+                self.raw_customers[bucket][0].append(number)
+            elif bucket is not None and customer_id is not None:
+                self.raw_customers[bucket][1].add(customer_id)
+        for slot, cur, channel, type_, csat in message_rows:
+            acc = [0, 0, 0, 0]
+            slots.add_message(acc, type_, csat)
+            self.add(cur, channel, owners.bucket(slot) if cur else None, _MESSAGES_AT, acc)
+
+    def totals(self) -> dict[bool, dict[str, Any]]:
+        """Per period (current: True), the sums over every channel."""
+        out: dict[bool, dict[str, Any]] = {}
+        for (cur, _), vector in self.by_channel.items():
+            total = out.setdefault(cur, dict.fromkeys(_FIELDS, 0))
+            for field, value in zip(_FIELDS, vector, strict=True):
+                total[field] += value
+        return out
+
+    def channels(self, cur: bool) -> dict[Any, dict[str, Any]]:
+        """Per channel, the sums of one period."""
+        return {
+            ch: dict(zip(_FIELDS, v, strict=True))
+            for (c, ch), v in self.by_channel.items()
+            if c == cur
+        }
+
+    def bucket(self, i: int) -> dict[str, Any]:
+        return dict(zip(_FIELDS, self.series.get(i, [0] * len(_FIELDS)), strict=True))
 
 
 def _bucket_customers(
@@ -365,15 +361,15 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     rolled, (p, (exec_raw, message_raw, *per_channel)) = read_with_rollups(
         store, q.tenant, q.workflow_id, *slots.span(lo, hi), read
     )
-    cur_us = epoch_us(period.start_naive)
-    exec_raw, message_raw = _raw_sums(exec_raw, message_raw, owners)
-    exec_sums = _rolled_sums(rolled, EXEC, p, owners, cur_us, ([], ())) + exec_raw
-    message_sums = _rolled_sums(rolled, MESSAGES, p, owners, cur_us) + message_raw
-    totals, by_period_channel, series, raw_customers = _slot_sums(exec_sums, message_sums)
-    customers, per_bucket = _bucket_customers(
-        rolled, p, -(-cur_us // SLOT_US), raw_customers, owners
-    )
-    by_channel = by_period_channel.get(True, {})
+    # Rolled-up slots are never cut by the period's start: theirs is a slot edge.
+    cur_first = -(-epoch_us(period.start_naive) // SLOT_US)
+    sums = _Sums()
+    sums.add_rolled(rolled, EXEC, 0, p, owners, cur_first)
+    sums.add_rolled(rolled, MESSAGES, _MESSAGES_AT, p, owners, cur_first)
+    sums.add_raw(exec_raw, message_raw, owners)
+    totals = sums.totals()
+    customers, per_bucket = _bucket_customers(rolled, p, cur_first, sums.raw_customers, owners)
+    by_channel = sums.channels(True)
     for ch, n in per_channel[0] if per_channel else ():
         by_channel.setdefault(ch, {})["customers"] = n
     channels = {
@@ -385,7 +381,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     prev = metrics_block(totals.get(False, {}), None)
     daily = []
     for i, start in enumerate(starts):
-        block = metrics_block({**series.get(i, {}), "customers": per_bucket[i]}, None)
+        block = metrics_block({**sums.bucket(i), "customers": per_bucket[i]}, None)
         daily.append(
             {
                 "date": bucket_label(start.replace(tzinfo=UTC), q.granularity, period.tz),

@@ -24,6 +24,7 @@ DuckDB are of the same fold. Otherwise it reads again.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import OrderedDict, deque
@@ -117,8 +118,10 @@ class Day:
     totals: dict[str, Rows]
     #: Executions per slot of the day.
     per_slot: np.ndarray
-    #: (slot, customers) of the day's slots that have executions, and their union.
-    bitmaps: tuple[tuple[int, BitMap], ...]
+    #: The day's slots that have executions (ascending), their customers, and the
+    #: union of those.
+    bitmap_slots: list[int]
+    bitmaps: list[BitMap]
     customers: BitMap
     nbytes: int
 
@@ -189,12 +192,17 @@ class Rollups:
     def customers(self, first: int, last: int, raw: Sequence[int]) -> BitMap:
         """The customers of the slots in [first, last] other than ``raw``."""
         parts = []
-        skip = set(raw)
         for _, day, whole in self._cut(first, last, raw):
             if whole:
                 parts.append(day.customers)
-            else:
-                parts += [b for s, b in day.bitmaps if first <= s <= last and s not in skip]
+                continue
+            i0 = bisect.bisect_left(day.bitmap_slots, first)
+            i1 = bisect.bisect_right(day.bitmap_slots, last)
+            parts += [
+                b
+                for s, b in zip(day.bitmap_slots[i0:i1], day.bitmaps[i0:i1], strict=True)
+                if s not in raw
+            ]
         return BitMap.union(*parts) if parts else BitMap()
 
 
@@ -381,7 +389,8 @@ class RollupCache:
                     day_tables,
                     totals,
                     per_slot,
-                    tuple(zip(bitmap_slots[i0:i1].tolist(), bitmaps[i0:i1], strict=True)),
+                    bitmap_slots[i0:i1].tolist(),
+                    bitmaps[i0:i1],
                     BitMap.union(*bitmaps[i0:i1]) if i1 > i0 else BitMap(),
                     sum(r.nbytes for r in (*day_tables.values(), *totals.values()))
                     + per_slot.nbytes
