@@ -9,9 +9,9 @@ yet folded touch (both where such an execution was and where it is now).
 Messages not yet folded are added on top: they only add.
 
 The SQL here reads raw slots only, as rows the ``add_*`` functions add up;
-``Owners`` puts slots in buckets. A caller reads both through ``read_with_rollups``, so the
-rollups and its statements are of one fold: every slot is counted from exactly
-one source.
+``Owners`` puts slots in buckets. A caller reads both through
+``read_with_rollups``, so the rollups and its statements are of one fold:
+every slot is counted from exactly one source.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from kaie_analytics.store import executions_sql as xsql
 from kaie_analytics.store import rollups
 from kaie_analytics.store.activity import SLOT_US, epoch_us
 from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.store.rollup_cache import runs
 
 #: More raw ranges than this are read with one range and a slot filter.
 MAX_RANGES = 8
@@ -46,15 +47,15 @@ class SlotPlan:
         """A predicate on ``column`` for the raw slots (ranges zone maps can use)."""
         if not self.raw:
             return "false"
-        runs = _runs(self.raw)
-        if len(runs) > MAX_RANGES:
-            runs = [(self.raw[0], self.raw[-1])]
+        raw_runs = runs(self.raw)
+        if len(raw_runs) > MAX_RANGES:
+            raw_runs = [(self.raw[0], self.raw[-1])]
             extra = f" AND {_SLOT(column)} IN {_ints(self.raw)}"
         else:
             extra = ""
         parts = [
             f"({column} >= {_ts(a * SLOT_US)} AND {column} < {_ts((b + 1) * SLOT_US)})"
-            for a, b in runs
+            for a, b in raw_runs
         ]
         return "((" + " OR ".join(parts) + ")" + extra + ")"
 
@@ -65,15 +66,15 @@ class SlotPlan:
         groups for a plain range but not for ranges joined by ``OR`` (worth it
         for the executions, whose row groups each span weeks of a workflow).
         """
-        runs = _runs(self.raw)
-        if len(runs) > MAX_RANGES:
+        raw_runs = runs(self.raw)
+        if len(raw_runs) > MAX_RANGES:
             return sql.replace("{RANGE}", self.ranges(column))
         return " UNION ALL ".join(
             sql.replace(
                 "{RANGE}",
                 f"{column} >= {_ts(a * SLOT_US)} AND {column} < {_ts((b + 1) * SLOT_US)}",
             )
-            for a, b in runs
+            for a, b in raw_runs
         )
 
 
@@ -127,17 +128,6 @@ def plan(
         ):
             raw.add(int(slot))
     return SlotPlan(first, last, tuple(sorted(raw)), params, upto)
-
-
-def _runs(values: list[int] | tuple[int, ...], step: int = 1) -> list[tuple[int, int]]:
-    """Sorted integers as runs ``(first, last)`` of consecutive values ``step`` apart."""
-    runs: list[list[int]] = []
-    for v in values:
-        if runs and runs[-1][1] == v - step:
-            runs[-1][1] = v
-        else:
-            runs.append([v, v])
-    return [(a, b) for a, b in runs]
 
 
 def exec_rows(
@@ -247,7 +237,7 @@ def add_node(acc: list[int], ok: bool | None, duration_ms: int | None) -> None:
         acc[3] += 1
 
 
-# ------------------------------------------------------- rollup rows in memory
+# ------------------------------------------------------------------ buckets
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +249,6 @@ class Owners:
     index: np.ndarray
     #: The first slot of each bucket, and one past the last bucket's last.
     edges: tuple[int, ...]
-    #: The buckets' width in slots when all but the last (cut by the end) are as wide.
-    width: int | None
 
     @classmethod
     def of(cls, starts: list[datetime], end: datetime) -> Owners:
@@ -268,8 +256,7 @@ class Owners:
         edges = [epoch_us(s) // SLOT_US for s in starts] + [epoch_us(end) // SLOT_US + 1]
         widths: np.ndarray = np.diff(np.array(edges, np.int64))
         index = np.repeat(np.arange(len(starts), dtype=np.int64), widths)
-        uniform = len(widths) and (widths[:-1] == widths[0]).all() and widths[-1] <= widths[0]
-        return cls(edges[0], index, tuple(edges), int(widths[0]) if uniform else None)
+        return cls(edges[0], index, tuple(edges))
 
     def bounds(self) -> list[tuple[int, int]]:
         """The first and last slot of each bucket."""

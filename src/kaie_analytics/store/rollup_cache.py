@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from pyroaring import BitMap
+from pyroaring import AbstractBitMap, BitMap, FrozenBitMap
 
 from kaie_analytics.errors import QueryTimeout
 from kaie_analytics.store.rollups import SLOTS_PER_DAY, DayKey
@@ -112,6 +112,8 @@ class Rows:
 
 @dataclass(frozen=True, slots=True)
 class Day:
+    """One UTC day of one workflow's rollups."""
+
     #: Per table, the day's rows, and their totals over the day (one row per
     #: key, ``slot`` the day's first).
     tables: dict[str, Rows]
@@ -121,8 +123,8 @@ class Day:
     #: The day's slots that have executions (ascending), their customers, and the
     #: union of those.
     bitmap_slots: list[int]
-    bitmaps: list[BitMap]
-    customers: BitMap
+    bitmaps: list[FrozenBitMap]
+    customers: FrozenBitMap
     nbytes: int
 
 
@@ -189,8 +191,9 @@ class Rollups:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate(slots), np.concatenate(counts)
 
-    def customers(self, first: int, last: int, raw: Sequence[int]) -> BitMap:
-        """The customers of the slots in [first, last] other than ``raw``."""
+    def customers(self, first: int, last: int, raw: Sequence[int]) -> AbstractBitMap:
+        """The customers of the slots in [first, last] other than ``raw`` (never one
+        held here: those are frozen)."""
         parts = []
         for _, day, whole in self._cut(first, last, raw):
             if whole:
@@ -274,10 +277,14 @@ def _day_totals(table: Table, rows: Rows, lo: int) -> Rows:
 
 
 class RollupCache:
+    """The days held, least recently used first, and the days each fold changed."""
+
     def __init__(self, store: DuckDBEventStore, budget_bytes: int) -> None:
         self._store = store
         self._budget = budget_bytes
         self._lock = threading.Lock()
+        #: Guards the log only, so the writer never waits for a load.
+        self._log_lock = threading.Lock()
         self._days: OrderedDict[DayKey, Day] = OrderedDict()
         self._bytes = 0
         #: The generation the days held are current for.
@@ -293,7 +300,8 @@ class RollupCache:
 
     def changed(self, gen: int, days: Iterable[DayKey]) -> None:
         """The fold that makes generation ``gen`` changed the rollups of ``days`` (writer)."""
-        self._log.append((gen, frozenset(days)))
+        with self._log_lock:
+            self._log.append((gen, frozenset(days)))
 
     def days(
         self, tenant: str, workflow_id: str, first: int, last: int, gen: int
@@ -326,7 +334,8 @@ class RollupCache:
             return False
         if gen == self._gen:
             return True
-        folds = [keys for g, keys in self._log if self._gen < g <= gen]
+        with self._log_lock:
+            folds = [keys for g, keys in self._log if self._gen < g <= gen]
         if len(folds) == (gen - self._gen) // 2:
             for keys in folds:
                 for k in keys:
@@ -348,15 +357,10 @@ class RollupCache:
 
     def _load(self, tenant: str, workflow_id: str, days: list[int]) -> dict[int, Day]:
         """Read ``days`` of the workflow, one statement per table and run of days."""
-        runs: list[list[int]] = []
-        for d in days:
-            if runs and runs[-1][1] == d - 1:
-                runs[-1][1] = d
-            else:
-                runs.append([d, d])
+        day_runs = runs(days)
         params = {"tenant": tenant, "workflow": workflow_id}
         statements = []
-        for a, b in runs:
+        for a, b in day_runs:
             span = f"slot BETWEEN {int(a) * SLOTS_PER_DAY} AND {(int(b) + 1) * SLOTS_PER_DAY - 1}"
             where = f"WHERE tenant = $tenant AND workflow_id = $workflow AND {span} ORDER BY slot"
             statements += [
@@ -370,12 +374,14 @@ class RollupCache:
         results = self._store.query_all(statements, columns=True)
         out: dict[int, Day] = {}
         per_run = len(TABLES) + 1
-        for i, (a, b) in enumerate(runs):
+        for i, (a, b) in enumerate(day_runs):
             tables = {t.name: self._rows(t, results[i * per_run + j]) for j, t in enumerate(TABLES)}
             blobs = results[i * per_run + len(TABLES)]
             bitmap_slots = blobs["slot"]
-            bitmaps = [BitMap.deserialize(b) for b in blobs["customers"].tolist()]
-            blob_bytes = np.array([len(b) for b in blobs["customers"].tolist()], np.int64)
+            blob_list = blobs["customers"].tolist()
+            bitmaps = [FrozenBitMap.deserialize(b) for b in blob_list]
+            # About the memory of a day's bitmaps and their union: 3× the serialized size.
+            blob_bytes = np.array([len(b) for b in blob_list], np.int64)
             for d in range(a, b + 1):
                 lo, hi = d * SLOTS_PER_DAY, (d + 1) * SLOTS_PER_DAY
                 day_tables = {name: _day_rows(rows, lo, hi) for name, rows in tables.items()}
@@ -391,7 +397,7 @@ class RollupCache:
                     per_slot,
                     bitmap_slots[i0:i1].tolist(),
                     bitmaps[i0:i1],
-                    BitMap.union(*bitmaps[i0:i1]) if i1 > i0 else BitMap(),
+                    FrozenBitMap.union(*bitmaps[i0:i1]) if i1 > i0 else FrozenBitMap(),
                     sum(r.nbytes for r in (*day_tables.values(), *totals.values()))
                     + per_slot.nbytes
                     + int(blob_bytes[i0:i1].sum()) * 3
@@ -415,6 +421,17 @@ class RollupCache:
             np.column_stack(keys).reshape(len(columns[names[0]]), n_keys),
             np.column_stack([np.asarray(columns[n], np.int64) for n in names[1 + n_keys :]]),
         )
+
+
+def runs(values: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted integers as runs ``(first, last)`` of consecutive values."""
+    out: list[list[int]] = []
+    for v in values:
+        if out and out[-1][1] == v - 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return [(a, b) for a, b in out]
 
 
 def _day_rows(rows: Rows, lo: int, hi: int) -> Rows:
