@@ -534,24 +534,21 @@ def run_workflow_performance(
     period = q.period
     lo, hi = period.start_naive, period.end_naive
 
-    def read() -> tuple[slots.SlotPlan, list[list[tuple[Any, ...]]]]:
+    def read() -> tuple[slots.SlotPlan, list[tuple[Any, ...]]]:
         p = slots.plan(store, q.tenant, q.workflow_id, lo, hi)
         raw = slots.exec_rows(store, p, nodes=q.include_nodes)
-        statements = [
-            # Percentiles need every duration: read from the executions themselves (exact).
-            (
-                f"""SELECT quantile_cont(duration_ms, [0.5, 0.95, 0.99]) FILTER (WHERE status > 0)
-                    FROM ({_exec_cte(store, q.tenant, False)})""",
-                p.params,
-            ),
-            (raw, p.params) if raw is not None else None,
-        ]
-        return p, _query_some(store, statements)
+        return p, store.query(raw, p.params) if raw is not None else []
 
-    # Side by side, with the rollups of one fold (see run_workflow_metrics).
-    rolled, (p, ([(quantiles,)], raw)) = read_with_rollups(
-        store, q.tenant, q.workflow_id, *slots.span(lo, hi), read
+    # With the rollups of one fold (see run_workflow_metrics).
+    rolled, (p, raw) = read_with_rollups(store, q.tenant, q.workflow_id, *slots.span(lo, hi), read)
+    # Percentiles over every duration (numpy's linear interpolation, as the spec's).
+    durations = np.concatenate(
+        [
+            rolled.durations(p.first, p.last, p.raw),
+            np.array([r[5] for r in raw if r[4] > 0 and r[5] is not None], np.int64),
+        ]
     )
+    quantiles = np.quantile(durations, [0.5, 0.95, 0.99]).tolist() if len(durations) else None
     values = rolled.values
     # Executions per slot (for the peak hours) and per (channel, error type).
     slot_of, per_slot = rolled.per_slot(p.first, p.last, p.raw)

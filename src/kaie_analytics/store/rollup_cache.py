@@ -6,11 +6,11 @@ Read from DuckDB, each statement of an answer cost milliseconds of fixed work
 returned, and that fixed work was most of the answer's time. Held here as
 numpy columns, the same sums take well under a millisecond; DuckDB is left
 with the rows no rollup has right (the slots cut by a period's edges, those of
-unfolded events) and the exact percentiles.
+unfolded events).
 
 Kept per (tenant, workflow, UTC day): that day's rows of ``exec_slots``,
-``message_slots`` and ``node_slots`` and its bitmaps of ``exec_customers``,
-loaded when a query first needs the day and evicted least recently used beyond
+``message_slots`` and ``node_slots``, its bitmaps of ``exec_customers`` and the
+durations of its finished executions (for exact percentiles), loaded when a query first needs the day and evicted least recently used beyond
 a byte budget (``KAIE_ROLLUP_CACHE_MB``).
 
 Staying exact: only the writer's fold changes rollups. It bumps the store's
@@ -36,7 +36,8 @@ import numpy as np
 from pyroaring import AbstractBitMap, BitMap, FrozenBitMap
 
 from kaie_analytics.errors import QueryTimeout
-from kaie_analytics.store.rollups import SLOTS_PER_DAY, DayKey
+from kaie_analytics.store.activity import DAY_US
+from kaie_analytics.store.rollups import SLOTS_PER_DAY, DayKey, slot_of
 
 if TYPE_CHECKING:
     from kaie_analytics.store.duckdb_store import Columns, DuckDBEventStore
@@ -120,6 +121,10 @@ class Day:
     totals: dict[str, Rows]
     #: Executions per slot of the day.
     per_slot: np.ndarray
+    #: The durations of the day's finished executions that have one, and their
+    #: slots (ascending): percentiles are exact over the values themselves.
+    duration_slots: np.ndarray
+    durations: np.ndarray
     #: The day's slots that have executions (ascending), their customers, and the
     #: union of those.
     bitmap_slots: list[int]
@@ -190,6 +195,18 @@ class Rollups:
         if not slots:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate(slots), np.concatenate(counts)
+
+    def durations(self, first: int, last: int, raw: Sequence[int]) -> np.ndarray:
+        """The durations of the finished executions of slots in [first, last] other than
+        ``raw``."""
+        raw_slots = np.array(raw, np.int64)
+        parts = [
+            day.durations
+            if whole
+            else day.durations[_keep(day.duration_slots, first, last, raw_slots)]
+            for _, day, whole in self._cut(first, last, raw)
+        ]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
     def customers(self, first: int, last: int, raw: Sequence[int]) -> AbstractBitMap:
         """The customers of the slots in [first, last] other than ``raw`` (never one
@@ -371,12 +388,26 @@ class RollupCache:
                 for t in TABLES
             ]
             statements.append((f"SELECT slot, customers FROM exec_customers {where}", params))
+            statements.append(
+                (
+                    f"""SELECT {slot_of("started_at")} AS slot, duration_ms FROM executions
+                    WHERE tenant = $tenant AND workflow_id = $workflow
+                      AND started_at >= make_timestamp({int(a) * DAY_US}::BIGINT)
+                      AND started_at < make_timestamp({(int(b) + 1) * DAY_US}::BIGINT)
+                      AND status > 0 AND duration_ms IS NOT NULL
+                    ORDER BY slot""",
+                    params,
+                )
+            )
         results = self._store.query_all(statements, columns=True)
         out: dict[int, Day] = {}
-        per_run = len(TABLES) + 1
+        per_run = len(TABLES) + 2
         for i, (a, b) in enumerate(day_runs):
             tables = {t.name: self._rows(t, results[i * per_run + j]) for j, t in enumerate(TABLES)}
             blobs = results[i * per_run + len(TABLES)]
+            finished = results[i * per_run + len(TABLES) + 1]
+            duration_slots = np.asarray(finished["slot"], np.int64)
+            durations = np.asarray(finished["duration_ms"], np.int64)
             bitmap_slots = blobs["slot"]
             blob_list = blobs["customers"].tolist()
             bitmaps = [FrozenBitMap.deserialize(b) for b in blob_list]
@@ -390,16 +421,20 @@ class RollupCache:
                 per_slot = np.bincount(
                     execs.slot - lo, weights=execs.sums[:, 0], minlength=SLOTS_PER_DAY
                 ).astype(np.int64)
+                f0, f1 = np.searchsorted(duration_slots, [lo, hi])
                 i0, i1 = np.searchsorted(bitmap_slots, [lo, hi])
                 out[d] = Day(
                     day_tables,
                     totals,
                     per_slot,
+                    duration_slots[f0:f1].copy(),
+                    durations[f0:f1].copy(),
                     bitmap_slots[i0:i1].tolist(),
                     bitmaps[i0:i1],
                     FrozenBitMap.union(*bitmaps[i0:i1]) if i1 > i0 else FrozenBitMap(),
                     sum(r.nbytes for r in (*day_tables.values(), *totals.values()))
                     + per_slot.nbytes
+                    + 16 * int(f1 - f0)
                     + int(blob_bytes[i0:i1].sum()) * 3
                     + 1024,
                 )
