@@ -39,9 +39,12 @@ class SlotPlan:
     last: int
     raw: tuple[int, ...]
     params: dict[str, Any]
-    #: Events after this seq are left out of the executions: the raw slots were
-    #: chosen from those up to it.
-    upto: int
+    #: Executions touched by events not yet folded: the ids of their folded rows
+    #: in the period (read raw, those rows are left out), and their merged rows
+    #: (``ExecRow`` without the id), up to one committed seq (later events are
+    #: left out of this answer).
+    touched: frozenset[str] = frozenset()
+    pending: tuple[tuple[Any, ...], ...] = ()
 
     def ranges(self, column: str) -> str:
         """A predicate on ``column`` for the raw slots (ranges zone maps can use)."""
@@ -102,7 +105,10 @@ def plan(
     hi: datetime,
     edges: tuple[datetime, ...] = (),
 ) -> SlotPlan:
-    """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``."""
+    """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``.
+
+    Call it inside ``read_with_rollups``: which events are folded depends on the fold.
+    """
     # Before the pending events are read: all of them up to here are committed.
     upto = store.committed_seq
     first, last = span(lo, hi)
@@ -120,60 +126,59 @@ def plan(
         # Rows at or after the first edge are the current period's (``cur``).
         "cur_lo": edges[0] if edges else lo,
     }
+    touched: set[str] = set()
+    pending = []
     if store.has_pending(tenant):
-        for (slot,) in store.query(
-            f"""SELECT DISTINCT {_SLOT("started_at")} FROM ({xsql.pending_versions(upto)})
-                WHERE workflow_id = $workflow AND started_at BETWEEN $lo AND $hi""",
-            params,
+        since = store.watermark("executions")
+        for new, execution_id, started_at, *rest in store.query(
+            xsql.workflow_pending(since, upto), params
         ):
-            raw.add(int(slot))
-    return SlotPlan(first, last, tuple(sorted(raw)), params, upto)
+            slot = epoch_us(started_at) // SLOT_US
+            raw.add(slot)
+            if new:
+                pending.append((slot, started_at >= params["cur_lo"], *rest))
+            else:
+                touched.add(execution_id)
+    return SlotPlan(first, last, tuple(sorted(raw)), params, frozenset(touched), tuple(pending))
 
 
-def exec_rows(
-    store: DuckDBEventStore, p: SlotPlan, *, customers: bool = False, nodes: bool = False
-) -> str | None:
-    """The executions of the raw slots, as rows (slot, cur, channel, error_type, status,
-    duration_ms[, num, customer_id][, nodes]); None when the plan has no raw slot.
+#: A raw execution: (slot, cur, channel, error_type, status, duration_ms, num,
+#: customer_id, nodes); ``num`` is its customer's number, None if the customer
+#: has none yet (new since the last fold); ``nodes`` None unless asked for.
+ExecRow = tuple[Any, ...]
 
-    Rows, not sums: the few executions of a few slots add up faster in Python
-    (``add_execution``) than an aggregate is planned. With ``customers``, ``num``
-    is the customer's number, or NULL if the customer has none yet (new since
-    the last fold).
+
+def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, nodes: bool = False) -> str | None:
+    """The folded executions of the raw slots: rows (execution_id, *``ExecRow``).
+
+    None when the plan has no raw slot. Rows, not sums: the few executions of a
+    few slots add up faster in Python (``add_execution``) than an aggregate is
+    planned. ``raw_executions`` completes them with the plan's pending ones.
     """
     if not p.raw:
         return None
-    tenant = p.params["tenant"]
-    extra = (", x.customer_num AS num, x.customer_id" if customers else "") + (
-        ", x.nodes" if nodes else ""
+    return p.per_range(
+        "started_at",
+        f"""SELECT execution_id, {_SLOT("started_at")} AS slot, started_at >= $cur_lo AS cur,
+            channel, error_type, status, duration_ms, customer_num AS num, customer_id,
+            {"nodes" if nodes else "NULL"} AS nodes
+        FROM executions
+        WHERE tenant = $tenant AND workflow_id = $workflow AND started_at BETWEEN $lo AND $hi
+          AND {{RANGE}}""",
     )
-    rows = p.per_range(
-        "x.started_at",
-        f"""SELECT {_SLOT("x.started_at")} AS slot, x.started_at >= $cur_lo AS cur, x.channel,
-            x.error_type, x.status, x.duration_ms{extra}
-        FROM ({store.executions_sql(tenant, numbered=True, upto=p.upto)}) x
-        WHERE x.workflow_id = $workflow AND x.started_at BETWEEN $lo AND $hi AND {{RANGE}}""",
-    )
-    if not (customers and store.has_pending(tenant)):
-        return rows
-    # Executions merged on the fly have no number yet: look their few customers
-    # up (a semi-join).
-    return f"""
-        WITH rx AS ({rows}),
-        known AS (
-            SELECT customer_id, num AS known FROM customer_numbers
-            WHERE tenant = $tenant AND customer_id IN
-                (SELECT customer_id FROM rx WHERE num IS NULL)
-        )
-        SELECT rx.slot, rx.cur, rx.channel, rx.error_type, rx.status, rx.duration_ms,
-            coalesce(rx.num, k.known) AS num, rx.customer_id{", rx.nodes" if nodes else ""}
-        FROM rx LEFT JOIN known k USING (customer_id)"""
+
+
+def raw_executions(p: SlotPlan, folded: list[tuple[Any, ...]]) -> list[ExecRow]:
+    """The executions of the raw slots: the folded rows of ``exec_rows`` that no
+    pending event touches, and the pending executions merged."""
+    return [r[1:] for r in folded if r[0] not in p.touched] + list(p.pending)
 
 
 def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
     """Messages and feedback (slot, cur, channel, type, csat) the rollups lack.
 
-    Those of the raw slots and those not yet folded; None if neither.
+    Those of the raw slots and those not yet folded; None if neither. Call it
+    inside ``read_with_rollups`` (the watermark is the fold's).
     """
     events = """
         SELECT e.ts, e.type, e.channel, e.csat FROM events e
@@ -188,8 +193,7 @@ def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
     if store.has_pending(p.params["tenant"], "message_slots"):
         parts.append(
             f"""{events}
-            AND e.seq > (SELECT value FROM store_state WHERE key = '{rollups.WATERMARK}')
-            AND NOT {p.ranges("e.ts")}"""
+            AND e.seq > {int(store.watermark("message_slots"))} AND NOT {p.ranges("e.ts")}"""
         )
     if not parts:
         return None

@@ -276,7 +276,7 @@ class _Sums:
         owners: slots.Owners,
     ) -> None:
         """Add the raw executions (with their customers) and messages."""
-        for slot, cur, channel, _, status, duration_ms, number, customer_id in exec_rows:
+        for slot, cur, channel, _, status, duration_ms, number, customer_id, _ in exec_rows:
             bucket = owners.bucket(slot) if cur else None
             acc = [0, 0, 0, 0, 0]
             slots.add_execution(acc, status, duration_ms)
@@ -343,7 +343,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     def read() -> tuple[slots.SlotPlan, list[list[tuple[Any, ...]]]]:
         # One plan over the previous and current periods, cut where they meet.
         p = slots.plan(store, q.tenant, q.workflow_id, lo, hi, edges=(period.start_naive,))
-        rows = (slots.exec_rows(store, p, customers=True), slots.message_rows(store, p))
+        rows = (slots.exec_rows(store, p), slots.message_rows(store, p))
         statements = [(sql, p.params) if sql is not None else None for sql in rows]
         if "channel" in q.group_by:
             statements.append(
@@ -366,7 +366,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     sums = _Sums()
     sums.add_rolled(rolled, EXEC, 0, p, owners, cur_first)
     sums.add_rolled(rolled, MESSAGES, _MESSAGES_AT, p, owners, cur_first)
-    sums.add_raw(exec_raw, message_raw, owners)
+    sums.add_raw(slots.raw_executions(p, exec_raw), message_raw, owners)
     totals = sums.totals()
     customers, per_bucket = _bucket_customers(rolled, p, cur_first, sums.raw_customers, owners)
     by_channel = sums.channels(True)
@@ -537,7 +537,7 @@ def run_workflow_performance(
     def read() -> tuple[slots.SlotPlan, list[tuple[Any, ...]]]:
         p = slots.plan(store, q.tenant, q.workflow_id, lo, hi)
         raw = slots.exec_rows(store, p, nodes=q.include_nodes)
-        return p, store.query(raw, p.params) if raw is not None else []
+        return p, slots.raw_executions(p, store.query(raw, p.params) if raw is not None else [])
 
     # With the rollups of one fold (see run_workflow_metrics).
     rolled, (p, raw) = read_with_rollups(store, q.tenant, q.workflow_id, *slots.span(lo, hi), read)

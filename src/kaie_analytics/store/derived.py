@@ -21,6 +21,17 @@ SESSION_GAP_US = 30 * 60 * 1_000_000
 
 
 @dataclass(frozen=True)
+class Fold:
+    """How the fold updates a derived table: statements first, then ``update``'s two
+    parts, then the temp tables to drop."""
+
+    prelude: list[str]
+    rows: str
+    replaced: str
+    temps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Derived:
     name: str
     #: Which events feed this table (a predicate on ``events``).
@@ -36,6 +47,8 @@ class Derived:
     #: slot), when one does: each fold leaves the keys it touched in temp table
     #: ``touched_rows`` for the rollup to rebuild (see ``rollups``).
     rollup_key: str | None = None
+    #: ``update`` for the fold, when it should first materialize part of it.
+    fold: Callable[[str, str], Fold] | None = None
 
     @property
     def watermark(self) -> str:
@@ -143,13 +156,9 @@ _MESSAGE_TYPES = frozenset(("message.sent", "message.received"))
 _MESSAGES = type_filter(_MESSAGE_TYPES)
 
 
-def _sessions_update(delta: str, table: str) -> tuple[str, str]:
-    """Rebuild each touched conversation from the first session its new messages can join.
-
-    Sessions that ended more than 30 minutes before a conversation's earliest
-    new message cannot change; the ones after are rebuilt from their messages.
-    """
-    cut = f"""
+def _session_cut(delta: str, table: str) -> str:
+    """Per conversation the new messages touch: the time from which it is rebuilt."""
+    return f"""
         SELECT t.tenant, t.customer_id, t.channel,
             least(t.t0, coalesce(min(s.first_ts), t.t0)) AS from_ts
         FROM (SELECT tenant, customer_id, channel, min(ts) AS t0 FROM ({delta}) GROUP BY ALL) t
@@ -158,6 +167,18 @@ def _sessions_update(delta: str, table: str) -> tuple[str, str]:
          AND epoch_us(s.last_ts) >= epoch_us(t.t0) - {SESSION_GAP_US}
         GROUP BY t.tenant, t.customer_id, t.channel, t.t0
     """
+
+
+def _sessions_update(delta: str, table: str, cut: str | None = None) -> tuple[str, str]:
+    """Rebuild each touched conversation from the first session its new messages can join.
+
+    Sessions that ended more than 30 minutes before a conversation's earliest
+    new message cannot change; the ones after are rebuilt from their messages.
+
+    ``cut`` is a query of ``_session_cut`` already computed (the fold makes it a
+    table: inline, the predicate on ``table`` is planned as a join per row).
+    """
+    cut = cut or _session_cut(delta, table)
     rows = _sessions(
         f"""SELECT e.* FROM events e JOIN ({cut}) c
               ON e.tenant = c.tenant AND e.customer_id = c.customer_id AND e.channel = c.channel
@@ -170,11 +191,29 @@ def _sessions_update(delta: str, table: str) -> tuple[str, str]:
     return rows, replaced
 
 
+def _sessions_fold(delta: str, table: str) -> Fold:
+    """The cut, and the rows it replaces, computed once as tables (as joins, not as a
+    predicate evaluated per row of ``table``)."""
+    rows, _ = _sessions_update(delta, table, "SELECT * FROM session_cut")
+    return Fold(
+        [
+            f"CREATE TEMP TABLE session_cut AS {_session_cut(delta, table)}",
+            f"""CREATE TEMP TABLE session_gone AS SELECT s.rowid AS r FROM {table} s
+            JOIN session_cut c ON c.tenant = s.tenant AND c.customer_id = s.customer_id
+             AND c.channel = s.channel AND s.first_ts >= c.from_ts""",
+        ],
+        rows,
+        "rowid IN (SELECT r FROM session_gone)",
+        ("session_gone", "session_cut"),
+    )
+
+
 SESSIONS = Derived(
     name="sessions",
     event_filter=_MESSAGES,
     feed_types=_MESSAGE_TYPES,
     update=_sessions_update,
+    fold=_sessions_fold,
     ddl="""
         CREATE TABLE IF NOT EXISTS sessions (
             tenant VARCHAR, customer_id VARCHAR, channel VARCHAR, first_ts TIMESTAMP,
@@ -235,7 +274,12 @@ DERIVED = (JOURNEYS, SESSIONS, CUSTOMERS)
 def compact_statements(d: Derived, lo_seq: int, hi_seq: int) -> list[str]:
     """Bring the keys touched by events in (lo_seq, hi_seq] up to date."""
     delta = f"SELECT * FROM events WHERE seq > {int(lo_seq)} AND seq <= {int(hi_seq)} AND {d.event_filter}"
-    rows, replaced = d.update("SELECT * FROM delta", d.name)
+    fold = (
+        d.fold("SELECT * FROM delta", d.name)
+        if d.fold
+        else Fold([], *d.update("SELECT * FROM delta", d.name), ())
+    )
+    rows, replaced = fold.rows, fold.replaced
     touched = (
         [
             f"CREATE TEMP TABLE touched_rows AS SELECT DISTINCT {d.rollup_key} FROM {d.name}"
@@ -246,11 +290,13 @@ def compact_statements(d: Derived, lo_seq: int, hi_seq: int) -> list[str]:
     )
     return [
         f"CREATE TEMP TABLE delta AS {delta}",
+        *fold.prelude,
         f"CREATE TEMP TABLE rebuilt AS {rows}",
         *touched,
         f"DELETE FROM {d.name} WHERE {replaced}",
         f"INSERT INTO {d.name} SELECT * FROM rebuilt ORDER BY {d.order_by}",
         "DROP TABLE rebuilt",
+        *(f"DROP TABLE {t}" for t in fold.temps),
         "DROP TABLE delta",
     ]
 

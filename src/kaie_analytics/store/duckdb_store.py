@@ -580,6 +580,10 @@ class DuckDBEventStore:
                 con.execute("UPDATE store_state SET value = ? WHERE key = ?", [new_seq, key])
             self.rollup_gen += 1  # odd: a fold is committing (see rollup_cache)
             con.execute("COMMIT")
+            # Before the generation is even again: a reader of it sees these.
+            for name in _FEEDS:
+                self._watermarks[name] = new_seq
+                self._pending[name].clear()
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -587,9 +591,6 @@ class DuckDBEventStore:
             if self.rollup_gen % 2:
                 self.rollup_cache.changed(self.rollup_gen + 1, changed)
                 self.rollup_gen += 1
-        for name in _FEEDS:
-            self._watermarks[name] = new_seq
-            self._pending[name].clear()
 
     def _fold_executions(self, new_seq: int) -> set[rollups.DayKey]:
         """Merge new execution events into ``executions`` (inside the caller's transaction).
@@ -797,6 +798,14 @@ class DuckDBEventStore:
     def committed_seq(self) -> int:
         """The seq of the last committed event: every event up to it is visible."""
         return self._seq
+
+    def watermark(self, table: str) -> int:
+        """The seq up to which ``table`` (a derived table or rollup) has folded the events.
+
+        Read it under one rollup generation (``rollup_cache.read_with_rollups``):
+        a fold moves it.
+        """
+        return self._watermarks[table]
 
     def count_events(self, tenant: str | None = None) -> int:
         sql = "SELECT count(*) FROM events WHERE $tenant IS NULL OR tenant = $tenant"

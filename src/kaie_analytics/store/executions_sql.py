@@ -118,12 +118,19 @@ def merge_and_finalise(states: str) -> str:
     """
 
 
-def _pending(upto: int | None) -> str:
-    """The states of the events of ``$tenant`` past the watermark (up to seq ``upto``)."""
-    bound = f" AND seq <= {int(upto)}" if upto is not None else ""
-    return event_states(
-        f"tenant = $tenant AND seq > (SELECT value FROM store_state WHERE key = 'exec_seq'){bound}"
+def _pending(upto: int | None = None, since: int | None = None) -> str:
+    """The states of the events of ``$tenant`` past the watermark (up to seq ``upto``).
+
+    ``since`` is the watermark, when the caller knows it for its snapshot (a
+    literal lets zone maps skip the folded events); else it is read in the query.
+    """
+    low = (
+        f"seq > {int(since)}"
+        if since is not None
+        else "seq > (SELECT value FROM store_state WHERE key = 'exec_seq')"
     )
+    high = f" AND seq <= {int(upto)}" if upto is not None else ""
+    return event_states(f"tenant = $tenant AND {low}{high}")
 
 
 _MERGED_TOUCHED = merge_and_finalise(
@@ -158,20 +165,36 @@ def tenant_executions(has_pending: bool, *, numbered: bool = False, upto: int | 
     """
 
 
-def pending_versions(upto: int | None = None) -> str:
-    """Both versions of the executions of ``$tenant`` that events past the watermark
-    (up to seq ``upto``) touch.
+def workflow_pending(since: int, upto: int) -> str:
+    """The executions of workflow ``$workflow`` of ``$tenant`` that events in (since, upto]
+    touch, started in [$lo, $hi]: both versions.
 
-    The folded row (if there is one) and the merged one: where the execution was
-    counted, and where it is counted now (final columns).
+    Rows (new, execution_id, started_at, channel, error_type, status, duration_ms,
+    num, customer_id, nodes): the folded row of each (``new`` false: where it is
+    counted now), and the merged one (``new`` true: where it is to be counted,
+    with its customer's number if the customer has one). Every folded row is
+    merged, whatever its workflow, so a merge is exact even when an
+    execution's events disagree on it.
     """
     return f"""
-    SELECT {FINAL_COLUMNS} FROM (
-        WITH delta AS ({_pending(upto)}),
-             touched AS (SELECT DISTINCT execution_id FROM delta)
-        SELECT {FINAL_COLUMNS} FROM executions
-        WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)
-        UNION ALL
-        SELECT {FINAL_COLUMNS} FROM ({_MERGED_TOUCHED})
-    )
+    WITH delta AS ({_pending(upto, since)}),
+         touched AS (SELECT DISTINCT execution_id FROM delta),
+         merged AS ({
+        merge_and_finalise(
+            "SELECT tenant, execution_id, s, c, f, nodes AS n FROM executions"
+            " WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)"
+            " UNION ALL SELECT * FROM delta"
+        )
+    })
+    SELECT false AS new, execution_id, started_at, channel, error_type, status, duration_ms,
+        customer_num AS num, customer_id, nodes
+    FROM executions
+    WHERE tenant = $tenant AND workflow_id = $workflow AND started_at BETWEEN $lo AND $hi
+      AND execution_id IN (SELECT execution_id FROM touched)
+    UNION ALL
+    SELECT true, m.execution_id, m.started_at, m.channel, m.error_type, m.status,
+        m.duration_ms, k.num, m.customer_id, m.nodes
+    FROM merged m LEFT JOIN customer_numbers k
+      ON k.tenant = $tenant AND k.customer_id = m.customer_id
+    WHERE m.workflow_id = $workflow AND m.started_at BETWEEN $lo AND $hi
     """
