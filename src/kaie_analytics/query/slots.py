@@ -25,7 +25,7 @@ import numpy as np
 from kaie_analytics.store import executions_sql as xsql
 from kaie_analytics.store import rollups
 from kaie_analytics.store.activity import SLOT_US, epoch_us
-from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.store.duckdb_store import Columns, DuckDBEventStore
 from kaie_analytics.store.rollup_cache import runs
 
 #: More raw ranges than this are read with one range and a slot filter.
@@ -41,10 +41,10 @@ class SlotPlan:
     params: dict[str, Any]
     #: Executions touched by events not yet folded: the ids of their folded rows
     #: in the period (read raw, those rows are left out), and their merged rows
-    #: (``ExecRow`` without the id), up to one committed seq (later events are
-    #: left out of this answer).
+    #: (columns as ``exec_rows``), up to one committed seq (later events are left
+    #: out of this answer).
     touched: frozenset[str] = frozenset()
-    pending: tuple[tuple[Any, ...], ...] = ()
+    pending: Columns | None = None
 
     def ranges(self, column: str) -> str:
         """A predicate on ``column`` for the raw slots (ranges zone maps can use)."""
@@ -126,33 +126,25 @@ def plan(
         # Rows at or after the first edge are the current period's (``cur``).
         "cur_lo": edges[0] if edges else lo,
     }
-    touched: set[str] = set()
-    pending = []
+    touched: frozenset[str] = frozenset()
+    pending = None
     if store.has_pending(tenant):
         since = store.watermark("executions")
-        for new, execution_id, started_at, *rest in store.query(
-            xsql.workflow_pending(since, upto), params
-        ):
-            slot = epoch_us(started_at) // SLOT_US
-            raw.add(slot)
-            if new:
-                pending.append((slot, started_at >= params["cur_lo"], *rest))
-            else:
-                touched.add(execution_id)
-    return SlotPlan(first, last, tuple(sorted(raw)), params, frozenset(touched), tuple(pending))
-
-
-#: A raw execution: (slot, cur, channel, error_type, status, duration_ms, num,
-#: customer_id, nodes); ``num`` is its customer's number, None if the customer
-#: has none yet (new since the last fold); ``nodes`` None unless asked for.
-ExecRow = tuple[Any, ...]
+        found = store.query_columns(xsql.workflow_pending(since, upto), params)
+        raw.update(np.unique(found["slot"]).tolist())
+        new = np.asarray(found.pop("new"), bool)
+        touched = frozenset(found["execution_id"][~new].tolist())
+        pending = {name: column[new] for name, column in found.items()}
+    return SlotPlan(first, last, tuple(sorted(raw)), params, touched, pending)
 
 
 def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, nodes: bool = False) -> str | None:
-    """The folded executions of the raw slots: rows (execution_id, *``ExecRow``).
+    """The folded executions of the raw slots: rows (execution_id, slot, cur, channel,
+    error_type, status, duration_ms, num, customer_id, nodes).
 
-    None when the plan has no raw slot. Rows, not sums: the few executions of a
-    few slots add up faster in Python (``add_execution``) than an aggregate is
+    None when the plan has no raw slot. ``num`` is the customer's number;
+    ``nodes`` NULL unless asked for. Rows, not sums: the few executions of a few
+    slots add up faster in NumPy (``RawExecutions``) than an aggregate is
     planned. ``raw_executions`` completes them with the plan's pending ones.
     """
     if not p.raw:
@@ -168,14 +160,76 @@ def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, nodes: bool = False) -> s
     )
 
 
-def raw_executions(p: SlotPlan, folded: list[tuple[Any, ...]]) -> list[ExecRow]:
+@dataclass(frozen=True)
+class RawExecutions:
+    """The executions of the raw slots, as columns."""
+
+    slot: np.ndarray
+    cur: np.ndarray
+    channel: np.ndarray
+    error_type: np.ndarray
+    status: np.ndarray
+    #: Whether an execution has a duration that counts (finished, known).
+    timed: np.ndarray
+    duration_ms: np.ndarray
+    #: The customer's number, -1 for none yet (a customer new since the last fold).
+    num: np.ndarray
+    customer_id: np.ndarray
+    #: Per execution, its node events (or None when not asked for).
+    nodes: list[Any]
+
+    def sums(self) -> np.ndarray:
+        """Per execution, what it adds to (total, ok, failed, dur_sum, dur_n)."""
+        return np.column_stack(
+            [
+                np.ones(len(self.slot), np.int64),
+                self.status == 1,
+                self.status == 2,
+                np.where(self.timed, self.duration_ms, 0),
+                self.timed,
+            ]
+        ).astype(np.int64)
+
+
+def raw_executions(p: SlotPlan, folded: Columns | None) -> RawExecutions:
     """The executions of the raw slots: the folded rows of ``exec_rows`` that no
-    pending event touches, and the pending executions merged."""
-    return [r[1:] for r in folded if r[0] not in p.touched] + list(p.pending)
+    pending event touches, and the plan's pending executions, merged."""
+    parts = []
+    if folded is not None:
+        keep = np.array([i not in p.touched for i in folded["execution_id"].tolist()], bool)
+        parts.append({name: column[keep] for name, column in folded.items()})
+    if p.pending is not None:
+        parts.append(p.pending)
+
+    def column(name: str) -> list[Any]:
+        return [v for part in parts for v in part[name].tolist()]  # None where NULL
+
+    status = np.array(column("status"), np.int64)
+    duration = np.array([d if d is not None else -1 for d in column("duration_ms")], np.int64)
+    return RawExecutions(
+        np.array(column("slot"), np.int64),
+        np.array(column("cur"), bool),
+        np.array(column("channel"), object),
+        np.array(column("error_type"), object),
+        status,
+        (status > 0) & (duration >= 0),
+        duration,
+        np.array([n if n is not None else -1 for n in column("num")], np.int64),
+        np.array(column("customer_id"), object),
+        column("nodes"),
+    )
+
+
+def factorize(values: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    """Distinct values (None included) and each value's index among them."""
+    index: dict[Any, int] = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values.tolist()), np.int64)
+    return list(index), codes
 
 
 def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
-    """Messages and feedback (slot, cur, channel, type, csat) the rollups lack.
+    """Messages and feedback the rollups lack, counted per (slot, cur, channel, type):
+    rows (slot, cur, channel, type, n, csat_sum, csat_n).
 
     Those of the raw slots and those not yet folded; None if neither. Call it
     inside ``read_with_rollups`` (the watermark is the fold's).
@@ -198,35 +252,24 @@ def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
     if not parts:
         return None
     return f"""
-        SELECT {_SLOT("e.ts")} AS slot, e.ts >= $cur_lo AS cur, e.channel, e.type, e.csat
-        FROM ({" UNION ALL ".join(parts)}) e"""
+        SELECT {_SLOT("e.ts")} AS slot, e.ts >= $cur_lo AS cur, e.channel, e.type, count(*),
+            sum(e.csat), count(e.csat)
+        FROM ({" UNION ALL ".join(parts)}) e GROUP BY ALL"""
 
 
 # The raw rows add up as the rollups do (``rollups.EXEC_SUMS``, ``MESSAGE_SUMS``,
-# ``NODE_SUMS``); sums are lists, in the order of the rollup columns.
+# ``NODE_SUMS``); sums are in the order of the rollup columns.
 
 
-def add_execution(acc: list[int], status: int, duration_ms: int | None) -> None:
-    """Add one execution to (total, ok, failed, dur_sum, dur_n)."""
-    acc[0] += 1
-    if status == 1:
-        acc[1] += 1
-    elif status == 2:
-        acc[2] += 1
-    if status > 0 and duration_ms is not None:
-        acc[3] += duration_ms
-        acc[4] += 1
-
-
-def add_message(acc: list[int], type_: str, csat: int | None) -> None:
-    """Add one message or feedback to (sent, received, csat_sum, csat_n)."""
+def add_messages(acc: list[int], type_: str, n: int, csat_sum: int | None, csat_n: int) -> None:
+    """Add ``n`` messages or feedback of one type to (sent, received, csat_sum, csat_n)."""
     if type_ == "message.sent":
-        acc[0] += 1
+        acc[0] += n
     elif type_ == "message.received":
-        acc[1] += 1
-    elif csat is not None:
-        acc[2] += csat
-        acc[3] += 1
+        acc[1] += n
+    elif csat_n:
+        acc[2] += csat_sum or 0
+        acc[3] += csat_n
 
 
 def add_node(acc: list[int], ok: bool | None, duration_ms: int | None) -> None:

@@ -32,7 +32,7 @@ from kaie_analytics.query.params import (
 )
 from kaie_analytics.store import rollup_cache, rollups
 from kaie_analytics.store.activity import SLOT_US, epoch_us
-from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.store.duckdb_store import Columns, DuckDBEventStore
 from kaie_analytics.store.rollup_cache import EXEC, MESSAGES, NODES, Rollups, read_with_rollups
 
 METRICS = (
@@ -211,10 +211,17 @@ _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 
 def _query_some(
     store: DuckDBEventStore, statements: list[tuple[str, dict[str, Any]] | None]
-) -> list[list[tuple[Any, ...]]]:
-    """The rows of each statement, side by side; none for a None statement."""
-    ran = iter(store.query_all([s for s in statements if s is not None]))
-    return [next(ran) if s is not None else [] for s in statements]
+) -> list[Columns | None]:
+    """The columns of each statement, side by side; None for a None statement."""
+    ran = iter(store.query_all([s for s in statements if s is not None], columns=True))
+    return [next(ran) if s is not None else None for s in statements]
+
+
+def _rows(columns: Columns | None) -> list[tuple[Any, ...]]:
+    """Columns as rows (None where NULL)."""
+    if columns is None:
+        return []
+    return list(zip(*(c.tolist() for c in columns.values()), strict=True))
 
 
 #: Per bucket: numbers of raw customers, and ids of raw customers with none yet.
@@ -270,25 +277,30 @@ class _Sums:
                 target[at + i] += value
 
     def add_raw(
-        self,
-        exec_rows: list[tuple[Any, ...]],
-        message_rows: list[tuple[Any, ...]],
-        owners: slots.Owners,
+        self, x: slots.RawExecutions, messages: list[tuple[Any, ...]], owners: slots.Owners
     ) -> None:
         """Add the raw executions (with their customers) and messages."""
-        for slot, cur, channel, _, status, duration_ms, number, customer_id, _ in exec_rows:
-            bucket = owners.bucket(slot) if cur else None
-            acc = [0, 0, 0, 0, 0]
-            slots.add_execution(acc, status, duration_ms)
-            self.add(cur, channel, bucket, 0, acc)
-            if bucket is not None and number is not None:
-                self.raw_customers[bucket][0].append(number)
-            elif bucket is not None and customer_id is not None:
-                self.raw_customers[bucket][1].add(customer_id)
-        for slot, cur, channel, type_, csat in message_rows:
+        channels, channel = slots.factorize(x.channel)
+        sums = x.sums()
+        (is_cur, ch), by_channel = rollup_cache.group([x.cur.astype(np.int64), channel], sums)
+        for c, code, v in zip(is_cur.tolist(), ch.tolist(), by_channel.tolist(), strict=True):
+            self.add(bool(c), channels[code], None, 0, v)
+        bucket = owners.buckets(x.slot[x.cur])
+        (buckets,), by_bucket = rollup_cache.group([bucket], sums[x.cur])
+        for b, v in zip(buckets.tolist(), by_bucket.tolist(), strict=True):
+            target = self.series.setdefault(b, [0] * len(_FIELDS))
+            for i, value in enumerate(v):
+                target[i] += value
+        num, customer_id = x.num[x.cur], x.customer_id[x.cur]
+        for b, n, c in zip(bucket.tolist(), num.tolist(), customer_id.tolist(), strict=True):
+            if n >= 0:
+                self.raw_customers[b][0].append(n)
+            elif c is not None:
+                self.raw_customers[b][1].add(c)
+        for slot, cur, channel_v, type_, n, csat_sum, csat_n in messages:
             acc = [0, 0, 0, 0]
-            slots.add_message(acc, type_, csat)
-            self.add(cur, channel, owners.bucket(slot) if cur else None, _MESSAGES_AT, acc)
+            slots.add_messages(acc, type_, n, csat_sum, csat_n)
+            self.add(cur, channel_v, owners.bucket(slot) if cur else None, _MESSAGES_AT, acc)
 
     def totals(self) -> dict[bool, dict[str, Any]]:
         """Per period (current: True), the sums over every channel."""
@@ -340,7 +352,7 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     owners = slots.Owners.of(starts, period.end_naive)
     lo, hi = previous.start_naive, period.end_naive
 
-    def read() -> tuple[slots.SlotPlan, list[list[tuple[Any, ...]]]]:
+    def read() -> tuple[slots.SlotPlan, list[Columns | None]]:
         # One plan over the previous and current periods, cut where they meet.
         p = slots.plan(store, q.tenant, q.workflow_id, lo, hi, edges=(period.start_naive,))
         rows = (slots.exec_rows(store, p), slots.message_rows(store, p))
@@ -366,11 +378,11 @@ def run_workflow_metrics(store: DuckDBEventStore, q: WorkflowMetricsQuery) -> di
     sums = _Sums()
     sums.add_rolled(rolled, EXEC, 0, p, owners, cur_first)
     sums.add_rolled(rolled, MESSAGES, _MESSAGES_AT, p, owners, cur_first)
-    sums.add_raw(slots.raw_executions(p, exec_raw), message_raw, owners)
+    sums.add_raw(slots.raw_executions(p, exec_raw), _rows(message_raw), owners)
     totals = sums.totals()
     customers, per_bucket = _bucket_customers(rolled, p, cur_first, sums.raw_customers, owners)
     by_channel = sums.channels(True)
-    for ch, n in per_channel[0] if per_channel else ():
+    for ch, n in _rows(per_channel[0]) if per_channel else ():
         by_channel.setdefault(ch, {})["customers"] = n
     channels = {
         ch: v["total"]
@@ -495,9 +507,7 @@ def _hours(
 _NO_CUTS = np.empty(0, np.int64)
 
 
-def _nodes(
-    rolled: Rollups, p: slots.SlotPlan, raw: list[list[dict[str, Any]]]
-) -> list[tuple[Any, ...]]:
+def _nodes(rolled: Rollups, p: slots.SlotPlan, raw: list[Any]) -> list[tuple[Any, ...]]:
     """(node_id, type, events, ok, dur_sum, dur_n, errors), most events first, then node_id.
 
     ``raw``: the node events of each raw execution. A node's type is its latest
@@ -513,7 +523,7 @@ def _nodes(
         for n, i, v in zip(ids.tolist(), last.tolist(), sums.tolist(), strict=True)
     }
     for events in raw:
-        for e in events or ():
+        for e in events if events is not None else ():
             acc = merged.get(e["node_id"])
             if acc is None:
                 acc = merged[e["node_id"]] = [None, -1, 0, 0, 0, 0, 0]
@@ -534,10 +544,11 @@ def run_workflow_performance(
     period = q.period
     lo, hi = period.start_naive, period.end_naive
 
-    def read() -> tuple[slots.SlotPlan, list[tuple[Any, ...]]]:
+    def read() -> tuple[slots.SlotPlan, slots.RawExecutions]:
         p = slots.plan(store, q.tenant, q.workflow_id, lo, hi)
         raw = slots.exec_rows(store, p, nodes=q.include_nodes)
-        return p, slots.raw_executions(p, store.query(raw, p.params) if raw is not None else [])
+        folded = store.query_columns(raw, p.params) if raw is not None else None
+        return p, slots.raw_executions(p, folded)
 
     # With the rollups of one fold (see run_workflow_metrics).
     rolled, (p, raw) = read_with_rollups(store, q.tenant, q.workflow_id, *slots.span(lo, hi), read)
@@ -545,7 +556,7 @@ def run_workflow_performance(
     durations = np.concatenate(
         [
             rolled.durations(p.first, p.last, p.raw),
-            np.array([r[5] for r in raw if r[4] > 0 and r[5] is not None], np.int64),
+            raw.duration_ms[raw.timed],
         ]
     )
     quantiles = np.quantile(durations, [0.5, 0.95, 0.99]).tolist() if len(durations) else None
@@ -559,10 +570,18 @@ def run_workflow_performance(
         (values[c], values[e]): v
         for c, e, v in zip(channel.tolist(), error.tolist(), sums.tolist(), strict=True)
     }
-    for slot, _, channel_v, error_type, status, duration_ms, *_ in raw:
-        slot_counts[slot] = slot_counts.get(slot, 0) + 1
-        acc = by_key.setdefault((channel_v, error_type), [0, 0, 0, 0, 0])
-        slots.add_execution(acc, status, duration_ms)
+    (raw_slots,), counts = rollup_cache.group(
+        [raw.slot - p.first], np.ones((len(raw.slot), 1), np.int64)
+    )
+    for slot, n in zip((raw_slots + p.first).tolist(), counts[:, 0].tolist(), strict=True):
+        slot_counts[slot] = slot_counts.get(slot, 0) + n
+    channels, channel_code = slots.factorize(raw.channel)
+    errors, error_code = slots.factorize(raw.error_type)
+    (channel, error), sums = rollup_cache.group([channel_code, error_code], raw.sums())
+    for c, e, v in zip(channel.tolist(), error.tolist(), sums.tolist(), strict=True):
+        acc = by_key.setdefault((channels[c], errors[e]), [0, 0, 0, 0, 0])
+        for i, value in enumerate(v):
+            acc[i] += value
     total = ok = failed = dn = dsum = 0
     by_error: dict[str, int] = defaultdict(int)
     by_channel: dict[str, list[int]] = {}
@@ -583,7 +602,7 @@ def run_workflow_performance(
     per_clock_hour, per_hour_of_day = _hours(
         np.fromiter(slot_counts, np.int64, len(slot_counts)), list(slot_counts.values()), period.tz
     )
-    nodes = _nodes(rolled, p, [r[-1] for r in raw]) if q.include_nodes else []
+    nodes = _nodes(rolled, p, raw.nodes) if q.include_nodes else []
     finished = ok + failed
     p50, p95, p99 = quantiles if quantiles is not None else (None, None, None)
     peak_hour = (

@@ -9,6 +9,8 @@ events not yet folded in), so both always agree.
 
 from __future__ import annotations
 
+from kaie_analytics.store.activity import SLOT_US
+
 EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
 #: Node events ride along with their execution, so node metrics need no join.
 FEED_TYPE_SET = frozenset(
@@ -169,13 +171,15 @@ def workflow_pending(since: int, upto: int) -> str:
     """The executions of workflow ``$workflow`` of ``$tenant`` that events in (since, upto]
     touch, started in [$lo, $hi]: both versions.
 
-    Rows (new, execution_id, started_at, channel, error_type, status, duration_ms,
+    Rows (new, execution_id, slot, cur, channel, error_type, status, duration_ms,
     num, customer_id, nodes): the folded row of each (``new`` false: where it is
     counted now), and the merged one (``new`` true: where it is to be counted,
-    with its customer's number if the customer has one). Every folded row is
-    merged, whatever its workflow, so a merge is exact even when an
-    execution's events disagree on it.
+    with its customer's number if the customer has one); ``slot`` is the
+    15-minute slot of the start, ``cur`` whether it is at or after ``$cur_lo``.
+    Every folded row is merged, whatever its workflow, so a merge is exact even
+    when an execution's events disagree on it.
     """
+    slot = f"epoch_us(started_at) // {SLOT_US} AS slot, started_at >= $cur_lo AS cur"
     return f"""
     WITH delta AS ({_pending(upto, since)}),
          touched AS (SELECT DISTINCT execution_id FROM delta),
@@ -186,14 +190,14 @@ def workflow_pending(since: int, upto: int) -> str:
             " UNION ALL SELECT * FROM delta"
         )
     })
-    SELECT false AS new, execution_id, started_at, channel, error_type, status, duration_ms,
+    SELECT false AS new, execution_id, {slot}, channel, error_type, status, duration_ms,
         customer_num AS num, customer_id, nodes
     FROM executions
     WHERE tenant = $tenant AND workflow_id = $workflow AND started_at BETWEEN $lo AND $hi
       AND execution_id IN (SELECT execution_id FROM touched)
     UNION ALL
-    SELECT true, m.execution_id, m.started_at, m.channel, m.error_type, m.status,
-        m.duration_ms, k.num, m.customer_id, m.nodes
+    SELECT true, m.execution_id, {slot.replace("started_at", "m.started_at")}, m.channel,
+        m.error_type, m.status, m.duration_ms, k.num, m.customer_id, m.nodes
     FROM merged m LEFT JOIN customer_numbers k
       ON k.tenant = $tenant AND k.customer_id = m.customer_id
     WHERE m.workflow_id = $workflow AND m.started_at BETWEEN $lo AND $hi
