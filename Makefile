@@ -30,6 +30,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/query.py
+	$(PY) bench/live.py
 	$(PY) bench/export.py
 
 clean:

@@ -1,0 +1,145 @@
+"""Workflow answers while events stream in: the busiest workflow of bench/query.py.
+
+Copies the data directory that ``bench/query.py`` builds (so it stays as it
+is), starts a server on the copy, and measures the busiest workflow's metrics
+and performance over HTTP (uncached, the last 30 days up to now): quiet, then
+while a client streams executions (a start, a received message and a
+completion each, timestamped now) into the same workflow, so that events wait
+to be folded, and again once the writer has folded them (after it is idle).
+
+    python bench/live.py [--rate 1000] [--runs 30] [--stream-s 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import Server, machine, percentile
+
+SOURCE = Path(__file__).parent / "data" / "query-10000000"
+TENANT, WORKFLOW = "t00", "wf-00"
+LIMITS = ",".join(
+    f"{c}=100000000/hour"
+    for c in ("realtime", "historical", "reports", "export", "events", "default")
+)
+PATHS = (f"/v1/analytics/workflows/{WORKFLOW}", f"/v1/analytics/workflows/{WORKFLOW}/performance")
+
+
+class Stream:
+    """Posts executions of ``WORKFLOW`` at about ``rate`` events per second."""
+
+    def __init__(self, url: str, key: str, rate: int) -> None:
+        self.url, self.key, self.rate = url, key, rate
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        rng = random.Random(1)
+        headers = {"Authorization": f"Bearer {self.key}"}
+        start = time.monotonic()
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self._stop.is_set():
+                now = datetime.now(UTC)
+                batch: list[dict[str, Any]] = []
+                for _ in range(100):
+                    x = f"live-{self.sent + len(batch)}"
+                    t = now - timedelta(seconds=rng.uniform(0, 5))
+                    who = {"channel": "whatsapp", "customer_id": f"c{rng.randrange(50_000)}"}
+                    base = {"workflow_id": WORKFLOW, "execution_id": x}
+                    batch += [
+                        {"type": "execution.started", "timestamp": t.isoformat(), **base, **who},
+                        {"type": "message.received", "timestamp": t.isoformat(), **base, **who},
+                        {"type": "execution.completed", "duration_ms": 2000, **base,
+                         "timestamp": (t + timedelta(seconds=2)).isoformat()},
+                    ]  # fmt: skip
+                r = client.post("/v1/events", json={"events": batch}, headers=headers)
+                r.raise_for_status()
+                self.sent += len(batch)
+                ahead = self.sent / self.rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+
+def measure(client: httpx.Client, headers: dict[str, str], runs: int) -> list[tuple[float, float]]:
+    out = []
+    for path in PATHS:
+        client.get(path, headers=headers).raise_for_status()  # warm
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            client.get(path, headers=headers).raise_for_status()
+            times.append((time.perf_counter() - t) * 1000)
+        out.append((statistics.median(times), percentile(times, 0.95)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--stream-s", type=float, default=20)
+    args = ap.parse_args()
+    if not (SOURCE / "events.duckdb").exists():
+        sys.exit("run bench/query.py first: it builds the data this benchmark copies")
+    print(f"Machine: {machine()}")
+    with tempfile.TemporaryDirectory(dir=SOURCE.parent) as tmp:
+        data_dir = Path(tmp)
+        shutil.copy(SOURCE / "events.duckdb", data_dir / "events.duckdb")
+        with Server(data_dir, KAIE_RATE_LIMITS=LIMITS) as server:
+            key = server.create_key(TENANT)
+            headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}
+            rows = []
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                rows.append(("quiet", measure(client, headers, args.runs)))
+                with Stream(server.url, key, args.rate) as stream:
+                    time.sleep(args.stream_s / 2)
+                    early = stream.sent
+                    rows.append(
+                        (
+                            f"streaming, ~{early:,} events unfolded",
+                            measure(client, headers, args.runs),
+                        )
+                    )
+                    time.sleep(args.stream_s / 2)
+                    rows.append(
+                        (
+                            f"streaming, ~{stream.sent:,} events unfolded",
+                            measure(client, headers, args.runs),
+                        )
+                    )
+                time.sleep(10)  # idle: the writer folds, then checkpoints
+                rows.append(("after the fold", measure(client, headers, args.runs)))
+    print()
+    print(f"{TENANT}/{WORKFLOW}, 30 days up to now, {args.runs} runs each, stream at"
+          f" {args.rate:,} events/s; milliseconds over HTTP")  # fmt: skip
+    print()
+    print("| state | metrics p50 | metrics p95 | performance p50 | performance p95 |")
+    print("|---|---:|---:|---:|---:|")
+    for label, ((m50, m95), (p50, p95)) in rows:
+        print(f"| {label} | {m50:.1f} | {m95:.1f} | {p50:.1f} | {p95:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
