@@ -230,6 +230,11 @@ _FIELDS = (*_EXEC_FIELDS, *_EVENT_FIELDS)
 _MESSAGES_AT = len(_EXEC_FIELDS)
 
 
+def _add_at(target: list[int], at: int, values: list[int]) -> None:
+    for i, value in enumerate(values):
+        target[at + i] += value
+
+
 class _Sums:
     """Execution and message sums per (period, channel) and per bucket, with the raw
     rows' customers per bucket. A sum over nothing is 0 here: every mean divides
@@ -243,12 +248,12 @@ class _Sums:
     def add(self, cur: bool, channel: Any, bucket: int | None, at: int, values: list[int]) -> None:
         """Add ``values`` (fields from ``_FIELDS[at]`` on) for a channel of a period, and
         for a bucket of the current period unless ``bucket`` is None."""
-        targets = [self.by_channel.setdefault((cur, channel), [0] * len(_FIELDS))]
+        _add_at(self.by_channel.setdefault((cur, channel), [0] * len(_FIELDS)), at, values)
         if bucket is not None:
-            targets.append(self.series.setdefault(bucket, [0] * len(_FIELDS)))
-        for target in targets:
-            for i, value in enumerate(values):
-                target[at + i] += value
+            self.add_bucket(bucket, at, values)
+
+    def add_bucket(self, bucket: int, at: int, values: list[int]) -> None:
+        _add_at(self.series.setdefault(bucket, [0] * len(_FIELDS)), at, values)
 
     def add_rolled(
         self,
@@ -272,9 +277,7 @@ class _Sums:
             self.add(bool(c), values[ch], None, at, v)
         (bucket,), sums = rollup_cache.group([owners.buckets(rows.slot[cur])], rows.sums[cur])
         for b, v in zip(bucket.tolist(), sums.tolist(), strict=True):
-            target = self.series.setdefault(b, [0] * len(_FIELDS))
-            for i, value in enumerate(v):
-                target[at + i] += value
+            self.add_bucket(b, at, v)
 
     def add_raw(
         self, x: slots.RawExecutions, messages: list[tuple[Any, ...]], owners: slots.Owners
@@ -288,9 +291,7 @@ class _Sums:
         bucket = owners.buckets(x.slot[x.cur])
         (buckets,), by_bucket = rollup_cache.group([bucket], sums[x.cur])
         for b, v in zip(buckets.tolist(), by_bucket.tolist(), strict=True):
-            target = self.series.setdefault(b, [0] * len(_FIELDS))
-            for i, value in enumerate(v):
-                target[i] += value
+            self.add_bucket(b, 0, v)
         num, customer_id = x.num[x.cur], x.customer_id[x.cur]
         for b, n, c in zip(bucket.tolist(), num.tolist(), customer_id.tolist(), strict=True):
             if n >= 0:
