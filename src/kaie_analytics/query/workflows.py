@@ -519,23 +519,20 @@ def _nodes(rolled: Rollups, p: slots.SlotPlan, raw: list[Any]) -> list[tuple[Any
     (ids,), sums = rollup_cache.group([node], x.sums)
     last = rollup_cache.latest(node, type_ts)
     values = rolled.values
-    merged: dict[Any, list[Any]] = {
-        values[n]: [values[int(type_code[i])], int(type_ts[i]), *v]
-        for n, i, v in zip(ids.tolist(), last.tolist(), sums.tolist(), strict=True)
-    }
+    #: Per node: (type_ts, type) of its latest event, and its sums.
+    latest: dict[Any, tuple[int, Any]] = {}
+    totals: dict[Any, list[int]] = {}
+    for n, i, v in zip(ids.tolist(), last.tolist(), sums.tolist(), strict=True):
+        latest[values[n]] = (int(type_ts[i]), values[int(type_code[i])])
+        totals[values[n]] = v
     for events in raw:
         for e in events if events is not None else ():
-            acc = merged.get(e["node_id"])
-            if acc is None:
-                acc = merged[e["node_id"]] = [None, -1, 0, 0, 0, 0, 0]
             ts = epoch_us(e["ts"]) if e["ts"] is not None else -1
-            if ts > acc[1] or acc[0] is None:
-                acc[0], acc[1] = e["node_type"], ts
-            sums_v = acc[2:]
-            slots.add_node(sums_v, e["ok"], e["dur"])
-            acc[2:] = sums_v
-    ordered = sorted(merged.items(), key=lambda kv: (-kv[1][2], kv[0] is None, kv[0] or ""))
-    return [(node_id, acc[0], *acc[2:]) for node_id, acc in ordered]
+            if e["node_id"] not in latest or ts > latest[e["node_id"]][0]:
+                latest[e["node_id"]] = (ts, e["node_type"])
+            slots.add_node(totals.setdefault(e["node_id"], [0] * 5), e["ok"], e["dur"])
+    ordered = sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0] is None, kv[0] or ""))
+    return [(node_id, latest[node_id][1], *v) for node_id, v in ordered]
 
 
 def run_workflow_performance(
@@ -580,9 +577,7 @@ def run_workflow_performance(
     errors, error_code = slots.factorize(raw.error_type)
     (channel, error), sums = rollup_cache.group([channel_code, error_code], raw.sums())
     for c, e, v in zip(channel.tolist(), error.tolist(), sums.tolist(), strict=True):
-        acc = by_key.setdefault((channels[c], errors[e]), [0, 0, 0, 0, 0])
-        for i, value in enumerate(v):
-            acc[i] += value
+        _add_at(by_key.setdefault((channels[c], errors[e]), [0] * 5), 0, v)
     total = ok = failed = dn = dsum = 0
     by_error: dict[str, int] = defaultdict(int)
     by_channel: dict[str, list[int]] = {}
@@ -597,9 +592,7 @@ def run_workflow_performance(
         if error_type is not None and n_failed:
             by_error[error_type] += n_failed
         if channel_v is not None:
-            acc = by_channel.setdefault(channel_v, [0, 0, 0, 0, 0])
-            for i, value in enumerate((n, n_ok, n_failed, d_sum, d_n)):
-                acc[i] += value
+            _add_at(by_channel.setdefault(channel_v, [0] * 5), 0, [n, n_ok, n_failed, d_sum, d_n])
     per_clock_hour, per_hour_of_day = _hours(
         np.fromiter(slot_counts, np.int64, len(slot_counts)), list(slot_counts.values()), period.tz
     )
