@@ -14,10 +14,10 @@ other tenants' rows. Derived tables serve the queries: ``executions`` (one
 merged row per execution, with its node events, sorted by tenant, workflow and
 start; see ``executions_sql``), journeys, sessions and customers (see
 ``derived``), bitmaps of active customers (see ``activity``) and per-slot
-rollups of each workflow (see ``rollups``, read through ``rollup_cache``). Each has a watermark:
-events past it are folded in by the writer in the background (after
-``compact_after_events`` or when idle), and queries read them from the events
-until then, so answers are always exact and current.
+rollups of each workflow (see ``rollups``, read through ``rollup_cache``).
+Each has a watermark: events past it are folded in by the writer in the
+background (after ``compact_after_events`` or when idle), and queries read
+them from the events until then, so answers are always exact and current.
 """
 
 from __future__ import annotations
