@@ -16,6 +16,7 @@ from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
 from kaie_analytics.query import slots
 from kaie_analytics.query import workflows as wq
+from kaie_analytics.store import rollup_cache
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # the US DST change (2024-03-10) is inside
 END = datetime(2024, 3, 17, 23, 59, 59, 999999, tzinfo=UTC)
@@ -208,6 +209,27 @@ def test_rollups_exact_with_no_memory_for_them(settings: Settings) -> None:
         api = Api(client, make_key(settings, "acme"), "acme")
         _check_late_moves(api, "Asia/Kathmandu", "day")
         assert not client.app.state.store.rollup_cache._days  # type: ignore[attr-defined]
+
+
+def test_rollups_held_behind_more_folds_than_remembered_start_afresh(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Days held across more folds than the fold log keeps are all dropped."""
+    monkeypatch.setattr(rollup_cache, "LOG_FOLDS", 1)
+    first, late = _late_starts()
+    half = len(late) // 2
+    period = {"start_date": iso(LATE_START), "end_date": iso(LATE_END)}
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, make_key(settings, "acme"), "acme")
+        api.send(first)
+        api.compact()
+        _get(api, "/v1/analytics/workflows/wf-1", **period)  # days held
+        for part in (late[:half], late[half:]):  # two folds; the log keeps one
+            api.send(part)
+            api.compact()
+        got = _get(api, "/v1/analytics/workflows/wf-1", **period)
+        want = oracle.workflow_metrics(first + late, "wf-1", LATE_START, LATE_END, "day", UTC)
+        _same_metrics(got, want)
 
 
 def test_a_fold_during_an_answer_makes_it_read_again(
