@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,7 +17,7 @@ from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
 from kaie_analytics.query import slots
 from kaie_analytics.query import workflows as wq
-from kaie_analytics.store import rollup_cache
+from kaie_analytics.store import duckdb_store, rollup_cache
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # the US DST change (2024-03-10) is inside
 END = datetime(2024, 3, 17, 23, 59, 59, 999999, tzinfo=UTC)
@@ -230,6 +231,25 @@ def test_rollups_held_behind_more_folds_than_remembered_start_afresh(
         got = _get(api, "/v1/analytics/workflows/wf-1", **period)
         want = oracle.workflow_metrics(first + late, "wf-1", LATE_START, LATE_END, "day", UTC)
         _same_metrics(got, want)
+
+
+def test_an_answer_that_finds_many_events_waiting_has_them_folded(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(duckdb_store, "FOLD_ON_READ", 10)
+    first, late = _late_starts()
+    api.send(first + late)
+    store = api.client.app.state.store  # type: ignore[attr-defined]
+    assert store.has_pending("acme")
+    period = {"start_date": iso(LATE_START), "end_date": iso(LATE_END)}
+    got = _get(api, "/v1/analytics/workflows/wf-1", **period)
+    _same_metrics(
+        got, oracle.workflow_metrics(first + late, "wf-1", LATE_START, LATE_END, "day", UTC)
+    )
+    deadline = time.monotonic() + 30
+    while store.has_pending("acme") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not store.has_pending("acme")
 
 
 def test_a_fold_during_an_answer_makes_it_read_again(

@@ -128,6 +128,7 @@ def plan(
     }
     touched: frozenset[str] = frozenset()
     pending = None
+    store.fold_if_behind(tenant)
     if store.has_pending(tenant):
         since = store.watermark("executions")
         found = store.query_columns(xsql.workflow_pending(since, upto), params)

@@ -55,6 +55,9 @@ log = logging.getLogger("kaie_analytics.store")
 
 DEDUPE_WINDOW = timedelta(days=8)
 RESORT_RATIO = 0.25
+#: A workflow answer that finds more execution events than this waiting for its
+#: tenant asks for a fold (see ``fold_if_behind``).
+FOLD_ON_READ = 50_000
 CHECKPOINT_THRESHOLD = "256MB"
 
 _FIELD_TYPES = {"duration_ms": "BIGINT", "csat": "TINYINT", "nps": "TINYINT", "step": "TINYINT"}
@@ -237,6 +240,7 @@ class DuckDBEventStore:
         #: same even value before and after its reads read one fold's rollups.
         self.rollup_gen = 0
         self.rollup_cache = RollupCache(self, rollup_cache_bytes)
+        self._fold_asked = False
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self._local = threading.local()
@@ -253,6 +257,17 @@ class DuckDBEventStore:
 
     def has_pending(self, tenant: str, table: str = "executions") -> bool:
         return self._pending[table].get(tenant, 0) > 0
+
+    def fold_if_behind(self, tenant: str) -> None:
+        """Ask the writer to fold soon if ``tenant`` has many execution events waiting.
+
+        A query merges the events waiting for its tenant on the fly, at a cost
+        in proportion to them; a reader that finds more than ``FOLD_ON_READ``
+        has them folded rather than wait for ``compact_after_events``.
+        """
+        if self._pending["executions"].get(tenant, 0) > FOLD_ON_READ and not self._fold_asked:
+            self._fold_asked = True
+            self.compact_now()
 
     # ----------------------------------------------------------------- writes
 
@@ -556,6 +571,7 @@ class DuckDBEventStore:
 
     def _compact(self) -> None:
         """Fold the events past each derived table's watermark into that table."""
+        self._fold_asked = False
         if not self._backlog():
             return
         new_seq = self._seq
