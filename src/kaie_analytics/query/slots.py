@@ -8,10 +8,11 @@ edge not on a quarter hour), and the slots of the executions that events not
 yet folded touch (both where such an execution was and where it is now).
 Messages not yet folded are added on top: they only add.
 
-The SQL here reads raw slots only, as rows the ``add_*`` functions add up;
-``Owners`` puts slots in buckets. A caller reads both through
-``read_with_rollups``, so the rollups and its statements are of one fold:
-every slot is counted from exactly one source.
+The SQL here reads raw slots only: executions as rows (``RawExecutions``,
+added up with NumPy, the plan's merged pending ones included), messages
+counted per slot and type; ``Owners`` puts slots in buckets. A caller reads
+both through ``read_with_rollups``, so the rollups and its statements are of
+one fold: every slot is counted from exactly one source.
 """
 
 from __future__ import annotations
