@@ -270,22 +270,30 @@ def run_journey(store: DuckDBEventStore, q: JourneyQuery) -> dict[str, Any]:
         ),
         st AS (SELECT journey_id, reached, unnest(steps) AS s FROM jr)
     """
-    (total, completed, dur_us) = store.query(
+    statements = [
         base
         + """SELECT count(*), count(completed),
                  sum(epoch_us(completed) - epoch_us(first_step)) FROM jr""",
-        params,
-    )[0]
-    # One pass per step: journeys that reached it, those that also reached the step
-    # before, and those that did not reach the next (the next step's drop-offs).
-    steps = store.query(
+        # One pass per step: journeys that reached it, those that also reached the
+        # step before, and those that did not reach the next (its drop-offs).
         base
         + """SELECT s.step, arg_max(s.name, s.name_ts), count(*),
                  count(*) FILTER (WHERE list_contains(reached, s.step - 1)),
                  sum(s.gap_us), count(s.gap_us),
                  count(*) FILTER (WHERE NOT list_contains(reached, s.step + 1))
              FROM st GROUP BY s.step ORDER BY s.step""",
-        params,
+    ]
+    if q.include_dropoffs:
+        statements.append(
+            base
+            + """SELECT top_step + 1 AS k, reason, count(*) AS n
+                 FROM (SELECT top_step, unnest(reasons) AS reason FROM jr)
+                 GROUP BY ALL ORDER BY k, n DESC, reason"""
+        )
+    # Side by side, each on its own snapshot (an event arriving meanwhile may
+    # show in some of the numbers and not yet in others, as documented).
+    [(total, completed, dur_us)], steps, *reason_rows = store.query_all(
+        [(sql, params) for sql in statements]
     )
     reached = {k: n for k, _, n, *_ in steps}
     names = {k: name for k, name, *_ in steps}
@@ -314,15 +322,8 @@ def run_journey(store: DuckDBEventStore, q: JourneyQuery) -> dict[str, Any]:
     }
     if q.include_dropoffs:
         drops = [(k, not_next.get(k, 0)) for k in sorted(reached)]
-        reasons = store.query(
-            base
-            + """SELECT top_step + 1 AS k, reason, count(*) AS n
-                 FROM (SELECT top_step, unnest(reasons) AS reason FROM jr)
-                 GROUP BY ALL ORDER BY k, n DESC, reason""",
-            params,
-        )
         by_step: dict[int, list[str]] = {}
-        for k, reason, _ in reasons:
+        for k, reason, _ in reason_rows[0]:
             if len(by_step.setdefault(k, [])) < MAX_REASONS:
                 by_step[k].append(reason)
         journey["drop_off_points"] = [

@@ -73,26 +73,18 @@ def run_realtime(
         WHERE tenant = $tenant AND ingested_at >= $ingest_lo AND ts <= $now
     """
     filters = "($workflow IS NULL OR workflow_id = $workflow) AND ($channel IS NULL OR channel = $channel)"
-    running = store.query(
-        f"""SELECT workflow_id, count(*) FROM ({store.executions_sql(q.tenant)})
+    running = f"""SELECT workflow_id, count(*) FROM ({store.executions_sql(q.tenant)})
             WHERE status = 0 AND started_at BETWEEN $day_ago AND $now AND {filters}
-            GROUP BY workflow_id""",
-        params,
-    )
-    active_by_wf = {wf: n for wf, n in running}
-    last_hour = store.query(
-        f"""SELECT grouping(workflow_id, channel), workflow_id, channel,
+            GROUP BY workflow_id"""
+    last_hour = f"""SELECT grouping(workflow_id, channel), workflow_id, channel,
                 count(*) FILTER (WHERE type LIKE 'execution.%'),
                 count(*) FILTER (WHERE type IN ('message.sent', 'message.received')),
                 count(DISTINCT customer_id) FILTER (
                     WHERE type IN ('message.sent', 'message.received') AND ts >= $half_hour_ago)
             FROM ({recent})
             WHERE ts >= $hour_ago AND {filters}
-            GROUP BY GROUPING SETS ((), (workflow_id), (channel))""",
-        params,
-    )
-    replies = store.query(
-        f"""
+            GROUP BY GROUPING SETS ((), (workflow_id), (channel))"""
+    replies = f"""
         WITH received AS (
             SELECT ts, workflow_id, customer_id, channel FROM ({recent})
             WHERE type = 'message.received' AND ts >= $hour_ago AND {filters}
@@ -108,15 +100,18 @@ def run_realtime(
         )
         WHERE gap <= {REPLY_WINDOW_US}
         GROUP BY GROUPING SETS ((), (workflow_id))
-        """,
-        params,
+        """
+    # Side by side, each on its own snapshot.
+    running_rows, last_hour_rows, reply_rows = store.query_all(
+        [(sql, params) for sql in (running, last_hour, replies)]
     )
+    active_by_wf = {wf: n for wf, n in running_rows}
     total_msgs = 0
     active_workflows: list[str] = []
     msgs_by_wf: dict[str, int] = {}
     msgs_by_channel: dict[str, int] = {}
     conv: dict[str, int] = {}
-    for grouping, wf, ch, exec_events, n_msgs, conversations in last_hour:
+    for grouping, wf, ch, exec_events, n_msgs, conversations in last_hour_rows:
         if grouping == 3:
             total_msgs = n_msgs
         elif grouping == 1:  # per workflow
@@ -130,7 +125,7 @@ def run_realtime(
     active_workflows.sort()
     reply_total: tuple[int, int] = (0, 0)
     reply_by_wf: dict[str, tuple[int, int]] = {}
-    for grouping, wf, total, count in replies:
+    for grouping, wf, total, count in reply_rows:
         if grouping == 1:
             reply_total = (total or 0, count)
         elif wf is not None:
