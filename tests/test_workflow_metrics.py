@@ -209,7 +209,7 @@ def test_rollups_exact_with_no_memory_for_them(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
         api = Api(client, make_key(settings, "acme"), "acme")
         _check_late_moves(api, "Asia/Kathmandu", "day")
-        assert not client.app.state.store.rollup_cache._days  # type: ignore[attr-defined]
+        assert client.app.state.store.rollup_cache.nbytes == 0  # type: ignore[attr-defined]
 
 
 def test_rollups_held_behind_more_folds_than_remembered_start_afresh(
@@ -236,6 +236,7 @@ def test_rollups_held_behind_more_folds_than_remembered_start_afresh(
 def test_an_answer_that_finds_many_events_waiting_has_them_folded(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Past FOLD_ON_READ execution events waiting, an answer asks the writer to fold."""
     monkeypatch.setattr(duckdb_store, "FOLD_ON_READ", 10)
     first, late = _late_starts()
     api.send(first + late)
