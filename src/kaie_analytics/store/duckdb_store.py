@@ -171,6 +171,12 @@ def _utcnow() -> datetime:
 Columns = dict[str, np.ndarray]
 
 
+def _log_failure(fut: concurrent.futures.Future[None]) -> None:
+    """Log a fold that nobody waits for, if it failed (the next one retries)."""
+    if fut.exception() is not None:
+        log.error("fold failed; will retry", exc_info=fut.exception())
+
+
 class _Stop:
     pass
 
@@ -267,7 +273,7 @@ class DuckDBEventStore:
         """
         if self._pending["executions"].get(tenant, 0) > FOLD_ON_READ and not self._fold_asked:
             self._fold_asked = True
-            self.compact_now()
+            self.compact_now().add_done_callback(_log_failure)
 
     # ----------------------------------------------------------------- writes
 
