@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 import psutil
@@ -87,27 +88,38 @@ class Server:
             self.proc.wait(timeout=60)
 
 
-class PeakMemory:
-    """Samples a process's RSS every 50 ms; ``peak`` in MiB."""
+class Background:
+    """Runs ``_run`` in a thread for the duration of a ``with`` block; ``_run``
+    returns once ``_stop`` is set."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.peak = 0.0
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.server.rss_mb())
-            time.sleep(0.05)
+        raise NotImplementedError
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PeakMemory(Background):
+    """Samples a process's RSS every 50 ms; ``peak`` in MiB."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__()
+        self.server = server
+        self.peak = 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.server.rss_mb())
+            time.sleep(0.05)
 
 
 def median(values: list[float]) -> float:

@@ -18,7 +18,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Server, machine, percentile
+from common import Background, Server, machine, percentile
 
 SOURCE = Path(__file__).parent / "data" / "query-10000000"
 TENANT, WORKFLOW = "t00", "wf-00"
@@ -38,22 +37,13 @@ LIMITS = ",".join(
 PATHS = (f"/v1/analytics/workflows/{WORKFLOW}", f"/v1/analytics/workflows/{WORKFLOW}/performance")
 
 
-class Stream:
+class Stream(Background):
     """Posts executions of ``WORKFLOW`` at about ``rate`` events per second."""
 
     def __init__(self, url: str, key: str, rate: int) -> None:
+        super().__init__()
         self.url, self.key, self.rate = url, key, rate
         self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Stream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         rng = random.Random(1)

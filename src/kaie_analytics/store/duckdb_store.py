@@ -806,15 +806,9 @@ class DuckDBEventStore:
         """SQL for the current rows of a derived table for ``tenant`` (binds ``$tenant``)."""
         return current_rows(table, self.has_pending(tenant, table.name))
 
-    def executions_sql(
-        self, tenant: str, *, numbered: bool = False, upto: int | None = None
-    ) -> str:
-        """SQL for the current executions of ``tenant`` (binds ``$tenant``).
-
-        ``numbered`` adds ``customer_num`` (NULL on executions not folded yet);
-        ``upto`` leaves out events after that seq (see ``committed_seq``).
-        """
-        return xsql.tenant_executions(self.has_pending(tenant), numbered=numbered, upto=upto)
+    def executions_sql(self, tenant: str) -> str:
+        """SQL for the current executions of ``tenant`` (binds ``$tenant``)."""
+        return xsql.tenant_executions(self.has_pending(tenant))
 
     @property
     def committed_seq(self) -> int:

@@ -142,27 +142,23 @@ _MERGED_TOUCHED = merge_and_finalise(
 )
 
 
-def tenant_executions(has_pending: bool, *, numbered: bool = False, upto: int | None = None) -> str:
+def tenant_executions(has_pending: bool) -> str:
     """A query of the current executions of tenant ``$tenant`` (final columns).
 
     Without pending events it reads the compacted table alone; with them it
     merges the events past the watermark into the rows they touch. It is one
     statement, so it sees one consistent snapshot of table and watermark.
-    ``numbered`` adds ``customer_num``, NULL on the rows merged on the fly;
-    ``upto`` leaves out events after that seq.
     """
-    columns = FINAL_COLUMNS + (", customer_num" if numbered else "")
     if not has_pending:
-        return f"SELECT {columns} FROM executions WHERE tenant = $tenant"
-    merged = FINAL_COLUMNS + (", NULL::UINTEGER AS customer_num" if numbered else "")
+        return f"SELECT {FINAL_COLUMNS} FROM executions WHERE tenant = $tenant"
     return f"""
-    SELECT {columns} FROM (
-        WITH delta AS ({_pending(upto)}),
+    SELECT {FINAL_COLUMNS} FROM (
+        WITH delta AS ({_pending()}),
              touched AS (SELECT DISTINCT execution_id FROM delta)
-        SELECT {columns} FROM executions
+        SELECT {FINAL_COLUMNS} FROM executions
         WHERE tenant = $tenant AND execution_id NOT IN (SELECT execution_id FROM touched)
         UNION ALL
-        SELECT {merged} FROM ({_MERGED_TOUCHED})
+        SELECT {FINAL_COLUMNS} FROM ({_MERGED_TOUCHED})
     )
     """
 
@@ -183,13 +179,7 @@ def workflow_pending(since: int, upto: int) -> str:
     return f"""
     WITH delta AS ({_pending(upto, since)}),
          touched AS (SELECT DISTINCT execution_id FROM delta),
-         merged AS ({
-        merge_and_finalise(
-            "SELECT tenant, execution_id, s, c, f, nodes AS n FROM executions"
-            " WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM touched)"
-            " UNION ALL SELECT * FROM delta"
-        )
-    })
+         merged AS ({_MERGED_TOUCHED})
     SELECT false AS new, execution_id, {slot}, channel, error_type, status, duration_ms,
         customer_num AS num, customer_id, nodes
     FROM executions
