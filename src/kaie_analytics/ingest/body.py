@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any
 
@@ -72,9 +73,11 @@ def decode_events(body: bytes, content_type: str | None) -> list[Any]:
             field="Content-Type",
         )
     try:
-        events = _body_decoder.decode(body).events
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", field="body") from None
+        events: list[Any] = _body_decoder.decode(body).events
+    except (RecursionError, msgspec.DecodeError) as exc:
+        # One event the decoder cannot read (nested very deep, a lone surrogate)
+        # must not sink the others: split the array without decoding it.
+        events = _split_events(body, str(exc))
     except msgspec.ValidationError as exc:
         raise InvalidRequest(
             f'the body must be an object {{"events": [...]}}: {exc}', field="events"
@@ -85,6 +88,42 @@ def decode_events(body: bytes, content_type: str | None) -> list[Any]:
             " use NDJSON for up to 10,000",
             field="events",
         )
+    return events
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
+def _split_events(body: bytes, problem: str) -> list[bytes]:
+    """The events of ``{"events": [...]}`` as raw bytes, each validated later on its own.
+
+    Only for bodies the decoder refused: it checks the framing, not the events,
+    so an unreadable event gets its own error and the rest are kept.
+    """
+    events: list[bytes] = []
+    depth, start, last, in_events = 0, -1, b"", False
+    for m in _TOKEN.finditer(body):
+        tok = m.group()
+        if tok in (b"{", b"["):
+            depth += 1
+            if depth == 2 and in_events and tok == b"[":
+                start = m.end()
+        elif tok in (b"}", b"]"):
+            if depth == 2 and in_events and tok == b"]":
+                if body[start : m.start()].strip():
+                    events.append(body[start : m.start()].strip())
+                in_events, start = False, -1
+            depth -= 1
+        elif tok == b"," and depth == 2 and start >= 0:
+            events.append(body[start : m.start()].strip())
+            start = m.end()
+        elif tok == b":" and depth == 1:
+            in_events = last == b'"events"'
+            if not in_events:
+                raise InvalidRequest('the body must be an object {"events": [...]}', field="events")
+        last = tok
+    if depth != 0 or not events:
+        raise InvalidRequest(f"the body is not valid JSON: {problem}", field="body")
     return events
 
 

@@ -28,7 +28,13 @@ FIELD_COLUMNS: tuple[str, ...] = (
 
 MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_SLACK = timedelta(minutes=10)
+#: Free-form objects, kept as JSON text: at most this big, this deep, with 64-bit integers.
+OBJECT_FIELDS = ("properties", "traits")
 MAX_OBJECT_BYTES = 8 * 1024
+#: Levels of nesting allowed inside ``properties`` and ``traits`` (the object itself is 1).
+MAX_DEPTH = 32
+#: orjson, DuckDB's JSON and most readers hold integers in 64 bits: larger ones are refused.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
@@ -198,19 +204,110 @@ class ValidEvent(NamedTuple):
     ts_text: str
     raw: bytes
     fields: _Event
+    #: ``properties`` and ``traits`` as compact JSON text (None when absent).
+    objects: tuple[str | None, ...]
 
 
-def _check_size(name: str, value: Object | None) -> None:
-    if value is not None and len(orjson.dumps(value)) > MAX_OBJECT_BYTES:
+#: JSON tokens that matter for finding where in an event something is: strings
+#: (keys among them), brackets and colons; whatever lies between is skipped.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def _field_where(
+    data: bytes, *, at: int | None = None, deeper_than: int | None = None
+) -> tuple[bool, str | None]:
+    """Whether byte ``at`` is reached (or nesting past ``deeper_than``), and in which
+    top-level field of the event.
+
+    Only run once an event is known or likely to be wrong, to name the field.
+    """
+    depth, key, last = 0, None, None
+    for m in _TOKEN.finditer(data):
+        tok = m.group()
+        if at is not None and m.start() >= at:
+            return True, key
+        if tok in (b"{", b"["):
+            depth += 1
+            if deeper_than is not None and depth > deeper_than:
+                return True, key
+        elif tok in (b"}", b"]"):
+            depth -= 1
+        elif tok == b":" and depth == 1 and last is not None:
+            key = last.decode("utf-8", "replace")
+        last = tok[1:-1] if tok[:1] == b'"' else None
+        if at is not None and m.end() > at:
+            return True, key
+    return False, None
+
+
+def _check_depth(data: bytes) -> None:
+    if data.count(b"{") + data.count(b"[") <= MAX_DEPTH:
+        return  # cannot be nested that deep: spare the scan
+    # The event's own braces are level 0 of its fields, hence the + 1.
+    too_deep, field = _field_where(data, deeper_than=MAX_DEPTH + 1)
+    if too_deep:
+        raise EventError(
+            field, f"{field or 'the event'} is nested more than {MAX_DEPTH} levels deep"
+        )
+
+
+def _bad_int_path(value: Any, path: str) -> str | None:
+    """The path of the first integer outside 64 bits in a decoded object."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if MIN_INT <= value <= MAX_INT else path
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for k, v in items:
+        found = _bad_int_path(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]")
+        if found:
+            return found
+    return None
+
+
+def _object_json(name: str, value: Object | None) -> str | None:
+    """A ``properties`` / ``traits`` object as compact JSON text, within the limits."""
+    if value is None:
+        return None
+    try:
+        text = orjson.dumps(value)
+    except TypeError:  # orjson refuses integers outside 64 bits
+        path = _bad_int_path(value, name) or name
+        raise EventError(
+            name,
+            f"{path} is an integer outside -2^63 to 2^64-1; send such numbers as strings",
+        ) from None
+    if len(text) > MAX_OBJECT_BYTES:
         raise EventError(name, f"{name} must be at most {MAX_OBJECT_BYTES} bytes as JSON")
+    return text.decode()
+
+
+def _decode(data: bytes) -> _Event:
+    _check_depth(data)
+    try:
+        return _decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _error_from(exc) from None
+    except UnicodeDecodeError:
+        try:
+            data.decode()
+            at = 0
+        except UnicodeDecodeError as exc:
+            at = exc.start
+        _, field = _field_where(data, at=at)
+        raise EventError(field, f"{field or 'the event'} holds bytes that are not UTF-8") from None
+    except RecursionError:  # defensive: the depth check comes first
+        raise EventError(None, f"the event is nested more than {MAX_DEPTH} levels deep") from None
 
 
 def validate_event(raw: bytes | msgspec.Raw, now: datetime) -> ValidEvent:
     """Validate one raw JSON event (spec/EVENTS.md)."""
-    try:
-        ev = _decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise _error_from(exc) from None
+    data = raw if type(raw) is bytes else bytes(raw)
+    ev = _decode(data)
     try:
         ts = datetime.fromisoformat(ev.timestamp.upper())
     except ValueError:
@@ -221,22 +318,15 @@ def validate_event(raw: bytes | msgspec.Raw, now: datetime) -> ValidEvent:
         raise EventError("timestamp", "timestamp must not be more than 10 minutes in the future")
     if type(ev) is FeedbackSubmitted and ev.csat is None and ev.nps is None:
         raise EventError("csat", "feedback.submitted needs csat, nps or both")
-    if len(raw) > MAX_OBJECT_BYTES:  # only then can an object be over the limit
-        _check_size("properties", ev.properties)
-        _check_size("traits", getattr(ev, "traits", None))
+    objects = tuple(_object_json(name, getattr(ev, name, None)) for name in OBJECT_FIELDS)
     event_id = ev.id
     if event_id is None:
-        canonical = orjson.dumps(orjson.loads(bytes(raw)), option=orjson.OPT_SORT_KEYS)
+        canonical = orjson.dumps(orjson.loads(data), option=orjson.OPT_SORT_KEYS)
         event_id = hashlib.sha256(canonical).hexdigest()
     return ValidEvent(
-        event_id,
-        ev.id is not None,
-        _TYPE_OF[type(ev)],
-        (ts - _EPOCH) // _US,
-        ev.timestamp,
-        raw if type(raw) is bytes else bytes(raw),
-        ev,
-    )
+        event_id, ev.id is not None, _TYPE_OF[type(ev)], (ts - _EPOCH) // _US, ev.timestamp,
+        data, ev, objects,
+    )  # fmt: skip
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

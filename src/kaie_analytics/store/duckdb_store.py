@@ -38,13 +38,12 @@ from typing import Any, Literal, overload
 
 import duckdb
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.json as pa_json
 from xxhash import xxh3_64_intdigest
 
 from kaie_analytics.errors import QueryTimeout, StoreUnavailable
-from kaie_analytics.ingest.validate import FIELD_COLUMNS, ValidEvent
+from kaie_analytics.ingest.validate import FIELD_COLUMNS, OBJECT_FIELDS, ValidEvent
 from kaie_analytics.store import activity, rollups
 from kaie_analytics.store import executions_sql as xsql
 from kaie_analytics.store.dedupe import IdIndex
@@ -62,11 +61,10 @@ CHECKPOINT_THRESHOLD = "256MB"
 
 _FIELD_TYPES = {"duration_ms": "BIGINT", "csat": "TINYINT", "nps": "TINYINT", "step": "TINYINT"}
 _ARROW_TYPES = {"duration_ms": pa.int64(), "csat": pa.int8(), "nps": pa.int8(), "step": pa.int8()}
-_JSON_FIELDS = ("traits", "properties")
 _JSON_READ = pa_json.ReadOptions(use_threads=False, block_size=16 << 20)
 _JSON_PARSE = pa_json.ParseOptions(
     explicit_schema=pa.schema(
-        [(c, _ARROW_TYPES.get(c, pa.string())) for c in FIELD_COLUMNS if c not in _JSON_FIELDS]
+        [(c, _ARROW_TYPES.get(c, pa.string())) for c in FIELD_COLUMNS if c not in OBJECT_FIELDS]
     ),
     unexpected_field_behavior="ignore",
 )
@@ -329,11 +327,9 @@ class DuckDBEventStore:
         except pa.ArrowInvalid:  # e.g. a repeated key; take the slow path
             parsed = None
         for name in FIELD_COLUMNS:
-            if name in _JSON_FIELDS:
-                values = [getattr(e.fields, name, None) for e in rows]
-                columns[name] = pa.array(
-                    [None if v is None else orjson.dumps(v).decode() for v in values], pa.string()
-                )
+            if name in OBJECT_FIELDS:
+                at = OBJECT_FIELDS.index(name)
+                columns[name] = pa.array([e.objects[at] for e in rows], pa.string())
             elif parsed is not None:
                 columns[name] = parsed.column(name).combine_chunks()
             else:
