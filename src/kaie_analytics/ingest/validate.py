@@ -168,7 +168,7 @@ EVENT_CLASSES = (
     JourneyCompleted, JourneyDropped,
 )  # fmt: skip
 EVENT_TYPES: tuple[str, ...] = tuple(str(c.__struct_config__.tag) for c in EVENT_CLASSES)
-_TYPE_OF = {c: str(c.__struct_config__.tag) for c in EVENT_CLASSES}
+_TYPE_OF: dict[type[_Event], str] = {c: str(c.__struct_config__.tag) for c in EVENT_CLASSES}
 
 _decoder = msgspec.json.Decoder(
     ExecutionStarted | ExecutionCompleted | ExecutionFailed | NodeCompleted | NodeFailed
