@@ -65,6 +65,7 @@ def settings(tmp_path: Path) -> Settings:
         compact_idle_s=3600,
         compact_after_events=10**9,
         rate_limits=GENEROUS_LIMITS,
+        allowed_hosts="testserver",  # the host name of Starlette's test client
     )
 
 

@@ -131,7 +131,7 @@ def test_report_pdf_is_readable(api: Api, loaded: list[dict[str, Any]]) -> None:
          "INVALID_GRANULARITY", "granularity"),
         ({"name": "x", "metrics": ["total_executions"],
           "filters": {"start_date": "2024-02-01", "end_date": "2024-01-01"}},
-         "INVALID_DATE_RANGE", "end_date"),
+         "INVALID_DATE_RANGE", "filters.end_date"),
         ({"name": "x", "metrics": ["total_executions"], "format": "xls"}, "INVALID_PARAMETER",
          "format"),
         ({"name": "x", "metrics": ["total_executions"], "group_by": ["planet"]},
@@ -178,7 +178,7 @@ def test_links_tenancy_tamper_expiry_and_not_ready(
     secret = api.client.app.state.secret  # type: ignore[attr-defined]
     old = int(time.time()) - 10
     r = api.client.get(parts.path, params={**q, "expires": str(old),
-                       "signature": sign(secret, "report", rid, "acme", old)})  # fmt: skip
+                       "signature": sign(secret, "report", rid, "acme", q["key"], old)})  # fmt: skip
     assert r.status_code == 410
     # Not finished yet: 409.
     api.client.app.state.worker.stop()  # type: ignore[attr-defined]

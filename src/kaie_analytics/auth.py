@@ -28,6 +28,7 @@ class KeyCache:
         self.meta = meta
         self.ttl = ttl
         self._entries: dict[str, tuple[float, ApiKey | None]] = {}
+        self._active: dict[str, tuple[float, bool]] = {}
         self._lock = threading.Lock()
 
     def lookup(self, key: str) -> ApiKey | None:
@@ -42,6 +43,20 @@ class KeyCache:
                 self._entries.clear()
             self._entries[key] = (now, record)
         return record
+
+    def is_active(self, prefix: str) -> bool:
+        """Whether the key with this prefix exists and is not revoked (cached alike)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._active.get(prefix)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        active = self.meta.key_is_active(prefix)
+        with self._lock:
+            if len(self._active) > 10_000:
+                self._active.clear()
+            self._active[prefix] = (now, active)
+        return active
 
 
 def _bearer(request: Request) -> str:

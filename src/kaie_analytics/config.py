@@ -45,12 +45,19 @@ class Settings(BaseSettings):
     compact_idle_s: float = 2.0
     #: Longest time one report or export job may run before it fails.
     job_time_limit_s: float = 1800.0
-    #: Base of absolute download links (e.g. https://analytics.example.com); default: the request's.
+    #: Base of absolute download links (e.g. https://analytics.example.com); default: the
+    #: request's own, if its host is trusted (the listen address, loopback or allowed_hosts).
     public_url: str | None = None
+    #: Comma-separated host names download links may be built for when public_url is unset.
+    allowed_hosts: str = ""
     #: Recent events move into the sorted main table in chunks of this many rows.
     events_chunk_rows: int = 1_000_000
     #: Log format: "json" or "text".
     log_format: str = "json"
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def events_db_path(self) -> Path:

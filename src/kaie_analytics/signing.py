@@ -1,4 +1,8 @@
-"""Signed, expiring download links (HMAC-SHA256 over kind, id, tenant and expiry)."""
+"""Signed, expiring download links (HMAC-SHA256 over kind, id, tenant, key and expiry).
+
+A link names the API key it was made for: it stops working once that key is
+revoked, as a presigned link stops working with its signing credentials.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,13 @@ def load_secret(configured: str | None, data_dir: Path) -> bytes:
     return path.read_text().strip().encode()
 
 
-def sign(secret: bytes, kind: str, job_id: str, tenant: str, expires: int) -> str:
-    msg = f"{kind}\x00{job_id}\x00{tenant}\x00{expires}".encode()
+def sign(secret: bytes, kind: str, job_id: str, tenant: str, key: str, expires: int) -> str:
+    msg = f"{kind}\x00{job_id}\x00{tenant}\x00{key}\x00{expires}".encode()
     return hmac.new(secret, msg, hashlib.sha256).hexdigest()
 
 
-def verify(secret: bytes, kind: str, job_id: str, tenant: str, expires: int, sig: str) -> bool:
-    return hmac.compare_digest(sign(secret, kind, job_id, tenant, expires), sig)
+def verify(
+    secret: bytes, kind: str, job_id: str, tenant: str, key: str, expires: int, sig: str
+) -> bool:
+    expected = sign(secret, kind, job_id, tenant, key, expires)
+    return sig.isascii() and hmac.compare_digest(expected, sig)

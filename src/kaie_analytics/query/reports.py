@@ -106,8 +106,13 @@ def parse_report_request(body: Any) -> ReportRequest:
     )
     if extra:
         raise InvalidParameter(f"unknown filter {extra[0]!r}", field=f"filters.{extra[0]}")
-    tz = parse_timezone(filters.get("timezone"))
-    period = parse_period(filters.get("start_date"), filters.get("end_date"), tz)
+    tz = parse_timezone(filters.get("timezone"), "filters.timezone")
+    period = parse_period(
+        filters.get("start_date"),
+        filters.get("end_date"),
+        tz,
+        fields=("filters.start_date", "filters.end_date"),
+    )
     group_by = parse_string_list(body.get("group_by"), "group_by")
     bad = [g for g in group_by if g not in REPORT_GROUP_BY]
     if bad:

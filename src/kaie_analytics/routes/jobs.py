@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
-from kaie_analytics.auth import Principal, require
+from kaie_analytics.auth import KeyCache, Principal, require
 from kaie_analytics.errors import (
     Forbidden,
     InvalidRequest,
@@ -41,14 +41,40 @@ def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+#: Host names a request may arrive under without KAIE_PUBLIC_URL or KAIE_ALLOWED_HOSTS.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def link_base(request: Request) -> str:
+    """The base of absolute download links: never a ``Host`` header nobody vouched for.
+
+    A link built from any ``Host`` would let a forged request hand a victim a
+    link to another site; so it is ``KAIE_PUBLIC_URL`` when set, else the
+    request's own base only if its host is the listen address, a loopback name
+    or in ``KAIE_ALLOWED_HOSTS``.
+    """
+    settings = request.app.state.settings
+    if settings.public_url:
+        return str(settings.public_url).rstrip("/")
+    host = request.url.hostname or ""
+    if host not in LOOPBACK_HOSTS | {settings.host, *settings.allowed_host_names}:
+        raise InvalidRequest(
+            f"download links are not made for the host {host[:100]!r}: the operator sets"
+            " KAIE_PUBLIC_URL (e.g. https://analytics.example.com) or adds the host to"
+            " KAIE_ALLOWED_HOSTS",
+            field="Host",
+        )
+    return str(request.base_url).rstrip("/")
+
+
 def _download_url(request: Request, job: Job) -> str:
     segment = KINDS[job.kind][0]
     expires = job.expires_at or job.created_at + LINK_LIFETIME
     exp = int(expires.timestamp())
-    sig = sign(request.app.state.secret, job.kind, job.id, job.tenant, exp)
-    base = request.app.state.settings.public_url or str(request.base_url).rstrip("/")
-    query = urlencode({"tenant": job.tenant, "expires": exp, "signature": sig})
-    return f"{base.rstrip('/')}/v1/analytics/{segment}/{job.id}/download?{query}"
+    key = request.state.principal.key_prefix
+    sig = sign(request.app.state.secret, job.kind, job.id, job.tenant, key, exp)
+    query = urlencode({"tenant": job.tenant, "key": key, "expires": exp, "signature": sig})
+    return f"{link_base(request)}/v1/analytics/{segment}/{job.id}/download?{query}"
 
 
 def render_job(request: Request, job: Job) -> dict[str, Any]:
@@ -99,6 +125,7 @@ def _estimate_s(request: Request, tenant: str, lo: Any, hi: Any, per_second: flo
 async def _create(request: Request, tenant: str, kind: str, name: str | None,
                   params: dict[str, Any], lo: Any, hi: Any, per_second: float) -> Job:  # fmt: skip
     jobs: JobStore = request.app.state.jobs
+    link_base(request)  # refuse an untrusted host before any work, not after
     estimate = await run_in_threadpool(_estimate_s, request, tenant, lo, hi, per_second)
     job = await run_in_threadpool(
         lambda: jobs.create(tenant=tenant, kind=kind, name=name, params=params, estimate_s=estimate)
@@ -131,17 +158,25 @@ def _download(request: Request, kind: str, job_id: str, tenant: str) -> FileResp
 async def _principal_or_link(request: Request, kind: str, job_id: str) -> str:
     """The tenant of a download: from a valid signed link, else from the API key."""
     q = request.query_params
-    if "signature" in q:
-        tenant, expires, sig = q.get("tenant", ""), q.get("expires", ""), q["signature"]
-        if not expires.isdigit() or not verify(
-            request.app.state.secret, kind, job_id, tenant, int(expires), sig
-        ):
-            raise Forbidden("the download link is invalid or was altered", field="signature")
-        if int(expires) < time.time():
-            raise ReportExpired("the download link has expired")
-        return tenant
-    principal = await require("analytics:read")(request)
-    return principal.tenant
+    if "signature" not in q:
+        principal = await require("analytics:read")(request)
+        return principal.tenant
+    tenant, key, expires = q.get("tenant", ""), q.get("key", ""), q.get("expires", "")
+    valid = expires.isascii() and expires.isdigit() and len(expires) <= 12
+    if not valid or not verify(
+        request.app.state.secret, kind, job_id, tenant, key, int(expires), q["signature"]
+    ):
+        raise Forbidden("the download link is invalid or was altered", field="signature")
+    if int(expires) < time.time():
+        raise ReportExpired("the download link has expired")
+    keys: KeyCache = request.app.state.keys
+    if not await run_in_threadpool(keys.is_active, key):
+        raise Forbidden(
+            "the API key this link was made for has been revoked; ask for the status again"
+            " with an active key for a new link",
+            field="key",
+        )
+    return tenant
 
 
 # ------------------------------------------------------------------- reports

@@ -130,6 +130,14 @@ class MetaStore(SqliteDatabase):
                 )
         return len(matches)
 
+    def key_is_active(self, prefix: str) -> bool:
+        row = (
+            self._con()
+            .execute("SELECT revoked_at FROM api_keys WHERE prefix = ?", (prefix,))
+            .fetchone()
+        )
+        return row is not None and row[0] is None
+
     def authenticate(self, key: str) -> ApiKey | None:
         """The active key record for a full secret, or None."""
         prefix = "_".join(key.split("_", 2)[:2]) if key.startswith(KEY_PREFIX) else ""
