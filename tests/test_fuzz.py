@@ -70,8 +70,10 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, str]]]:
     s = Settings(
-        data_dir=tmp_path_factory.mktemp("fuzz"), rate_limits=GENEROUS_LIMITS, job_time_limit_s=5,
-        allowed_hosts="testserver"
+        data_dir=tmp_path_factory.mktemp("fuzz"),
+        rate_limits=GENEROUS_LIMITS,
+        job_time_limit_s=5,
+        allowed_hosts="testserver",
     )
     with TestClient(create_app(s), raise_server_exceptions=False) as c:
         headers = {"Authorization": f"Bearer {make_key(s, 'acme')}"}
@@ -117,7 +119,9 @@ def test_path_parameters(
     c, headers = client
     path = f"/v1/analytics/workflows/{quote(workflow_id, safe='')}{suffix}"
     check(c.get(path, headers=headers))
-    check(c.put(f"/v1/workflows/{quote(workflow_id, safe='')}", json={"name": "n"}, headers=headers))
+    check(
+        c.put(f"/v1/workflows/{quote(workflow_id, safe='')}", json={"name": "n"}, headers=headers)
+    )
     for kind in ("reports", "export"):
         check(c.get(f"/v1/analytics/{kind}/{quote(workflow_id, safe='')}", headers=headers))
 

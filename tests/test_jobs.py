@@ -17,11 +17,15 @@ from zoneinfo import ZoneInfo
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from fastapi.testclient import TestClient
 from pypdf import PdfReader
 
 import oracle
-from conftest import Api, LiveServer
+from conftest import Api, LiveServer, make_key
 from factories import iso, workflow_events
+from kaie_analytics.app import create_app
+from kaie_analytics.config import Settings
+from kaie_analytics.store.meta import MetaStore
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 END = datetime(2024, 3, 10, 23, 59, 59, 999999, tzinfo=UTC)
@@ -187,6 +191,48 @@ def test_links_tenancy_tamper_expiry_and_not_ready(
     assert pending["status"] == "generating"
     r = download(api, pending["download_url"])
     assert r.status_code == 409 and r.json()["error"]["code"] == "REPORT_NOT_READY"
+
+
+def test_link_stops_with_its_key(
+    api: Api, settings: Settings, loaded: list[dict[str, Any]]
+) -> None:
+    """A signed link names the key it was made for; revoking that key ends the link."""
+    second = Api(api.client, make_key(settings, "acme"), "acme")
+    done = make_report(api, **REPORT)
+    link = second.get(f"/v1/analytics/reports/{done['report_id']}").json()["data"]["download_url"]
+    assert download(api, link).status_code == 200
+    meta = MetaStore(settings.meta_db_path)
+    assert meta.revoke_key("_".join(second.key.split("_")[:2])) == 1
+    meta.close()
+    time.sleep(settings.key_cache_ttl_s + 0.1)
+    r = download(api, link)
+    assert r.status_code == 403 and r.json()["error"]["field"] == "key"
+    assert download(api, done["download_url"]).status_code == 200  # the other key's link
+
+
+def test_links_are_built_only_for_trusted_hosts(api: Api, loaded: list[dict[str, Any]]) -> None:
+    r = api.post("/v1/analytics/reports", json=REPORT, headers={"Host": "evil.example"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["field"] == "Host"
+    assert "KAIE_PUBLIC_URL" in err["details"]
+    assert api.get("/v1/analytics/reports").json()["data"] == []  # nothing was queued
+    done = make_report(api, **REPORT)
+    assert done["download_url"].startswith("http://testserver/")
+    for host in ("localhost:8000", "127.0.0.1"):
+        r = api.get(f"/v1/analytics/reports/{done['report_id']}", headers={"Host": host})
+        assert r.json()["data"]["download_url"].startswith(f"http://{host}/")
+    r = api.get(f"/v1/analytics/reports/{done['report_id']}", headers={"Host": "evil.example"})
+    assert r.status_code == 400
+
+
+def test_public_url_sets_every_link(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d", public_url="https://analytics.example.com/")
+    with TestClient(create_app(settings)) as c:
+        api = Api(c, make_key(settings, "acme"), "acme")
+        r = api.post("/v1/analytics/reports", json=REPORT, headers={"Host": "evil.example"})
+        assert r.status_code == 202
+        url = r.json()["data"]["download_url"]
+        assert url.startswith("https://analytics.example.com/v1/analytics/reports/")
 
 
 def _export(api: Api, **body: Any) -> tuple[dict[str, Any], bytes]:

@@ -104,3 +104,30 @@ def test_request_id_metrics_and_logs(api: Api, caplog: pytest.LogCaptureFixture)
     assert 'kaie_http_requests_total{method="GET",route="/v1/workflows",status="200"} 2.0' in text
     assert 'kaie_events_total{outcome="accepted"} 1.0' in text
     assert "kaie_http_request_duration_seconds_bucket" in text
+
+
+def test_a_partial_rate_limit_setting_changes_only_its_classes(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d", rate_limits="historical=5/hour")
+    with TestClient(create_app(settings)) as c:
+        h = {"Authorization": f"Bearer {make_key(settings, 'acme')}"}
+        r = c.get("/v1/analytics/realtime", headers=h)
+        assert r.status_code == 200 and r.headers["X-RateLimit-Limit"] == "1000"
+        r = c.get("/v1/workflows", headers=h)
+        assert r.status_code == 200 and r.headers["X-RateLimit-Limit"] == "1000"
+        r = c.get("/v1/analytics/customers/engagement", headers=h)
+        assert r.status_code == 200 and r.headers["X-RateLimit-Limit"] == "5"
+
+
+def test_failed_authentications_are_throttled_per_address(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d", auth_failure_limit="3/minute")
+    with TestClient(create_app(settings)) as c:
+        good = {"Authorization": f"Bearer {make_key(settings, 'acme')}"}
+        for i, headers in enumerate([{}, {"Authorization": "Bearer kaie_x_y"}, {}]):
+            assert c.get("/v1/workflows", headers=headers).status_code == 401, i
+        # Past the limit even a good key from this address waits: guessing gains nothing.
+        r = c.get("/v1/workflows", headers=good)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+        assert 0 < int(r.headers["Retry-After"]) <= 60
+        # Another address is not affected.
+        other = TestClient(c.app, client=("203.0.113.9", 50000))
+        assert other.get("/v1/workflows", headers=good).status_code == 200

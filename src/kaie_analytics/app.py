@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaie_analytics import __version__
 from kaie_analytics.auth import KeyCache
@@ -20,7 +21,7 @@ from kaie_analytics.config import Settings
 from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
 from kaie_analytics.ingest.service import warm_up
 from kaie_analytics.jobs.worker import JobWorker
-from kaie_analytics.ratelimit import RateLimiter, parse_rate_limits
+from kaie_analytics.ratelimit import RateLimiter, parse_limit, parse_rate_limits
 from kaie_analytics.responses import JSONResponse
 from kaie_analytics.routes import (
     customer_analytics,
@@ -55,11 +56,14 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})  # 405 carries Allow
     if exc.status_code == 404:
-        return error_response(NotFound("no such endpoint"))
+        return error_response(NotFound("no such endpoint", headers=headers))
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed("this endpoint does not take that method"))
-    err = ApiError(str(exc.detail))
+        return error_response(
+            MethodNotAllowed("this endpoint does not take that method", headers=headers)
+        )
+    err = ApiError(str(exc.detail), headers=headers)
     err.status = exc.status_code
     return error_response(err)
 
@@ -69,9 +73,37 @@ def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(ApiError("an unexpected error occurred; it has been logged"))
+class UnexpectedErrors:
+    """Any exception a route did not expect becomes a 500 in the seed's shape.
+
+    Unlike Starlette's outermost handler, which re-raises after answering (and
+    so makes the server drop a keep-alive connection), this answers and ends
+    the request normally: the client's connection stays usable.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.exception("unhandled error", exc_info=exc)
+            if started:  # too late for an error response; the server ends the connection
+                raise
+            response = error_response(ApiError("an unexpected error occurred; it has been logged"))
+            await response(scope, receive, send)
 
 
 def _ingest_pool(workers: int) -> ProcessPoolExecutor | None:
@@ -141,16 +173,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.limiter = RateLimiter(
-        parse_rate_limits(settings.rate_limits), settings.rate_limit_storage
+        parse_rate_limits(settings.rate_limits),
+        settings.rate_limit_storage,
+        parse_limit(settings.auth_failure_limit, "KAIE_AUTH_FAILURE_LIMIT"),
     )
     telemetry = Telemetry()
     app.state.telemetry = telemetry
+    # The last added is the outermost: telemetry sees the 500s of UnexpectedErrors.
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(TelemetryMiddleware, telemetry=telemetry)
     handlers: dict[Any, Any] = {
         ApiError: _api_error,
         RequestValidationError: _validation_error,
         StarletteHTTPException: _http_error,
-        Exception: _unexpected,
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)

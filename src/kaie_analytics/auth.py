@@ -77,16 +77,24 @@ def require(scope: str, limit_class: str = "default") -> Callable[[Request], Awa
     """
 
     async def dependency(request: Request) -> Principal:
-        token = _bearer(request)
-        cache: KeyCache = request.app.state.keys
-        record = cache.lookup(token)
-        if record is None:
-            raise Unauthorized("the API key is unknown or revoked", field="Authorization")
+        limiter: RateLimiter = request.app.state.limiter
+        address = request.client.host if request.client else "unknown"
+        limiter.refuse_locked_out(address)
+        try:
+            token = _bearer(request)
+            cache: KeyCache = request.app.state.keys
+            record = cache.lookup(token)
+            if record is None:
+                raise Unauthorized(
+                    "the API key is unknown or revoked", field="Authorization", invalid_token=True
+                )
+        except Unauthorized:
+            limiter.count_auth_failure(address)
+            raise
         if scope not in record.scopes:
             raise Forbidden(f"this endpoint needs the scope {scope!r}", field="Authorization")
         principal = Principal(record.tenant, record.prefix, record.scopes)
         request.state.principal = principal
-        limiter: RateLimiter = request.app.state.limiter
         request.state.rate_headers = limiter.hit(record.prefix, limit_class)
         return principal
 

@@ -85,7 +85,7 @@ def _serve(settings: Settings, banner: list[str]) -> None:
     try:
         app = create_app(settings)
     except InvalidRateLimits as exc:
-        raise CliError(f"KAIE_RATE_LIMITS: {exc}") from None
+        raise CliError(str(exc)) from None
     except UnsupportedBackend as exc:
         raise CliError(str(exc)) from None
     for line in banner:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kaie_analytics.ratelimit import DEFAULT_RATE_LIMITS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAIE_", extra="ignore")
@@ -14,11 +16,10 @@ class Settings(BaseSettings):
     port: int = 8000
     data_dir: Path = Path("./kaie-data")
 
-    #: Per-class limits per API key (see docs/OPERATIONS in the README).
-    rate_limits: str = (
-        "realtime=1000/hour,historical=100/hour,reports=50/hour,"
-        "export=20/hour,events=36000/hour,default=1000/hour"
-    )
+    #: Per-class limits per API key; classes not named keep their default (spec/OPERATIONS.md).
+    rate_limits: str = DEFAULT_RATE_LIMITS
+    #: Failed authentications allowed per client address; past it, 429 until the window passes.
+    auth_failure_limit: str = "20/minute"
     #: Where rate-limit counters live: memory://, or redis://host:port for several processes.
     rate_limit_storage: str = "memory://"
     #: Signs download links; generated and kept in the data directory when unset.

@@ -73,6 +73,15 @@ class Unauthorized(ApiError):
 
     status, code, message = 401, "UNAUTHORIZED", "A valid API key is required"
 
+    def __init__(
+        self, details: Any = None, *, field: str | None = None, invalid_token: bool = False
+    ) -> None:
+        # RFC 6750: the scheme to use, and whether a key was sent and refused.
+        challenge = 'Bearer realm="kaie-analytics"'
+        if invalid_token:
+            challenge += ', error="invalid_token"'
+        super().__init__(details, field=field, headers={"WWW-Authenticate": challenge})
+
 
 class Forbidden(ApiError):
     """The key is valid but lacks the scope the endpoint needs."""

@@ -1,15 +1,13 @@
-"""Reading and decoding ``POST /v1/events`` bodies (JSON or NDJSON, maybe gzipped)."""
+"""Splitting ``POST /v1/events`` bodies (JSON or NDJSON) into raw events."""
 
 from __future__ import annotations
 
 import re
-import zlib
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
 
-from kaie_analytics.errors import InvalidRequest, PayloadTooLarge
+from kaie_analytics.errors import InvalidRequest
 
 MAX_JSON_EVENTS = 1_000
 MAX_NDJSON_LINES = 10_000
@@ -21,45 +19,6 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _body_decoder = msgspec.json.Decoder(_Body)
-
-
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body with any gzip undone, refusing more than ``max_bytes``."""
-    too_large = PayloadTooLarge(f"the body must be at most {max_bytes} bytes (after gzip)")
-    declared = request.headers.get("content-length")
-    encoding = request.headers.get("content-encoding", "identity").lower().strip()
-    if encoding not in ("identity", "gzip"):
-        raise InvalidRequest(
-            f"unsupported Content-Encoding {encoding!r}; use gzip or none",
-            field="Content-Encoding",
-        )
-    if declared and declared.isdigit() and encoding == "identity" and int(declared) > max_bytes:
-        raise too_large
-    raw = bytearray()
-    inflater = zlib.decompressobj(wbits=31) if encoding == "gzip" else None
-    out = bytearray()
-    async for chunk in request.stream():
-        if inflater is None:
-            out += chunk
-        else:
-            raw += chunk
-            try:
-                out += inflater.decompress(bytes(raw), max_bytes + 1 - len(out))
-                raw = bytearray(inflater.unconsumed_tail)
-            except zlib.error:
-                raise InvalidRequest("the body is not valid gzip", field="body") from None
-        if len(out) > max_bytes:
-            raise too_large
-    if inflater is not None:
-        try:
-            out += inflater.flush()
-        except zlib.error:
-            raise InvalidRequest("the body is not valid gzip", field="body") from None
-        if not inflater.eof:
-            raise InvalidRequest("the gzip body is truncated", field="body")
-        if len(out) > max_bytes:
-            raise too_large
-    return bytes(out)
 
 
 def decode_events(body: bytes, content_type: str | None) -> list[Any]:

@@ -131,9 +131,7 @@ def parse_period(
     now = now or datetime.now(UTC)
     end = _parse_bound(end_date, end_field, tz, end=True) if end_date else now
     start = (
-        _parse_bound(start_date, start_field, tz, end=False)
-        if start_date
-        else end - DEFAULT_PERIOD
+        _parse_bound(start_date, start_field, tz, end=False) if start_date else end - DEFAULT_PERIOD
     )
     if end < start:
         raise InvalidDateRange("End date must be after start date", field=end_field)

@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
@@ -24,6 +23,7 @@ from kaie_analytics.errors import (
 from kaie_analytics.jobs import exports
 from kaie_analytics.jobs.worker import tenant_dir
 from kaie_analytics.query import reports
+from kaie_analytics.request_body import read_json
 from kaie_analytics.signing import sign, verify
 from kaie_analytics.store.jobs import Job, JobStore, now_utc
 
@@ -103,16 +103,6 @@ def render_job(request: Request, job: Job) -> dict[str, Any]:
     return out
 
 
-async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > 1024 * 1024:
-        raise InvalidRequest("the body must be at most 1 MiB", field="body")
-    try:
-        return orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", field="body") from None
-
-
 def _estimate_s(request: Request, tenant: str, lo: Any, hi: Any, per_second: float) -> float:
     store = request.app.state.store
     n = store.query(
@@ -187,7 +177,7 @@ async def create_report(
     request: Request, principal: Principal = Depends(require("reports:write", "reports"))
 ) -> dict[str, Any]:
     """Start building a report (JSON, CSV or PDF); poll its status, then download it."""
-    req = reports.parse_report_request(await _body(request))
+    req = reports.parse_report_request(await read_json(request))
     job = await _create(request, principal.tenant, "report", req.name, req.as_params(),
                         req.period.start_naive, req.period.end_naive, 2_000_000)  # fmt: skip
     return {"data": render_job(request, job)}
@@ -224,7 +214,7 @@ async def create_export(
     request: Request, principal: Principal = Depends(require("reports:write", "export"))
 ) -> dict[str, Any]:
     """Start an export of raw or aggregated data (CSV, JSON, NDJSON or Parquet)."""
-    req = exports.parse_export_request(await _body(request))
+    req = exports.parse_export_request(await read_json(request))
     job = await _create(request, principal.tenant, "export", None, req.as_params(),
                         req.period.start_naive, req.period.end_naive, 1_000_000)  # fmt: skip
     return {"data": render_job(request, job)}

@@ -4,11 +4,12 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kaie_analytics.auth import Principal, require
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.ingest.validate import EventError, check_identifier
+from kaie_analytics.request_body import read_json
 from kaie_analytics.store.duckdb_store import Workflow
 
 router = APIRouter(tags=["workflows"])
@@ -38,15 +39,20 @@ async def list_workflows(
 @router.put("/v1/workflows/{workflow_id}")
 async def put_workflow(
     workflow_id: str,
-    body: WorkflowBody,
     request: Request,
     principal: Principal = Depends(require("events:write")),
 ) -> dict[str, Any]:
-    """Create or rename a workflow."""
+    """Create or rename a workflow: ``{"name": "..."}`` (1 to 200 characters)."""
     try:
         check_identifier("workflow_id", workflow_id)
     except EventError as exc:
         raise InvalidParameter(exc.message, field="workflow_id") from None
+    try:
+        body = WorkflowBody.model_validate(await read_json(request))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidParameter(f"{field}: {first['msg']}", field=field) from None
     wf = await asyncio.wrap_future(
         request.app.state.store.put_workflow(principal.tenant, workflow_id, body.name)
     )
