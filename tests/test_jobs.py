@@ -15,16 +15,19 @@ from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
 
 import oracle
-from conftest import Api, LiveServer, make_key
+from conftest import GENEROUS_LIMITS, Api, LiveServer, make_key
 from factories import iso, workflow_events
 from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
+from kaie_analytics.jobs.reports import MAX_PDF_ROWS
+from kaie_analytics.store.jobs import JobStore
 from kaie_analytics.store.meta import MetaStore
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
@@ -191,6 +194,78 @@ def test_links_tenancy_tamper_expiry_and_not_ready(
     assert pending["status"] == "generating"
     r = download(api, pending["download_url"])
     assert r.status_code == 409 and r.json()["error"]["code"] == "REPORT_NOT_READY"
+
+
+def test_pdf_table_is_bounded(api: Api, loaded: list[dict[str, Any]]) -> None:
+    body = {**REPORT, "granularity": "hour", "metrics": ["total_executions"]}
+    done = make_report(api, **body, format="pdf")
+    assert done["status"] == "completed", done.get("error")
+    assert done["rows"] > MAX_PDF_ROWS
+    reader = PdfReader(io.BytesIO(download(api, done["download_url"]).content))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    assert f"first {MAX_PDF_ROWS} of {done['rows']:,} rows" in text
+    csv_done = make_report(api, **body, format="csv")
+    lines = download(api, csv_done["download_url"]).text.splitlines()
+    assert len(lines) == done["rows"] + 1  # the CSV holds every row
+
+
+def _job_app(tmp_path: Path, **overrides: Any) -> TestClient:
+    settings = Settings(
+        data_dir=tmp_path / "d", rate_limits=GENEROUS_LIMITS, allowed_hosts="testserver",
+        **overrides,
+    )  # fmt: skip
+    client = TestClient(create_app(settings))
+    client.settings = settings  # type: ignore[attr-defined]
+    return client
+
+
+def test_time_limit_stops_a_pdf_and_its_renderer(tmp_path: Path) -> None:
+    with _job_app(tmp_path, job_time_limit_s=0.05) as c:
+        api = Api(c, make_key(c.settings, "acme"), "acme")  # type: ignore[attr-defined]
+        api.send(workflow_events(3, START, 2, n=30))
+        failed = make_report(api, **REPORT, format="pdf")
+        assert failed["status"] == "failed"
+        assert "time limit" in failed["error"]["details"]
+        renderers = [
+            p for p in psutil.Process().children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline())
+        ]  # fmt: skip
+        assert renderers == []  # killed at the limit, not left running
+
+
+def test_one_tenants_jobs_do_not_hold_back_another(tmp_path: Path) -> None:
+    """Two workers, at most one per tenant: B's export runs beside A's queue of PDFs."""
+    with _job_app(tmp_path, job_workers=2) as c:
+        a = Api(c, make_key(c.settings, "a"), "a")  # type: ignore[attr-defined]
+        b = Api(c, make_key(c.settings, "b"), "b")  # type: ignore[attr-defined]
+        a.send(workflow_events(4, START, 5, n=60))
+        b.send(workflow_events(5, START, 5, n=10))
+        heavy = [a.post("/v1/analytics/reports", json={**REPORT, "format": "pdf"}).json()["data"]
+                 for _ in range(3)]  # fmt: skip
+        export = b.post("/v1/analytics/export", json={"data_type": "executions",
+                        "start_date": iso(START), "end_date": iso(END)}).json()["data"]  # fmt: skip
+        done = wait_done(b, f"/v1/analytics/export/{export['export_id']}")
+        assert done["status"] == "completed"
+        last = a.get(f"/v1/analytics/reports/{heavy[-1]['report_id']}").json()["data"]
+        assert last["status"] == "generating"  # A's third PDF had not even started
+        for job in heavy:
+            assert (
+                wait_done(a, f"/v1/analytics/reports/{job['report_id']}")["status"] == "completed"
+            )
+
+
+def test_claims_are_fair_between_tenants(tmp_path: Path) -> None:
+    jobs = JobStore(tmp_path / "meta.sqlite3")
+    try:
+        made = [jobs.create(tenant=t, kind="export", name=None, params={}, estimate_s=1)
+                for t in ("a", "a", "a", "b", "c")]  # fmt: skip
+        claimed = [jobs.claim(max_per_tenant=1) for _ in range(4)]
+        assert [j.id if j else None for j in claimed] == [made[0].id, made[3].id, made[4].id, None]
+        jobs.complete(made[0].id, file_name="f", content_type="text/csv", rows=0)
+        again = jobs.claim(max_per_tenant=1)
+        assert again is not None and again.id == made[1].id  # a's next, in order of creation
+    finally:
+        jobs.close()
 
 
 def test_link_stops_with_its_key(

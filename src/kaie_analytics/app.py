@@ -149,7 +149,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.files_dir = settings.files_dir
         jobs = JobStore(settings.meta_db_path)
         worker = JobWorker(
-            jobs, store, settings.files_dir, app.state.telemetry, settings.job_time_limit_s
+            jobs,
+            store,
+            settings.files_dir,
+            app.state.telemetry,
+            settings.job_time_limit_s,
+            settings.job_workers,
         )
         app.state.jobs = jobs
         app.state.worker = worker

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     compact_idle_s: float = 2.0
     #: Longest time one report or export job may run before it fails.
     job_time_limit_s: float = 1800.0
+    #: Threads running report and export jobs; a tenant uses at most all but one of them.
+    job_workers: int = 2
     #: Base of absolute download links (e.g. https://analytics.example.com); default: the
     #: request's own, if its host is trusted (the listen address, loopback or allowed_hosts).
     public_url: str | None = None

@@ -218,10 +218,9 @@ def write_export(
     tenant: str,
     req: ExportRequest,
     metadata: dict[str, Any],
-    time_limit_s: float,
+    deadline: float,
 ) -> int:
-    """Stream the export into ``out``; return the number of rows."""
-    deadline = time.monotonic() + time_limit_s
+    """Stream the export into ``out`` by ``deadline`` (monotonic); return the number of rows."""
     rows = 0
     batches = _batches(store, tenant, req, deadline)
     meta = metadata if req.include_metadata else None

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import datetime
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from kaie_analytics.jobs.exports import JobTimeout
 from kaie_analytics.query.reports import ReportRequest
 
+#: A PDF shows at most this many table rows (the CSV and JSON downloads hold them all),
+#: so that laying it out takes a bounded time whatever the report's size.
+MAX_PDF_ROWS = 500
 CONTENT_TYPES = {
     "json": "application/json",
     "csv": "text/csv; charset=utf-8",
@@ -108,11 +115,21 @@ def write_pdf(
             styles["Normal"],
         ),
         Paragraph(f"Generated at: {meta['generated_at']}", styles["Normal"]),
-        Paragraph(f"Report ID: {meta['report_id']} — {len(rows)} rows", styles["Normal"]),
+        Paragraph(f"Report ID: {meta['report_id']} — {meta['row_count']} rows", styles["Normal"]),
         Spacer(1, 0.5 * cm),
     ]
+    total = meta["row_count"]  # ``rows`` may hold only the first MAX_PDF_ROWS
+    if total > MAX_PDF_ROWS:
+        story += [
+            Paragraph(
+                f"The table shows the first {MAX_PDF_ROWS:,} of {total:,} rows;"
+                " the CSV or JSON download of this report holds every row.",
+                styles["Italic"],
+            ),
+            Spacer(1, 0.3 * cm),
+        ]
     cols = columns_of(req)
-    data = [cols] + [[_fmt(r.get(c)) for c in cols] for r in rows]
+    data = [cols] + [[_fmt(r.get(c)) for c in cols] for r in rows[:MAX_PDF_ROWS]]
     table = LongTable(data, repeatRows=1)
     table.setStyle(
         TableStyle(
@@ -150,3 +167,56 @@ def write_pdf(
         png.seek(0)
         story += [Image(png, width=25 * cm, height=7.5 * cm), Spacer(1, 0.3 * cm)]
     doc.build(story)
+
+
+def _pdf_child(
+    done: Connection,
+    path: str,
+    meta: dict[str, Any],
+    req: ReportRequest,
+    rows: list[dict[str, Any]],
+    series: tuple[str, list[dict[str, Any]]],
+) -> None:
+    try:
+        write_pdf(Path(path), meta, req, rows, series)
+        done.send(None)
+    except BaseException as exc:
+        done.send(f"{type(exc).__name__}: {exc}")
+
+
+def write_pdf_in_child(
+    path: Path,
+    meta: dict[str, Any],
+    req: ReportRequest,
+    rows: list[dict[str, Any]],
+    series: tuple[str, list[dict[str, Any]]],
+    deadline: float,
+) -> None:
+    """``write_pdf`` in a child process, killed if it is not done by ``deadline``.
+
+    Layout and charts are pure Python: in a child they hold neither the API's
+    GIL nor a worker past the job's time limit.
+    """
+    ctx = get_context("spawn")  # never fork a process that runs DuckDB's threads
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_pdf_child,
+        args=(sender, str(path), meta, req, rows[:MAX_PDF_ROWS], series),  # the rest stay here
+        name="kaie-pdf",
+        daemon=True,
+    )
+    child.start()
+    sender.close()
+    try:
+        if not receiver.poll(max(0.0, deadline - time.monotonic())):
+            raise JobTimeout("the report ran past its time limit (KAIE_JOB_TIME_LIMIT_S)")
+        error = receiver.recv()
+    except EOFError:
+        error = f"the PDF renderer stopped unexpectedly (exit code {child.exitcode})"
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receiver.close()
+    if error:
+        raise RuntimeError(error)

@@ -1,4 +1,9 @@
-"""The job worker: a thread in the server that runs reports and exports off the request path.
+"""Job workers: threads in the server that run reports and exports off the request path.
+
+``KAIE_JOB_WORKERS`` threads claim jobs fairly between tenants (see
+``JobStore.claim``); each job has ``KAIE_JOB_TIME_LIMIT_S`` in all. A PDF is
+laid out in a child process, so its pure-Python rendering holds neither the
+API's GIL nor a worker past the limit: at the limit the child is killed.
 
 Files are written to ``<name>.part``, flushed to disk, then renamed into place,
 and only then is the job marked completed: a crash at any point leaves either
@@ -44,41 +49,56 @@ class JobWorker:
         files_dir: Path,
         telemetry: Telemetry,
         time_limit_s: float,
+        workers: int = 2,
     ) -> None:
         self.jobs = jobs
         self.store = store
         self.files_dir = files_dir
         self.telemetry = telemetry
         self.time_limit_s = time_limit_s
-        self._wake = threading.Event()
+        #: With several workers, one tenant never takes them all (one is left for the others).
+        self.max_per_tenant = max(1, workers - 1)
+        self._wake = threading.Condition()
+        self._wakes = 0  # notifications so far: a worker that saw a change does not sleep
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="kaie-jobs", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, args=(i,), name=f"kaie-jobs-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
 
     def start(self) -> None:
         requeued = self.jobs.recover()
         if requeued:
             log.info("requeued interrupted jobs", extra={"jobs": requeued})
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def notify(self) -> None:
-        self._wake.set()
+        with self._wake:
+            self._wakes += 1
+            self._wake.notify_all()
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
+        self.notify()
+        for thread in self._threads:
+            thread.join(timeout=30)
         self.jobs.close()
 
-    def _loop(self) -> None:
+    def _loop(self, index: int) -> None:
         while not self._stop.is_set():
-            self._update_gauge()
-            self._remove_expired()
-            job = self.jobs.claim()
-            if job is None:
-                self._wake.wait(IDLE_POLL_S)
-                self._wake.clear()
+            seen = self._wakes
+            if index == 0:  # housekeeping once, not per worker
+                self._update_gauge()
+                self._remove_expired()
+            job = self.jobs.claim(self.max_per_tenant)
+            if job is not None:
+                self._run(job)
+                self.notify()  # a tenant's next job may now be claimable by another worker
                 continue
-            self._run(job)
+            with self._wake:
+                if self._wakes == seen:
+                    self._wake.wait(IDLE_POLL_S)
 
     def _update_gauge(self) -> None:
         counts = self.jobs.counts()
@@ -93,11 +113,12 @@ class JobWorker:
 
     def _run(self, job: Job) -> None:
         started = time.monotonic()
+        deadline = started + self.time_limit_s
         try:
             if job.kind == "report":
-                file_name, content_type, rows = self._report(job)
+                file_name, content_type, rows = self._report(job, deadline)
             else:
-                file_name, content_type, rows = self._export(job)
+                file_name, content_type, rows = self._export(job, deadline)
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             log.error("job failed", extra={"job": job.id, "reason": reason,
@@ -126,14 +147,17 @@ class JobWorker:
         finally:
             os.close(dir_fd)
 
-    def _report(self, job: Job) -> tuple[str, str, int]:
+    def _report(self, job: Job, deadline: float) -> tuple[str, str, int]:
         req = parse_report_request(job.params)
         rows = report_rows(self.store, job.tenant, req)
+        if time.monotonic() > deadline:
+            raise exports.JobTimeout("the report ran past its time limit (KAIE_JOB_TIME_LIMIT_S)")
         generated = datetime.now(UTC)
         meta = reports.report_metadata(job.id, req, generated, len(rows))
         final, part, file_name = self._target(job, req.format, slug(req.name))
         if req.format == "pdf":
-            reports.write_pdf(part, meta, req, rows, chart_series(self.store, job.tenant, req))
+            series = chart_series(self.store, job.tenant, req)
+            reports.write_pdf_in_child(part, meta, req, rows, series, deadline)
         else:
             with open(part, "wb") as out:
                 if req.format == "json":
@@ -143,7 +167,7 @@ class JobWorker:
         self._publish(part, final)
         return file_name, reports.CONTENT_TYPES[req.format], len(rows)
 
-    def _export(self, job: Job) -> tuple[str, str, int]:
+    def _export(self, job: Job, deadline: float) -> tuple[str, str, int]:
         req = exports.parse_export_request(job.params)
         final, part, file_name = self._target(job, req.format, req.data_type)
         metadata: dict[str, Any] = {
@@ -155,8 +179,6 @@ class JobWorker:
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
         with open(part, "wb") as out:
-            rows = exports.write_export(
-                out, self.store, job.tenant, req, metadata, self.time_limit_s
-            )
+            rows = exports.write_export(out, self.store, job.tenant, req, metadata, deadline)
         self._publish(part, final)
         return file_name, exports.CONTENT_TYPES[req.format], rows

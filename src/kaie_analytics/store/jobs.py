@@ -1,7 +1,7 @@
 """Durable report and export jobs, in the SQLite metadata database.
 
-A job moves queued -> running -> completed | failed. The worker claims the
-oldest queued job; a job found ``running`` when the server starts was cut off
+A job moves queued -> running -> completed | failed. Workers claim queued
+jobs fairly between tenants (see ``claim``); a job found ``running`` when the server starts was cut off
 by a crash and is queued again (at most ``MAX_ATTEMPTS`` times, then failed
 with the reason), so no job stays "generating" forever.
 """
@@ -137,13 +137,23 @@ class JobStore(SqliteDatabase):
         )
         return [self._job(r) for r in rows]
 
-    def claim(self) -> Job | None:
-        """Take the oldest queued job and mark it running."""
+    def claim(self, max_per_tenant: int) -> Job | None:
+        """Take a queued job and mark it running, fairly between tenants.
+
+        The job comes from the tenant with the fewest jobs running (the oldest
+        job first), and never from a tenant that already runs ``max_per_tenant``:
+        one tenant's many heavy jobs wait for each other, not the other tenants'.
+        """
         con = self._con()
         con.execute("BEGIN IMMEDIATE")
         try:
             row = con.execute(
-                "SELECT * FROM jobs WHERE state = 'queued' ORDER BY created_at, id LIMIT 1"
+                "WITH busy AS (SELECT tenant, count(*) AS n FROM jobs WHERE state = 'running'"
+                " GROUP BY tenant)"
+                " SELECT jobs.* FROM jobs LEFT JOIN busy USING (tenant)"
+                " WHERE state = 'queued' AND coalesce(n, 0) < ?"
+                " ORDER BY coalesce(n, 0), jobs.rowid LIMIT 1",  # rowid: the order of creation
+                (max_per_tenant,),
             ).fetchone()
             if row is None:
                 con.execute("COMMIT")
