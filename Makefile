@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/query.py
 	$(PY) bench/live.py
 	$(PY) bench/export.py
+	$(PY) bench/jobs.py
 
 clean:
 	rm -rf $(VENV) kaie-data .pytest_cache .mypy_cache .ruff_cache
