@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             compact_idle_s=settings.compact_idle_s,
             chunk_rows=settings.events_chunk_rows,
             rollup_cache_bytes=settings.rollup_cache_mb << 20,
+            fold_piece_events=settings.fold_piece_events,
         )
         app.state.meta = meta
         app.state.store = store

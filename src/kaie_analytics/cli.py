@@ -54,6 +54,7 @@ def _open_store(settings: Settings) -> Any:
             settings.events_db_path,
             memory_limit=settings.duckdb_memory_limit,
             threads=settings.duckdb_threads,
+            fold_piece_events=settings.fold_piece_events,
         )
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():

@@ -42,8 +42,10 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = 2.0
     #: Fold pending events into the compacted execution table after this many.
     compact_after_events: int = 500_000
-    #: ... or after this many seconds without new events.
+    #: ... or once events have waited this many seconds.
     compact_idle_s: float = 2.0
+    #: A fold takes at most this many events per transaction (so any backlog fits in memory).
+    fold_piece_events: int = 1_000_000
     #: Longest time one report or export job may run before it fails.
     job_time_limit_s: float = 1800.0
     #: Threads running report and export jobs; a tenant uses at most all but one of them.

@@ -15,9 +15,10 @@ merged row per execution, with its node events, sorted by tenant, workflow and
 start; see ``executions_sql``), journeys, sessions and customers (see
 ``derived``), bitmaps of active customers (see ``activity``) and per-slot
 rollups of each workflow (see ``rollups``, read through ``rollup_cache``).
-Each has a watermark: events past it are folded in by the writer in the
-background (after ``compact_after_events`` or when idle), and queries read
-them from the events until then, so answers are always exact and current.
+Each has a watermark: events past it are folded in by the folder thread, on
+its own connection and in its own transactions beside the writer's commits
+(see ``_fold_loop``), a bounded piece at a time; queries read them from the
+events until then, so answers are always exact and current.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,11 @@ from kaie_analytics.store.rollup_cache import RollupCache
 log = logging.getLogger("kaie_analytics.store")
 
 DEDUPE_WINDOW = timedelta(days=8)
+#: A fold takes at most this many events at a time (each piece its own transaction),
+#: so a backlog of any size folds within DuckDB's memory limit; halved after an
+#: out-of-memory error, grown back after each fold that succeeds.
+FOLD_PIECE_EVENTS = 1_000_000
+MIN_FOLD_PIECE = 1_000
 RESORT_RATIO = 0.25
 #: A workflow answer that finds more execution events than this waiting for its
 #: tenant asks for a fold (see ``fold_if_behind``).
@@ -193,6 +200,7 @@ class DuckDBEventStore:
         compact_idle_s: float = 2.0,
         chunk_rows: int = 1_000_000,
         rollup_cache_bytes: int = 256 << 20,
+        fold_piece_events: int = FOLD_PIECE_EVENTS,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -229,15 +237,19 @@ class DuckDBEventStore:
             "SELECT tenant, workflow_id, name, name_ts, created_at FROM workflows"
         ).fetchall():
             self._workflows[tenant][wf] = Workflow(wf, name, name_ts, created)
+        #: Events committed before this process opened the store: what of them is
+        #: not folded yet is counted from the table, later ones from ``_commits``.
+        self._opened_seq = self._seq
+        #: Per commit since: its last seq and, per derived table, events per tenant.
+        self._commits: list[tuple[int, list[dict[str, int]]]] = []
+        #: Guards what the writer and the folder both change: the pending counts,
+        #: the commit log, the seq, the count of recent rows.
+        self._state = threading.Lock()
         # Per derived table, per tenant: events past the table's watermark.
-        self._pending: dict[str, dict[str, int]] = {name: defaultdict(int) for name in _FEEDS}
-        for name, predicate in _FEEDS.items():
-            for tenant, n in self._con.execute(
-                f"SELECT tenant, count(*) FROM events WHERE seq > ? AND {predicate} GROUP BY tenant",
-                [self._watermarks[name]],
-            ).fetchall():
-                self._pending[name][tenant] = n
+        self._pending: dict[str, dict[str, int]] = self._count_pending(self._con)
         self._recent_rows = self._scalar("SELECT count(*) FROM events_recent")
+        self._max_fold_piece = max(MIN_FOLD_PIECE, fold_piece_events)
+        self._fold_piece = self._max_fold_piece
         #: Bumped on every commit that touches a tenant; caches key on it.
         self.versions: dict[str, int] = defaultdict(int)
         #: Odd while a fold commits, bumped to even after: a reader that sees the
@@ -246,18 +258,52 @@ class DuckDBEventStore:
         self.rollup_cache = RollupCache(self, rollup_cache_bytes)
         self._fold_asked = False
         self._queue: queue.Queue[Any] = queue.Queue()
+        #: Fold requests (``compact_now``); the folder also wakes on its own.
+        self._folds: queue.Queue[Any] = queue.Queue()
+        self._last_commit = time.monotonic()
         self._closed = False
         self._local = threading.local()
         #: Runs the independent statements of one answer side by side (``query_all``).
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kaie-read")
         self._writer = threading.Thread(target=self._write_loop, name="kaie-writer", daemon=True)
+        # Folds run beside the writer, on their own connection and transactions:
+        # a fold never delays an acknowledgement.
+        self._fold_con = self._con.cursor()
+        self._folder = threading.Thread(target=self._fold_loop, name="kaie-folder", daemon=True)
         self._writer.start()
+        self._folder.start()
 
     # ------------------------------------------------------------------ utils
 
-    def _scalar(self, sql: str, params: Sequence[Any] | None = None) -> int:
-        rows = self._con.execute(sql, params or []).fetchall()
+    def _scalar(
+        self,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> int:
+        rows = (con or self._con).execute(sql, params or []).fetchall()
         return int(rows[0][0]) if rows else 0
+
+    def _count_pending(
+        self, con: duckdb.DuckDBPyConnection, above: int | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Per derived table, per tenant: events not folded yet, up to the seq at opening.
+
+        Counted from the table, for events committed before this process opened
+        the store (``above``: count only those past it, after a fold of a piece).
+        """
+        pending: dict[str, dict[str, int]] = {name: defaultdict(int) for name in _FEEDS}
+        for name, predicate in _FEEDS.items():
+            lo = self._watermarks[name] if above is None else max(above, self._watermarks[name])
+            if lo >= self._opened_seq:
+                continue
+            for tenant, n in con.execute(
+                f"SELECT tenant, count(*) FROM events WHERE seq > ? AND seq <= ? AND {predicate}"
+                " GROUP BY tenant",
+                [lo, self._opened_seq],
+            ).fetchall():
+                pending[name][tenant] = n
+        return pending
 
     def has_pending(self, tenant: str, table: str = "executions") -> bool:
         return self._pending[table].get(tenant, 0) > 0
@@ -354,7 +400,7 @@ class DuckDBEventStore:
         With ``move_events``, also move every recent event into a sorted chunk.
         """
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._queue.put(("compact", "", move_events, fut))
+        self._folds.put((move_events, fut))
         return fut
 
     def close(self) -> None:
@@ -363,7 +409,10 @@ class DuckDBEventStore:
         self._closed = True
         self._queue.put(_Stop())
         self._writer.join()
+        self._folds.put(_Stop())
+        self._folder.join()
         self._readers.shutdown(wait=True)
+        self._fold_con.close()
         self._con.close()
 
     def _backlog(self) -> int:
@@ -372,13 +421,7 @@ class DuckDBEventStore:
 
     def _write_loop(self) -> None:
         while True:
-            timeout = self.compact_idle_s if self._backlog() or self._recent_rows else None
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                self._maintain(idle=True)
-                continue
-            batch = [item]
+            batch = [self._queue.get()]
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -395,19 +438,11 @@ class DuckDBEventStore:
                         fut.set_result(self._set_workflow_name(tenant, *payload))
                     except Exception as exc:
                         fut.set_exception(exc)
-                elif kind == "compact":
-                    try:
-                        self._compact()
-                        if payload:
-                            self._move_events()
-                        fut.set_result(None)
-                    except Exception as exc:
-                        fut.set_exception(exc)
             if stop:
                 self._fail_queued()
                 return
             if self._backlog() >= self.compact_after_events or self._recent_rows >= self.chunk_rows:
-                self._maintain(idle=False)
+                self._folds.put(None)  # wake the folder; it decides what to do
 
     def _fail_queued(self) -> None:
         while True:
@@ -418,16 +453,75 @@ class DuckDBEventStore:
             if not isinstance(item, _Stop):
                 item[3].set_exception(StoreUnavailable("the store is shutting down"))
 
-    def _maintain(self, *, idle: bool) -> None:
-        """Fold pending events, move a full chunk, and (when idle) checkpoint the WAL."""
+    # ------------------------------------------------------------------ folds
+
+    def _fold_loop(self) -> None:
+        """The folder: folds the backlog, moves full chunks, checkpoints when quiet.
+
+        It folds when asked (``compact_now``); when the backlog reaches
+        ``compact_after_events`` (the writer wakes it) or has waited
+        ``compact_idle_s``; and moves recent events once they fill a chunk.
+        Once no commit has come for ``compact_idle_s`` it checkpoints the WAL.
+        """
+        last_fold = last_checkpoint = time.monotonic()
+        while True:
+            try:
+                item = self._folds.get(timeout=self.compact_idle_s)
+            except queue.Empty:
+                item = None
+            if isinstance(item, _Stop):
+                self._fail_folds()
+                return
+            now = time.monotonic()
+            if item is not None:  # compact_now: fold everything, at once
+                move, fut = item
+                try:
+                    self._compact()
+                    if move:
+                        self._move_events()
+                    fut.set_result(None)
+                except Exception as exc:
+                    fut.set_exception(exc)
+                last_fold = now
+                continue
+            backlog = self._backlog()
+            due = backlog >= self.compact_after_events or (
+                backlog > 0 and now - last_fold >= self.compact_idle_s
+            )
+            quiet = now - self._last_commit >= self.compact_idle_s
+            checkpoint = quiet and self._last_commit > last_checkpoint
+            if due or self._recent_rows >= self.chunk_rows or checkpoint:
+                if self._maintain(checkpoint=checkpoint) and checkpoint:
+                    last_checkpoint = now
+                last_fold = now
+
+    def _fail_folds(self) -> None:
+        while True:
+            try:
+                item = self._folds.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple):
+                item[1].set_exception(StoreUnavailable("the store is shutting down"))
+
+    def _maintain(self, *, checkpoint: bool) -> bool:
+        """Fold pending events, move a full chunk, and (when quiet) checkpoint the WAL.
+
+        Returns whether all of it was done (so a quiet store is not checkpointed again).
+        """
         try:
             self._compact()
             if self._recent_rows >= self.chunk_rows:
                 self._move_events()
-            if idle:
-                self._con.execute("CHECKPOINT")
+            if checkpoint:
+                # Fails while the writer commits; the next quiet moment retries.
+                self._fold_con.execute("CHECKPOINT")
+            return True
+        except duckdb.TransactionException:
+            return False
         except Exception:
             log.exception("maintenance failed; will retry")
+            return False
 
     def _commit_appends(self, items: list[Any]) -> None:
         """Dedupe, append and commit every queued batch in one transaction."""
@@ -465,14 +559,22 @@ class DuckDBEventStore:
                     raise
                 finally:
                     con.unregister("kept")
-                # Pending counts first: a reader that sees the new seq sees them too.
+                per_commit: list[dict[str, int]] = [defaultdict(int) for _ in _FEEDS]
                 for tenant, _, *per_table in counts:
-                    self.versions[tenant] += 1
-                    for name, n in zip(_FEEDS, per_table, strict=True):
+                    for i, n in enumerate(per_table):
                         if n:
-                            self._pending[name][tenant] += n
-                self._seq += kept_n
-                self._recent_rows += kept_n
+                            per_commit[i][tenant] += n
+                with self._state:
+                    # Pending counts first: a reader that sees the new seq sees them too.
+                    self._commits.append((old_seq + kept_n, per_commit))
+                    for tenant, _, *per_table in counts:
+                        self.versions[tenant] += 1
+                        for name, n in zip(_FEEDS, per_table, strict=True):
+                            if n:
+                                self._pending[name][tenant] += n
+                    self._seq += kept_n
+                    self._recent_rows += kept_n
+                self._last_commit = time.monotonic()
                 self._ids.add(kept_hashes)
                 self._apply_workflow_changes(wf_changes)
         except Exception as exc:
@@ -572,36 +674,81 @@ class DuckDBEventStore:
     # ------------------------------------------------------------- compaction
 
     def _compact(self) -> None:
-        """Fold the events past each derived table's watermark into that table."""
+        """Fold every event past the watermarks, a piece at a time (folder thread)."""
         self._fold_asked = False
-        if not self._backlog():
-            return
-        new_seq = self._seq
-        con = self._con
+        while self._backlog():
+            try:
+                self._fold_piece_up_to(self._piece_end())
+            except duckdb.OutOfMemoryException:
+                if self._fold_piece <= MIN_FOLD_PIECE:
+                    raise
+                self._fold_piece = max(MIN_FOLD_PIECE, self._fold_piece // 2)
+                log.warning(
+                    "a fold ran out of memory; folding smaller pieces",
+                    extra={"events_per_piece": self._fold_piece},
+                )
+                continue
+            self._fold_piece = min(self._max_fold_piece, self._fold_piece * 2)
+
+    def _piece_end(self) -> int:
+        """The seq up to which the next piece folds: at most ``_fold_piece`` events on.
+
+        Events of this process's commits are folded whole commits at a time, so
+        that the per-commit counts stay exact.
+        """
+        low = min(self._watermarks.values())
+        limit = low + self._fold_piece
+        if low < self._opened_seq:
+            return min(limit, self._opened_seq)
+        with self._state:
+            ends = [hi for hi, _ in self._commits if hi > low]
+        fitting = [hi for hi in ends if hi <= limit]
+        return fitting[-1] if fitting else ends[0]
+
+    def _fold_piece_up_to(self, new_seq: int) -> None:
+        """Fold the events up to ``new_seq`` into every derived table, in one transaction."""
+        con = self._fold_con
+        wm = self._watermarks
+
+        def feeds(name: str) -> bool:  # any event waits for this table (maybe past new_seq)
+            return wm[name] < new_seq and any(self._pending[name].values())
+
         changed: set[rollups.DayKey] = set()
         con.execute("BEGIN")
         try:
-            if any(self._pending["executions"].values()):
+            if feeds("executions"):
                 changed |= self._fold_executions(new_seq)
             for d in DERIVED:
-                if any(self._pending[d.name].values()):
-                    for stmt in compact_statements(d, self._watermarks[d.name], new_seq):
+                if feeds(d.name):
+                    for stmt in compact_statements(d, wm[d.name], new_seq):
                         con.execute(stmt)
                     if d.rollup_key:  # sessions: its rollups, for the keys just touched
                         rollups.refresh_sessions(con)
-            if any(self._pending["activity"].values()):
-                activity.fold(con, self._watermarks["activity"], new_seq)
-            if any(self._pending["message_slots"].values()):
-                changed |= rollups.fold_messages(con, self._watermarks["message_slots"], new_seq)
+            if feeds("activity"):
+                activity.fold(con, wm["activity"], new_seq)
+            if feeds("message_slots"):
+                changed |= rollups.fold_messages(con, wm["message_slots"], new_seq)
             # Every table is now current up to new_seq, including those nothing fed.
-            for key in _WATERMARK_KEYS.values():
-                con.execute("UPDATE store_state SET value = ? WHERE key = ?", [new_seq, key])
+            for name, key in _WATERMARK_KEYS.items():
+                con.execute(
+                    "UPDATE store_state SET value = ? WHERE key = ?", [max(wm[name], new_seq), key]
+                )
             self.rollup_gen += 1  # odd: a fold is committing (see rollup_cache)
             con.execute("COMMIT")
             # Before the generation is even again: a reader of it sees these.
-            for name in _FEEDS:
-                self._watermarks[name] = new_seq
-                self._pending[name].clear()
+            before_open = (
+                self._count_pending(con, above=new_seq) if new_seq < self._opened_seq else None
+            )
+            with self._state:
+                for name in _FEEDS:
+                    wm[name] = max(wm[name], new_seq)
+                self._commits = [c for c in self._commits if c[0] > new_seq]
+                pending = before_open or {name: defaultdict(int) for name in _FEEDS}
+                for _, per_table in self._commits:
+                    for name, counts in zip(_FEEDS, per_table, strict=True):
+                        for tenant, n in counts.items():
+                            pending[name][tenant] += n
+                self._pending = pending
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -615,7 +762,7 @@ class DuckDBEventStore:
 
         Returns the days whose rollups changed.
         """
-        con = self._con
+        con = self._fold_con
         where = f"seq > {int(self._watermarks['executions'])} AND seq <= {int(new_seq)}"
         con.execute(f"CREATE TEMP TABLE delta AS {xsql.event_states(where)}")
         con.execute(
@@ -652,8 +799,10 @@ class DuckDBEventStore:
         )
         con.execute("DROP TABLE delta")
         con.execute("DROP TABLE merged")
-        total = self._scalar("SELECT count(*) FROM executions")
-        sorted_rows = self._scalar("SELECT value FROM store_state WHERE key = 'exec_sorted_rows'")
+        total = self._scalar("SELECT count(*) FROM executions", con=con)
+        sorted_rows = self._scalar(
+            "SELECT value FROM store_state WHERE key = 'exec_sorted_rows'", con=con
+        )
         if total - sorted_rows > RESORT_RATIO * max(sorted_rows, 1) and total > 50_000:
             # Most rows arrived since the last sort: rewrite the table in scan order.
             con.execute(
@@ -708,19 +857,22 @@ class DuckDBEventStore:
         """Move the recent events into ``events_main`` as one sorted chunk."""
         if not self._recent_rows:
             return
-        con = self._con
+        con = self._fold_con
         con.execute("BEGIN")
         try:
+            # Commits that land meanwhile stay in events_recent for the next move.
             con.execute(
                 "INSERT INTO events_main SELECT * FROM events_recent"
                 " ORDER BY tenant, type, workflow_id, ts"
             )
+            moved = self._scalar("SELECT count(*) FROM events_recent", con=con)
             con.execute("DELETE FROM events_recent")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        self._recent_rows = 0
+        with self._state:
+            self._recent_rows -= moved
 
     # ------------------------------------------------------------------ reads
 

@@ -115,7 +115,7 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
 
     ``touched_slots`` (tenant, workflow_id, slot) holds every slot an execution
     left or joined. With ``everything``, rebuild all of them from scratch.
-    Runs in the writer's transaction, after ``executions`` is up to date.
+    Runs in the fold's transaction, after ``executions`` is up to date.
     Returns the days whose rollups changed.
     """
     if everything:
@@ -128,6 +128,7 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
     else:
         (lo, hi) = con.execute("SELECT min(slot), max(slot) FROM touched_slots").fetchall()[0]
         if lo is None:
+            con.execute("DROP TABLE touched_slots")
             return set()
         # Literal bounds let zone maps skip the executions of other times.
         where = f"""x.started_at >= make_timestamp({int(lo) * SLOT_US})
