@@ -82,6 +82,16 @@ class Server:
                 total += child.memory_info().rss
         return float(total) / 2**20
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server and its child processes used so far."""
+        assert self.proc is not None
+        proc = psutil.Process(self.proc.pid)
+        total = sum(proc.cpu_times()[:2])
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += sum(child.cpu_times()[:2])
+        return float(total)
+
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             self.proc.terminate()

@@ -2,7 +2,9 @@
 
 Sends N events (default 1,000,000) in batches of 1,000 to a fresh server, as
 JSON and as NDJSON, from 1 and 4 concurrent clients, and prints events/s
-(median of the runs) and the server's peak RSS.
+(median of the runs), the server's CPU time per event (user + system, server
+and ingest workers: the same on a loaded machine, where events/s is not) and
+its peak RSS.
 
     python bench/ingest.py [--events 1000000] [--runs 3]
 """
@@ -134,13 +136,14 @@ def main() -> None:
     print(f"{args.events:,} events per run, batches of {BATCH}, durable acknowledgements")
     print()
     print(
-        "| body | clients | ingest workers | events/s (median) | runs | peak RSS, server + workers |"
+        "| body | clients | ingest workers | events/s (median) | server CPU µs/event |"
+        " runs | peak RSS, server + workers |"
     )
-    print("|---|---|---|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|")
     for workers in (0, 2):
         for fmt in ("json", "ndjson"):
             for clients in (1, 4):
-                rates, peaks = [], []
+                rates, peaks, cpu = [], [], []
                 for run in range(args.runs):
                     events = make_events(args.events, run, f"{fmt}{clients}r{run}")
                     payloads = bodies(events, fmt)
@@ -150,12 +153,15 @@ def main() -> None:
                         Server(Path(tmp) / "data", KAIE_INGEST_WORKERS=str(workers)) as server,
                     ):
                         key = server.create_key("bench")
+                        cpu0 = server.cpu_s()
                         with PeakMemory(server) as mem:
                             elapsed = send(server.url, key, payloads, fmt, clients)
+                        cpu.append((server.cpu_s() - cpu0) / args.events * 1e6)
                         rates.append(args.events / elapsed)
                         peaks.append(mem.peak)
-                print(f"| {fmt} | {clients} | {workers} | {median(rates):,.0f} | {args.runs} |"
-                      f" {max(peaks):,.0f} MiB |", flush=True)  # fmt: skip
+                print(f"| {fmt} | {clients} | {workers} | {median(rates):,.0f} |"
+                      f" {median(cpu):.1f} | {args.runs} | {max(peaks):,.0f} MiB |",
+                      flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
