@@ -39,11 +39,18 @@ def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
     lock = threading.Lock()
     stop = threading.Event()
     rng = random.Random(7)
+    rng_c = random.Random(8)
 
     def client(n: int) -> None:
+        batches = _batches(n, 40)
         with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}",
                                                "Content-Type": "application/json"}) as c:  # fmt: skip
-            for body in _batches(n, 40):
+            # Every batch once, then earlier ones again (retries, as a platform makes
+            # them) until the kills are over: a fast machine cannot outrun them.
+            sent = 0
+            while sent < len(batches) or not stop.is_set():
+                body = batches[sent] if sent < len(batches) else rng_c.choice(batches)
+                sent += 1
                 while True:
                     try:
                         r = c.post(server.url + "/v1/events", content=body)
@@ -61,16 +68,15 @@ def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
     for t in threads:
         t.start()
     kills = 0
-    while any(t.is_alive() for t in threads) and kills < 6:
+    while kills < 4:
         time.sleep(rng.uniform(0.2, 0.8))
         server.kill()
         kills += 1
         server.start()
+    stop.set()
     for t in threads:
         t.join(timeout=300)
-    stop.set()
     server.stop()
-    assert kills >= 3
     con = duckdb.connect(str(server.data_dir / "events.duckdb"))
     ids = [r[0] for r in con.execute("SELECT event_id FROM events").fetchall()]
     con.close()
