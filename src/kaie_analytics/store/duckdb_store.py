@@ -703,7 +703,7 @@ class DuckDBEventStore:
         with self._state:
             ends = [hi for hi, _ in self._commits if hi > low]
         fitting = [hi for hi in ends if hi <= limit]
-        return fitting[-1] if fitting else ends[0]
+        return fitting[-1] if fitting else ends[0] if ends else self._seq
 
     def _fold_piece_up_to(self, new_seq: int) -> None:
         """Fold the events up to ``new_seq`` into every derived table, in one transaction."""
