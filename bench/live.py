@@ -8,7 +8,7 @@ completion each, timestamped now) into the same workflow in batches of 999
 events, and again once the stream has stopped and the events are folded.
 Beside each, the stream's POST latencies (each answered after its commit).
 
-    python bench/live.py [--rate 10000] [--runs 30] [--stream-s 30]
+    python bench/live.py [--rate 10000] [--runs 30] [--stream-s 30] [--executions 10000000]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from common import Background, Server, machine, percentile
 
-SOURCE = Path(__file__).parent / "data" / "query-10000000"
+DATA = Path(__file__).parent / "data"
 TENANT, WORKFLOW = "t00", "wf-00"
 LIMITS = ",".join(
     f"{c}=100000000/hour"
@@ -94,13 +94,15 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--stream-s", type=float, default=30)
+    ap.add_argument("--executions", type=int, default=10_000_000, help="which bench/query.py data")
     args = ap.parse_args()
-    if not (SOURCE / "events.duckdb").exists():
+    source = DATA / f"query-{args.executions}"
+    if not (source / "events.duckdb").exists():
         sys.exit("run bench/query.py first: it builds the data this benchmark copies")
     print(f"Machine: {machine()}")
-    with tempfile.TemporaryDirectory(dir=SOURCE.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         data_dir = Path(tmp)
-        shutil.copy(SOURCE / "events.duckdb", data_dir / "events.duckdb")
+        shutil.copy(source / "events.duckdb", data_dir / "events.duckdb")
         with Server(data_dir, KAIE_RATE_LIMITS=LIMITS) as server:
             key = server.create_key(TENANT)
             headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}

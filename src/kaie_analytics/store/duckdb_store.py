@@ -674,11 +674,16 @@ class DuckDBEventStore:
     # ------------------------------------------------------------- compaction
 
     def _compact(self) -> None:
-        """Fold every event past the watermarks, a piece at a time (folder thread)."""
+        """Fold the events committed so far, a piece at a time (folder thread).
+
+        Events committed meanwhile wait for the next fold: under a steady stream
+        a fold ends, rather than chasing the newest commit.
+        """
         self._fold_asked = False
-        while self._backlog():
+        target = self._seq
+        while min(self._watermarks.values()) < target:
             try:
-                self._fold_piece_up_to(self._piece_end())
+                self._fold_piece_up_to(self._piece_end(target))
             except duckdb.OutOfMemoryException:
                 if self._fold_piece <= MIN_FOLD_PIECE:
                     raise
@@ -690,20 +695,21 @@ class DuckDBEventStore:
                 continue
             self._fold_piece = min(self._max_fold_piece, self._fold_piece * 2)
 
-    def _piece_end(self) -> int:
-        """The seq up to which the next piece folds: at most ``_fold_piece`` events on.
+    def _piece_end(self, target: int) -> int:
+        """The seq up to which the next piece folds: at most ``_fold_piece`` events on,
+        and not past ``target``.
 
         Events of this process's commits are folded whole commits at a time, so
         that the per-commit counts stay exact.
         """
         low = min(self._watermarks.values())
-        limit = low + self._fold_piece
+        limit = min(target, low + self._fold_piece)
         if low < self._opened_seq:
             return min(limit, self._opened_seq)
         with self._state:
-            ends = [hi for hi, _ in self._commits if hi > low]
+            ends = [hi for hi, _ in self._commits if low < hi <= target]
         fitting = [hi for hi in ends if hi <= limit]
-        return fitting[-1] if fitting else ends[0] if ends else self._seq
+        return fitting[-1] if fitting else ends[0] if ends else target
 
     def _fold_piece_up_to(self, new_seq: int) -> None:
         """Fold the events up to ``new_seq`` into every derived table, in one transaction."""
