@@ -285,15 +285,18 @@ class DuckDBEventStore:
         return int(rows[0][0]) if rows else 0
 
     def _count_pending(
-        self, con: duckdb.DuckDBPyConnection, above: int | None = None
+        self, con: duckdb.DuckDBPyConnection, above: int | None = None, only: str | None = None
     ) -> dict[str, dict[str, int]]:
         """Per derived table, per tenant: events not folded yet, up to the seq at opening.
 
         Counted from the table, for events committed before this process opened
-        the store (``above``: count only those past it, after a fold of a piece).
+        the store (``above``: count only those past it, after a fold of a piece;
+        ``only``: for that table alone).
         """
         pending: dict[str, dict[str, int]] = {name: defaultdict(int) for name in _FEEDS}
         for name, predicate in _FEEDS.items():
+            if only is not None and name != only:
+                continue
             lo = self._watermarks[name] if above is None else max(above, self._watermarks[name])
             if lo >= self._opened_seq:
                 continue
@@ -712,49 +715,62 @@ class DuckDBEventStore:
         return fitting[-1] if fitting else ends[0] if ends else target
 
     def _fold_piece_up_to(self, new_seq: int) -> None:
-        """Fold the events up to ``new_seq`` into every derived table, in one transaction."""
+        """Fold the events up to ``new_seq`` into each derived table, one transaction each.
+
+        Each table has its own watermark, so each commits on its own: a
+        transaction holds one table's changes (DuckDB keeps them in memory
+        until the commit), and a failure in one leaves the others folded.
+        """
+        for name in _FEEDS:
+            if self._watermarks[name] < new_seq:
+                self._fold_table(name, new_seq)
+
+    def _fold_into(self, name: str, new_seq: int) -> set[rollups.DayKey]:
+        """The statements of one table's fold (inside the caller's transaction)."""
+        con, lo = self._fold_con, self._watermarks[name]
+        if name == "executions":
+            return self._fold_executions(new_seq)
+        if name == "activity":
+            activity.fold(con, lo, new_seq)
+            return set()
+        if name == "message_slots":
+            return rollups.fold_messages(con, lo, new_seq)
+        d = next(d for d in DERIVED if d.name == name)
+        for stmt in compact_statements(d, lo, new_seq):
+            con.execute(stmt)
+        if d.rollup_key:  # sessions: its rollups, for the keys just touched
+            rollups.refresh_sessions(con)
+        return set()
+
+    def _fold_table(self, name: str, new_seq: int) -> None:
         con = self._fold_con
-        wm = self._watermarks
-
-        def feeds(name: str) -> bool:  # any event waits for this table (maybe past new_seq)
-            return wm[name] < new_seq and any(self._pending[name].values())
-
         changed: set[rollups.DayKey] = set()
         con.execute("BEGIN")
         try:
-            if feeds("executions"):
-                changed |= self._fold_executions(new_seq)
-            for d in DERIVED:
-                if feeds(d.name):
-                    for stmt in compact_statements(d, wm[d.name], new_seq):
-                        con.execute(stmt)
-                    if d.rollup_key:  # sessions: its rollups, for the keys just touched
-                        rollups.refresh_sessions(con)
-            if feeds("activity"):
-                activity.fold(con, wm["activity"], new_seq)
-            if feeds("message_slots"):
-                changed |= rollups.fold_messages(con, wm["message_slots"], new_seq)
-            # Every table is now current up to new_seq, including those nothing fed.
-            for name, key in _WATERMARK_KEYS.items():
-                con.execute(
-                    "UPDATE store_state SET value = ? WHERE key = ?", [max(wm[name], new_seq), key]
-                )
+            if any(self._pending[name].values()):  # else only the watermark moves
+                changed = self._fold_into(name, new_seq)
+            con.execute(
+                "UPDATE store_state SET value = ? WHERE key = ?", [new_seq, _WATERMARK_KEYS[name]]
+            )
             self.rollup_gen += 1  # odd: a fold is committing (see rollup_cache)
             con.execute("COMMIT")
             # Before the generation is even again: a reader of it sees these.
             before_open = (
-                self._count_pending(con, above=new_seq) if new_seq < self._opened_seq else None
+                self._count_pending(con, above=new_seq, only=name)[name]
+                if new_seq < self._opened_seq
+                else None
             )
+            at = list(_FEEDS).index(name)
             with self._state:
-                for name in _FEEDS:
-                    wm[name] = max(wm[name], new_seq)
-                self._commits = [c for c in self._commits if c[0] > new_seq]
-                pending = before_open or {name: defaultdict(int) for name in _FEEDS}
-                for _, per_table in self._commits:
-                    for name, counts in zip(_FEEDS, per_table, strict=True):
-                        for tenant, n in counts.items():
-                            pending[name][tenant] += n
-                self._pending = pending
+                self._watermarks[name] = new_seq
+                floor = min(self._watermarks.values())
+                self._commits = [c for c in self._commits if c[0] > floor]
+                counts = before_open if before_open is not None else defaultdict(int)
+                for hi, per_table in self._commits:
+                    if hi > new_seq:
+                        for tenant, n in per_table[at].items():
+                            counts[tenant] += n
+                self._pending = {**self._pending, name: counts}
         except BaseException:
             con.execute("ROLLBACK")
             raise
