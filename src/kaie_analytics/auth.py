@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from cachetools import TTLCache
 from fastapi import Request
 
 from kaie_analytics.errors import Forbidden, Unauthorized
 from kaie_analytics.ratelimit import RateLimiter
 from kaie_analytics.store.meta import ApiKey, MetaStore
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,37 +29,26 @@ class KeyCache:
 
     def __init__(self, meta: MetaStore, ttl: float) -> None:
         self.meta = meta
-        self.ttl = ttl
-        self._entries: dict[str, tuple[float, ApiKey | None]] = {}
-        self._active: dict[str, tuple[float, bool]] = {}
+        self._keys: TTLCache[str, ApiKey | None] = TTLCache(10_000, ttl)
+        self._active: TTLCache[str, bool] = TTLCache(10_000, ttl)
         self._lock = threading.Lock()
 
+    def _cached(self, cache: TTLCache[str, T], key: str, load: Callable[[str], T]) -> T:
+        with self._lock:
+            if key in cache:
+                return cache[key]
+        value = load(key)
+        with self._lock:
+            cache[key] = value
+        return value
+
     def lookup(self, key: str) -> ApiKey | None:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._entries.get(key)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
-        record = self.meta.authenticate(key)
-        with self._lock:
-            if len(self._entries) > 10_000:
-                self._entries.clear()
-            self._entries[key] = (now, record)
-        return record
+        """The active key record of a full secret, or None."""
+        return self._cached(self._keys, key, self.meta.authenticate)
 
     def is_active(self, prefix: str) -> bool:
-        """Whether the key with this prefix exists and is not revoked (cached alike)."""
-        now = time.monotonic()
-        with self._lock:
-            hit = self._active.get(prefix)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
-        active = self.meta.key_is_active(prefix)
-        with self._lock:
-            if len(self._active) > 10_000:
-                self._active.clear()
-            self._active[prefix] = (now, active)
-        return active
+        """Whether the key with this prefix exists and is not revoked."""
+        return self._cached(self._active, prefix, self.meta.key_is_active)
 
 
 def _bearer(request: Request) -> str:

@@ -182,6 +182,17 @@ def _log_failure(fut: concurrent.futures.Future[None]) -> None:
         log.error("fold failed; will retry", exc_info=fut.exception())
 
 
+def _fail_waiting(requests: queue.Queue[Any]) -> None:
+    """At shutdown: fail the futures of the requests still queued (a future is last)."""
+    while True:
+        try:
+            item = requests.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, tuple):
+            item[-1].set_exception(StoreUnavailable("the store is shutting down"))
+
+
 class _Stop:
     pass
 
@@ -442,19 +453,10 @@ class DuckDBEventStore:
                     except Exception as exc:
                         fut.set_exception(exc)
             if stop:
-                self._fail_queued()
+                _fail_waiting(self._queue)
                 return
             if self._backlog() >= self.compact_after_events or self._recent_rows >= self.chunk_rows:
                 self._folds.put(None)  # wake the folder; it decides what to do
-
-    def _fail_queued(self) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if not isinstance(item, _Stop):
-                item[3].set_exception(StoreUnavailable("the store is shutting down"))
 
     # ------------------------------------------------------------------ folds
 
@@ -473,7 +475,7 @@ class DuckDBEventStore:
             except queue.Empty:
                 item = None
             if isinstance(item, _Stop):
-                self._fail_folds()
+                _fail_waiting(self._folds)
                 return
             now = time.monotonic()
             if item is not None:  # compact_now: fold everything, at once
@@ -497,15 +499,6 @@ class DuckDBEventStore:
                 if self._maintain(checkpoint=checkpoint) and checkpoint:
                     last_checkpoint = now
                 last_fold = now
-
-    def _fail_folds(self) -> None:
-        while True:
-            try:
-                item = self._folds.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, tuple):
-                item[1].set_exception(StoreUnavailable("the store is shutting down"))
 
     def _maintain(self, *, checkpoint: bool) -> bool:
         """Fold pending events, move a full chunk, and (when quiet) checkpoint the WAL.
