@@ -107,7 +107,7 @@ def test_revoked_key_is_refused(client: TestClient, settings: Settings) -> None:
     meta = MetaStore(settings.meta_db_path)
     assert meta.revoke_key(key.split("_")[0] + "_" + key.split("_")[1]) == 1
     meta.close()
-    client.app.state.keys.ttl = 0  # type: ignore[attr-defined]  # skip the 2 s trust window
+    client.app.state.keys.clear()  # type: ignore[attr-defined]  # skip the 2 s trust window
     r = client.get("/v1/workflows", headers=headers)
     assert r.status_code == 401
 

@@ -50,6 +50,12 @@ class KeyCache:
         """Whether the key with this prefix exists and is not revoked."""
         return self._cached(self._active, prefix, self.meta.key_is_active)
 
+    def clear(self) -> None:
+        """Forget every lookup: the next request of each key reads the metadata again."""
+        with self._lock:
+            self._keys.clear()
+            self._active.clear()
+
 
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
