@@ -87,7 +87,10 @@ def require(scope: str, limit_class: str = "default") -> Callable[[Request], Awa
                     "the API key is unknown or revoked", field="Authorization", invalid_token=True
                 )
         except Unauthorized:
-            limiter.count_auth_failure(address)
+            # A key that was sent and refused: a guess, or a client flooding the log.
+            # (No Authorization header at all is no attempt, and is not counted.)
+            if "authorization" in request.headers:
+                limiter.count_auth_failure(address)
             raise
         if scope not in record.scopes:
             raise Forbidden(f"this endpoint needs the scope {scope!r}", field="Authorization")
