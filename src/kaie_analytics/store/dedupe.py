@@ -1,8 +1,8 @@
 """In-memory index of recently ingested event ids, for idempotent ingestion.
 
-Each id is kept as a 64-bit hash of ``tenant NUL id`` (the low half of its MD5,
-computed by the store): a sorted NumPy array
-for what was loaded or folded in, plus a set for what arrived since. A hash hit
+Each id is kept as a 64-bit hash of ``tenant NUL id`` (xxh3, computed by the
+store when it prepares a batch): a sorted NumPy array for what was loaded or
+merged in, plus a set for what arrived since. A hash hit
 is only a candidate: the store confirms it against the stored ids before it
 calls an event a duplicate, so a hash collision can never drop an event.
 """
