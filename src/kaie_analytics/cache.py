@@ -54,9 +54,8 @@ async def cached_json(
 ) -> Response:
     """Answer ``{"data": compute()}`` from the cache when fresh, with ETag / 304."""
     cache: ResponseCache = request.app.state.cache
-    versions = request.app.state.store.versions
     key = (tenant, query)
-    version = versions[tenant]
+    version = request.app.state.store.data_version(tenant)
     # A client may ask for a fresh computation, as HTTP caches allow.
     bypass = "no-cache" in request.headers.get("cache-control", "").lower()
     entry = None if bypass else cache.get(key, version)

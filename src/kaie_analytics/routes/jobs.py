@@ -104,12 +104,7 @@ def render_job(request: Request, job: Job) -> dict[str, Any]:
 
 
 def _estimate_s(request: Request, tenant: str, lo: Any, hi: Any, per_second: float) -> float:
-    store = request.app.state.store
-    n = store.query(
-        "SELECT count(*) FROM events WHERE tenant = $tenant AND ts BETWEEN $lo AND $hi",
-        {"tenant": tenant, "lo": lo, "hi": hi},
-    )[0][0]
-    return 1.0 + n / per_second
+    return 1.0 + request.app.state.store.count_events(tenant, lo, hi) / per_second
 
 
 async def _create(request: Request, tenant: str, kind: str, name: str | None,

@@ -986,9 +986,29 @@ class DuckDBEventStore:
         """
         return self._watermarks[table]
 
-    def count_events(self, tenant: str | None = None) -> int:
-        sql = "SELECT count(*) FROM events WHERE $tenant IS NULL OR tenant = $tenant"
-        return int(self.query(sql, {"tenant": tenant})[0][0])
+    def count_events(
+        self,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int:
+        """Events stored (of ``tenant``; with timestamps in [since, until], naive UTC)."""
+        # Only the bounds given are written, so zone maps can skip by tenant and time.
+        where = [
+            cond
+            for cond, value in (
+                ("tenant = $tenant", tenant),
+                ("ts >= $lo", since),
+                ("ts <= $hi", until),
+            )
+            if value is not None
+        ]
+        sql = "SELECT count(*) FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        return int(self.query(sql, {"tenant": tenant, "lo": since, "hi": until})[0][0])
+
+    def data_version(self, tenant: str) -> int:
+        """A number that changes with every commit touching ``tenant`` (for caches)."""
+        return self.versions[tenant]
 
     def ping(self) -> bool:
         try:
