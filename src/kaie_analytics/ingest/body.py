@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
 
 from kaie_analytics.errors import InvalidRequest
+from kaie_analytics.ingest.validate import JSON_TOKEN
 
 MAX_JSON_EVENTS = 1_000
 MAX_NDJSON_LINES = 10_000
@@ -50,9 +50,6 @@ def decode_events(body: bytes, content_type: str | None) -> list[Any]:
     return events
 
 
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
-
-
 def _split_events(body: bytes, problem: str) -> list[bytes]:
     """The events of ``{"events": [...]}`` as raw bytes, each validated later on its own.
 
@@ -61,7 +58,7 @@ def _split_events(body: bytes, problem: str) -> list[bytes]:
     """
     events: list[bytes] = []
     depth, start, last, in_events = 0, -1, b"", False
-    for m in _TOKEN.finditer(body):
+    for m in JSON_TOKEN.finditer(body):
         tok = m.group()
         if tok in (b"{", b"["):
             depth += 1

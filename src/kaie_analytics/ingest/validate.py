@@ -208,9 +208,9 @@ class ValidEvent(NamedTuple):
     objects: tuple[str | None, ...]
 
 
-#: JSON tokens that matter for finding where in an event something is: strings
-#: (keys among them), brackets and colons; whatever lies between is skipped.
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+#: JSON tokens that matter for finding where something is in raw JSON: strings
+#: (keys among them), brackets, colons and commas; whatever lies between is skipped.
+JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
 
 
 def _field_where(
@@ -222,7 +222,7 @@ def _field_where(
     Only run once an event is known or likely to be wrong, to name the field.
     """
     depth, key, last = 0, None, None
-    for m in _TOKEN.finditer(data):
+    for m in JSON_TOKEN.finditer(data):
         tok = m.group()
         if at is not None and m.start() >= at:
             return True, key
