@@ -22,7 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import PeakMemory, Server, machine, median
-from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 COLUMNS = "seq, tenant, id_hash, event_id, id_given, type, ts, ts_text, workflow_id, execution_id,"
 COLUMNS += " customer_id, channel, duration_ms, ingested_at"

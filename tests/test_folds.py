@@ -16,7 +16,7 @@ from conftest import GENEROUS_LIMITS, Api, make_key
 from factories import iso, workflow_events
 from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
-from kaie_analytics.store import duckdb_store
+from kaie_analytics.engines.duckdb import store as duckdb_store
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 END = datetime(2024, 3, 10, 23, 59, 59, 999999, tzinfo=UTC)

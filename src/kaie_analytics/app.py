@@ -33,7 +33,7 @@ from kaie_analytics.routes import (
     workflows,
 )
 from kaie_analytics.signing import load_secret
-from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 from kaie_analytics.store.jobs import JobStore
 from kaie_analytics.store.meta import MetaStore
 from kaie_analytics.telemetry import Telemetry, TelemetryMiddleware

@@ -47,7 +47,7 @@ def _meta(settings: Settings) -> MetaStore:
 
 
 def _open_store(settings: Settings) -> Any:
-    from kaie_analytics.store.duckdb_store import DuckDBEventStore
+    from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
     try:
         return DuckDBEventStore(

@@ -8,7 +8,7 @@ from typing import Any
 
 from kaie_analytics.ingest.body import decode_events
 from kaie_analytics.ingest.validate import EventError, ValidEvent, validate_event
-from kaie_analytics.store.duckdb_store import AppendResult, DuckDBEventStore, PreparedBatch
+from kaie_analytics.engines.duckdb.store import AppendResult, DuckDBEventStore, PreparedBatch
 
 
 @dataclass

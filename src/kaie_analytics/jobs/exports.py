@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.ingest.validate import FIELD_COLUMNS
-from kaie_analytics.query.params import (
+from kaie_analytics.analytics.periods import (
     Period,
     parse_period,
     parse_string_list,
     parse_timezone,
 )
-from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 DATA_TYPES = ("executions", "messages", "feedback", "journeys", "events", "workflow_metrics")
 FORMATS = ("csv", "json", "ndjson", "parquet")

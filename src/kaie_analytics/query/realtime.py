@@ -16,9 +16,9 @@ from typing import Any
 
 import psutil
 
-from kaie_analytics.query import numbers as num
-from kaie_analytics.query.params import iso, parse_bool
-from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.analytics import numbers as num
+from kaie_analytics.analytics.periods import iso, parse_bool
+from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 FUTURE_SLACK = timedelta(minutes=10)
 HOUR = timedelta(hours=1)

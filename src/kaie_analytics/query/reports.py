@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kaie_analytics.errors import InvalidMetrics, InvalidParameter
-from kaie_analytics.query import numbers as num
-from kaie_analytics.query.params import (
+from kaie_analytics.analytics import numbers as num
+from kaie_analytics.analytics.periods import (
     Period,
     bucket_label,
     buckets,
@@ -24,7 +24,7 @@ from kaie_analytics.query.params import (
     parse_timezone,
 )
 from kaie_analytics.query.workflows import SEGMENTS_SQL, metrics_block
-from kaie_analytics.store.duckdb_store import DuckDBEventStore
+from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 REPORT_METRICS = (
     "total_executions", "successful_executions", "failed_executions", "success_rate",

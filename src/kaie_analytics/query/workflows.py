@@ -18,9 +18,9 @@ import numpy as np
 from pyroaring import BitMap
 
 from kaie_analytics.errors import InvalidMetrics, InvalidParameter, WorkflowNotFound
-from kaie_analytics.query import numbers as num
-from kaie_analytics.query import slots
-from kaie_analytics.query.params import (
+from kaie_analytics.analytics import numbers as num
+from kaie_analytics.engines.duckdb import slots
+from kaie_analytics.analytics.periods import (
     Period,
     bucket_label,
     buckets,
@@ -30,10 +30,10 @@ from kaie_analytics.query.params import (
     parse_period,
     parse_timezone,
 )
-from kaie_analytics.store import rollup_cache, rollups
-from kaie_analytics.store.activity import SLOT_US, epoch_us
-from kaie_analytics.store.duckdb_store import Columns, DuckDBEventStore
-from kaie_analytics.store.rollup_cache import EXEC, MESSAGES, NODES, Rollups, read_with_rollups
+from kaie_analytics.engines.duckdb import rollup_cache, rollups
+from kaie_analytics.engines.duckdb.activity import SLOT_US, epoch_us
+from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
+from kaie_analytics.engines.duckdb.rollup_cache import EXEC, MESSAGES, NODES, Rollups, read_with_rollups
 
 METRICS = (
     "total_executions",

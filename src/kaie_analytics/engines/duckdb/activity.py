@@ -29,7 +29,7 @@ import pyarrow as pa
 from pyroaring import BitMap
 
 if TYPE_CHECKING:
-    from kaie_analytics.store.duckdb_store import DuckDBEventStore
+    from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 SLOT_US = 15 * 60 * 1_000_000
 DAY_US = 24 * 60 * 60 * 1_000_000

@@ -9,7 +9,7 @@ events not yet folded in), so both always agree.
 
 from __future__ import annotations
 
-from kaie_analytics.store.activity import SLOT_US
+from kaie_analytics.engines.duckdb.activity import SLOT_US
 
 EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
 #: Node events ride along with their execution, so node metrics need no join.

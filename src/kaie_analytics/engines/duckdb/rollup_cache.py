@@ -36,11 +36,11 @@ import numpy as np
 from pyroaring import AbstractBitMap, BitMap, FrozenBitMap
 
 from kaie_analytics.errors import QueryTimeout
-from kaie_analytics.store.activity import DAY_US
-from kaie_analytics.store.rollups import SLOTS_PER_DAY, DayKey, slot_of
+from kaie_analytics.engines.duckdb.activity import DAY_US
+from kaie_analytics.engines.duckdb.rollups import SLOTS_PER_DAY, DayKey, slot_of
 
 if TYPE_CHECKING:
-    from kaie_analytics.store.duckdb_store import Columns, DuckDBEventStore
+    from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
 
 T = TypeVar("T")
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import duckdb
 
-from kaie_analytics.store.activity import DAY_US, SLOT_US, put_bitmaps
+from kaie_analytics.engines.duckdb.activity import DAY_US, SLOT_US, put_bitmaps
 
 WATERMARK = "message_slots_seq"
 BUILT = "exec_rollups_built"

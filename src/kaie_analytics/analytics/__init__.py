@@ -1,0 +1,1 @@
+"""The analytics core: what every number means, above every engine."""

@@ -1,0 +1,1 @@
+"""Event engines: where events are stored and how the facts are computed."""

@@ -1,0 +1,1 @@
+"""The embedded event engine: DuckDB in the data directory."""
