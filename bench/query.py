@@ -31,10 +31,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import Server, machine, percentile
+from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 from kaie_analytics.query import customers as cq
 from kaie_analytics.query import realtime as rq
 from kaie_analytics.query import workflows as wq
-from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 DAYS = 90
 TENANTS = 50

@@ -18,6 +18,7 @@ from kaie_analytics import __version__
 from kaie_analytics.auth import KeyCache
 from kaie_analytics.cache import ResponseCache
 from kaie_analytics.config import Settings
+from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
 from kaie_analytics.ingest.service import warm_up
 from kaie_analytics.jobs.worker import JobWorker
@@ -33,7 +34,6 @@ from kaie_analytics.routes import (
     workflows,
 )
 from kaie_analytics.signing import load_secret
-from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 from kaie_analytics.store.jobs import JobStore
 from kaie_analytics.store.meta import MetaStore
 from kaie_analytics.telemetry import Telemetry, TelemetryMiddleware

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kaie_analytics.engines.duckdb.store import AppendResult, DuckDBEventStore, PreparedBatch
 from kaie_analytics.ingest.body import decode_events
 from kaie_analytics.ingest.validate import EventError, ValidEvent, validate_event
-from kaie_analytics.engines.duckdb.store import AppendResult, DuckDBEventStore, PreparedBatch
 
 
 @dataclass

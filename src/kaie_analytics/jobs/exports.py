@@ -18,8 +18,6 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from kaie_analytics.errors import InvalidParameter
-from kaie_analytics.ingest.validate import FIELD_COLUMNS
 from kaie_analytics.analytics.periods import (
     Period,
     parse_period,
@@ -27,6 +25,8 @@ from kaie_analytics.analytics.periods import (
     parse_timezone,
 )
 from kaie_analytics.engines.duckdb.store import DuckDBEventStore
+from kaie_analytics.errors import InvalidParameter
+from kaie_analytics.ingest.validate import FIELD_COLUMNS
 
 DATA_TYPES = ("executions", "messages", "feedback", "journeys", "events", "workflow_metrics")
 FORMATS = ("csv", "json", "ndjson", "parquet")

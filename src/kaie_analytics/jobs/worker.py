@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 from kaie_analytics.jobs import exports, reports
 from kaie_analytics.query.reports import chart_series, parse_report_request, report_rows
-from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 from kaie_analytics.store.jobs import Job, JobStore
 from kaie_analytics.telemetry import Telemetry
 

@@ -6,12 +6,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.analytics import numbers as num
 from kaie_analytics.analytics.periods import Period, parse_bool, parse_period, parse_timezone
-from kaie_analytics.engines.duckdb.activity import DAY_US, SLOT_US, active_customers, cover, epoch_us
+from kaie_analytics.engines.duckdb.activity import (
+    DAY_US,
+    SLOT_US,
+    active_customers,
+    cover,
+    epoch_us,
+)
 from kaie_analytics.engines.duckdb.derived import CUSTOMERS, JOURNEYS, SESSIONS
 from kaie_analytics.engines.duckdb.store import DuckDBEventStore
+from kaie_analytics.errors import InvalidParameter
 
 MAX_REASONS = 5
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kaie_analytics.errors import InvalidMetrics, InvalidParameter
 from kaie_analytics.analytics import numbers as num
 from kaie_analytics.analytics.periods import (
     Period,
@@ -23,8 +22,9 @@ from kaie_analytics.analytics.periods import (
     parse_string_list,
     parse_timezone,
 )
-from kaie_analytics.query.workflows import SEGMENTS_SQL, metrics_block
 from kaie_analytics.engines.duckdb.store import DuckDBEventStore
+from kaie_analytics.errors import InvalidMetrics, InvalidParameter
+from kaie_analytics.query.workflows import SEGMENTS_SQL, metrics_block
 
 REPORT_METRICS = (
     "total_executions", "successful_executions", "failed_executions", "success_rate",

@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 from pyroaring import BitMap
 
-from kaie_analytics.errors import InvalidMetrics, InvalidParameter, WorkflowNotFound
 from kaie_analytics.analytics import numbers as num
-from kaie_analytics.engines.duckdb import slots
 from kaie_analytics.analytics.periods import (
     Period,
     bucket_label,
@@ -30,10 +28,17 @@ from kaie_analytics.analytics.periods import (
     parse_period,
     parse_timezone,
 )
-from kaie_analytics.engines.duckdb import rollup_cache, rollups
+from kaie_analytics.engines.duckdb import rollup_cache, rollups, slots
 from kaie_analytics.engines.duckdb.activity import SLOT_US, epoch_us
+from kaie_analytics.engines.duckdb.rollup_cache import (
+    EXEC,
+    MESSAGES,
+    NODES,
+    Rollups,
+    read_with_rollups,
+)
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
-from kaie_analytics.engines.duckdb.rollup_cache import EXEC, MESSAGES, NODES, Rollups, read_with_rollups
+from kaie_analytics.errors import InvalidMetrics, InvalidParameter, WorkflowNotFound
 
 METRICS = (
     "total_executions",

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from kaie_analytics.auth import Principal, require
+from kaie_analytics.engines.duckdb.store import AppendResult
 from kaie_analytics.ingest.service import prepare_body, summarize
 from kaie_analytics.request_body import read_body
-from kaie_analytics.engines.duckdb.store import AppendResult
 
 router = APIRouter(tags=["events"])
 

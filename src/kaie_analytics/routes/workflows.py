@@ -7,10 +7,10 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kaie_analytics.auth import Principal, require
+from kaie_analytics.engines.duckdb.store import Workflow
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.ingest.validate import EventError, check_identifier
 from kaie_analytics.request_body import read_json
-from kaie_analytics.engines.duckdb.store import Workflow
 
 router = APIRouter(tags=["workflows"])
 

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from pyroaring import AbstractBitMap, BitMap, FrozenBitMap
 
-from kaie_analytics.errors import QueryTimeout
 from kaie_analytics.engines.duckdb.activity import DAY_US
 from kaie_analytics.engines.duckdb.rollups import SLOTS_PER_DAY, DayKey, slot_of
+from kaie_analytics.errors import QueryTimeout
 
 if TYPE_CHECKING:
     from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore

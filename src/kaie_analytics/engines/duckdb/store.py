@@ -44,13 +44,13 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 from xxhash import xxh3_64_intdigest
 
-from kaie_analytics.errors import QueryTimeout, StoreUnavailable
-from kaie_analytics.ingest.validate import FIELD_COLUMNS, OBJECT_FIELDS, ValidEvent
 from kaie_analytics.engines.duckdb import activity, rollups
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb.dedupe import IdIndex
 from kaie_analytics.engines.duckdb.derived import DERIVED, Derived, compact_statements, current_rows
 from kaie_analytics.engines.duckdb.rollup_cache import RollupCache
+from kaie_analytics.errors import QueryTimeout, StoreUnavailable
+from kaie_analytics.ingest.validate import FIELD_COLUMNS, OBJECT_FIELDS, ValidEvent
 
 log = logging.getLogger("kaie_analytics.store")
 
