@@ -55,7 +55,7 @@ class Api:
         return out
 
     def compact(self) -> None:
-        self.client.app.state.store.compact_now(move_events=True).result()  # type: ignore[attr-defined]
+        self.client.app.state.engine.settle()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

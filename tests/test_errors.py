@@ -127,7 +127,7 @@ def test_query_time_limit(client: TestClient) -> None:
 
     from kaie_analytics.errors import QueryTimeout
 
-    store = client.app.state.store  # type: ignore[attr-defined]
+    store = client.app.state.engine  # type: ignore[attr-defined]
     store.query_timeout_s = 0.2
     with _pytest.raises(QueryTimeout):
         store.query("SELECT count(*) FROM range(100000000000) a")

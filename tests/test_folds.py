@@ -52,7 +52,7 @@ def test_a_backlog_from_before_opening_folds_in_pieces(tmp_path: Path) -> None:
     # Reopened with pieces of 1,000 events: many folds, each its own transaction.
     pieces = _settings(tmp_path / "d", compact_idle_s=3600, fold_piece_events=1000)
     with TestClient(create_app(pieces)) as c:
-        store = c.app.state.store  # type: ignore[attr-defined]
+        store = c.app.state.engine  # type: ignore[attr-defined]
         assert store._backlog() == len(events)
         api = Api(c, make_key(pieces, "acme"), "acme")
         folds = []
@@ -71,7 +71,7 @@ def test_an_out_of_memory_fold_retries_in_smaller_pieces(tmp_path: Path) -> None
         api = Api(c, make_key(s, "acme"), "acme")
         api.send(events)
         before = _answers(api)
-        store = c.app.state.store  # type: ignore[attr-defined]
+        store = c.app.state.engine  # type: ignore[attr-defined]
         real = store._fold_piece_up_to
         sizes: list[int] = []
 

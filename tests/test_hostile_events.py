@@ -62,7 +62,7 @@ def test_bad_event_is_rejected_alone(
     if field is not None:
         assert err["field"] == field
     assert text in err["message"]
-    assert api.client.app.state.store.count_events("acme") == 2  # type: ignore[attr-defined]
+    assert api.client.app.state.engine.count_events("acme") == 2  # type: ignore[attr-defined]
 
 
 def test_limits_are_inclusive(api: Api) -> None:
@@ -70,7 +70,7 @@ def test_limits_are_inclusive(api: Api) -> None:
     props = b'{"max":18446744073709551615,"min":-9223372036854775808,"deep":' + _deep(31) + b"}"
     data = _post(api, BASE + b',"properties":' + props + b"}", "application/x-ndjson")
     assert data["accepted"] == 1, data
-    stored = api.client.app.state.store.query("SELECT properties FROM events")  # type: ignore[attr-defined]
+    stored = api.client.app.state.engine.query("SELECT properties FROM events")  # type: ignore[attr-defined]
     assert orjson.loads(stored[0][0]) == orjson.loads(props)
 
 
@@ -78,5 +78,5 @@ def test_repeated_key_keeps_the_last_value(api: Api) -> None:
     """As most JSON parsers do (README, "Events"): the last of a repeated key is stored."""
     ev = BASE.replace(b'"customer_id":"c"', b'"customer_id":"first","customer_id":"last"') + b"}"
     assert _post(api, ev, "application/x-ndjson")["accepted"] == 1
-    rows = api.client.app.state.store.query("SELECT customer_id FROM events")  # type: ignore[attr-defined]
+    rows = api.client.app.state.engine.query("SELECT customer_id FROM events")  # type: ignore[attr-defined]
     assert rows == [("last",)]

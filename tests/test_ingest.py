@@ -48,7 +48,7 @@ def test_every_type_is_accepted_and_stored(api: Api) -> None:
     assert r.json() == {
         "data": {"accepted": len(VALID), "duplicates": 0, "rejected": 0, "errors": []}
     }
-    store = api.client.app.state.store  # type: ignore[attr-defined]
+    store = api.client.app.state.engine  # type: ignore[attr-defined]
     assert store.count_events("acme") == len(VALID)
     ts = store.query("SELECT ts FROM events WHERE type = 'message.received' AND tenant = 'acme'")[
         0
@@ -127,7 +127,7 @@ def test_invalid_event_is_rejected_with_field(api: Api, event: Any, field: str |
     assert error["code"] == "INVALID_EVENT"
     assert error["field"] == field
     assert error["message"]
-    assert api.client.app.state.store.count_events("acme") == 1  # type: ignore[attr-defined]
+    assert api.client.app.state.engine.count_events("acme") == 1  # type: ignore[attr-defined]
 
 
 def test_duplicates_within_and_across_requests(api: Api) -> None:
@@ -143,7 +143,7 @@ def test_duplicates_within_and_across_requests(api: Api) -> None:
     assert r["accepted"] == 1
     r = api.post("/v1/events", json={"events": [reordered]}).json()["data"]
     assert (r["accepted"], r["duplicates"]) == (0, 1)
-    assert api.client.app.state.store.count_events("acme") == 4  # type: ignore[attr-defined]
+    assert api.client.app.state.engine.count_events("acme") == 4  # type: ignore[attr-defined]
 
 
 def test_same_id_in_two_tenants_is_not_a_duplicate(api: Api, other_api: Api) -> None:
@@ -202,7 +202,7 @@ def test_bad_bodies(api: Api, content: bytes, ctype: str, status: int, code: str
     r = api.post("/v1/events", content=content, headers={"Content-Type": ctype})
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
-    assert api.client.app.state.store.count_events() == 0  # type: ignore[attr-defined]
+    assert api.client.app.state.engine.count_events() == 0  # type: ignore[attr-defined]
 
 
 def test_gzip_bomb_is_refused(api: Api) -> None:
@@ -253,4 +253,4 @@ def test_ingest_through_worker_processes(tmp_path: Any) -> None:
             "/v1/events", content=b"{", headers={**headers, "Content-Type": "application/json"}
         )
         assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_REQUEST"
-        assert c.app.state.store.count_events("acme") == len(VALID) + 1  # type: ignore[attr-defined]
+        assert c.app.state.engine.count_events("acme") == len(VALID) + 1  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
 from kaie_analytics.engines.duckdb import rollup_cache, slots
 from kaie_analytics.engines.duckdb import store as duckdb_store
-from kaie_analytics.query import workflows as wq
+from kaie_analytics.analytics import workflows as wq
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # the US DST change (2024-03-10) is inside
 END = datetime(2024, 3, 17, 23, 59, 59, 999999, tzinfo=UTC)
@@ -209,7 +209,7 @@ def test_rollups_exact_with_no_memory_for_them(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
         api = Api(client, make_key(settings, "acme"), "acme")
         _check_late_moves(api, "Asia/Kathmandu", "day")
-        assert client.app.state.store.rollup_cache.nbytes == 0  # type: ignore[attr-defined]
+        assert client.app.state.engine.rollup_cache.nbytes == 0  # type: ignore[attr-defined]
 
 
 def test_rollups_held_behind_more_folds_than_remembered_start_afresh(
@@ -240,7 +240,7 @@ def test_an_answer_that_finds_many_events_waiting_has_them_folded(
     monkeypatch.setattr(duckdb_store, "FOLD_ON_READ", 10)
     first, late = _late_starts()
     api.send(first + late)
-    store = api.client.app.state.store  # type: ignore[attr-defined]
+    store = api.client.app.state.engine  # type: ignore[attr-defined]
     assert store.has_pending("acme")
     period = {"start_date": iso(LATE_START), "end_date": iso(LATE_END)}
     got = _get(api, "/v1/analytics/workflows/wf-1", **period)
@@ -261,10 +261,10 @@ def test_a_fold_during_an_answer_makes_it_read_again(
     first, late = _late_starts()
     api.send(first)
     api.compact()
-    store = api.client.app.state.store  # type: ignore[attr-defined]
+    store = api.client.app.state.engine  # type: ignore[attr-defined]
     params = {"start_date": [iso(LATE_START)], "end_date": [iso(LATE_END)]}
     query = wq.parse_metrics_query("acme", "wf-1", params)
-    wq.run_workflow_metrics(store, query)  # the days are in memory now
+    wq.WorkflowMetricsRunner(store, query).compute()  # the days are in memory now
     real_plan = slots.plan
     plans = []
 
@@ -276,7 +276,7 @@ def test_a_fold_during_an_answer_makes_it_read_again(
         return real_plan(*args, **kwargs)
 
     monkeypatch.setattr(slots, "plan", plan_after_a_fold)
-    got = wq.run_workflow_metrics(store, query)
+    got = wq.WorkflowMetricsRunner(store, query).compute()
     assert len(plans) == 2 and plans[1] > plans[0]
     _same_metrics(
         got, oracle.workflow_metrics(first + late, "wf-1", LATE_START, LATE_END, "day", UTC)

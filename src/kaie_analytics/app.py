@@ -18,7 +18,7 @@ from kaie_analytics import __version__
 from kaie_analytics.auth import KeyCache
 from kaie_analytics.cache import ResponseCache
 from kaie_analytics.config import Settings
-from kaie_analytics.engines.duckdb.store import DuckDBEventStore
+from kaie_analytics.engines import open_engine
 from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
 from kaie_analytics.ingest.service import warm_up
 from kaie_analytics.jobs.worker import JobWorker
@@ -131,19 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         meta = MetaStore(settings.meta_db_path)
-        store = DuckDBEventStore(
-            settings.events_db_path,
-            memory_limit=settings.duckdb_memory_limit,
-            threads=settings.duckdb_threads,
-            query_timeout_s=settings.query_timeout_s,
-            compact_after_events=settings.compact_after_events,
-            compact_idle_s=settings.compact_idle_s,
-            chunk_rows=settings.events_chunk_rows,
-            rollup_cache_bytes=settings.rollup_cache_mb << 20,
-            fold_piece_events=settings.fold_piece_events,
-        )
+        engine = open_engine(settings)
         app.state.meta = meta
-        app.state.store = store
+        app.state.engine = engine
         app.state.keys = KeyCache(meta, settings.key_cache_ttl_s)
         app.state.cache = ResponseCache()
         app.state.secret = load_secret(settings.secret_key, settings.data_dir)
@@ -151,7 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs = JobStore(settings.meta_db_path)
         worker = JobWorker(
             jobs,
-            store,
+            engine,
             settings.files_dir,
             app.state.telemetry,
             settings.job_time_limit_s,
@@ -167,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.state.ingest_pool is not None:
                 app.state.ingest_pool.shutdown(cancel_futures=True)
             worker.stop()
-            store.close()
+            engine.close()
             meta.close()
 
     app = FastAPI(

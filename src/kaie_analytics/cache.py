@@ -1,22 +1,19 @@
-"""Response cache for the historical endpoints.
+"""Response cache for the historical endpoints, and its HTTP face (ETag, 304).
 
-Keyed by tenant and the parsed, frozen query object (so equivalent requests
-share an entry); an entry is valid only while the tenant's data version is the
-one it was computed at, and every commit that touches the tenant bumps that
-version. Tenants never share an entry: the tenant is part of the key.
+Keyed by tenant, query kind and the parsed, frozen query object (so equivalent
+requests share an entry); an entry is valid only while the tenant's data
+version is the one it was computed at, and every commit that touches the
+tenant bumps that version. Tenants never share an entry: the tenant is part
+of the key. Filled by the query runners (``analytics.runners``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 from cachetools import LRUCache
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,7 +21,9 @@ CACHE_CONTROL = "private, no-cache"
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class Entry:
+    """An answer's JSON body, the data version it was computed at, and its ETag."""
+
     version: int
     body: bytes
     etag: str
@@ -32,15 +31,15 @@ class _Entry:
 
 class ResponseCache:
     def __init__(self, max_entries: int = 2048) -> None:
-        self._entries: LRUCache[Hashable, _Entry] = LRUCache(maxsize=max_entries)
+        self._entries: LRUCache[Hashable, Entry] = LRUCache(maxsize=max_entries)
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, version: int) -> _Entry | None:
+    def get(self, key: Hashable, version: int) -> Entry | None:
         with self._lock:
             entry = self._entries.get(key)
         return entry if entry is not None and entry.version == version else None
 
-    def put(self, key: Hashable, entry: _Entry) -> None:
+    def put(self, key: Hashable, entry: Entry) -> None:
         with self._lock:
             self._entries[key] = entry
 
@@ -49,25 +48,18 @@ class ResponseCache:
             self._entries.clear()
 
 
-async def cached_json(
-    request: Request, tenant: str, query: Hashable, compute: Callable[[], Any]
-) -> Response:
-    """Answer ``{"data": compute()}`` from the cache when fresh, with ETag / 304."""
-    cache: ResponseCache = request.app.state.cache
-    key = (tenant, query)
-    version = request.app.state.store.data_version(tenant)
-    # A client may ask for a fresh computation, as HTTP caches allow.
-    bypass = "no-cache" in request.headers.get("cache-control", "").lower()
-    entry = None if bypass else cache.get(key, version)
-    status = "hit"
-    if entry is None:
-        status = "miss"
-        data = await run_in_threadpool(compute)
-        body = orjson.dumps({"data": data}, option=orjson.OPT_NON_STR_KEYS)
-        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-        entry = _Entry(version, body, etag)
-        cache.put(key, entry)
-    headers = {"ETag": entry.etag, "Cache-Control": CACHE_CONTROL, "X-Cache": status}
+def wants_fresh(request: Request) -> bool:
+    """A client may ask for a fresh computation, as HTTP caches allow."""
+    return "no-cache" in request.headers.get("cache-control", "").lower()
+
+
+def cached_response(request: Request, entry: Entry, *, hit: bool) -> Response:
+    """The entry as a response, or ``304`` when the client holds it (If-None-Match)."""
+    headers = {
+        "ETag": entry.etag,
+        "Cache-Control": CACHE_CONTROL,
+        "X-Cache": "hit" if hit else "miss",
+    }
     if_none_match = request.headers.get("if-none-match")
     if if_none_match and entry.etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)

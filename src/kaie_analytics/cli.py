@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any
 
-import duckdb
 import httpx
 import orjson
 import typer
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kaie_analytics.config import Settings
+from kaie_analytics.errors import StoreInUse
 from kaie_analytics.store.meta import SCOPES, InvalidScopes, MetaStore, parse_scopes
 
 app = typer.Typer(
@@ -47,22 +47,15 @@ def _meta(settings: Settings) -> MetaStore:
 
 
 def _open_store(settings: Settings) -> Any:
-    from kaie_analytics.engines.duckdb.store import DuckDBEventStore
+    from kaie_analytics.engines import open_engine
 
     try:
-        return DuckDBEventStore(
-            settings.events_db_path,
-            memory_limit=settings.duckdb_memory_limit,
-            threads=settings.duckdb_threads,
-            fold_piece_events=settings.fold_piece_events,
-        )
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise CliError(
-                f"{settings.events_db_path} is in use by a running server;"
-                " stop it, or send through it with --url and --api-key"
-            ) from None
-        raise CliError(f"cannot open {settings.events_db_path}: {exc}") from None
+        return open_engine(settings)
+    except StoreInUse:
+        raise CliError(
+            f"{settings.data_dir} is in use by a running server;"
+            " stop it, or send through it with --url and --api-key"
+        ) from None
 
 
 def _bootstrap_key(settings: Settings) -> str | None:
@@ -157,7 +150,7 @@ def demo(
                         totals[1] += summary.duplicates
                         totals[2] += summary.rejected
                     progress.update(task, completed=day_done)
-            store.compact_now(move_events=True).result()
+            store.settle()
             typer.echo(
                 f"Demo data: {totals[0]} events accepted, {totals[1]} duplicates,"
                 f" {totals[2]} rejected."

@@ -153,3 +153,7 @@ class ReportGenerationFailed(ApiError):
     """Building the report or export failed; ``details`` gives the reason."""
 
     status, code, message = 500, "REPORT_GENERATION_FAILED", "Report generation failed"
+
+
+class StoreInUse(Exception):
+    """The data directory's event store is held by another process (a running server)."""

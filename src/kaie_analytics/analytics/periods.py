@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
+from kaie_analytics.analytics.facts import Window
 from kaie_analytics.errors import InvalidDateRange, InvalidGranularity, InvalidParameter
 
 MAX_PERIOD = timedelta(days=366)
@@ -39,6 +40,10 @@ class Period:
     @property
     def end_naive(self) -> datetime:
         return self.end.astimezone(UTC).replace(tzinfo=None)
+
+    @property
+    def window(self) -> Window:
+        return Window(self.start_naive, self.end_naive)
 
     def previous(self) -> Period:
         """The period of equal length that ends just before ``start``."""
@@ -229,3 +234,19 @@ def bucket_label(start: datetime, granularity: str, tz: ZoneInfo) -> str:
     if granularity == "hour":
         return local.isoformat(timespec="seconds").replace("+00:00", "Z")
     return local.date().isoformat()
+
+
+def naive_utc(value: datetime) -> datetime:
+    """An aware time as naive UTC (the engines' time)."""
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def bucket_windows(period: Period, granularity: str) -> list[tuple[datetime, Window]]:
+    """Each bucket of the period: its start (aware UTC, for its label) and its part of
+    the period (the first starts at the period's start, the last ends at its end)."""
+    starts = buckets(period, granularity)
+    ends = [naive_utc(s) - _ONE_US for s in starts[1:]] + [period.end_naive]
+    return [
+        (s, Window(max(naive_utc(s), period.start_naive), e))
+        for s, e in zip(starts, ends, strict=True)
+    ]

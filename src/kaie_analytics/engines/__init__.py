@@ -1,1 +1,27 @@
-"""Event engines: where events are stored and how the facts are computed."""
+"""Event engines: where events are kept and how facts are computed from them.
+
+Each engine is one package implementing ``analytics.facts.EventEngine``;
+``open_engine`` picks it from ``KAIE_EVENTS_BACKEND``.
+"""
+
+from __future__ import annotations
+
+from kaie_analytics.analytics.facts import EventEngine
+from kaie_analytics.config import Settings
+
+
+def open_engine(settings: Settings) -> EventEngine:
+    """The engine ``settings.events_backend`` names, opened on the data directory."""
+    from kaie_analytics.engines.duckdb import DuckDBEngine
+
+    return DuckDBEngine(
+        settings.events_db_path,
+        memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
+        query_timeout_s=settings.query_timeout_s,
+        compact_after_events=settings.compact_after_events,
+        compact_idle_s=settings.compact_idle_s,
+        chunk_rows=settings.events_chunk_rows,
+        rollup_cache_bytes=settings.rollup_cache_mb << 20,
+        fold_piece_events=settings.fold_piece_events,
+    )

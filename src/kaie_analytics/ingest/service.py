@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kaie_analytics.engines.duckdb.store import AppendResult, DuckDBEventStore, PreparedBatch
+from kaie_analytics.analytics.facts import AppendResult, EventEngine
 from kaie_analytics.ingest.body import decode_events
 from kaie_analytics.ingest.validate import EventError, ValidEvent, validate_event
 
@@ -61,7 +62,7 @@ def summarize(batch: ValidatedBatch, result: AppendResult) -> IngestSummary:
     )
 
 
-def ingest_items(store: DuckDBEventStore, tenant: str, items: list[Any]) -> IngestSummary:
+def ingest_items(store: EventEngine, tenant: str, items: list[Any]) -> IngestSummary:
     """Validate and durably store (blocking): for the CLI and the demo."""
     batch = validate_batch(items)
     result = store.append(tenant, batch.rows).result() if batch.rows else AppendResult(0, 0)
@@ -69,15 +70,19 @@ def ingest_items(store: DuckDBEventStore, tenant: str, items: list[Any]) -> Inge
 
 
 def prepare_body(
-    body: bytes, content_type: str | None, tenant: str
-) -> tuple[ValidatedBatch, PreparedBatch | None]:
+    body: bytes,
+    content_type: str | None,
+    tenant: str,
+    prepare: Callable[[str, list[ValidEvent]], Any],
+) -> tuple[ValidatedBatch, Any]:
     """Decode, validate and prepare a request body; runs in an ingest process.
 
     Everything here is pure CPU work on the request's own bytes, so a pool of
     processes can do it in parallel while the server's writer commits.
+    ``prepare`` is the engine's (``EventEngine.prepare``, a plain function).
     """
     batch = validate_batch(decode_events(body, content_type))
-    prepared = DuckDBEventStore.prepare(tenant, batch.rows) if batch.rows else None
+    prepared = prepare(tenant, batch.rows) if batch.rows else None
     batch.rows = []  # the prepared table carries them now; do not ship them twice
     return batch, prepared
 

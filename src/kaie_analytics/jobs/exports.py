@@ -1,6 +1,6 @@
 """Data exports, streamed from the engine to the file in Arrow batches.
 
-Memory stays flat whatever the row count: rows flow from DuckDB as a
+Memory stays flat whatever the row count: rows flow from the engine as a
 ``RecordBatchReader`` into a Parquet / CSV writer or line by line into JSON.
 Raw rows are therefore written in storage order (by workflow, then time),
 not sorted: a sort would hold the whole export in memory.
@@ -11,22 +11,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from kaie_analytics.analytics import metrics as reg
+from kaie_analytics.analytics.facts import ActivityQuery, Ask, EventEngine, RowKind, RowsQuery
 from kaie_analytics.analytics.periods import (
     Period,
+    bucket_label,
+    bucket_windows,
     parse_period,
     parse_string_list,
     parse_timezone,
 )
-from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 from kaie_analytics.errors import InvalidParameter
-from kaie_analytics.ingest.validate import FIELD_COLUMNS
 
 DATA_TYPES = ("executions", "messages", "feedback", "journeys", "events", "workflow_metrics")
 FORMATS = ("csv", "json", "ndjson", "parquet")
@@ -100,91 +102,68 @@ def parse_export_request(body: Any) -> ExportRequest:
     )
 
 
-_FILTERS = (
-    "(len($workflows) = 0 OR list_contains($workflows, workflow_id))"
-    " AND (len($channels) = 0 OR list_contains($channels, channel))"
+#: The columns of the ``workflow_metrics`` export: its key, then registry metrics.
+_DAILY_METRICS = (
+    ("executions", "total_executions", pa.int64()),
+    ("successful_executions", "successful_executions", pa.int64()),
+    ("failed_executions", "failed_executions", pa.int64()),
+    ("success_rate", "success_rate", pa.float64()),
+    ("average_duration_ms", "average_duration_ms", pa.int64()),
+    ("unique_customers", "unique_customers", pa.int64()),
+)
+DAILY_SCHEMA = pa.schema(
+    [("date", pa.string()), ("workflow_id", pa.string()), ("channel", pa.string())]
+    + [(column, kind) for column, _, kind in _DAILY_METRICS]
 )
 
 
-def export_sql(store: DuckDBEventStore, tenant: str, data_type: str) -> str:
-    """The query behind each data type; binds $tenant $lo $hi $workflows $channels $tz."""
-    if data_type == "executions":
-        return f"""
-            SELECT execution_id, workflow_id, channel, customer_id, started_at,
-                ['running', 'success', 'failed'][status + 1] AS status, duration_ms, error_type
-            FROM ({store.executions_sql(tenant)})
-            WHERE started_at BETWEEN $lo AND $hi AND {_FILTERS}
-        """
-    if data_type == "messages":
-        return f"""
-            SELECT event_id, replace(type, 'message.', '') AS direction, ts AS timestamp,
-                customer_id, channel, workflow_id, execution_id, message_id
-            FROM events
-            WHERE tenant = $tenant AND type IN ('message.sent', 'message.received')
-              AND ts BETWEEN $lo AND $hi AND {_FILTERS}
-        """
-    if data_type == "feedback":
-        return f"""
-            SELECT event_id, ts AS timestamp, customer_id, workflow_id, execution_id, channel,
-                csat, nps, comment
-            FROM events
-            WHERE tenant = $tenant AND type = 'feedback.submitted'
-              AND ts BETWEEN $lo AND $hi AND {_FILTERS}
-        """
-    if data_type == "journeys":
-        # Journeys have no workflow; the channel filter keeps journeys with a step on it.
-        return """
-            SELECT journey_id, journey_type, any_value(customer_id) AS customer_id,
-                min(ts) FILTER (WHERE type = 'journey.step') AS started_at,
-                min(ts) FILTER (WHERE type = 'journey.completed') AS completed_at,
-                min(ts) FILTER (WHERE type = 'journey.dropped') AS dropped_at,
-                arg_min(reason, ts) FILTER (WHERE type = 'journey.dropped') AS drop_reason,
-                max(step) FILTER (WHERE type = 'journey.step') AS highest_step,
-                count(DISTINCT step) FILTER (WHERE type = 'journey.step') AS steps_reached
-            FROM events
-            WHERE tenant = $tenant AND type LIKE 'journey.%'
-            GROUP BY journey_id, journey_type
-            HAVING started_at BETWEEN $lo AND $hi
-              AND (len($channels) = 0 OR bool_or(list_contains($channels, channel)))
-            ORDER BY started_at, journey_id
-        """
-    if data_type == "events":
-        fields = ", ".join(FIELD_COLUMNS)
-        return f"""
-            SELECT event_id AS id, id_given, type, ts_text AS timestamp,
-                {fields}
-            FROM events
-            WHERE tenant = $tenant AND ts BETWEEN $lo AND $hi AND {_FILTERS}
-        """
-    assert data_type == "workflow_metrics"
-    return f"""
-        SELECT strftime(date_trunc('day', timezone($tz, timezone('UTC', started_at))), '%Y-%m-%d')
-                 AS date,
-            workflow_id, channel, count(*) AS executions,
-            count(*) FILTER (WHERE status = 1) AS successful_executions,
-            count(*) FILTER (WHERE status = 2) AS failed_executions,
-            round(count(*) FILTER (WHERE status = 1)
-                  / nullif(count(*) FILTER (WHERE status > 0), 0), 4) AS success_rate,
-            round(avg(duration_ms) FILTER (WHERE status > 0))::BIGINT AS average_duration_ms,
-            count(DISTINCT customer_id) AS unique_customers
-        FROM ({store.executions_sql(tenant)})
-        WHERE started_at BETWEEN $lo AND $hi AND {_FILTERS}
-        GROUP BY ALL ORDER BY date, workflow_id, channel
-    """
+def daily_workflow_metrics(engine: EventEngine, tenant: str, req: ExportRequest) -> pa.Table:
+    """Per local day, workflow and channel: the registry's workflow metrics."""
+    days = bucket_windows(req.period, "day")
+    names = [metric for _, metric, _ in _DAILY_METRICS]
+    (cells,) = engine.activity(
+        ActivityQuery(
+            tenant,
+            tuple(w for _, w in days),
+            (Ask(tuple(range(len(days))), reg.measures(names), ("workflow_id", "channel")),),
+            workflow_ids=req.workflow_ids,
+            channels=req.channels,
+        )
+    )
+    rows = []
+    order = sorted(cells, key=lambda k: (k[0], k[1] is None, str(k[1]), k[2] is None, str(k[2])))
+    for key in order:
+        w, workflow_id, channel = key
+        values = reg.values(cells[key], names)
+        rows.append(
+            {
+                "date": bucket_label(days[w][0], "day", req.period.tz),
+                "workflow_id": workflow_id,
+                "channel": channel,
+                **{column: values[metric] for column, metric, _ in _DAILY_METRICS},
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=DAILY_SCHEMA)
 
 
-def _batches(
-    store: DuckDBEventStore, tenant: str, req: ExportRequest, deadline: float
-) -> Iterator[pa.RecordBatch]:
-    params = {
-        "tenant": tenant,
-        "lo": req.period.start_naive,
-        "hi": req.period.end_naive,
-        "workflows": list(req.workflow_ids),
-        "channels": list(req.channels),
-        "tz": req.period.tz.key,
-    }
-    for batch in store.stream(export_sql(store, tenant, req.data_type), params, BATCH_ROWS):
+def _reader(engine: EventEngine, tenant: str, req: ExportRequest) -> pa.RecordBatchReader:
+    if req.data_type == "workflow_metrics":
+        table = daily_workflow_metrics(engine, tenant, req)
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(BATCH_ROWS))
+    return engine.rows(
+        RowsQuery(
+            tenant,
+            cast(RowKind, req.data_type),
+            req.period.window,
+            workflow_ids=req.workflow_ids,
+            channels=req.channels,
+        ),
+        BATCH_ROWS,
+    )
+
+
+def _batches(reader: pa.RecordBatchReader, deadline: float) -> Iterator[pa.RecordBatch]:
+    for batch in reader:
         if time.monotonic() > deadline:
             raise JobTimeout("the export ran past its time limit")
         yield batch
@@ -214,7 +193,7 @@ def _raw_event(row: dict[str, Any]) -> dict[str, Any]:
 
 def write_export(
     out: IO[bytes],
-    store: DuckDBEventStore,
+    engine: EventEngine,
     tenant: str,
     req: ExportRequest,
     metadata: dict[str, Any],
@@ -222,7 +201,8 @@ def write_export(
 ) -> int:
     """Stream the export into ``out`` by ``deadline`` (monotonic); return the number of rows."""
     rows = 0
-    batches = _batches(store, tenant, req, deadline)
+    reader = _reader(engine, tenant, req)
+    batches = _batches(reader, deadline)
     meta = metadata if req.include_metadata else None
     if req.format == "parquet":
         writer: Any = None
@@ -235,13 +215,7 @@ def write_export(
             writer.write_batch(batch)
             rows += batch.num_rows
         if writer is None:  # no rows: still a valid file with the columns
-            empty = store.stream(
-                export_sql(store, tenant, req.data_type) + " LIMIT 0",
-                {"tenant": tenant, "lo": req.period.start_naive, "hi": req.period.end_naive,
-                 "workflows": [], "channels": [], "tz": "UTC"},
-                1,
-            )  # fmt: skip
-            schema = empty.schema
+            schema = reader.schema
             if meta:
                 schema = schema.with_metadata({"kaie": orjson.dumps(meta)})
             writer = pq.ParquetWriter(out, schema, compression="zstd")

@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kaie_analytics.engines.duckdb.store import DuckDBEventStore
+from kaie_analytics.analytics.facts import EventEngine
+from kaie_analytics.analytics.reports import chart_series, parse_report_request, report_rows
 from kaie_analytics.jobs import exports, reports
-from kaie_analytics.query.reports import chart_series, parse_report_request, report_rows
 from kaie_analytics.store.jobs import Job, JobStore
 from kaie_analytics.telemetry import Telemetry
 
@@ -45,14 +45,14 @@ class JobWorker:
     def __init__(
         self,
         jobs: JobStore,
-        store: DuckDBEventStore,
+        engine: EventEngine,
         files_dir: Path,
         telemetry: Telemetry,
         time_limit_s: float,
         workers: int = 2,
     ) -> None:
         self.jobs = jobs
-        self.store = store
+        self.engine = engine
         self.files_dir = files_dir
         self.telemetry = telemetry
         self.time_limit_s = time_limit_s
@@ -149,14 +149,14 @@ class JobWorker:
 
     def _report(self, job: Job, deadline: float) -> tuple[str, str, int]:
         req = parse_report_request(job.params)
-        rows = report_rows(self.store, job.tenant, req)
+        rows = report_rows(self.engine, job.tenant, req)
         if time.monotonic() > deadline:
             raise exports.JobTimeout("the report ran past its time limit (KAIE_JOB_TIME_LIMIT_S)")
         generated = datetime.now(UTC)
         meta = reports.report_metadata(job.id, req, generated, len(rows))
         final, part, file_name = self._target(job, req.format, slug(req.name))
         if req.format == "pdf":
-            series = chart_series(self.store, job.tenant, req)
+            series = chart_series(self.engine, job.tenant, req)
             reports.write_pdf_in_child(part, meta, req, rows, series, deadline)
         else:
             with open(part, "wb") as out:
@@ -179,6 +179,6 @@ class JobWorker:
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
         with open(part, "wb") as out:
-            rows = exports.write_export(out, self.store, job.tenant, req, metadata, deadline)
+            rows = exports.write_export(out, self.engine, job.tenant, req, metadata, deadline)
         self._publish(part, final)
         return file_name, exports.CONTENT_TYPES[req.format], rows

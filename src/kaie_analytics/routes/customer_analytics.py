@@ -3,10 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from kaie_analytics.analytics import customers as cq
 from kaie_analytics.auth import Principal, require
-from kaie_analytics.cache import cached_json
-from kaie_analytics.query import customers as cq
-from kaie_analytics.routes.params import query_params
+from kaie_analytics.routes.params import query_params, run_cached
 
 router = APIRouter(tags=["customer analytics"])
 
@@ -17,10 +16,7 @@ async def customer_engagement(
 ) -> Response:
     """Active, new and returning customers, sessions, CSAT and NPS, by channel."""
     query = cq.parse_engagement_query(principal.tenant, query_params(request))
-    store = request.app.state.store
-    return await cached_json(
-        request, principal.tenant, query, lambda: cq.run_engagement(store, query)
-    )
+    return await run_cached(request, cq.EngagementRunner(request.app.state.engine, query))
 
 
 @router.get("/v1/analytics/customers/journey")
@@ -29,5 +25,4 @@ async def customer_journey(
 ) -> Response:
     """A journey funnel: steps, completion rates, durations and drop-off points."""
     query = cq.parse_journey_query(principal.tenant, query_params(request))
-    store = request.app.state.store
-    return await cached_json(request, principal.tenant, query, lambda: cq.run_journey(store, query))
+    return await run_cached(request, cq.JourneyRunner(request.app.state.engine, query))

@@ -6,8 +6,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from kaie_analytics.analytics.facts import AppendResult
 from kaie_analytics.auth import Principal, require
-from kaie_analytics.engines.duckdb.store import AppendResult
 from kaie_analytics.ingest.service import prepare_body, summarize
 from kaie_analytics.request_body import read_body
 
@@ -24,19 +24,19 @@ async def post_events(
     """
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     content_type = request.headers.get("content-type")
-    store = request.app.state.store
+    engine = request.app.state.engine
     pool = request.app.state.ingest_pool
     if pool is not None:
         loop = asyncio.get_running_loop()
         batch, prepared = await loop.run_in_executor(
-            pool, prepare_body, body, content_type, principal.tenant
+            pool, prepare_body, body, content_type, principal.tenant, engine.prepare
         )
     else:  # a worker thread, so a large batch never stalls the other requests
         batch, prepared = await run_in_threadpool(
-            prepare_body, body, content_type, principal.tenant
+            prepare_body, body, content_type, principal.tenant, engine.prepare
         )
     if prepared is not None:
-        result = await asyncio.wrap_future(store.append_prepared(principal.tenant, prepared))
+        result = await asyncio.wrap_future(engine.append_prepared(principal.tenant, prepared))
     else:
         result = AppendResult(0, 0)
     summary = summarize(batch, result)

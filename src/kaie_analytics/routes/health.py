@@ -19,7 +19,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> dict[str, str]:
     """Readiness: the event store answers a query."""
-    if not await run_in_threadpool(request.app.state.store.ping):
+    if not await run_in_threadpool(request.app.state.engine.ping):
         raise StoreUnavailable("the event store does not answer")
     return {"status": "ready"}
 

@@ -22,7 +22,7 @@ from kaie_analytics.errors import (
 )
 from kaie_analytics.jobs import exports
 from kaie_analytics.jobs.worker import tenant_dir
-from kaie_analytics.query import reports
+from kaie_analytics.analytics import reports
 from kaie_analytics.request_body import read_json
 from kaie_analytics.signing import sign, verify
 from kaie_analytics.store.jobs import Job, JobStore, now_utc
@@ -104,7 +104,7 @@ def render_job(request: Request, job: Job) -> dict[str, Any]:
 
 
 def _estimate_s(request: Request, tenant: str, lo: Any, hi: Any, per_second: float) -> float:
-    return 1.0 + request.app.state.store.count_events(tenant, lo, hi) / per_second
+    return 1.0 + request.app.state.engine.count_events(tenant, lo, hi) / per_second
 
 
 async def _create(request: Request, tenant: str, kind: str, name: str | None,

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
+from kaie_analytics.analytics import realtime as rq
 from kaie_analytics.auth import Principal, require
-from kaie_analytics.query import realtime as rq
 from kaie_analytics.routes.params import query_params
 
 router = APIRouter(tags=["realtime"])
@@ -30,13 +28,10 @@ def system_health(request: Request, store_ok: bool) -> tuple[str, float | None]:
 @router.get("/v1/analytics/realtime")
 async def realtime(
     request: Request, principal: Principal = Depends(require("analytics:read", "realtime"))
-) -> dict[str, Any]:
+) -> Response:
     """Live numbers: running executions, the last hour's messages and reply times."""
     query = rq.parse_realtime_query(principal.tenant, query_params(request))
-    store = request.app.state.store
-
-    def compute() -> dict[str, Any]:
-        health, mean_ms = system_health(request, store.ping())
-        return rq.run_realtime(store, query, health=health, api_response_time_ms=mean_ms)
-
-    return {"data": await run_in_threadpool(compute)}
+    engine = request.app.state.engine
+    runner = rq.RealtimeRunner(engine, query, health=lambda: system_health(request, engine.ping()))
+    entry, _ = await runner.run()
+    return Response(entry.body, media_type="application/json")

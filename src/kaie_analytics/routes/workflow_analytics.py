@@ -3,10 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from kaie_analytics.analytics import workflows as wq
 from kaie_analytics.auth import Principal, require
-from kaie_analytics.cache import cached_json
-from kaie_analytics.query import workflows as wq
-from kaie_analytics.routes.params import query_params
+from kaie_analytics.routes.params import query_params, run_cached
 
 router = APIRouter(tags=["workflow analytics"])
 
@@ -19,10 +18,7 @@ async def workflow_metrics(
 ) -> Response:
     """Metrics, trends and a gap-filled series for one workflow (spec/METRICS.md)."""
     query = wq.parse_metrics_query(principal.tenant, workflow_id, query_params(request))
-    store = request.app.state.store
-    return await cached_json(
-        request, principal.tenant, query, lambda: wq.run_workflow_metrics(store, query)
-    )
+    return await run_cached(request, wq.WorkflowMetricsRunner(request.app.state.engine, query))
 
 
 @router.get("/v1/analytics/workflows/{workflow_id}/performance")
@@ -33,7 +29,4 @@ async def workflow_performance(
 ) -> Response:
     """Execution-time percentiles, throughput, error rates, nodes and channels."""
     query = wq.parse_performance_query(principal.tenant, workflow_id, query_params(request))
-    store = request.app.state.store
-    return await cached_json(
-        request, principal.tenant, query, lambda: wq.run_workflow_performance(store, query)
-    )
+    return await run_cached(request, wq.WorkflowPerformanceRunner(request.app.state.engine, query))

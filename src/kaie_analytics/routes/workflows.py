@@ -6,8 +6,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kaie_analytics.analytics.facts import Workflow
 from kaie_analytics.auth import Principal, require
-from kaie_analytics.engines.duckdb.store import Workflow
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.ingest.validate import EventError, check_identifier
 from kaie_analytics.request_body import read_json
@@ -33,7 +33,7 @@ async def list_workflows(
     request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
     """The tenant's workflows: every workflow any event named, or created here."""
-    return {"data": [render(w) for w in request.app.state.store.workflows(principal.tenant)]}
+    return {"data": [render(w) for w in request.app.state.engine.workflows(principal.tenant)]}
 
 
 @router.put("/v1/workflows/{workflow_id}")
@@ -54,6 +54,6 @@ async def put_workflow(
         field = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidParameter(f"{field}: {first['msg']}", field=field) from None
     wf = await asyncio.wrap_future(
-        request.app.state.store.put_workflow(principal.tenant, workflow_id, body.name)
+        request.app.state.engine.put_workflow(principal.tenant, workflow_id, body.name)
     )
     return {"data": render(wf)}

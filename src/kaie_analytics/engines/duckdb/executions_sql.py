@@ -167,15 +167,15 @@ def workflow_pending(since: int, upto: int) -> str:
     """The executions of workflow ``$workflow`` of ``$tenant`` that events in (since, upto]
     touch, started in [$lo, $hi]: both versions.
 
-    Rows (new, execution_id, slot, cur, channel, error_type, status, duration_ms,
+    Rows (new, execution_id, slot, t, channel, error_type, status, duration_ms,
     num, customer_id, nodes): the folded row of each (``new`` false: where it is
     counted now), and the merged one (``new`` true: where it is to be counted,
     with its customer's number if the customer has one); ``slot`` is the
-    15-minute slot of the start, ``cur`` whether it is at or after ``$cur_lo``.
+    15-minute slot of the start, ``t`` the start in µs since the epoch.
     Every folded row is merged, whatever its workflow, so a merge is exact even
     when an execution's events disagree on it.
     """
-    slot = f"epoch_us(started_at) // {SLOT_US} AS slot, started_at >= $cur_lo AS cur"
+    slot = f"epoch_us(started_at) // {SLOT_US} AS slot, epoch_us(started_at) AS t"
     return f"""
     WITH delta AS ({_pending(upto, since)}),
          touched AS (SELECT DISTINCT execution_id FROM delta),

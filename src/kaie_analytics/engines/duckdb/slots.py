@@ -10,13 +10,15 @@ Messages not yet folded are added on top: they only add.
 
 The SQL here reads raw slots only: executions as rows (``RawExecutions``,
 added up with NumPy, the plan's merged pending ones included), messages
-counted per slot and type; ``Owners`` puts slots in buckets. A caller reads
-both through ``read_with_rollups``, so the rollups and its statements are of
-one fold: every slot is counted from exactly one source.
+counted per slot and type; ``Intervals`` puts slots and times in the pieces
+the windows of a query cut time into. A caller reads both through
+``read_with_rollups``, so the rollups and its statements are of one fold:
+every slot is counted from exactly one source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb import rollups
-from kaie_analytics.engines.duckdb.activity import SLOT_US, epoch_us
+from kaie_analytics.engines.duckdb.activity import SLOT_US, epoch_us, from_epoch_us
 from kaie_analytics.engines.duckdb.rollup_cache import runs
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
 
@@ -82,6 +84,13 @@ class SlotPlan:
         )
 
 
+def _after(cuts: Sequence[int], column: str) -> str:
+    """SQL: how many of ``cuts`` (µs we computed) are at or before ``column``."""
+    if not cuts:
+        return "0"
+    return " + ".join(f"(epoch_us({column}) >= {int(c)})::INT" for c in cuts)
+
+
 def _ts(us: int) -> str:
     # An integer we computed, never user input.
     return f"make_timestamp({int(us)}::BIGINT)"
@@ -98,35 +107,20 @@ def span(lo: datetime, hi: datetime) -> tuple[int, int]:
     return epoch_us(lo) // SLOT_US, epoch_us(hi) // SLOT_US
 
 
-def plan(
-    store: DuckDBEventStore,
-    tenant: str,
-    workflow_id: str,
-    lo: datetime,
-    hi: datetime,
-    edges: tuple[datetime, ...] = (),
-) -> SlotPlan:
-    """The slot plan of [lo, hi] (naive UTC, inclusive), cut also at ``edges``.
+def plan(store: DuckDBEventStore, tenant: str, workflow_id: str, edges: Sequence[int]) -> SlotPlan:
+    """The slot plan from the first to the last of ``edges`` (sorted µs since the epoch;
+    the last is one past the end): every slot an edge cuts is read raw.
 
     Call it inside ``read_with_rollups``: which events are folded depends on the fold.
     """
     # Before the pending events are read: all of them up to here are committed.
     upto = store.committed_seq
+    lo, hi = from_epoch_us(edges[0]), from_epoch_us(edges[-1] - 1)
     first, last = span(lo, hi)
-    raw: set[int] = set()
-    for t in (lo, *edges):
-        if epoch_us(t) % SLOT_US:
-            raw.add(epoch_us(t) // SLOT_US)
-    if (epoch_us(hi) + 1) % SLOT_US:
+    raw = {e // SLOT_US for e in edges[:-1] if e % SLOT_US}
+    if edges[-1] % SLOT_US:
         raw.add(last)
-    params: dict[str, Any] = {
-        "tenant": tenant,
-        "workflow": workflow_id,
-        "lo": lo,
-        "hi": hi,
-        # Rows at or after the first edge are the current period's (``cur``).
-        "cur_lo": edges[0] if edges else lo,
-    }
+    params: dict[str, Any] = {"tenant": tenant, "workflow": workflow_id, "lo": lo, "hi": hi}
     touched: frozenset[str] = frozenset()
     pending = None
     store.fold_if_behind(tenant)
@@ -141,7 +135,7 @@ def plan(
 
 
 def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, nodes: bool = False) -> str | None:
-    """The folded executions of the raw slots: rows (execution_id, slot, cur, channel,
+    """The folded executions of the raw slots: rows (execution_id, slot, t, channel,
     error_type, status, duration_ms, num, customer_id, nodes).
 
     None when the plan has no raw slot. ``num`` is the customer's number;
@@ -153,7 +147,7 @@ def exec_rows(store: DuckDBEventStore, p: SlotPlan, *, nodes: bool = False) -> s
         return None
     return p.per_range(
         "started_at",
-        f"""SELECT execution_id, {_SLOT("started_at")} AS slot, started_at >= $cur_lo AS cur,
+        f"""SELECT execution_id, {_SLOT("started_at")} AS slot, epoch_us(started_at) AS t,
             channel, error_type, status, duration_ms, customer_num AS num, customer_id,
             {"nodes" if nodes else "NULL"} AS nodes
         FROM executions
@@ -167,7 +161,8 @@ class RawExecutions:
     """The executions of the raw slots, as columns."""
 
     slot: np.ndarray
-    cur: np.ndarray
+    #: The start, µs since the epoch.
+    t: np.ndarray
     channel: np.ndarray
     error_type: np.ndarray
     status: np.ndarray
@@ -210,7 +205,7 @@ def raw_executions(p: SlotPlan, folded: Columns | None) -> RawExecutions:
     duration = np.array([d if d is not None else -1 for d in column("duration_ms")], np.int64)
     return RawExecutions(
         np.array(column("slot"), np.int64),
-        np.array(column("cur"), bool),
+        np.array(column("t"), np.int64),
         np.array(column("channel"), object),
         np.array(column("error_type"), object),
         status,
@@ -229,9 +224,10 @@ def factorize(values: np.ndarray) -> tuple[list[Any], np.ndarray]:
     return list(index), codes
 
 
-def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
-    """Messages and feedback the rollups lack, counted per (slot, cur, channel, type):
-    rows (slot, cur, channel, type, n, csat_sum, csat_n).
+def message_rows(store: DuckDBEventStore, p: SlotPlan, cuts: Sequence[int]) -> str | None:
+    """Messages and feedback the rollups lack, counted per (slot, after, channel, type):
+    rows (slot, after, channel, type, n, csat_sum, csat_n), ``after`` the number of
+    ``cuts`` (µs, off the slot grid) at or before the message.
 
     Those of the raw slots and those not yet folded; None if neither. Call it
     inside ``read_with_rollups`` (the watermark is the fold's).
@@ -254,7 +250,8 @@ def message_rows(store: DuckDBEventStore, p: SlotPlan) -> str | None:
     if not parts:
         return None
     return f"""
-        SELECT {_SLOT("e.ts")} AS slot, e.ts >= $cur_lo AS cur, e.channel, e.type, count(*),
+        SELECT {_SLOT("e.ts")} AS slot, {_after(cuts, "e.ts")} AS after, e.channel, e.type,
+            count(*),
             sum(e.csat), count(e.csat)
         FROM ({" UNION ALL ".join(parts)}) e GROUP BY ALL"""
 
@@ -286,34 +283,54 @@ def add_node(acc: list[int], ok: bool | None, duration_ms: int | None) -> None:
         acc[3] += 1
 
 
-# ------------------------------------------------------------------ buckets
+# ---------------------------------------------------------------- intervals
 
 
-@dataclass(frozen=True, slots=True)
-class Owners:
-    """Which bucket each 15-minute slot of a series is in (every bucket edge, in every
-    zone, is a slot edge): slot ``base + i`` is in bucket ``index[i]``."""
+@dataclass(frozen=True)
+class Intervals:
+    """The pieces the edges of a query's windows cut time into: piece ``k`` is
+    [edges[k], edges[k + 1]) (µs since the epoch).
 
-    base: int
-    index: np.ndarray
-    #: The first slot of each bucket, and one past the last bucket's last.
-    edges: tuple[int, ...]
+    A window is a run of pieces. A slot no edge cuts lies in one piece; the
+    slots edges cut are read raw, their rows put in pieces by their own times.
+    """
+
+    edges: np.ndarray
+    #: Edges on the slot grid, and those off it (which cut a slot).
+    aligned: np.ndarray
+    cuts: tuple[int, ...]
+    #: The first slot each piece holds whole.
+    first_slots: np.ndarray
 
     @classmethod
-    def of(cls, starts: list[datetime], end: datetime) -> Owners:
-        """The slots from the first bucket start (naive UTC) to ``end``, by bucket."""
-        edges = [epoch_us(s) // SLOT_US for s in starts] + [epoch_us(end) // SLOT_US + 1]
-        widths: np.ndarray = np.diff(np.array(edges, np.int64))
-        index = np.repeat(np.arange(len(starts), dtype=np.int64), widths)
-        return cls(edges[0], index, tuple(edges))
+    def of(cls, edges: Sequence[int]) -> Intervals:
+        e = np.array(sorted(set(edges)), np.int64)
+        return cls(
+            e,
+            e[e % SLOT_US == 0],
+            tuple(int(x) for x in e[e % SLOT_US != 0]),
+            -(-e // SLOT_US),
+        )
 
-    def bounds(self) -> list[tuple[int, int]]:
-        """The first and last slot of each bucket."""
-        return [(a, b - 1) for a, b in zip(self.edges, self.edges[1:], strict=False)]
+    def of_times(self, us: np.ndarray) -> np.ndarray:
+        """The piece of each time (-1 before the first edge; len-1 past the last)."""
+        return np.searchsorted(self.edges, us, side="right") - 1
 
-    def bucket(self, slot: int) -> int:
-        return int(self.index[slot - self.base])
+    def of_slots(self, slots: np.ndarray) -> np.ndarray:
+        """The piece of each slot no edge cuts."""
+        return np.searchsorted(self.first_slots, slots, side="right") - 1
 
-    def buckets(self, slots: np.ndarray) -> np.ndarray:
-        """The bucket of each slot (all in the series)."""
-        return self.index[slots - self.base]
+    def of_slot_after(self, slot: int, after: int) -> int:
+        """The piece of a time in ``slot`` that ``after`` cuts are at or before."""
+        return int(np.searchsorted(self.aligned, slot * SLOT_US, side="right")) + after - 1
+
+    def slot_range(self, first: int, end: int) -> tuple[int, int]:
+        """The first and last slot of pieces ``first``..``end - 1`` (cut slots included)."""
+        return int(self.first_slots[first]), int(self.first_slots[end]) - 1
+
+    def pieces(self, start_us: int, end_us: int) -> tuple[int, int]:
+        """The pieces ``[first, end)`` of a window [start_us, end_us) whose bounds are edges."""
+        return (
+            int(np.searchsorted(self.edges, start_us)),
+            int(np.searchsorted(self.edges, end_us)),
+        )

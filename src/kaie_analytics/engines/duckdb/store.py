@@ -44,12 +44,13 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 from xxhash import xxh3_64_intdigest
 
+from kaie_analytics.analytics.facts import AppendResult, Workflow
 from kaie_analytics.engines.duckdb import activity, rollups
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb.dedupe import IdIndex
 from kaie_analytics.engines.duckdb.derived import DERIVED, Derived, compact_statements, current_rows
 from kaie_analytics.engines.duckdb.rollup_cache import RollupCache
-from kaie_analytics.errors import QueryTimeout, StoreUnavailable
+from kaie_analytics.errors import QueryTimeout, StoreInUse, StoreUnavailable
 from kaie_analytics.ingest.validate import FIELD_COLUMNS, OBJECT_FIELDS, ValidEvent
 
 log = logging.getLogger("kaie_analytics.store")
@@ -115,12 +116,6 @@ _DDL = [
 ]
 
 
-@dataclass
-class AppendResult:
-    accepted: int
-    duplicates: int
-
-
 @dataclass(frozen=True, slots=True)
 class PreparedBatch:
     """A validated batch as typed Arrow columns, with its 64-bit id hashes.
@@ -131,14 +126,6 @@ class PreparedBatch:
     table: pa.Table
     hashes: np.ndarray
     event_ids: list[str]
-
-
-@dataclass(frozen=True)
-class Workflow:
-    workflow_id: str
-    name: str | None
-    name_ts: datetime | None
-    created_at: datetime
 
 
 #: The event types feeding each derived table (None: every event with a customer).
@@ -219,15 +206,20 @@ class DuckDBEventStore:
         self.compact_after_events = compact_after_events
         self.compact_idle_s = compact_idle_s
         self.chunk_rows = chunk_rows
-        self._con = duckdb.connect(
-            str(path),
-            config={
-                "memory_limit": memory_limit,
-                "threads": threads,
-                # Checkpoint in idle time rather than inside a busy stream of commits.
-                "checkpoint_threshold": CHECKPOINT_THRESHOLD,
-            },
-        )
+        try:
+            self._con = duckdb.connect(
+                str(path),
+                config={
+                    "memory_limit": memory_limit,
+                    "threads": threads,
+                    # Checkpoint in idle time rather than inside a busy stream of commits.
+                    "checkpoint_threshold": CHECKPOINT_THRESHOLD,
+                },
+            )
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreInUse(f"{path} is open in another process") from exc
+            raise
         for stmt in _DDL:
             self._con.execute(stmt)
         built = self._scalar("SELECT value FROM store_state WHERE key = ?", [rollups.BUILT])

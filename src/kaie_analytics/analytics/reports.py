@@ -7,30 +7,25 @@ posted (so a bad request fails at once, not in the worker); the worker runs
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, cast
 
-from kaie_analytics.analytics import numbers as num
+from kaie_analytics.analytics import metrics as reg
+from kaie_analytics.analytics.facts import ActivityQuery, Ask, Dimension, EventEngine, Sums
 from kaie_analytics.analytics.periods import (
     Period,
     bucket_label,
+    bucket_windows,
     buckets,
     parse_granularity,
     parse_period,
     parse_string_list,
     parse_timezone,
 )
-from kaie_analytics.engines.duckdb.store import DuckDBEventStore
+from kaie_analytics.analytics.runners import QueryRunner
 from kaie_analytics.errors import InvalidMetrics, InvalidParameter
-from kaie_analytics.query.workflows import SEGMENTS_SQL, metrics_block
 
-REPORT_METRICS = (
-    "total_executions", "successful_executions", "failed_executions", "success_rate",
-    "average_duration_ms", "median_duration_ms", "p95_duration_ms", "total_messages_sent",
-    "total_messages_received", "unique_customers", "customer_satisfaction",
-)  # fmt: skip
+REPORT_METRICS = reg.REPORT_METRICS
 REPORT_GROUP_BY = ("workflow_id", "channel", "customer_segment")
 REPORT_FORMATS = ("json", "csv", "pdf")
 
@@ -142,114 +137,64 @@ def parse_report_request(body: Any) -> ReportRequest:
     )
 
 
-_DIMS = {"workflow_id": "workflow_id", "channel": "channel", "customer_segment": "segment"}
+@dataclass(frozen=True, slots=True)
+class ReportQuery:
+    tenant: str
+    request: ReportRequest
 
 
-def report_rows(store: DuckDBEventStore, tenant: str, req: ReportRequest) -> list[dict[str, Any]]:
+class ReportRowsRunner(QueryRunner[ReportQuery]):
     """One row per group combination (and per bucket, with a granularity)."""
-    period = req.period
-    params: dict[str, Any] = {
-        "tenant": tenant,
-        "lo": period.start_naive,
-        "hi": period.end_naive,
-        "workflows": list(req.workflow_ids),
-        "channels": list(req.channels),
-    }
-    dims = [_DIMS[g] for g in req.group_by]
-    need_segment = "customer_segment" in req.group_by
-    starts = buckets(period, req.granularity) if req.granularity else []
-    if starts:
-        params["bounds"] = [b.astimezone(UTC).replace(tzinfo=None) for b in starts]
 
-    def source(base: str, time_col: str) -> str:
-        sql = base
-        if need_segment:
-            sql = f"SELECT x.*, seg.segment FROM ({sql}) x LEFT JOIN ({SEGMENTS_SQL}) seg USING (customer_id)"
-        if starts:
-            sql = (
-                f"SELECT x.*, b.lo AS bucket FROM ({sql}) x ASOF JOIN"
-                f" (SELECT unnest($bounds::TIMESTAMP[]) AS lo) b ON x.{time_col} >= b.lo"
+    kind: ClassVar[str] = "report_rows"
+
+    def compute_rows(self) -> list[dict[str, Any]]:
+        tenant, req = self.query.tenant, self.query.request
+        period = req.period
+        series = bucket_windows(period, req.granularity) if req.granularity else []
+        windows = tuple(w for _, w in series) or (period.window,)
+        by = cast(tuple[Dimension, ...], req.group_by)
+        needs = reg.measures(req.metrics)
+        (cells,) = self.engine.activity(
+            ActivityQuery(
+                tenant,
+                windows,
+                (Ask(tuple(range(len(windows))), needs, by),),
+                workflow_ids=req.workflow_ids,
+                channels=req.channels,
+                quantiles=reg.QUANTILES,
             )
-        return sql
+        )
+        groups = sorted(
+            {key[1:] for key in cells} if by else {()},
+            key=lambda g: [(v is None, str(v)) for v in g],
+        )
+        empty = Sums(quantiles=tuple(None for _ in reg.QUANTILES))
+        out = []
+        for group in groups:
+            for w in range(len(windows)):
+                row: dict[str, Any] = dict(zip(req.group_by, group, strict=True))
+                if series:
+                    row["date"] = bucket_label(series[w][0], req.granularity or "day", period.tz)
+                row.update(reg.values(cells.get((w, *group), empty), req.metrics))
+                out.append(row)
+        return out
 
-    filters = (
-        "(len($workflows) = 0 OR list_contains($workflows, workflow_id))"
-        " AND (len($channels) = 0 OR list_contains($channels, channel))"
-    )
-    keys = ", ".join([*dims, *(["bucket"] if starts else [])]) or "NULL"
-    execs = source(
-        f"SELECT * FROM ({store.executions_sql(tenant)})"
-        f" WHERE started_at BETWEEN $lo AND $hi AND {filters}",
-        "started_at",
-    )
-    exec_rows = store.query(
-        f"""SELECT {keys}, count(*), count(*) FILTER (WHERE status = 1),
-                count(*) FILTER (WHERE status = 2),
-                sum(duration_ms) FILTER (WHERE status > 0), count(duration_ms) FILTER (WHERE status > 0),
-                quantile_cont(duration_ms, 0.5) FILTER (WHERE status > 0),
-                quantile_cont(duration_ms, 0.95) FILTER (WHERE status > 0),
-                count(DISTINCT customer_id)
-            FROM ({execs}) GROUP BY ALL""",
-        params,
-    )
-    events = source(
-        "SELECT type, ts, workflow_id, channel, customer_id, csat FROM events"
-        " WHERE tenant = $tenant AND ts BETWEEN $lo AND $hi"
-        " AND type IN ('message.sent', 'message.received', 'feedback.submitted')"
-        f" AND {filters}",
-        "ts",
-    )
-    event_rows = store.query(
-        f"""SELECT {keys}, count(*) FILTER (WHERE type = 'message.sent'),
-                count(*) FILTER (WHERE type = 'message.received'),
-                sum(csat) FILTER (WHERE type = 'feedback.submitted'),
-                count(csat) FILTER (WHERE type = 'feedback.submitted')
-            FROM ({events}) GROUP BY ALL""",
-        params,
-    )
-    n_keys = max(1, len(dims) + (1 if starts else 0))
-    raw: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
-    for rec in exec_rows:
-        key = tuple(rec[:n_keys])
-        fields = ("total", "ok", "failed", "dur_sum", "dur_n", "p50", "p95", "customers")
-        raw[key].update(zip(fields, rec[n_keys:], strict=True))
-    for rec in event_rows:
-        key = tuple(rec[:n_keys])
-        raw[key].update(zip(("sent", "received", "csat_sum", "csat_n"), rec[n_keys:], strict=True))
-    groups = sorted(
-        {k[: len(dims)] for k in raw} if dims else {()},
-        key=lambda g: [(v is None, str(v)) for v in g],
-    )
-    out = []
-    for group in groups:
-        slots: list[datetime | None] = [*starts] or [None]
-        for start in slots:
-            key = (*group, start.astimezone(UTC).replace(tzinfo=None)) if start else group
-            values = raw.get(key if dims or start else (None,), {})
-            row: dict[str, Any] = dict(zip(req.group_by, group, strict=True))
-            if start is not None:
-                row["date"] = bucket_label(start, req.granularity or "day", period.tz)
-            row.update(_metric_values(values, req.metrics))
-            out.append(row)
-    return out
+    def compute(self) -> dict[str, Any]:
+        return {"rows": self.compute_rows()}
 
 
-def _metric_values(v: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, Any]:
-    """The workflow metrics of these sums, plus the report's percentiles."""
-    all_values = metrics_block(v, None) | {
-        "median_duration_ms": num.round_ms(v.get("p50")),
-        "p95_duration_ms": num.round_ms(v.get("p95")),
-    }
-    return {m: all_values[m] for m in metrics}
+def report_rows(engine: EventEngine, tenant: str, req: ReportRequest) -> list[dict[str, Any]]:
+    return ReportRowsRunner(engine, ReportQuery(tenant, req)).compute_rows()
 
 
 def chart_series(
-    store: DuckDBEventStore, tenant: str, req: ReportRequest
+    engine: EventEngine, tenant: str, req: ReportRequest
 ) -> tuple[str, list[dict[str, Any]]]:
     """The report's metrics over time for its charts (its granularity, or daily)."""
     granularity = req.granularity or ("hour" if req.period.hours <= 48 else "day")
     series_req = ReportRequest(**{**_fields(req), "group_by": (), "granularity": granularity})
-    return granularity, report_rows(store, tenant, series_req)
+    return granularity, report_rows(engine, tenant, series_req)
 
 
 def _fields(req: ReportRequest) -> dict[str, Any]:

@@ -1,0 +1,313 @@
+"""What the analytics core asks an event engine, and what the engine answers.
+
+The core knows what every number means (``metrics``); an engine only counts.
+It is asked for *facts* in neutral terms: per time window and per combination
+of a few dimensions, the sums, distinct counts and exact percentiles the
+metrics are made of. How it finds them (rollups, raw rows, its SQL dialect)
+is its own business. Every time here is a naive UTC ``datetime``; a window
+includes both its ends, to the microsecond.
+
+An engine implements :class:`EventEngine`; the DuckDB engine
+(``engines.duckdb``) is the embedded default.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import pyarrow as pa
+
+from kaie_analytics.ingest.validate import ValidEvent
+
+#: What a cell of facts can be broken down by:
+#: ``quarter_hour`` is the start of the 15-minute UTC slot an execution started in
+#: (every time zone's hour starts on one); ``node_id`` breaks down node events.
+Dimension = Literal["workflow_id", "channel", "customer_segment", "error_type", "quarter_hour",
+                    "node_id"]  # fmt: skip
+DIMENSIONS: tuple[Dimension, ...] = (
+    "workflow_id", "channel", "customer_segment", "error_type", "quarter_hour", "node_id",
+)  # fmt: skip
+
+#: What a cell can hold:
+#: ``executions``: counts of executions by outcome and their duration sums;
+#: ``messages``: messages sent and received, and the CSAT of feedback;
+#: ``customers``: distinct customers of the executions;
+#: ``durations``: exact percentiles of the finished executions' durations;
+#: ``nodes``: node events (with ``by=("node_id",)``).
+Measure = Literal["executions", "messages", "customers", "durations", "nodes"]
+
+#: Export data types an engine streams as rows.
+RowKind = Literal["executions", "messages", "feedback", "journeys", "events"]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A stretch of time, both ends included (naive UTC)."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One table of facts: ``measures`` for each of ``windows`` (indexes into the
+    query's windows) and each combination of ``by`` that occurs."""
+
+    windows: tuple[int, ...]
+    measures: frozenset[Measure]
+    by: tuple[Dimension, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityQuery:
+    """Facts about executions, their nodes and the messages of workflows.
+
+    An execution belongs to the window its start is in; a message or feedback
+    to the window of its timestamp. ``workflow_ids`` and ``channels`` filter
+    (empty: all). A customer's segment is the latest one they were given.
+    """
+
+    tenant: str
+    windows: tuple[Window, ...]
+    asks: tuple[Ask, ...]
+    workflow_ids: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    #: The percentiles (fractions, numpy's linear interpolation) of ``durations``.
+    quantiles: tuple[float, ...] = ()
+
+
+@dataclass(slots=True)
+class Sums:
+    """The facts of one cell. Only the fields of the measures asked for are set."""
+
+    #: executions
+    executions: int = 0
+    successful: int = 0
+    failed: int = 0
+    #: Sum and number of the durations (ms) of finished executions that have one.
+    duration_sum: int = 0
+    durations: int = 0
+    #: messages
+    sent: int = 0
+    received: int = 0
+    csat_sum: int = 0
+    csat_count: int = 0
+    #: customers
+    customers: int = 0
+    #: durations: one value per quantile asked for (None over no duration)
+    quantiles: tuple[float | None, ...] = ()
+    #: nodes: the node's latest type, its events, successes, failures, durations
+    node_type: str | None = None
+    node_events: int = 0
+    node_ok: int = 0
+    node_errors: int = 0
+    node_duration_sum: int = 0
+    node_durations: int = 0
+
+    def add(self, other: Sums) -> None:
+        """Add the additive facts of ``other`` (not customers, quantiles or node type)."""
+        for name in _ADDITIVE:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+_ADDITIVE = (
+    "executions", "successful", "failed", "duration_sum", "durations", "sent", "received",
+    "csat_sum", "csat_count", "node_events", "node_ok", "node_errors", "node_duration_sum",
+    "node_durations",
+)  # fmt: skip
+
+#: Per ask: cells keyed by (window index, *values of ``by``).
+Cells = dict[tuple[Any, ...], Sums]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerQuery:
+    """Facts about the customers of one tenant in some windows, optionally of one
+    channel and of one segment (their latest)."""
+
+    tenant: str
+    windows: tuple[Window, ...]
+    channel: str | None = None
+    segment: str | None = None
+
+
+@dataclass(slots=True)
+class ChannelFacts:
+    #: Distinct customers who sent a message (``message.received``) in the window.
+    active: int = 0
+    #: Conversations (sessions) that started in the window, their total length
+    #: in microseconds and their total number of messages.
+    sessions: int = 0
+    session_us: int = 0
+    session_messages: int = 0
+    #: Feedback in the window: CSAT sum and count; NPS answers, promoters (9-10),
+    #: detractors (0-6).
+    csat_sum: int = 0
+    csat_count: int = 0
+    nps_answers: int = 0
+    promoters: int = 0
+    detractors: int = 0
+
+
+@dataclass(slots=True)
+class CustomerFacts:
+    """One window's customer facts, overall and per channel."""
+
+    #: Customers whose first event is at or before the window's end.
+    known: int = 0
+    #: Customers whose first ``message.received`` is in the window.
+    new: int = 0
+    total: ChannelFacts = field(default_factory=ChannelFacts)
+    by_channel: dict[str, ChannelFacts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyQuery:
+    """The journeys of one type whose first step is in ``window``."""
+
+    tenant: str
+    journey_type: str
+    window: Window
+    #: Whether to count the drop reasons too.
+    reasons: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StepFacts:
+    step: int
+    #: The step's latest name.
+    name: str | None
+    #: Journeys that reached it; of those, the ones that reached the step before,
+    #: and the ones that did not reach the next.
+    reached: int
+    with_previous: int
+    without_next: int
+    #: Sum and count of the time (µs) from reaching it to the journey's next event.
+    gap_us: int
+    gaps: int
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyFacts:
+    journeys: int
+    completed: int
+    #: Sum over completed journeys of first step to completion (µs).
+    completed_us: int
+    steps: tuple[StepFacts, ...]
+    #: (the step after the highest one reached, reason, journeys): drop reasons.
+    reasons: tuple[tuple[int, str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeQuery:
+    tenant: str
+    now: datetime
+    workflow_id: str | None = None
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeFacts:
+    """Live facts at ``now``: executions running (started in the last 24 hours),
+    the last hour's execution events and messages, the last 30 minutes' customers
+    in conversation, and reply gaps (µs from a customer's message to our next
+    reply on the same channel within 30 minutes)."""
+
+    running: dict[str, int]
+    messages: int
+    messages_by_workflow: dict[str, int]
+    workflows_with_executions: tuple[str, ...]
+    messages_by_channel: dict[str, int]
+    conversations_by_channel: dict[str, int]
+    reply_us: tuple[int, int]
+    reply_us_by_workflow: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class RowsQuery:
+    """Rows of one kind for an export, in [start, end], filtered (empty: all)."""
+
+    tenant: str
+    kind: RowKind
+    window: Window
+    workflow_ids: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+
+
+@dataclass
+class AppendResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class Workflow:
+    workflow_id: str
+    name: str | None
+    name_ts: datetime | None
+    created_at: datetime
+
+
+class EventEngine(Protocol):
+    """Where events are kept, and the facts the core computes metrics from."""
+
+    def prepare(self, tenant: str, rows: list[ValidEvent]) -> Any:
+        """Ready a batch for ``append_prepared`` (any thread or process)."""
+
+    def append_prepared(self, tenant: str, batch: Any) -> concurrent.futures.Future[AppendResult]:
+        """Store a prepared batch; the future resolves once it is durable."""
+
+    def append(
+        self, tenant: str, rows: list[ValidEvent]
+    ) -> concurrent.futures.Future[AppendResult]: ...
+
+    def workflows(self, tenant: str) -> list[Workflow]: ...
+
+    def workflow(self, tenant: str, workflow_id: str) -> Workflow | None: ...
+
+    def put_workflow(
+        self, tenant: str, workflow_id: str, name: str
+    ) -> concurrent.futures.Future[Workflow]: ...
+
+    def data_version(self, tenant: str) -> int:
+        """A number that changes with every change to the tenant's data (for caches)."""
+
+    def count_events(
+        self, tenant: str | None = None, since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int: ...  # fmt: skip
+
+    def activity(self, q: ActivityQuery) -> list[Cells]:
+        """The cells of each of ``q.asks``, in order."""
+
+    def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
+        """One per window of ``q``."""
+
+    def journey_types(self, tenant: str) -> list[str]:
+        """The journey types that have a journey with a step, sorted."""
+
+    def journeys(self, q: JourneyQuery) -> JourneyFacts: ...
+
+    def realtime(self, q: RealtimeQuery) -> RealtimeFacts: ...
+
+    def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
+        """The rows of an export as Arrow batches (memory stays flat)."""
+
+    def settle(self) -> None:
+        """Wait until everything committed is in every derived structure (tests, demo)."""
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def windows_of(starts: Sequence[datetime], end: datetime) -> tuple[Window, ...]:
+    """Consecutive windows from bucket starts (naive UTC) and the last one's end."""
+    bounds = [*starts[1:], end + timedelta(microseconds=1)]
+    return tuple(
+        Window(a, b - timedelta(microseconds=1)) for a, b in zip(starts, bounds, strict=True)
+    )
