@@ -31,10 +31,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import Server, machine, percentile
-from kaie_analytics.engines.duckdb.store import DuckDBEventStore
-from kaie_analytics.query import customers as cq
-from kaie_analytics.query import realtime as rq
-from kaie_analytics.query import workflows as wq
+from kaie_analytics.analytics import customers as cq
+from kaie_analytics.analytics import realtime as rq
+from kaie_analytics.analytics import workflows as wq
+from kaie_analytics.engines.duckdb import DuckDBEngine
 
 DAYS = 90
 TENANTS = 50
@@ -158,7 +158,7 @@ def big_day_sql(messages: int, journeys: int) -> str:
 def build(data_dir: Path, executions: int, now: datetime) -> None:
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    store = DuckDBEventStore(data_dir / "events.duckdb")
+    store = DuckDBEngine(data_dir / "events.duckdb")
     store.close()
     con = duckdb.connect(str(data_dir / "events.duckdb"), config={"memory_limit": "8GB"})
     first_day = (now - timedelta(days=DAYS)).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -184,7 +184,7 @@ def build(data_dir: Path, executions: int, now: datetime) -> None:
     )
     con.execute("CHECKPOINT")
     con.close()
-    store = DuckDBEventStore(data_dir / "events.duckdb", memory_limit="8GB")
+    store = DuckDBEngine(data_dir / "events.duckdb", memory_limit="8GB")
     t1 = time.perf_counter()
     store.compact_now().result()
     print(f"  folded executions in {time.perf_counter() - t1:.0f} s", flush=True)
@@ -220,7 +220,7 @@ def main() -> None:
         marker.write_text(now.isoformat())
     built = datetime.fromisoformat(marker.read_text())
     # Bring every derived table up to date before measuring (a no-op once done).
-    store = DuckDBEventStore(data_dir / "events.duckdb", memory_limit="12GB")
+    store = DuckDBEngine(data_dir / "events.duckdb", memory_limit="12GB")
     t1 = time.perf_counter()
     store.compact_now(move_events=True).result()
     print(f"Derived tables up to date in {time.perf_counter() - t1:.0f} s", flush=True)
@@ -234,7 +234,7 @@ def main() -> None:
     start = end - timedelta(days=30)
     period = {"start_date": start.isoformat(), "end_date": end.isoformat()}
 
-    store = DuckDBEventStore(data_dir / "events.duckdb", memory_limit="2GB")
+    store = DuckDBEngine(data_dir / "events.duckdb", memory_limit="2GB")
     stats = store.query(
         "SELECT count(*), count(*) FILTER (WHERE type LIKE 'message.%') FROM events"
     )[0]
@@ -255,20 +255,20 @@ def main() -> None:
         q = wq.parse_metrics_query(tenant, wf, params)
         p = wq.parse_performance_query(tenant, wf, params)
         cases.append((f"workflow metrics, {label}", tenant, f"/v1/analytics/workflows/{wf}",
-                      lambda q=q: wq.run_workflow_metrics(store, q)))  # fmt: skip
+                      wq.WorkflowMetricsRunner(store, q).compute))  # fmt: skip
         cases.append((f"workflow performance, {label}", tenant,
                       f"/v1/analytics/workflows/{wf}/performance",
-                      lambda p=p: wq.run_workflow_performance(store, p)))  # fmt: skip
+                      wq.WorkflowPerformanceRunner(store, p).compute))  # fmt: skip
     eq = cq.parse_engagement_query("big", params)
     jq = cq.parse_journey_query("big", params)
     cases.append(("customer engagement, 1M customers", "big", "/v1/analytics/customers/engagement",
-                  lambda: cq.run_engagement(store, eq)))  # fmt: skip
+                  cq.EngagementRunner(store, eq).compute))  # fmt: skip
     cases.append(("customer journey, 450k journeys", "big", "/v1/analytics/customers/journey",
-                  lambda: cq.run_journey(store, jq)))  # fmt: skip
+                  cq.JourneyRunner(store, jq).compute))  # fmt: skip
     rtq = rq.parse_realtime_query(top[0], {})
     cases.append(("realtime, busiest tenant", top[0], "/v1/analytics/realtime",
-                  lambda: rq.run_realtime(store, rtq, health="healthy",
-                                          api_response_time_ms=None, now=built)))  # fmt: skip
+                  rq.RealtimeRunner(store, rtq, health=lambda: ("healthy", None),
+                                    now=built).compute))  # fmt: skip
     direct = {}
     for name, _, _, fn in cases:
         direct[name] = timed(fn, args.runs)

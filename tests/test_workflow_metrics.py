@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 import oracle
 from conftest import Api, make_key
 from factories import iso, workflow_events
+from kaie_analytics.analytics import workflows as wq
 from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
 from kaie_analytics.engines.duckdb import rollup_cache, slots
 from kaie_analytics.engines.duckdb import store as duckdb_store
-from kaie_analytics.analytics import workflows as wq
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # the US DST change (2024-03-10) is inside
 END = datetime(2024, 3, 17, 23, 59, 59, 999999, tzinfo=UTC)

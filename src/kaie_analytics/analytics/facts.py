@@ -23,14 +23,11 @@ import pyarrow as pa
 
 from kaie_analytics.ingest.validate import ValidEvent
 
-#: What a cell of facts can be broken down by:
-#: ``quarter_hour`` is the start of the 15-minute UTC slot an execution started in
-#: (every time zone's hour starts on one); ``node_id`` breaks down node events.
-Dimension = Literal["workflow_id", "channel", "customer_segment", "error_type", "quarter_hour",
-                    "node_id"]  # fmt: skip
-DIMENSIONS: tuple[Dimension, ...] = (
-    "workflow_id", "channel", "customer_segment", "error_type", "quarter_hour", "node_id",
-)  # fmt: skip
+#: What a cell of facts can be broken down by. ``hour`` is the clock hour (in the
+#: query's time zone) an execution started in, as the naive UTC time it starts at
+#: (a repeated hour when clocks go back is two hours); ``node_id`` breaks down
+#: node events.
+Dimension = Literal["workflow_id", "channel", "customer_segment", "error_type", "hour", "node_id"]
 
 #: What a cell can hold:
 #: ``executions``: counts of executions by outcome and their duration sums;
@@ -78,6 +75,8 @@ class ActivityQuery:
     channels: tuple[str, ...] = ()
     #: The percentiles (fractions, numpy's linear interpolation) of ``durations``.
     quantiles: tuple[float, ...] = ()
+    #: The IANA time zone of the ``hour`` dimension.
+    timezone: str = "UTC"
 
 
 @dataclass(slots=True)
@@ -110,15 +109,22 @@ class Sums:
 
     def add(self, other: Sums) -> None:
         """Add the additive facts of ``other`` (not customers, quantiles or node type)."""
-        for name in _ADDITIVE:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # Written out: this runs for every cell a runner adds up.
+        self.executions += other.executions
+        self.successful += other.successful
+        self.failed += other.failed
+        self.duration_sum += other.duration_sum
+        self.durations += other.durations
+        self.sent += other.sent
+        self.received += other.received
+        self.csat_sum += other.csat_sum
+        self.csat_count += other.csat_count
+        self.node_events += other.node_events
+        self.node_ok += other.node_ok
+        self.node_errors += other.node_errors
+        self.node_duration_sum += other.node_duration_sum
+        self.node_durations += other.node_durations
 
-
-_ADDITIVE = (
-    "executions", "successful", "failed", "duration_sum", "durations", "sent", "received",
-    "csat_sum", "csat_count", "node_events", "node_ok", "node_errors", "node_duration_sum",
-    "node_durations",
-)  # fmt: skip
 
 #: Per ask: cells keyed by (window index, *values of ``by``).
 Cells = dict[tuple[Any, ...], Sums]

@@ -244,9 +244,8 @@ def naive_utc(value: datetime) -> datetime:
 def bucket_windows(period: Period, granularity: str) -> list[tuple[datetime, Window]]:
     """Each bucket of the period: its start (aware UTC, for its label) and its part of
     the period (the first starts at the period's start, the last ends at its end)."""
-    starts = buckets(period, granularity)
-    ends = [naive_utc(s) - _ONE_US for s in starts[1:]] + [period.end_naive]
-    return [
-        (s, Window(max(naive_utc(s), period.start_naive), e))
-        for s, e in zip(starts, ends, strict=True)
-    ]
+    starts = buckets(period, granularity)  # aware UTC
+    naive = [s.replace(tzinfo=None) for s in starts]
+    naive[0] = max(naive[0], period.start_naive)
+    ends = [s - _ONE_US for s in naive[1:]] + [period.end_naive]
+    return [(s, Window(a, e)) for s, a, e in zip(starts, naive, ends, strict=True)]

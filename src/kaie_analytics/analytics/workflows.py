@@ -8,14 +8,21 @@ taking every value from the metric registry.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, ClassVar
 
 from kaie_analytics.analytics import metrics as reg
 from kaie_analytics.analytics import numbers as num
-from kaie_analytics.analytics.facts import ActivityQuery, Ask, Cells, EventEngine, Sums, Window
+from kaie_analytics.analytics.facts import (
+    ActivityQuery,
+    Ask,
+    Cells,
+    EventEngine,
+    Measure,
+    Sums,
+)
 from kaie_analytics.analytics.periods import (
     Period,
     bucket_label,
@@ -125,8 +132,8 @@ class WorkflowMetricsRunner(QueryRunner[WorkflowMetricsQuery]):
         prev, cur = period.previous().window, period.window
         windows = (prev, cur, *(w for _, w in series))
         in_buckets = tuple(range(2, len(windows)))
-        sums = frozenset({"executions", "messages"})
-        customers = frozenset({"customers"})
+        sums: frozenset[Measure] = frozenset({"executions", "messages"})
+        customers: frozenset[Measure] = frozenset({"customers"})
         asks = [
             # By channel per bucket: the period's totals add up from these.
             Ask((0, *in_buckets), sums, ("channel",)),
@@ -212,39 +219,27 @@ class WorkflowMetricsRunner(QueryRunner[WorkflowMetricsQuery]):
 
 # ------------------------------------------------------------- performance
 
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 
+def local_times(times: Iterable[datetime], tz: tzinfo) -> list[datetime]:
+    """Naive UTC times as naive local times of ``tz``.
 
-def _hours(
-    per_quarter: Mapping[datetime, int], tz: tzinfo
-) -> tuple[dict[int, int], dict[int, int]]:
-    """Executions per local clock hour and per local hour of the day, from the counts
-    per 15-minute UTC slot.
-
-    A clock hour is keyed by the UTC time it starts at, so a repeated hour when
-    clocks go back counts twice. A slot's local hour is read from the zone's
-    offset once per UTC day, and per slot only on days whose offset changes.
+    The zone's offset is looked up once per UTC day, and per time only on days
+    when it changes (no zone changes its offset twice in one day).
     """
-    per_clock: dict[datetime, int] = defaultdict(int)
-    per_hour: dict[int, int] = defaultdict(int)
-    offsets: dict[datetime, timedelta | None] = {}
-    for start, n in per_quarter.items():
-        day = start.replace(hour=0, minute=0, second=0, microsecond=0)
-        if day not in offsets:
-            first = (day.replace(tzinfo=UTC)).astimezone(tz).utcoffset()
-            last = (
-                (day.replace(tzinfo=UTC) + timedelta(days=1, microseconds=-1))
-                .astimezone(tz)
-                .utcoffset()
-            )
-            offsets[day] = first if first == last else None
-        offset = offsets[day]
+    out = []
+    day_offsets: dict[date, timedelta | None] = {}
+    for t in times:
+        day = t.date()
+        if day not in day_offsets:
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            first = start.astimezone(tz).utcoffset()
+            last = (start + timedelta(days=1, microseconds=-1)).astimezone(tz).utcoffset()
+            day_offsets[day] = first if first == last else None
+        offset = day_offsets[day]
         if offset is None:
-            offset = start.replace(tzinfo=UTC).astimezone(tz).utcoffset()
-        local = start + (offset or timedelta(0))
-        per_clock[start - timedelta(minutes=local.minute)] += n
-        per_hour[local.hour] += n
-    return dict(per_clock), dict(per_hour)
+            offset = t.replace(tzinfo=UTC).astimezone(tz).utcoffset()
+        out.append(t + (offset or timedelta(0)))
+    return out
 
 
 class WorkflowPerformanceRunner(QueryRunner[WorkflowPerformanceQuery]):
@@ -254,21 +249,22 @@ class WorkflowPerformanceRunner(QueryRunner[WorkflowPerformanceQuery]):
         q, engine = self.query, self.engine
         _ensure_workflow(engine, q.tenant, q.workflow_id)
         period = q.period
-        executions = frozenset({"executions"})
+        executions: frozenset[Measure] = frozenset({"executions"})
         asks = [
             Ask((0,), executions, ("channel", "error_type")),
             Ask((0,), frozenset({"durations"})),
-            Ask((0,), executions, ("quarter_hour",)),
+            Ask((0,), executions, ("hour",)),
         ]
         if q.include_nodes:
             asks.append(Ask((0,), frozenset({"nodes"}), ("node_id",)))
-        by_key, durations, per_quarter, *nodes = engine.activity(
+        by_key, durations, per_hour_cells, *nodes = engine.activity(
             ActivityQuery(
                 q.tenant,
-                (Window(period.start_naive, period.end_naive),),
+                (period.window,),
                 tuple(asks),
                 workflow_ids=(q.workflow_id,),
                 quantiles=reg.QUANTILES,
+                timezone=period.tz.key,
             )
         )
         by_channel: dict[str, Sums] = defaultdict(Sums)
@@ -281,11 +277,12 @@ class WorkflowPerformanceRunner(QueryRunner[WorkflowPerformanceQuery]):
         overall = reg.total(by_key.values())
         overall.quantiles = durations.get((0,), Sums()).quantiles
         finished = overall.successful + overall.failed
-        per_clock, per_hour = _hours(
-            {key[1]: s.executions for key, s in per_quarter.items()}, period.tz
-        )
+        # Executions per clock hour, and per hour of the day summed over the period.
+        per_clock = {key[1]: s.executions for key, s in per_hour_cells.items()}
+        per_hour: dict[int, int] = defaultdict(int)
+        for start, n in zip(local_times(per_clock, period.tz), per_clock.values(), strict=True):
+            per_hour[start.hour] += n
         peak_hour = min(per_hour, key=lambda h: (-per_hour[h], h)) if per_hour else None
-        hours = period.hours
         values = reg.values(overall, ("average_duration_ms", "median_duration_ms",
                                       "p95_duration_ms", "p99_duration_ms"))  # fmt: skip
         performance: dict[str, Any] = {
@@ -296,8 +293,8 @@ class WorkflowPerformanceRunner(QueryRunner[WorkflowPerformanceQuery]):
                 "p99_ms": values["p99_duration_ms"],
             },
             "throughput": {
-                "executions_per_hour": num.round_half_up(overall.executions / hours, 2)
-                if hours > 0
+                "executions_per_hour": num.round_half_up(overall.executions / period.hours, 2)
+                if period.hours > 0
                 else None,
                 "peak_executions_per_hour": max(per_clock.values(), default=0),
                 "peak_hour": f"{peak_hour:02d}:00" if peak_hour is not None else None,

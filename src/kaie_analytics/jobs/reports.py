@@ -13,8 +13,8 @@ from typing import IO, Any
 
 import orjson
 
-from kaie_analytics.jobs.exports import JobTimeout
 from kaie_analytics.analytics.reports import ReportRequest
+from kaie_analytics.jobs.exports import JobTimeout
 
 #: A PDF shows at most this many table rows (the CSV and JSON downloads hold them all),
 #: so that laying it out takes a bounded time whatever the report's size.

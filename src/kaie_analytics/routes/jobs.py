@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
+from kaie_analytics.analytics import reports
 from kaie_analytics.auth import KeyCache, Principal, require
 from kaie_analytics.errors import (
     Forbidden,
@@ -22,7 +23,6 @@ from kaie_analytics.errors import (
 )
 from kaie_analytics.jobs import exports
 from kaie_analytics.jobs.worker import tenant_dir
-from kaie_analytics.analytics import reports
 from kaie_analytics.request_body import read_json
 from kaie_analytics.signing import sign, verify
 from kaie_analytics.store.jobs import Job, JobStore, now_utc

@@ -119,7 +119,7 @@ class Day:
     #: key, ``slot`` the day's first).
     tables: dict[str, Rows]
     totals: dict[str, Rows]
-    #: Executions per slot of the day.
+    #: The execution sums (``EXEC``'s) of each slot of the day: slots × sums.
     per_slot: np.ndarray
     #: The durations of the day's finished executions that have one, and their
     #: slots (ascending): percentiles are exact over the values themselves.
@@ -182,19 +182,20 @@ class Rollups:
         )
 
     def per_slot(self, first: int, last: int, raw: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Slots in [first, last] other than ``raw`` that have executions, and how many."""
+        """Slots in [first, last] other than ``raw`` that have executions, and their
+        execution sums (slots × ``EXEC`` sums)."""
         raw_slots = np.array(raw, np.int64)
-        slots, counts = [], []
+        slots, sums = [], []
         for lo, day, whole in self._cut(first, last, raw):
             day_slots = np.arange(lo, lo + SLOTS_PER_DAY, dtype=np.int64)
-            keep = day.per_slot > 0
+            keep = day.per_slot[:, 0] > 0
             if not whole:
                 keep &= _keep(day_slots, first, last, raw_slots)
             slots.append(day_slots[keep])
-            counts.append(day.per_slot[keep])
+            sums.append(day.per_slot[keep])
         if not slots:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        return np.concatenate(slots), np.concatenate(counts)
+            return np.empty(0, np.int64), np.empty((0, len(EXEC.sums)), np.int64)
+        return np.concatenate(slots), np.concatenate(sums)
 
     def durations(self, first: int, last: int, raw: Sequence[int]) -> np.ndarray:
         """The durations of the finished executions of slots in [first, last] other than
@@ -418,9 +419,8 @@ class RollupCache:
                 day_tables = {name: _day_rows(rows, lo, hi) for name, rows in tables.items()}
                 totals = {t.name: _day_totals(t, day_tables[t.name], lo) for t in TABLES}
                 execs = day_tables[EXEC.name]
-                per_slot = np.bincount(
-                    execs.slot - lo, weights=execs.sums[:, 0], minlength=SLOTS_PER_DAY
-                ).astype(np.int64)
+                per_slot = np.zeros((SLOTS_PER_DAY, len(EXEC.sums)), np.int64)
+                np.add.at(per_slot, execs.slot - lo, execs.sums)
                 f0, f1 = np.searchsorted(duration_slots, [lo, hi])
                 i0, i1 = np.searchsorted(bitmap_slots, [lo, hi])
                 out[d] = Day(

@@ -327,10 +327,3 @@ class Intervals:
     def slot_range(self, first: int, end: int) -> tuple[int, int]:
         """The first and last slot of pieces ``first``..``end - 1`` (cut slots included)."""
         return int(self.first_slots[first]), int(self.first_slots[end]) - 1
-
-    def pieces(self, start_us: int, end_us: int) -> tuple[int, int]:
-        """The pieces ``[first, end)`` of a window [start_us, end_us) whose bounds are edges."""
-        return (
-            int(np.searchsorted(self.edges, start_us)),
-            int(np.searchsorted(self.edges, end_us)),
-        )

@@ -8,11 +8,11 @@ messages and feedback, per ask, each row put in every window its time is in.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 from kaie_analytics.analytics.facts import ActivityQuery, Ask, Cells, Dimension, Sums
-from kaie_analytics.engines.duckdb.activity import SLOT_US
 from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 #: Each customer's latest segment.
@@ -31,13 +31,16 @@ _EXEC_DIMS: dict[Dimension, str] = {
     "channel": "x.channel",
     "customer_segment": "seg.segment",
     "error_type": "x.error_type",
-    "quarter_hour": f"make_timestamp(epoch_us(x.started_at) // {SLOT_US} * {SLOT_US})",
+    # The UTC start of the local clock hour: the time less its minutes into that hour.
+    "hour": "make_timestamp(epoch_us(x.started_at)"
+    " - epoch_us(timezone($tz, timezone('UTC', x.started_at))) % 3600000000)",
     "node_id": "x.node_id",
 }
 _MESSAGE_DIMS: dict[Dimension, str] = {
     **_EXEC_DIMS,
     "error_type": "NULL",
-    "quarter_hour": f"make_timestamp(epoch_us(x.ts) // {SLOT_US} * {SLOT_US})",
+    "hour": "make_timestamp(epoch_us(x.ts)"
+    " - epoch_us(timezone($tz, timezone('UTC', x.ts))) % 3600000000)",
 }
 _EXEC_SUMS = """count(*), count(*) FILTER (WHERE x.status = 1), count(*) FILTER (WHERE x.status = 2),
     coalesce(sum(x.duration_ms) FILTER (WHERE x.status > 0), 0)::BIGINT,
@@ -52,7 +55,7 @@ _NODE_SUMS = """arg_max(x.node_type, x.ts), count(*), count(*) FILTER (WHERE x.o
 
 def _disjoint(q: ActivityQuery, windows: Sequence[int]) -> bool:
     spans = sorted((q.windows[w].start, q.windows[w].end) for w in windows)
-    return all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))
+    return all(a[1] < b[0] for a, b in itertools.pairwise(spans))
 
 
 def _in_windows(q: ActivityQuery, ask: Ask, column: str) -> str:
@@ -85,7 +88,7 @@ def _statements(
     store: DuckDBEventStore, q: ActivityQuery, ask: Ask
 ) -> list[tuple[str, tuple[str, ...]]]:
     """(SQL, the fields of its values after the key columns) for one ask."""
-    out = []
+    out: list[tuple[str, tuple[str, ...]]] = []
     exec_dims = ", ".join(["w.i", *(_EXEC_DIMS[d] for d in ask.by)])
     executions = (
         f"SELECT * FROM ({store.executions_sql(q.tenant)})"
@@ -104,7 +107,8 @@ def _statements(
                  "node_durations"),
             )
         )  # fmt: skip
-    values, fields = [], []
+    values: list[str] = []
+    fields: list[str] = []
     if "executions" in m:
         values.append(_EXEC_SUMS)
         fields += ["executions", "successful", "failed", "duration_sum", "durations"]
@@ -141,7 +145,12 @@ def _statements(
 
 def activity(store: DuckDBEventStore, q: ActivityQuery, asks: Sequence[Ask]) -> list[Cells]:
     """The cells of ``asks``, every statement side by side."""
-    base = {"tenant": q.tenant, "workflows": list(q.workflow_ids), "channels": list(q.channels)}
+    base = {
+        "tenant": q.tenant,
+        "workflows": list(q.workflow_ids),
+        "channels": list(q.channels),
+        "tz": q.timezone,
+    }
     shapes: list[tuple[int, tuple[str, ...]]] = []
     statements = []
     for i, ask in enumerate(asks):

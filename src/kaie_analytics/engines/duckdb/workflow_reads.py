@@ -10,17 +10,19 @@ cannot serve go to ``sql_reads``.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
-from pyroaring import BitMap
+from pyroaring import AbstractBitMap, BitMap
 
 from kaie_analytics.analytics.facts import ActivityQuery, Ask, Cells, Sums
 from kaie_analytics.engines.duckdb import rollup_cache, slots
-from kaie_analytics.engines.duckdb.activity import SLOT_US, epoch_us, from_epoch_us
+from kaie_analytics.engines.duckdb.activity import SLOT_US, epoch_us
 from kaie_analytics.engines.duckdb.rollup_cache import EXEC, MESSAGES, NODES, Rollups
+from kaie_analytics.engines.duckdb.rollups import SLOTS_PER_DAY
 from kaie_analytics.engines.duckdb.slots import Intervals, RawExecutions, SlotPlan
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
 
@@ -31,8 +33,43 @@ _KEYS = {"channel": 0, "error_type": 1}
 MAX_CUTS = 8
 _EXEC_FIELDS = ("executions", "successful", "failed", "duration_sum", "durations")
 _MESSAGE_FIELDS = ("sent", "received", "csat_sum", "csat_count")
+_MESSAGES_AT = len(_EXEC_FIELDS)
+#: The additive fields, in the order ``Sums`` declares them (it is built from them).
+_WIDTH = len(_EXEC_FIELDS) + len(_MESSAGE_FIELDS)
 _NODE_FIELDS = ("node_events", "node_ok", "node_duration_sum", "node_durations", "node_errors")
 _EMPTY = np.empty(0, np.int64)
+
+
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc_offsets_us(slots_: np.ndarray, tz: tzinfo) -> np.ndarray:
+    """The UTC offset of ``tz`` (µs) at the start of each slot.
+
+    Looked up once per UTC day and per slot only on days whose offset at the
+    start and the end differ (no zone changes its offset twice in one day).
+    """
+    days = slots_ // SLOTS_PER_DAY
+    out = np.empty(len(slots_), np.int64)
+    for day in np.unique(days).tolist():
+        start = _EPOCH_UTC + timedelta(days=day)
+        first = start.astimezone(tz).utcoffset() or timedelta(0)
+        end = (start + timedelta(days=1, microseconds=-1)).astimezone(tz).utcoffset()
+        on_day = days == day
+        if first == (end or timedelta(0)):
+            out[on_day] = first // timedelta(microseconds=1)
+            continue
+        for i in np.flatnonzero(on_day).tolist():
+            at = _EPOCH_UTC + timedelta(microseconds=int(slots_[i]) * SLOT_US)
+            out[i] = (at.astimezone(tz).utcoffset() or timedelta(0)) // timedelta(microseconds=1)
+    return out
+
+
+def _sums_of(fields: Sequence[str], vector: Sequence[int], node_type: Any = None) -> Sums:
+    sums = Sums(node_type=node_type)
+    for name, value in zip(fields, vector, strict=True):
+        setattr(sums, name, value)
+    return sums
 
 
 def serves(q: ActivityQuery, ask: Ask) -> bool:
@@ -42,19 +79,23 @@ def serves(q: ActivityQuery, ask: Ask) -> bool:
     m, by = ask.measures, set(ask.by)
     return (
         (m <= {"executions", "messages"} and by <= {"channel", "error_type"})
-        or (m == {"executions"} and ask.by == ("quarter_hour",))
+        or (m == {"executions"} and ask.by == ("hour",))
         or (not by and m in ({"customers"}, {"durations"}))
         or (m == {"nodes"} and ask.by == ("node_id",))
     )
 
 
-def _edges(q: ActivityQuery, asks: Sequence[Ask]) -> list[int]:
-    used = {w for ask in asks for w in ask.windows}
-    edges = set()
-    for w in used:
-        window = q.windows[w]
-        edges.update((epoch_us(window.start), epoch_us(window.end) + 1))
-    return sorted(edges)
+def _window_bounds(q: ActivityQuery) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's start and end + 1 µs, as µs since the epoch."""
+    starts = np.fromiter((epoch_us(w.start) for w in q.windows), np.int64, len(q.windows))
+    ends = np.fromiter((epoch_us(w.end) for w in q.windows), np.int64, len(q.windows))
+    return starts, ends + 1
+
+
+def _edges(bounds: tuple[np.ndarray, np.ndarray], asks: Sequence[Ask]) -> list[int]:
+    """The edges of the windows ``asks`` use, sorted."""
+    used = np.array(sorted({w for ask in asks for w in ask.windows}), np.int64)
+    return np.unique(np.concatenate([bounds[0][used], bounds[1][used]])).tolist()
 
 
 def _query_some(
@@ -75,7 +116,8 @@ def _rows(columns: Columns | None) -> list[tuple[Any, ...]]:
 def activity(store: DuckDBEventStore, q: ActivityQuery, asks: Sequence[Ask]) -> list[Cells] | None:
     """The cells of ``asks`` (each served, see ``serves``); None when the windows cut
     too many slots (read them with ``sql_reads``)."""
-    edges = _edges(q, asks)
+    bounds = _window_bounds(q)
+    edges = _edges(bounds, asks)
     iv = Intervals.of(edges)
     if len(iv.cuts) > MAX_CUTS:
         return None
@@ -100,7 +142,9 @@ def activity(store: DuckDBEventStore, q: ActivityQuery, asks: Sequence[Ask]) -> 
     rolled, (p, (exec_raw, message_raw)) = rollup_cache.read_with_rollups(
         store, q.tenant, workflow_id, first, last, read
     )
-    reader = _Reader(q, iv, rolled, p, slots.raw_executions(p, exec_raw), _rows(message_raw))
+    reader = _Reader(
+        q, bounds, iv, rolled, p, slots.raw_executions(p, exec_raw), _rows(message_raw)
+    )
     return [reader.cells(ask) for ask in asks]
 
 
@@ -110,6 +154,7 @@ class _Reader:
     def __init__(
         self,
         q: ActivityQuery,
+        bounds: tuple[np.ndarray, np.ndarray],
         iv: Intervals,
         rolled: Rollups,
         p: SlotPlan,
@@ -120,22 +165,25 @@ class _Reader:
         self.messages = messages
         self.raw_piece = iv.of_times(raw.t)
         self.n_pieces = len(iv.edges) - 1
-        self._piece_customers: dict[int, tuple[BitMap, set[str]]] = {}
+        #: Per window of the query: its start and its end + 1 µs, and its pieces.
+        self.start_us, self.end_us = bounds
+        self.first_piece = np.searchsorted(iv.edges, self.start_us)
+        self.end_piece = np.searchsorted(iv.edges, self.end_us)
+        self._piece_customers: dict[int, tuple[AbstractBitMap, set[str]]] = {}
 
     def cells(self, ask: Ask) -> Cells:
         if ask.measures == {"customers"}:
             return {(w,): Sums(customers=self._customers(w)) for w in ask.windows}
         if ask.measures == {"durations"}:
             return {(w,): Sums(quantiles=self._quantiles(w)) for w in ask.windows}
+        if ask.by == ("hour",):
+            return {key: s for w in ask.windows for key, s in self._per_hour(w).items()}
         if ask.measures == {"nodes"}:
             return {key: s for w in ask.windows for key, s in self._nodes(w).items()}
-        if ask.by == ("quarter_hour",):
-            return {key: s for w in ask.windows for key, s in self._per_slot(w).items()}
         return self._sums(ask)
 
     def _pieces(self, w: int) -> tuple[int, int]:
-        window = self.q.windows[w]
-        return self.iv.pieces(epoch_us(window.start), epoch_us(window.end) + 1)
+        return int(self.first_piece[w]), int(self.end_piece[w])
 
     def _raw_in(self, w: int) -> np.ndarray:
         a, b = self._pieces(w)
@@ -144,20 +192,28 @@ class _Reader:
     # ------------------------------------------------------------------ sums
 
     def _sums(self, ask: Ask) -> Cells:
-        """Additive sums per piece and key, then per window (a run of pieces)."""
+        """Additive sums per piece and key, then per window (a run of pieces).
+
+        Rows are added into a dense (piece, key, field) array; a window's sums
+        are the difference of its running totals at its two ends.
+        """
         by, iv, p, values = ask.by, self.iv, self.p, self.rolled.values
-        per_piece: dict[int, dict[tuple[Any, ...], list[int]]] = defaultdict(dict)
-        width = len(_EXEC_FIELDS) + len(_MESSAGE_FIELDS)
+        keys: dict[tuple[Any, ...], int] = {}
+        parts: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]] = []
 
-        def add(piece: int, key: tuple[Any, ...], at: int, vector: Sequence[int]) -> None:
-            acc = per_piece[piece].setdefault(key, [0] * width)
-            for i, v in enumerate(vector):
-                acc[at + i] += v
+        def add(pieces: np.ndarray, key_tuples: Sequence[tuple[Any, ...]], at: int,
+                sums: np.ndarray) -> None:  # fmt: skip
+            index = np.fromiter(
+                (keys.setdefault(k, len(keys)) for k in key_tuples), np.int64, len(key_tuples)
+            )
+            parts.append((pieces, index, at, sums))
 
-        cuts = np.unique(iv.first_slots)
+        # Whole days come as their totals unless one of this ask's edges cuts them.
+        mine = np.array(ask.windows, np.int64)
+        cuts = np.unique(-(-np.concatenate([self.start_us[mine], self.end_us[mine]]) // SLOT_US))
         tables = [(EXEC, 0)] if "executions" in ask.measures else []
         if "messages" in ask.measures:
-            tables.append((MESSAGES, len(_EXEC_FIELDS)))
+            tables.append((MESSAGES, _MESSAGES_AT))
         for table, at in tables:
             rows = self.rolled.rows(table, p.first, p.last, p.raw, cuts)
             columns = [iv.of_slots(rows.slot)]
@@ -166,57 +222,71 @@ class _Reader:
                     columns.append(np.zeros(len(rows.slot), np.int64))  # messages have none
                 else:
                     columns.append(rows.keys[:, _KEYS[d]])
-            keys, sums = rollup_cache.group(columns, rows.sums)
-            key_rows = zip(*(k.tolist() for k in keys), strict=True)
-            for (piece, *codes), vector in zip(key_rows, sums.tolist(), strict=True):
-                key = tuple(
-                    None if d == "error_type" and table is MESSAGES else values[c]
-                    for d, c in zip(by, codes, strict=True)
-                )
-                add(piece, key, at, vector)
+            (pieces, *codes), sums = rollup_cache.group(columns, rows.sums)
+            decoded = [
+                [None] * len(pieces)
+                if d == "error_type" and table is MESSAGES
+                else [values[c] for c in column.tolist()]
+                for d, column in zip(by, codes, strict=True)
+            ]
+            add(pieces, list(zip(*decoded, strict=True)) or [()] * len(pieces), at, sums)
         raw = self.raw
         if "executions" in ask.measures and len(raw.slot):
             keep = (self.raw_piece >= 0) & (self.raw_piece < self.n_pieces)
             columns = [self.raw_piece[keep]]
-            decoded = []
+            distinct_values: list[list[Any]] = []
             for d in by:
-                distinct, codes = slots.factorize(getattr(raw, d)[keep])
-                columns.append(codes)
-                decoded.append(distinct)
-            keys, sums = rollup_cache.group(columns, raw.sums()[keep])
-            key_rows = zip(*(k.tolist() for k in keys), strict=True)
-            for (piece, *codes), vector in zip(key_rows, sums.tolist(), strict=True):
-                add(piece, tuple(decoded[i][c] for i, c in enumerate(codes)), 0, vector)
-        if "messages" in ask.measures:
+                distinct, coded = slots.factorize(getattr(raw, d)[keep])
+                columns.append(coded)
+                distinct_values.append(distinct)
+            (pieces, *codes), sums = rollup_cache.group(columns, raw.sums()[keep])
+            decoded = [
+                [distinct_values[i][c] for c in column.tolist()] for i, column in enumerate(codes)
+            ]
+            add(pieces, list(zip(*decoded, strict=True)) or [()] * len(pieces), 0, sums)
+        if "messages" in ask.measures and self.messages:
+            message_pieces, message_keys, message_sums = [], [], []
             for slot, after, channel, type_, n, csat_sum, csat_n in self.messages:
                 piece = iv.of_slot_after(slot, after)
                 if 0 <= piece < self.n_pieces:
                     acc = [0, 0, 0, 0]
                     slots.add_messages(acc, type_, n, csat_sum, csat_n)
-                    key = tuple(channel if d == "channel" else None for d in by)
-                    add(piece, key, len(_EXEC_FIELDS), acc)
-        cells: Cells = {}
-        fields = (*_EXEC_FIELDS, *_MESSAGE_FIELDS)
-        for w in ask.windows:
-            a, b = self._pieces(w)
-            for piece in range(a, b):
-                for key, vector in per_piece.get(piece, {}).items():
-                    cell = cells.get((w, *key))
-                    if cell is None:
-                        cell = cells[(w, *key)] = Sums()
-                    for name, v in zip(fields, vector, strict=True):
-                        setattr(cell, name, getattr(cell, name) + v)
-        return cells
+                    message_pieces.append(piece)
+                    message_keys.append(tuple(channel if d == "channel" else None for d in by))
+                    message_sums.append(acc)
+            if message_pieces:
+                add(np.array(message_pieces, np.int64), message_keys, _MESSAGES_AT,
+                    np.array(message_sums, np.int64))  # fmt: skip
+        if not keys:
+            return {}
+        # The last field counts the rows a cell has: a cell exists when it has any.
+        dense = np.zeros((self.n_pieces, len(keys), _WIDTH + 1), np.int64)
+        for pieces, index, at, sums in parts:
+            np.add.at(dense[:, :, at : at + sums.shape[1]], (pieces, index), sums)
+            np.add.at(dense[:, :, _WIDTH], (pieces, index), 1)
+        running = np.zeros((self.n_pieces + 1, *dense.shape[1:]), np.int64)
+        np.cumsum(dense, axis=0, out=running[1:])
+        per_window = running[self.end_piece[mine]] - running[self.first_piece[mine]]
+        at_w, at_k = np.nonzero(per_window[:, :, _WIDTH])
+        key_list = list(keys)
+        return {
+            (ask.windows[w], *key_list[k]): Sums(*vector)
+            for w, k, vector in zip(
+                at_w.tolist(), at_k.tolist(), per_window[at_w, at_k, :_WIDTH].tolist(), strict=True
+            )
+        }
 
     # ------------------------------------------------------------- customers
 
-    def _customers_of_piece(self, piece: int) -> tuple[BitMap, set[str]]:
+    def _customers_of_piece(self, piece: int) -> tuple[AbstractBitMap, set[str]]:
         """The numbers of the piece's customers, and the ids of those not numbered yet."""
         got = self._piece_customers.get(piece)
         if got is None:
             first, last = self.iv.slot_range(piece, piece + 1)
             first, last = max(first, self.p.first), min(last, self.p.last)
-            numbers = self.rolled.customers(first, last, self.p.raw) if first <= last else BitMap()
+            numbers: AbstractBitMap = (
+                self.rolled.customers(first, last, self.p.raw) if first <= last else BitMap()
+            )
             mine = self.raw_piece == piece
             nums, ids = self.raw.num[mine], self.raw.customer_id[mine]
             if (nums >= 0).any():
@@ -254,28 +324,30 @@ class _Reader:
             return tuple(None for _ in self.q.quantiles)
         return tuple(np.quantile(durations, list(self.q.quantiles)).tolist())
 
-    # ------------------------------------------------------------ per slot
+    # ------------------------------------------------------------------ hours
 
-    def _per_slot(self, w: int) -> Cells:
+    def _per_hour(self, w: int) -> Cells:
+        """Execution sums per local clock hour (keyed by its UTC start)."""
         first, last = self._slots(w)
-        per: dict[int, list[int]] = {}
+        parts_slot, parts_sums = [], []
         if first <= last:
-            rows = self.rolled.rows(EXEC, first, last, self.p.raw)
-            (slot,), sums = rollup_cache.group([rows.slot - first], rows.sums)
-            for s, v in zip((slot + first).tolist(), sums.tolist(), strict=True):
-                per[s] = v
+            slots_with, sums = self.rolled.per_slot(first, last, self.p.raw)
+            parts_slot.append(slots_with)
+            parts_sums.append(sums)
         mine = self._raw_in(w)
         if mine.any():
-            base = int(self.raw.slot[mine].min())
-            (slot,), sums = rollup_cache.group([self.raw.slot[mine] - base], self.raw.sums()[mine])
-            for s, v in zip((slot + base).tolist(), sums.tolist(), strict=True):
-                acc = per.setdefault(s, [0] * len(_EXEC_FIELDS))
-                for i, x in enumerate(v):
-                    acc[i] += x
-        return {
-            (w, from_epoch_us(s * SLOT_US)): Sums(**dict(zip(_EXEC_FIELDS, v, strict=True)))
-            for s, v in per.items()
-        }
+            parts_slot.append(self.raw.slot[mine])
+            parts_sums.append(self.raw.sums()[mine])
+        if not parts_slot:
+            return {}
+        slot = np.concatenate(parts_slot)
+        distinct, index = np.unique(slot, return_inverse=True)
+        local_us = distinct * SLOT_US + _utc_offsets_us(distinct, ZoneInfo(self.q.timezone))
+        hour_start = distinct * SLOT_US - local_us % 3_600_000_000
+        hours, per_slot = np.unique(hour_start, return_inverse=True)
+        (hour,), sums = rollup_cache.group([per_slot[index]], np.concatenate(parts_sums))
+        starts = hours[hour].astype("datetime64[us]").tolist()  # datetimes, in C
+        return {(w, t): Sums(*v) for t, v in zip(starts, sums.tolist(), strict=True)}
 
     # ----------------------------------------------------------------- nodes
 
@@ -301,8 +373,6 @@ class _Reader:
                     latest[e["node_id"]] = (ts, e["node_type"])
                 slots.add_node(totals.setdefault(e["node_id"], [0] * 5), e["ok"], e["dur"])
         return {
-            (w, node_id): Sums(
-                node_type=latest[node_id][1], **dict(zip(_NODE_FIELDS, v, strict=True))
-            )
+            (w, node_id): _sums_of(_NODE_FIELDS, v, node_type=latest[node_id][1])
             for node_id, v in totals.items()
         }
