@@ -1,4 +1,9 @@
-"""Fixtures: a real app on real DuckDB + SQLite in a temporary data directory."""
+"""Fixtures: a real app on a real event engine + SQLite in a temporary data directory.
+
+Every test that takes ``settings`` (or ``client``, ``api``, ``engine``) runs once
+per engine in ``ENGINES``; tests of one engine's internals live in
+``tests/engines/<name>/``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from kaie_analytics.analytics.facts import EventEngine, RowKind, RowsQuery, Window
 from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
 from kaie_analytics.store.meta import MetaStore
@@ -58,10 +65,20 @@ class Api:
         self.client.app.state.engine.settle()  # type: ignore[attr-defined]
 
 
+#: The event engines the suite runs on (``KAIE_EVENTS_BACKEND`` values).
+ENGINES = ("duckdb",)
+
+
+@pytest.fixture(params=ENGINES)
+def events_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, events_backend: str) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
+        events_backend=events_backend,
         compact_idle_s=3600,
         compact_after_events=10**9,
         rate_limits=GENEROUS_LIMITS,
@@ -83,6 +100,21 @@ def make_key(settings: Settings, tenant: str, scopes: str | None = None) -> str:
         return meta.create_key(tenant, frozenset(scopes.split(",")))
     finally:
         meta.close()
+
+
+@pytest.fixture
+def engine(client: TestClient) -> EventEngine:
+    """The app's event engine (``analytics.facts.EventEngine``)."""
+    return client.app.state.engine  # type: ignore[attr-defined, no-any-return]
+
+
+def stored_events(
+    engine: EventEngine, tenant: str, kind: RowKind = "events"
+) -> list[dict[str, Any]]:
+    """Every stored row of ``tenant`` of one export kind (raw ``events`` by default)."""
+    window = Window(datetime(1900, 1, 1), datetime(2999, 12, 31))
+    reader = engine.rows(RowsQuery(tenant, kind, window), 10_000)
+    return [row for batch in reader for row in batch.to_pylist()]
 
 
 @pytest.fixture

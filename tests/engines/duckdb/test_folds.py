@@ -1,4 +1,5 @@
-"""Folding a backlog of any size: in pieces, within memory, with the same numbers."""
+"""DuckDB engine: folding a backlog of any size, in pieces, within memory, with the same
+numbers."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from conftest import GENEROUS_LIMITS, Api, make_key
 from factories import iso, workflow_events
 from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
-from kaie_analytics.engines.duckdb import store as duckdb_store
+from kaie_analytics.engines.duckdb import folds
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 END = datetime(2024, 3, 10, 23, 59, 59, 999999, tzinfo=UTC)
@@ -53,14 +54,15 @@ def test_a_backlog_from_before_opening_folds_in_pieces(tmp_path: Path) -> None:
     pieces = _settings(tmp_path / "d", compact_idle_s=3600, fold_piece_events=1000)
     with TestClient(create_app(pieces)) as c:
         store = c.app.state.engine  # type: ignore[attr-defined]
-        assert store._backlog() == len(events)
+        assert store.progress.backlog() == len(events)
         api = Api(c, make_key(pieces, "acme"), "acme")
-        folds = []
-        real = store._fold_piece_up_to
-        store._fold_piece_up_to = lambda seq: (folds.append(seq), real(seq))[1]
+        pieces_folded: list[int] = []
+        real = store.folder.fold_piece_up_to
+        store.folder.fold_piece_up_to = lambda seq: (pieces_folded.append(seq), real(seq))[1]
         api.compact()
-        assert store._backlog() == 0
-        assert len(folds) == -(-len(events) // 1000) and folds == sorted(folds)
+        assert store.progress.backlog() == 0
+        assert len(pieces_folded) == -(-len(events) // 1000)
+        assert pieces_folded == sorted(pieces_folded)
         assert _answers(api) == unfolded
 
 
@@ -72,19 +74,19 @@ def test_an_out_of_memory_fold_retries_in_smaller_pieces(tmp_path: Path) -> None
         api.send(events)
         before = _answers(api)
         store = c.app.state.engine  # type: ignore[attr-defined]
-        real = store._fold_piece_up_to
+        real = store.folder.fold_piece_up_to
         sizes: list[int] = []
 
         def fold(seq: int) -> None:
-            sizes.append(store._fold_piece)
-            if store._fold_piece > duckdb_store.MIN_FOLD_PIECE * 4:
+            sizes.append(store.folder.piece)
+            if store.folder.piece > folds.MIN_FOLD_PIECE * 4:
                 raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate")
             real(seq)
 
-        store._fold_piece_up_to = fold
+        store.folder.fold_piece_up_to = fold  # type: ignore[method-assign]
         api.compact()
-        assert sizes[0] == duckdb_store.FOLD_PIECE_EVENTS and min(sizes) < sizes[0]
-        assert store._backlog() == 0
+        assert sizes[0] == folds.FOLD_PIECE_EVENTS and min(sizes) < sizes[0]
+        assert store.progress.backlog() == 0
         assert _answers(api) == before
         # Ingestion goes on, and the store still answers.
         api.send(workflow_events(9, START, 2, n=20, wf="wf-2"))
