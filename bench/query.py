@@ -34,7 +34,7 @@ from common import Server, machine, percentile
 from kaie_analytics.analytics import customers as cq
 from kaie_analytics.analytics import realtime as rq
 from kaie_analytics.analytics import workflows as wq
-from kaie_analytics.engines.duckdb import DuckDBEngine
+from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 
 DAYS = 90
 TENANTS = 50

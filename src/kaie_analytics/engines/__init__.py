@@ -12,7 +12,7 @@ from kaie_analytics.config import Settings
 
 def open_engine(settings: Settings) -> EventEngine:
     """The engine ``settings.events_backend`` names, opened on the data directory."""
-    from kaie_analytics.engines.duckdb import DuckDBEngine
+    from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 
     return DuckDBEngine(
         settings.events_db_path,

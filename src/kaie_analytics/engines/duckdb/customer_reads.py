@@ -1,6 +1,6 @@
 """Customer facts (engagement) and journey facts, in DuckDB.
 
-Active customers come from the activity bitmaps (``activity``), sessions from
+Active customers come from their bitmaps (``active_customers``), sessions from
 their rollups where no segment filters them (``rollups``), the rest from the
 derived tables (``derived``) with the events not yet folded merged in.
 """
@@ -18,15 +18,10 @@ from kaie_analytics.analytics.facts import (
     StepFacts,
     Window,
 )
-from kaie_analytics.engines.duckdb.activity import (
-    DAY_US,
-    SLOT_US,
-    active_customers,
-    cover,
-    epoch_us,
-)
+from kaie_analytics.engines.duckdb.active_customers import active_customers, cover
 from kaie_analytics.engines.duckdb.derived import CUSTOMERS, JOURNEYS, SESSIONS
 from kaie_analytics.engines.duckdb.store import DuckDBEventStore
+from kaie_analytics.engines.duckdb.times import DAY_US, SLOT_US, epoch_us
 
 
 def customers(store: DuckDBEventStore, q: CustomerQuery) -> list[CustomerFacts]:

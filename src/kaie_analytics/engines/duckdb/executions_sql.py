@@ -9,7 +9,7 @@ events not yet folded in), so both always agree.
 
 from __future__ import annotations
 
-from kaie_analytics.engines.duckdb.activity import SLOT_US
+from kaie_analytics.engines.duckdb.times import SLOT_US
 
 EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
 #: Node events ride along with their execution, so node metrics need no join.
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS executions (
     c {TERMINAL_STRUCT},
     f {TERMINAL_STRUCT},
     nodes {NODE_STRUCT}[],
-    customer_num UINTEGER              -- the customer's number (store.activity), once folded
+    customer_num UINTEGER              -- the customer's number (active_customers), once folded
 )
 """
 #: For data directories from before ``customer_num``.

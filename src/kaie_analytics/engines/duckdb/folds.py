@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from kaie_analytics.engines.duckdb import activity, rollups
+from kaie_analytics.engines.duckdb import active_customers, rollups
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb.derived import DERIVED, compact_statements
 from kaie_analytics.engines.duckdb.progress import Progress
@@ -189,7 +189,7 @@ class Folder:
         if name == "executions":
             return self._fold_executions(new_seq)
         if name == "activity":
-            activity.fold(con, lo, new_seq)
+            active_customers.fold(con, lo, new_seq)
             return set()
         if name == "message_slots":
             return rollups.fold_messages(con, lo, new_seq)
@@ -260,7 +260,7 @@ class Folder:
             "DELETE FROM executions WHERE (tenant, execution_id) IN"
             " (SELECT tenant, execution_id FROM merged)"
         )
-        activity.number_customers(con, "merged")
+        active_customers.number_customers(con, "merged")
         con.execute(
             """INSERT INTO executions
             SELECT m.*, c.num FROM merged m
@@ -314,7 +314,7 @@ def build_rollups(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("BEGIN")
     try:
         # Number every execution's customer (data from before customer_num).
-        activity.number_customers(con, "executions")
+        active_customers.number_customers(con, "executions")
         con.execute(
             """UPDATE executions SET customer_num = c.num FROM customer_numbers c
             WHERE c.tenant = executions.tenant AND c.customer_id = executions.customer_id

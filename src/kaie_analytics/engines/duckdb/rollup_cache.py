@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from pyroaring import AbstractBitMap, BitMap, FrozenBitMap
 
-from kaie_analytics.engines.duckdb.activity import DAY_US
 from kaie_analytics.engines.duckdb.rollups import SLOTS_PER_DAY, DayKey, slot_of
+from kaie_analytics.engines.duckdb.times import DAY_US
 from kaie_analytics.errors import QueryTimeout
 
 if TYPE_CHECKING:

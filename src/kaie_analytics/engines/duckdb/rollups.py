@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import duckdb
 
-from kaie_analytics.engines.duckdb.activity import DAY_US, SLOT_US, put_bitmaps
+from kaie_analytics.engines.duckdb.active_customers import put_bitmaps
+from kaie_analytics.engines.duckdb.times import DAY_US, SLOT_US
 
 WATERMARK = "message_slots_seq"
 BUILT = "exec_rollups_built"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from kaie_analytics.engines.duckdb import activity, rollups
+from kaie_analytics.engines.duckdb import active_customers, rollups
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb.derived import DERIVED
 from kaie_analytics.ingest.validate import FIELD_COLUMNS
@@ -27,21 +27,21 @@ FIELD_TYPES = {"duration_ms": "BIGINT", "csat": "TINYINT", "nps": "TINYINT", "st
 FEEDS = {
     "executions": f"type IN {xsql.FEED_TYPES}",
     **{d.name: d.event_filter for d in DERIVED},
-    "activity": activity.FEED,
+    "activity": active_customers.FEED,
     "message_slots": rollups.FEED,
 }
 #: The event types feeding each derived table (None: every event with a customer).
 FEED_TYPES: dict[str, frozenset[str] | None] = {
     "executions": xsql.FEED_TYPE_SET,
     **{d.name: d.feed_types for d in DERIVED},
-    "activity": activity.FEED_TYPES,
+    "activity": active_customers.FEED_TYPES,
     "message_slots": rollups.MESSAGE_TYPES,
 }
 #: Where each derived table's watermark is kept in ``store_state``.
 WATERMARK_KEYS = {
     "executions": "exec_seq",
     **{d.name: d.watermark for d in DERIVED},
-    "activity": activity.WATERMARK,
+    "activity": active_customers.WATERMARK,
     "message_slots": rollups.WATERMARK,
 }
 DDL = [
@@ -62,7 +62,7 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS store_state (key VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
     "INSERT OR IGNORE INTO store_state VALUES ('exec_seq', 0), ('exec_sorted_rows', 0)",
     *(d.ddl for d in DERIVED),
-    *activity.DDL,
+    *active_customers.DDL,
     *rollups.DDL,
     *(f"INSERT OR IGNORE INTO store_state VALUES ('{key}', 0)" for key in WATERMARK_KEYS.values()),
 ]

@@ -27,9 +27,9 @@ import numpy as np
 
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb import rollups
-from kaie_analytics.engines.duckdb.activity import SLOT_US, epoch_us, from_epoch_us
 from kaie_analytics.engines.duckdb.rollup_cache import runs
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
+from kaie_analytics.engines.duckdb.times import SLOT_US, epoch_us, from_epoch_us
 
 #: More raw ranges than this are read with one range and a slot filter.
 MAX_RANGES = 8

@@ -20,11 +20,11 @@ from pyroaring import AbstractBitMap, BitMap
 
 from kaie_analytics.analytics.facts import ActivityQuery, Ask, Cells, Sums
 from kaie_analytics.engines.duckdb import rollup_cache, slots
-from kaie_analytics.engines.duckdb.activity import SLOT_US, epoch_us
 from kaie_analytics.engines.duckdb.rollup_cache import EXEC, MESSAGES, NODES, Rollups
 from kaie_analytics.engines.duckdb.rollups import SLOTS_PER_DAY
 from kaie_analytics.engines.duckdb.slots import Intervals, RawExecutions, SlotPlan
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
+from kaie_analytics.engines.duckdb.times import SLOT_US, epoch_us
 
 #: Where each dimension is among the keys of the execution rollups.
 _KEYS = {"channel": 0, "error_type": 1}

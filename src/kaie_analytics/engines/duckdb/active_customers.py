@@ -21,18 +21,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
 from pyroaring import BitMap
 
+from kaie_analytics.engines.duckdb.times import DAY_US, SLOT_US, epoch_us, from_epoch_us
+
 if TYPE_CHECKING:
     from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
-SLOT_US = 15 * 60 * 1_000_000
-DAY_US = 24 * 60 * 60 * 1_000_000
 SPANS = (SLOT_US, DAY_US)
 FEED = "type = 'message.received'"
 FEED_TYPES = frozenset(("message.received",))
@@ -43,16 +43,6 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS activity (tenant VARCHAR NOT NULL, channel VARCHAR NOT NULL,"
     " span BIGINT NOT NULL, bucket BIGINT NOT NULL, customers BLOB NOT NULL)",
 ]
-_EPOCH = datetime(1970, 1, 1)
-
-
-def epoch_us(ts: datetime) -> int:
-    """Microseconds since the epoch of a naive UTC time."""
-    return (ts - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_epoch_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 # ------------------------------------------------------------------ folding
