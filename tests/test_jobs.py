@@ -415,6 +415,35 @@ def test_raw_events_export_is_what_was_sent(api: Api) -> None:
     assert meta["data_type"] == "events"
 
 
+def _check_workflow_metrics_export(api: Api, loaded: list[dict[str, Any]], tz: str) -> None:
+    """Every column of every (local day, workflow, channel) row, against the oracle."""
+    _, content = _export(api, data_type="workflow_metrics", format="ndjson", start_date=iso(START),
+                         end_date=iso(END), timezone=tz)  # fmt: skip
+    rows = [json.loads(line) for line in content.splitlines()]
+    zone = ZoneInfo(tz)
+    xs = [x for x in oracle.executions(loaded) if START <= x.started_at <= END]
+    want: dict[tuple[Any, ...], list[Any]] = {}
+    for x in xs:
+        day = x.started_at.astimezone(zone).date().isoformat()
+        want.setdefault((day, x.workflow_id, x.channel), []).append(x)
+    expected = []
+    for (day, wf, channel), mine in sorted(
+        want.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, str(kv[0][1]),
+                                      kv[0][2] is None, str(kv[0][2]))
+    ):  # fmt: skip
+        block = oracle.metrics_block(mine, [])
+        expected.append({
+            "date": day, "workflow_id": wf, "channel": channel,
+            "executions": block["total_executions"],
+            "successful_executions": block["successful_executions"],
+            "failed_executions": block["failed_executions"],
+            "success_rate": block["success_rate"],
+            "average_duration_ms": block["average_duration_ms"],
+            "unique_customers": block["unique_customers"],
+        })  # fmt: skip
+    assert rows == expected
+
+
 def test_export_metadata_journeys_and_workflow_metrics(
     api: Api, loaded: list[dict[str, Any]]
 ) -> None:
@@ -429,16 +458,8 @@ def test_export_metadata_journeys_and_workflow_metrics(
     _, content = _export(api, data_type="executions", format="csv", start_date=iso(START),
                          end_date=iso(END), include_metadata=True)  # fmt: skip
     assert content.startswith(b"# export_id: export-")
-    _, content = _export(api, data_type="workflow_metrics", format="ndjson", start_date=iso(START),
-                         end_date=iso(END))  # fmt: skip
-    rows = [json.loads(line) for line in content.splitlines()]
-    xs = [x for x in oracle.executions(loaded) if START <= x.started_at <= END]
-    for row in rows:
-        mine = [x for x in xs if x.workflow_id == row["workflow_id"] and x.channel == row["channel"]
-                and x.started_at.date().isoformat() == row["date"]]  # fmt: skip
-        assert row["executions"] == len(mine)
-        assert row["failed_executions"] == sum(x.status == "failed" for x in mine)
-    assert sum(r["executions"] for r in rows) == len(xs)
+    _check_workflow_metrics_export(api, loaded, "UTC")
+    _check_workflow_metrics_export(api, loaded, "Asia/Kathmandu")
     from test_customers import journey_events
 
     journeys = journey_events(9, n=40)
@@ -494,3 +515,23 @@ def test_job_survives_sigkill(tmp_path: Path) -> None:
     assert r.status_code == 200
     assert len(r.content.splitlines()) == 120_000  # whole, never a partial file
     assert all(f.suffix in ("", ".part", ".ndjson") for f in files)
+
+
+def test_a_journey_whose_events_disagree_on_its_type_is_one_journey_everywhere(api: Api) -> None:
+    """Its type is that of its earliest event, in the funnel and in the export alike."""
+    base = {"journey_id": "j1", "customer_id": "c1"}
+    api.send([
+        {**base, "type": "journey.step", "journey_type": "support", "step": 1,
+         "step_name": "open", "timestamp": "2024-03-21T10:00:00Z"},
+        {**base, "type": "journey.step", "journey_type": "sales", "step": 2,
+         "step_name": "pay", "timestamp": "2024-03-21T10:05:00Z"},
+    ])  # fmt: skip
+    period = {"start_date": "2024-03-20", "end_date": "2024-03-22"}
+    for jtype, total, steps in (("support", 1, [1, 2]), ("sales", 0, [])):
+        r = api.get("/v1/analytics/customers/journey", params={**period, "journey_type": jtype})
+        journey = r.json()["data"]["journey"]
+        assert journey["total_journeys"] == total
+        assert [s["step"] for s in journey["journey_steps"]] == steps
+    _, content = _export(api, data_type="journeys", format="json", **period)
+    [row] = json.loads(content)
+    assert (row["journey_type"], row["highest_step"], row["steps_reached"]) == ("support", 2, 2)

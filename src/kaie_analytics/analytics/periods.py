@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -249,3 +249,25 @@ def bucket_windows(period: Period, granularity: str) -> list[tuple[datetime, Win
     naive[0] = max(naive[0], period.start_naive)
     ends = [s - _ONE_US for s in naive[1:]] + [period.end_naive]
     return [(s, Window(a, e)) for s, a, e in zip(starts, naive, ends, strict=True)]
+
+
+def local_times(times: Iterable[datetime], tz: tzinfo) -> list[datetime]:
+    """Naive UTC times as naive local times of ``tz``.
+
+    The zone's offset is looked up once per UTC day, and per time only on days
+    when it changes (no zone changes its offset twice in one day).
+    """
+    out = []
+    day_offsets: dict[date, timedelta | None] = {}
+    for t in times:
+        day = t.date()
+        if day not in day_offsets:
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            first = start.astimezone(tz).utcoffset()
+            last = (start + timedelta(days=1, microseconds=-1)).astimezone(tz).utcoffset()
+            day_offsets[day] = first if first == last else None
+        offset = day_offsets[day]
+        if offset is None:
+            offset = t.replace(tzinfo=UTC).astimezone(tz).utcoffset()
+        out.append(t + (offset or timedelta(0)))
+    return out

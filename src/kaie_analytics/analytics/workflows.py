@@ -8,9 +8,8 @@ taking every value from the metric registry.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, ClassVar
 
 from kaie_analytics.analytics import metrics as reg
@@ -27,6 +26,7 @@ from kaie_analytics.analytics.periods import (
     Period,
     bucket_label,
     bucket_windows,
+    local_times,
     parse_bool,
     parse_granularity,
     parse_list,
@@ -218,28 +218,6 @@ class WorkflowMetricsRunner(QueryRunner[WorkflowMetricsQuery]):
 
 
 # ------------------------------------------------------------- performance
-
-
-def local_times(times: Iterable[datetime], tz: tzinfo) -> list[datetime]:
-    """Naive UTC times as naive local times of ``tz``.
-
-    The zone's offset is looked up once per UTC day, and per time only on days
-    when it changes (no zone changes its offset twice in one day).
-    """
-    out = []
-    day_offsets: dict[date, timedelta | None] = {}
-    for t in times:
-        day = t.date()
-        if day not in day_offsets:
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            first = start.astimezone(tz).utcoffset()
-            last = (start + timedelta(days=1, microseconds=-1)).astimezone(tz).utcoffset()
-            day_offsets[day] = first if first == last else None
-        offset = day_offsets[day]
-        if offset is None:
-            offset = t.replace(tzinfo=UTC).astimezone(tz).utcoffset()
-        out.append(t + (offset or timedelta(0)))
-    return out
 
 
 class WorkflowPerformanceRunner(QueryRunner[WorkflowPerformanceQuery]):

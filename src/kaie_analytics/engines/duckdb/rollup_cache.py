@@ -10,16 +10,18 @@ unfolded events).
 
 Kept per (tenant, workflow, UTC day): that day's rows of ``exec_slots``,
 ``message_slots`` and ``node_slots``, its bitmaps of ``exec_customers`` and the
-durations of its finished executions (for exact percentiles), loaded when a query first needs the day and evicted least recently used beyond
-a byte budget (``KAIE_ROLLUP_CACHE_MB``).
+durations of its finished executions (for exact percentiles), loaded when a
+query first needs the day and evicted least recently used beyond a byte
+budget (``KAIE_ROLLUP_CACHE_MB``).
 
-Staying exact: only the writer's fold changes rollups. It bumps the store's
-``rollup_gen`` to odd just before it commits, reports the days it changed
-(``changed``) and bumps it to even after. A reader (``read_with_rollups``)
-notes an even generation, takes the days (dropping those changed since,
-loading those missing), runs its own statements, and keeps the result only if
-the generation has not moved: then the rows here and whatever it read from
-DuckDB are of the same fold. Otherwise it reads again.
+Staying exact: only a fold (``folds``) changes rollups. It bumps a counter,
+the store's ``rollup_gen`` (the *generation* of the rollups), to odd just
+before it commits, reports the days it changed (``changed``) and bumps it to
+even after. A reader (``read_with_rollups``) notes an even generation, takes
+the days (dropping those changed since, loading those missing), runs its own
+statements, and keeps the result only if the generation has not moved: then
+the rows here and whatever it read from DuckDB are of the same fold.
+Otherwise it reads again.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Reading one workflow's numbers per 15-minute slot: rollups where right, rows elsewhere.
 
-A *slot plan* splits the slots of a period (or of the previous and current
-periods together) in two: the slots the rollups have exactly right, added up
-in memory (``store.rollup_cache``), and the *raw* slots, read from the
-executions and events themselves. Raw are the slots cut by a period edge (an
-edge not on a quarter hour), and the slots of the executions that events not
-yet folded touch (both where such an execution was and where it is now).
-Messages not yet folded are added on top: they only add.
+A *slot plan* splits the slots (15-minute stretches of UTC time, ``times``)
+of a query's windows in two: the slots the rollups have exactly right, added
+up in memory (``rollup_cache``), and the slots *read raw*, from the
+executions and events themselves. Read raw are the slots a window edge cuts
+(an edge not on a quarter hour), and the slots of the executions that
+pending events (not yet folded) change: both where such an execution was
+and where it is now. Pending messages are added on top: they only add.
 
 The SQL here reads raw slots only: executions as rows (``RawExecutions``,
 added up with NumPy, the plan's merged pending ones included), messages
@@ -38,14 +38,16 @@ _SLOT = rollups.slot_of
 
 @dataclass(frozen=True, slots=True)
 class SlotPlan:
+    """The slots ``first``..``last``, those of them read raw, and the query parameters."""
+
     first: int
     last: int
     raw: tuple[int, ...]
     params: dict[str, Any]
-    #: Executions touched by events not yet folded: the ids of their folded rows
-    #: in the period (read raw, those rows are left out), and their merged rows
-    #: (columns as ``exec_rows``), up to one committed seq (later events are left
-    #: out of this answer).
+    #: Executions that pending events change (*touched*): the ids of their folded
+    #: rows (read raw, those rows are left out), and their merged rows (columns as
+    #: ``exec_rows``), up to one committed seq (later events are left out of this
+    #: answer).
     touched: frozenset[str] = frozenset()
     pending: Columns | None = None
 
