@@ -194,3 +194,36 @@ def test_rollups_stay_exact_as_late_events_move_executions(api: Api, tz: str, gr
     """Per-slot rollups, edges cut mid-slot, and start events that arrive after a
     fold: the days a fold changes are dropped from memory and read again."""
     _check_late_moves(api, tz, gran)
+
+
+def test_a_period_ending_inside_a_slot_before_or_after_its_events(api: Api) -> None:
+    """The period ends at 10:05 inside the 10:00–10:15 slot: its events come before the
+    end, then (a late one) after it, folded or not; every answer as the oracle's."""
+    base = datetime(2024, 5, 2, 10, 0, tzinfo=UTC)
+
+    def execution(i: int, at: datetime) -> list[dict[str, Any]]:
+        x = {"workflow_id": "wf-1", "execution_id": f"edge-{i}", "channel": "sms",
+             "customer_id": f"c{i % 3}"}  # fmt: skip
+        return [
+            {**x, "type": "execution.started", "timestamp": iso(at)},
+            {**x, "type": "execution.completed", "timestamp": iso(at + timedelta(seconds=1))},
+            {"type": "message.sent", "timestamp": iso(at), "workflow_id": "wf-1",
+             "customer_id": f"c{i % 3}", "channel": "sms"},
+        ]  # fmt: skip
+
+    start, end = base - timedelta(days=1, minutes=53), base + timedelta(minutes=5)
+    period = {"start_date": iso(start), "end_date": iso(end)}
+    sent: list[dict[str, Any]] = []
+    for i, at in enumerate((base + timedelta(minutes=1), base + timedelta(minutes=4, seconds=59),
+                            base + timedelta(minutes=9), base - timedelta(days=1, minutes=55))):
+        sent += execution(i, at)
+        api.send(sent[-3:])
+        for _ in range(2):  # pending, then folded
+            for gran in ("hour", "day"):
+                got = _get(api, "/v1/analytics/workflows/wf-1", granularity=gran, **period)
+                want = oracle.workflow_metrics(sent, "wf-1", start, end, gran, UTC)
+                assert got["metrics"] == want["metrics"]
+                assert got["daily_metrics"] == want["daily_metrics"]
+            perf = _get(api, "/v1/analytics/workflows/wf-1/performance", **period)
+            assert perf["performance"] == oracle.performance(sent, "wf-1", start, end, UTC)
+            api.compact()

@@ -321,6 +321,7 @@ def build_rollups(con: duckdb.DuckDBPyConnection) -> None:
               AND executions.customer_num IS NULL"""
         )
         rollups.refresh_executions(con, everything=True)
+        rollups.rebuild_messages(con)
         con.execute(
             "CREATE TEMP TABLE touched_rows AS SELECT DISTINCT tenant, channel,"
             f" {rollups.slot_of('first_ts')} AS slot FROM sessions"

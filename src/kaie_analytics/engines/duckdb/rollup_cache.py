@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: A latest time that is not known (rows from before layout 6): never "before" an edge.
+_UNKNOWN = 2**63 - 1
 #: Folds remembered; a cache further behind than this starts afresh.
 LOG_FOLDS = 1024
 #: Reads retried when folds keep committing under them (each takes milliseconds,
@@ -132,6 +134,9 @@ class Day:
     bitmap_slots: list[int]
     bitmaps: list[FrozenBitMap]
     customers: FrozenBitMap
+    #: Per slot of the day, the latest start or message time of its rows (µs;
+    #: -1 for none): a slot an edge cuts after it needs no raw read.
+    latest_us: np.ndarray
     nbytes: int
 
 
@@ -153,6 +158,13 @@ class Rollups:
             lo, hi = d * SLOTS_PER_DAY, (d + 1) * SLOTS_PER_DAY - 1
             whole = first <= lo and hi <= last and not any(lo <= r <= hi for r in raw)
             yield lo, self._days[d - self._first_day], whole
+
+    def latest_us(self, slot: int) -> int:
+        """The latest time (µs) of the rollups of ``slot``: -1 if it has none."""
+        d = slot // SLOTS_PER_DAY - self._first_day
+        if not 0 <= d < len(self._days):
+            return _UNKNOWN
+        return int(self._days[d].latest_us[slot % SLOTS_PER_DAY])
 
     def rows(
         self,
@@ -393,6 +405,16 @@ class RollupCache:
             statements.append((f"SELECT slot, customers FROM exec_customers {where}", params))
             statements.append(
                 (
+                    f"""SELECT slot, CASE WHEN count(*) > count(t) THEN {_UNKNOWN} ELSE max(t) END
+                    FROM (SELECT slot, last_start AS t FROM exec_slots {where.replace(" ORDER BY slot", "")}
+                          UNION ALL
+                          SELECT slot, last_ts FROM message_slots {where.replace(" ORDER BY slot", "")})
+                    GROUP BY slot ORDER BY slot""",
+                    params,
+                )
+            )
+            statements.append(
+                (
                     f"""SELECT {slot_of("started_at")} AS slot, duration_ms FROM executions
                     WHERE tenant = $tenant AND workflow_id = $workflow
                       AND started_at >= make_timestamp({int(a) * DAY_US}::BIGINT)
@@ -404,11 +426,14 @@ class RollupCache:
             )
         results = self._store.query_all(statements, columns=True)
         out: dict[int, Day] = {}
-        per_run = len(TABLES) + 2
+        per_run = len(TABLES) + 3
         for i, (a, b) in enumerate(day_runs):
             tables = {t.name: self._rows(t, results[i * per_run + j]) for j, t in enumerate(TABLES)}
             blobs = results[i * per_run + len(TABLES)]
-            finished = results[i * per_run + len(TABLES) + 1]
+            latest = results[i * per_run + len(TABLES) + 1]
+            finished = results[i * per_run + len(TABLES) + 2]
+            latest_slots = np.asarray(latest["slot"], np.int64)
+            latest_values = np.asarray(latest[list(latest)[1]], np.int64)
             duration_slots = np.asarray(finished["slot"], np.int64)
             durations = np.asarray(finished["duration_ms"], np.int64)
             bitmap_slots = blobs["slot"]
@@ -425,6 +450,9 @@ class RollupCache:
                 np.add.at(per_slot, execs.slot - lo, execs.sums)
                 f0, f1 = np.searchsorted(duration_slots, [lo, hi])
                 i0, i1 = np.searchsorted(bitmap_slots, [lo, hi])
+                l0, l1 = np.searchsorted(latest_slots, [lo, hi])
+                latest_us = np.full(SLOTS_PER_DAY, -1, np.int64)
+                latest_us[latest_slots[l0:l1] - lo] = latest_values[l0:l1]
                 out[d] = Day(
                     day_tables,
                     totals,
@@ -434,8 +462,10 @@ class RollupCache:
                     bitmap_slots[i0:i1].tolist(),
                     bitmaps[i0:i1],
                     FrozenBitMap.union(*bitmaps[i0:i1]) if i1 > i0 else FrozenBitMap(),
+                    latest_us,
                     sum(r.nbytes for r in (*day_tables.values(), *totals.values()))
                     + per_slot.nbytes
+                    + latest_us.nbytes
                     + 16 * int(f1 - f0)
                     + int(blob_bytes[i0:i1].sum()) * 3
                     + 1024,
@@ -482,16 +512,17 @@ def read_with_rollups(
     workflow_id: str,
     first_slot: int,
     last_slot: int,
-    read: Callable[[], T],
+    read: Callable[[Rollups], T],
 ) -> tuple[Rollups, T]:
-    """The workflow's rollups over [first_slot, last_slot] and ``read()``, of one fold."""
+    """The workflow's rollups over [first_slot, last_slot] and ``read(rollups)``, of one
+    fold."""
     first, last = first_slot // SLOTS_PER_DAY, last_slot // SLOTS_PER_DAY
     for _ in range(ATTEMPTS):
         gen = store.rollup_gen
         if gen % 2 == 0:
             rolled = store.rollup_cache.days(tenant, workflow_id, first, last, gen)
             if rolled is not None:
-                result = read()
+                result = read(rolled)
                 if store.rollup_gen == gen:
                     return rolled, result
         time.sleep(0.002)

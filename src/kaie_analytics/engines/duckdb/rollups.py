@@ -5,12 +5,12 @@ every time zone, is a slot edge) instead of scanning every execution and
 message of the period:
 
 - ``exec_slots``: per (tenant, workflow, slot of ``started_at``, channel,
-  error type) the execution counts and duration sums;
+  error type) the execution counts and duration sums, and the latest start;
 - ``exec_customers``: per (tenant, workflow, slot) a Roaring bitmap of the
   numbers of the executions' customers (distinct counts are not additive);
 - ``node_slots``: per (tenant, workflow, slot, node) the node event counts;
 - ``message_slots``: per (tenant, workflow, slot, channel) messages sent and
-  received and the feedback's CSAT sum and count.
+  received, the feedback's CSAT sum and count, and the latest timestamp.
 
 A query adds up the rows of a workflow's slots in memory (``rollup_cache``,
 which keeps them by UTC day and drops the days each fold reports changed).
@@ -34,7 +34,7 @@ from kaie_analytics.engines.duckdb.times import DAY_US, SLOT_US
 WATERMARK = "message_slots_seq"
 BUILT = "exec_rollups_built"
 #: The rollup layout this code writes; an older data directory is rebuilt once.
-LAYOUT = 5
+LAYOUT = 6
 MESSAGE_TYPES = frozenset(("message.sent", "message.received", "feedback.submitted"))
 FEED = (
     "type IN ('feedback.submitted', 'message.received', 'message.sent') AND workflow_id IS NOT NULL"
@@ -44,7 +44,7 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS exec_slots (
         tenant VARCHAR NOT NULL, workflow_id VARCHAR NOT NULL, slot BIGINT NOT NULL,
         channel VARCHAR, error_type VARCHAR, total BIGINT NOT NULL, ok BIGINT NOT NULL,
-        failed BIGINT NOT NULL, dur_sum HUGEINT, dur_n BIGINT NOT NULL)""",
+        failed BIGINT NOT NULL, dur_sum HUGEINT, dur_n BIGINT NOT NULL, last_start BIGINT)""",
     """CREATE TABLE IF NOT EXISTS exec_customers (
         tenant VARCHAR NOT NULL, workflow_id VARCHAR NOT NULL, slot BIGINT NOT NULL,
         customers BLOB NOT NULL)""",
@@ -55,12 +55,16 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS message_slots (
         tenant VARCHAR NOT NULL, workflow_id VARCHAR NOT NULL, slot BIGINT NOT NULL,
         channel VARCHAR, sent BIGINT NOT NULL, received BIGINT NOT NULL, csat_sum HUGEINT,
-        csat_n BIGINT NOT NULL)""",
+        csat_n BIGINT NOT NULL, last_ts BIGINT)""",
     """CREATE TABLE IF NOT EXISTS session_slots (
         tenant VARCHAR NOT NULL, channel VARCHAR NOT NULL, slot BIGINT NOT NULL,
         n BIGINT NOT NULL, dur_us HUGEINT NOT NULL, size HUGEINT NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS session_days AS SELECT * FROM session_slots WHERE false",
     f"INSERT OR IGNORE INTO store_state VALUES ('{BUILT}', 0)",
+    # Layout 6: the latest time in each row (µs), so a slot an edge cuts but whose
+    # events all come before the edge needs no raw read. Filled by the rebuild.
+    "ALTER TABLE exec_slots ADD COLUMN IF NOT EXISTS last_start BIGINT",
+    "ALTER TABLE message_slots ADD COLUMN IF NOT EXISTS last_ts BIGINT",
 ]
 SLOTS_PER_DAY = DAY_US // SLOT_US
 #: Day tables of an earlier layout: the workflow queries now add up slot rows in
@@ -140,7 +144,8 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
     con.execute(
         f"""CREATE TEMP TABLE slot_execs AS
         SELECT x.tenant, x.workflow_id, {slot_of("x.started_at")} AS slot, x.channel,
-            x.error_type, x.customer_num, x.status, x.duration_ms, x.nodes
+            x.error_type, x.customer_num, x.status, x.duration_ms, x.nodes,
+            epoch_us(x.started_at) AS t
         FROM executions x WHERE {where}"""
     )
     try:
@@ -148,7 +153,7 @@ def refresh_executions(con: duckdb.DuckDBPyConnection, everything: bool = False)
             con.execute(f"DELETE FROM {table} r WHERE {_STALE}")
         con.execute(
             f"""INSERT INTO exec_slots
-            SELECT tenant, workflow_id, slot, channel, error_type, {EXEC_SUMS}
+            SELECT tenant, workflow_id, slot, channel, error_type, {EXEC_SUMS}, max(x.t)
             FROM slot_execs x GROUP BY ALL ORDER BY tenant, workflow_id, slot"""
         )
         con.execute(
@@ -181,7 +186,8 @@ def fold_messages(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> s
     """
     con.execute(
         f"""CREATE TEMP TABLE message_delta AS
-        SELECT e.tenant, e.workflow_id, {slot_of("e.ts")} AS slot, e.channel, {MESSAGE_SUMS}
+        SELECT e.tenant, e.workflow_id, {slot_of("e.ts")} AS slot, e.channel, {MESSAGE_SUMS},
+            max(epoch_us(e.ts)) AS last_ts
         FROM events e WHERE seq > {int(lo_seq)} AND seq <= {int(hi_seq)} AND {FEED}
         GROUP BY ALL"""
     )
@@ -191,7 +197,7 @@ def fold_messages(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> s
         con.execute(
             f"""CREATE TEMP TABLE message_merged AS
             SELECT tenant, workflow_id, slot, channel, sum(sent), sum(received), sum(csat_sum),
-                sum(csat_n)
+                sum(csat_n), max(last_ts)
             FROM (SELECT * FROM message_slots r
                   WHERE EXISTS (SELECT 1 FROM message_delta t WHERE {same})
                   UNION ALL SELECT * FROM message_delta)
@@ -208,6 +214,13 @@ def fold_messages(con: duckdb.DuckDBPyConnection, lo_seq: int, hi_seq: int) -> s
     finally:
         con.execute("DROP TABLE IF EXISTS message_merged")
         con.execute("DROP TABLE message_delta")
+
+
+def rebuild_messages(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild ``message_slots`` from every event its watermark has folded (an upgrade)."""
+    (upto,) = con.execute("SELECT value FROM store_state WHERE key = ?", [WATERMARK]).fetchall()[0]
+    con.execute("DELETE FROM message_slots")
+    fold_messages(con, 0, int(upto))
 
 
 def refresh_sessions(con: duckdb.DuckDBPyConnection) -> None:

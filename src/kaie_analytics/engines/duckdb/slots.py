@@ -4,9 +4,10 @@ A *slot plan* splits the slots (15-minute stretches of UTC time, ``times``)
 of a query's windows in two: the slots the rollups have exactly right, added
 up in memory (``rollup_cache``), and the slots *read raw*, from the
 executions and events themselves. Read raw are the slots a window edge cuts
-(an edge not on a quarter hour), and the slots of the executions that
-pending events (not yet folded) change: both where such an execution was
-and where it is now. Pending messages are added on top: they only add.
+(an edge not on a quarter hour), and the slots where the executions that
+pending events (not yet folded) change are counted now. The pending
+executions, merged with their events, and pending messages are added on
+top wherever they fall.
 
 The SQL here reads raw slots only: executions as rows (``RawExecutions``,
 added up with NumPy, the plan's merged pending ones included), messages
@@ -27,7 +28,7 @@ import numpy as np
 
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb import rollups
-from kaie_analytics.engines.duckdb.rollup_cache import runs
+from kaie_analytics.engines.duckdb.rollup_cache import Rollups, runs
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
 from kaie_analytics.engines.duckdb.times import SLOT_US, epoch_us, from_epoch_us
 
@@ -109,19 +110,30 @@ def span(lo: datetime, hi: datetime) -> tuple[int, int]:
     return epoch_us(lo) // SLOT_US, epoch_us(hi) // SLOT_US
 
 
-def plan(store: DuckDBEventStore, tenant: str, workflow_id: str, edges: Sequence[int]) -> SlotPlan:
+def plan(
+    store: DuckDBEventStore,
+    tenant: str,
+    workflow_id: str,
+    edges: Sequence[int],
+    rolled: Rollups,
+) -> SlotPlan:
     """The slot plan from the first to the last of ``edges`` (sorted µs since the epoch;
-    the last is one past the end): every slot an edge cuts is read raw.
+    the last is one past the end): a slot an edge cuts is read raw, unless all its
+    folded rows come before the edge (as in the slot of "now" at a period's end).
 
-    Call it inside ``read_with_rollups``: which events are folded depends on the fold.
+    Call it inside ``read_with_rollups``, with its rollups: which events are
+    folded depends on the fold.
     """
     # Before the pending events are read: all of them up to here are committed.
     upto = store.committed_seq
     lo, hi = from_epoch_us(edges[0]), from_epoch_us(edges[-1] - 1)
     first, last = span(lo, hi)
-    raw = {e // SLOT_US for e in edges[:-1] if e % SLOT_US}
-    if edges[-1] % SLOT_US:
-        raw.add(last)
+    raw: set[int] = set()
+    for e in edges:
+        if e % SLOT_US and rolled.latest_us(e // SLOT_US) >= e:
+            raw.add(e // SLOT_US)
+    if edges[0] % SLOT_US and first not in raw:
+        first += 1  # all of the first slot comes before the first window
     params: dict[str, Any] = {"tenant": tenant, "workflow": workflow_id, "lo": lo, "hi": hi}
     touched: frozenset[str] = frozenset()
     pending = None
@@ -129,8 +141,10 @@ def plan(store: DuckDBEventStore, tenant: str, workflow_id: str, edges: Sequence
     if store.has_pending(tenant):
         since = store.watermark("executions")
         found = store.query_columns(xsql.workflow_pending(since, upto), params)
-        raw.update(np.unique(found["slot"]).tolist())
         new = np.asarray(found.pop("new"), bool)
+        # Where a touched execution is counted now is read raw, without it; its
+        # merged row is added on top wherever it falls (as new executions are).
+        raw.update(np.unique(found["slot"][~new]).tolist())
         touched = frozenset(found["execution_id"][~new].tolist())
         pending = {name: column[new] for name, column in found.items()}
     return SlotPlan(first, last, tuple(sorted(raw)), params, touched, pending)

@@ -125,8 +125,8 @@ def activity(store: DuckDBEventStore, q: ActivityQuery, asks: Sequence[Ask]) -> 
     nodes = any("nodes" in a.measures for a in asks)
     messages = any("messages" in a.measures for a in asks)
 
-    def read() -> tuple[SlotPlan, list[Columns | None]]:
-        p = slots.plan(store, q.tenant, workflow_id, edges)
+    def read(rolled: Rollups) -> tuple[SlotPlan, list[Columns | None]]:
+        p = slots.plan(store, q.tenant, workflow_id, edges, rolled)
         statements: list[tuple[str, dict[str, Any]] | None] = [
             (sql, p.params) if (sql := slots.exec_rows(store, p, nodes=nodes)) else None,
             (sql, p.params)
