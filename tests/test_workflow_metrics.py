@@ -214,8 +214,14 @@ def test_a_period_ending_inside_a_slot_before_or_after_its_events(api: Api) -> N
     start, end = base - timedelta(days=1, minutes=53), base + timedelta(minutes=5)
     period = {"start_date": iso(start), "end_date": iso(end)}
     sent: list[dict[str, Any]] = []
-    for i, at in enumerate((base + timedelta(minutes=1), base + timedelta(minutes=4, seconds=59),
-                            base + timedelta(minutes=9), base - timedelta(days=1, minutes=55))):
+    for i, at in enumerate(
+        (
+            base + timedelta(minutes=1),
+            base + timedelta(minutes=4, seconds=59),
+            base + timedelta(minutes=9),
+            base - timedelta(days=1, minutes=55),
+        )
+    ):
         sent += execution(i, at)
         api.send(sent[-3:])
         for _ in range(2):  # pending, then folded

@@ -82,6 +82,7 @@ class DuckDBEventStore:
                     "threads": threads,
                     # Checkpoint in idle time rather than inside a busy stream of commits.
                     "checkpoint_threshold": CHECKPOINT_THRESHOLD,
+                    "enable_progress_bar": False,
                 },
             )
         except duckdb.IOException as exc:
