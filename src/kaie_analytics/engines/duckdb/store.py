@@ -55,6 +55,12 @@ _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 Columns = dict[str, np.ndarray]
 
 
+def _quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """No progress bar on the server's terminal for long statements (folds, upgrades)."""
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 class DuckDBEventStore:
     """Events, executions and workflows of every tenant, in one DuckDB file."""
 
@@ -82,13 +88,13 @@ class DuckDBEventStore:
                     "threads": threads,
                     # Checkpoint in idle time rather than inside a busy stream of commits.
                     "checkpoint_threshold": CHECKPOINT_THRESHOLD,
-                    "enable_progress_bar": False,
                 },
             )
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise StoreInUse(f"{path} is open in another process") from exc
             raise
+        _quiet(self._con)
         for stmt in DDL:
             self._con.execute(stmt)
         built = self._con.execute(
@@ -108,7 +114,7 @@ class DuckDBEventStore:
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kaie-read")
         # Folds run beside the writer, on their own connection and transactions:
         # a fold never delays an acknowledgement.
-        self._fold_con = self._con.cursor()
+        self._fold_con = _quiet(self._con.cursor())
         self.folder = Folder(
             self._fold_con,
             self.progress,
@@ -199,7 +205,7 @@ class DuckDBEventStore:
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cur", None)
         if cur is None:
-            cur = self._con.cursor()
+            cur = _quiet(self._con.cursor())
             self._local.cur = cur
         return cur
 
