@@ -9,8 +9,6 @@ events not yet folded in), so both always agree.
 
 from __future__ import annotations
 
-from kaie_analytics.engines.duckdb.times import SLOT_US
-
 EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
 #: Node events ride along with their execution, so node metrics need no join.
 FEED_TYPE_SET = frozenset(
@@ -76,8 +74,22 @@ def event_states(where: str) -> str:
     """
 
 
-def merge_and_finalise(states: str) -> str:
-    """Merge state rows per execution and compute the columns of ``executions``.
+def merge_states(states: str) -> str:
+    """Merge state rows (tenant, execution_id, s, c, f, n) into one per execution.
+
+    Associative: merged states merge again with later ones to the same result.
+    """
+    return f"""
+    SELECT tenant, execution_id,
+        arg_min(s, s.ts) AS s, arg_max(c, c.ts) AS c, arg_max(f, f.ts) AS f,
+        flatten(coalesce(list(n) FILTER (WHERE n IS NOT NULL), [])) AS n
+    FROM ({states})
+    GROUP BY tenant, execution_id
+    """
+
+
+def finalise(merged: str) -> str:
+    """The columns of ``executions`` from merged states (one row per execution).
 
     Rules (spec/METRICS.md, "Executions"): attributes come from the started
     event, else from the earlier terminal event that has them; the later
@@ -108,16 +120,15 @@ def merge_and_finalise(states: str) -> str:
                  WHEN c.ts <= f.ts THEN f ELSE c END AS t2
         FROM (
             SELECT *, (c IS NOT NULL AND (f IS NULL OR c.ts > f.ts)) AS c_wins
-            FROM (
-                SELECT tenant, execution_id,
-                    arg_min(s, s.ts) AS s, arg_max(c, c.ts) AS c, arg_max(f, f.ts) AS f,
-                    flatten(coalesce(list(n) FILTER (WHERE n IS NOT NULL), [])) AS n
-                FROM ({states})
-                GROUP BY tenant, execution_id
-            )
+            FROM ({merged})
         )
     )
     """
+
+
+def merge_and_finalise(states: str) -> str:
+    """Merge state rows per execution and compute the columns of ``executions``."""
+    return finalise(merge_states(states))
 
 
 def _pending(upto: int | None = None, since: int | None = None) -> str:
@@ -160,35 +171,4 @@ def tenant_executions(has_pending: bool) -> str:
         UNION ALL
         SELECT {FINAL_COLUMNS} FROM ({_MERGED_TOUCHED})
     )
-    """
-
-
-def workflow_pending(since: int, upto: int) -> str:
-    """The executions of workflow ``$workflow`` of ``$tenant`` that events in (since, upto]
-    touch, started in [$lo, $hi]: both versions.
-
-    Rows (new, execution_id, slot, t, channel, error_type, status, duration_ms,
-    num, customer_id, nodes): the folded row of each (``new`` false: where it is
-    counted now), and the merged one (``new`` true: where it is to be counted,
-    with its customer's number if the customer has one); ``slot`` is the
-    15-minute slot of the start, ``t`` the start in µs since the epoch.
-    Every folded row is merged, whatever its workflow, so a merge is exact even
-    when an execution's events disagree on it.
-    """
-    slot = f"epoch_us(started_at) // {SLOT_US} AS slot, epoch_us(started_at) AS t"
-    return f"""
-    WITH delta AS ({_pending(upto, since)}),
-         touched AS (SELECT DISTINCT execution_id FROM delta),
-         merged AS ({_MERGED_TOUCHED})
-    SELECT false AS new, execution_id, {slot}, channel, error_type, status, duration_ms,
-        customer_num AS num, customer_id, nodes
-    FROM executions
-    WHERE tenant = $tenant AND workflow_id = $workflow AND started_at BETWEEN $lo AND $hi
-      AND execution_id IN (SELECT execution_id FROM touched)
-    UNION ALL
-    SELECT true, m.execution_id, {slot.replace("started_at", "m.started_at")}, m.channel,
-        m.error_type, m.status, m.duration_ms, k.num, m.customer_id, m.nodes
-    FROM merged m LEFT JOIN customer_numbers k
-      ON k.tenant = $tenant AND k.customer_id = m.customer_id
-    WHERE m.workflow_id = $workflow AND m.started_at BETWEEN $lo AND $hi
     """

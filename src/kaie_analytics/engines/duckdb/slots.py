@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb import rollups
 from kaie_analytics.engines.duckdb.rollup_cache import Rollups, runs
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
@@ -139,8 +138,8 @@ def plan(
     pending = None
     store.fold_if_behind(tenant)
     if store.has_pending(tenant):
-        since = store.watermark("executions")
-        found = store.query_columns(xsql.workflow_pending(since, upto), params)
+        merged = store.pending.merged(tenant, store.watermark("executions"), upto)
+        found = merged.rows(workflow_id, lo, hi)
         new = np.asarray(found.pop("new"), bool)
         # Where a touched execution is counted now is read raw, without it; its
         # merged row is added on top wherever it falls (as new executions are).

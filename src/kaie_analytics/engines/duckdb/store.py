@@ -35,6 +35,7 @@ from kaie_analytics.engines.duckdb.folds import (
     build_rollups,
     log_failure,
 )
+from kaie_analytics.engines.duckdb.pending import PendingMerge
 from kaie_analytics.engines.duckdb.progress import Progress
 from kaie_analytics.engines.duckdb.rollup_cache import RollupCache
 from kaie_analytics.engines.duckdb.schema import DDL, utcnow
@@ -108,6 +109,7 @@ class DuckDBEventStore:
         ).fetchnumpy()["id_hash"]
         self._names = WorkflowNames(self._con)
         self.rollup_cache = RollupCache(self, rollup_cache_bytes)
+        self.pending = PendingMerge(self)
         self._closed = False
         self._local = threading.local()
         #: Runs the independent statements of one answer side by side (``query_all``).
@@ -224,18 +226,37 @@ class DuckDBEventStore:
         rows: list[tuple[Any, ...]] = self._run(sql, params, columns=False)
         return rows
 
+    def query_arrow(
+        self,
+        sql: str,
+        params: dict[str, Any] | None = None,
+        tables: dict[str, pa.Table] | None = None,
+    ) -> pa.Table:
+        """``query`` as an Arrow table; ``tables`` are Arrow tables the SQL reads by name."""
+        cur = self._cursor()
+        for name, table in (tables or {}).items():
+            cur.register(name, table)
+        try:
+            result: pa.Table = self._run(sql, params, columns="arrow")
+            return result
+        finally:
+            for name in tables or {}:
+                cur.unregister(name)
+
     def query_columns(self, sql: str, params: dict[str, Any] | None = None) -> Columns:
         """``query``, its result as NumPy columns (masked where a value is NULL)."""
         columns: Columns = self._run(sql, params, columns=True)
         return columns
 
-    def _run(self, sql: str, params: dict[str, Any] | None, *, columns: bool) -> Any:
+    def _run(self, sql: str, params: dict[str, Any] | None, *, columns: bool | str) -> Any:
         cur = self._cursor()
         used = set(_PARAM.findall(sql))
         bound = {k: v for k, v in (params or {}).items() if k in used}
         timer = threading.Timer(self.query_timeout_s, cur.interrupt)
         timer.start()
         try:
+            if columns == "arrow":
+                return cur.sql(sql, params=bound).to_arrow_table()
             result = cur.execute(sql, bound)
             return result.fetchnumpy() if columns else result.fetchall()
         except duckdb.InterruptException:
