@@ -3,16 +3,17 @@
 Until a fold, a workflow answer must count each execution that pending
 events (committed, not yet folded) change as merged with them, and not as
 its folded row. Merging every pending event of the tenant in each answer
-costs in proportion to the events waiting, so while a tenant streams every
+cost in proportion to the events waiting, so while a tenant streamed, every
 answer paid for the whole backlog. Here the merge is kept per tenant, as of
 one fold (its watermark) and up to one committed seq: the next answer merges
-only the events committed since, into the states of the executions they
-change. A fold moves the watermark and the merge starts afresh.
+only the events committed since, into the executions they change, in one
+statement. A fold moves the watermark and the merge starts afresh.
 
-Kept as Arrow tables: ``states`` (tenant, execution_id, s, c, f, n), one merged
-state per changed execution; ``folded``, the folded rows of those of them
-that had one (where each is counted now); ``final``, the executions' columns
-from their states, with the customer's number where the customer has one.
+Kept as two Arrow tables of the columns answers read: ``folded``, the
+folded rows of the changed executions that had one (where each is counted
+now), and ``merged``, every changed execution merged with its events (where
+it is to be counted), with its customer's number when the customer has one
+and its merged state (``s``, ``c``, ``f``, ``nodes``) for the next merge.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -34,83 +35,90 @@ if TYPE_CHECKING:
 
     from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
 
-#: The columns of a folded or merged execution that answers read.
+#: The columns of a folded or merged execution that answers read, then its state.
 _ROW = ("execution_id", "workflow_id", "started_at", "channel", "error_type", "status",
         "duration_ms", "num", "customer_id", "nodes")  # fmt: skip
-_FRESH_FOLDED = """
-    SELECT execution_id, workflow_id, started_at, channel, error_type, status, duration_ms,
-        customer_num AS num, customer_id, nodes, s, c, f
-    FROM executions
-    WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM delta)
-      AND execution_id NOT IN (SELECT execution_id FROM prev_states)
-"""
-_STATES = f"""
-    SELECT * FROM prev_states WHERE execution_id NOT IN (SELECT execution_id FROM delta)
-    UNION ALL
-    {
-    xsql.merge_states(
-        "SELECT * FROM prev_states WHERE execution_id IN (SELECT execution_id FROM delta)"
+_COLUMNS = ", ".join(_ROW)
+
+
+def _extend_sql(since_last: str) -> str:
+    """One statement: the folded rows newly changed (``new`` false) and the merged rows of
+    every execution the events of ``since_last`` change (``new`` true)."""
+    merged = xsql.merge_and_finalise(
+        "SELECT $tenant AS tenant, execution_id, s, c, f, nodes AS n FROM prev"
+        " WHERE execution_id IN (SELECT execution_id FROM delta)"
         " UNION ALL SELECT $tenant, execution_id, s, c, f, nodes FROM fresh"
         " UNION ALL SELECT * FROM delta"
     )
-}
-"""
-#: The final rows of the states that ``delta`` changed, with customer numbers.
-_FINAL = f"""
-    SELECT m.execution_id, m.workflow_id, m.started_at, m.channel, m.error_type, m.status,
-        m.duration_ms, k.num, m.customer_id, m.nodes
-    FROM ({
-    xsql.finalise("SELECT * FROM states WHERE execution_id IN (SELECT execution_id FROM delta)")
-}) m
-    LEFT JOIN (SELECT customer_id, num FROM customer_numbers WHERE tenant = $tenant
-               AND customer_id IN (SELECT cust FROM delta_customers)) k
-      ON k.customer_id = m.customer_id
-"""
+    return f"""
+    WITH delta AS ({xsql.event_states(since_last)}),
+    fresh AS (
+        SELECT execution_id, workflow_id, started_at, channel, error_type, status, duration_ms,
+            customer_num AS num, customer_id, nodes, s, c, f
+        FROM executions
+        WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM delta)
+          AND execution_id NOT IN (SELECT execution_id FROM prev)
+    ),
+    merged AS ({merged})
+    SELECT false AS new, {_COLUMNS}, s, c, f FROM fresh
+    UNION ALL
+    SELECT true, m.execution_id, m.workflow_id, m.started_at, m.channel, m.error_type, m.status,
+        m.duration_ms, k.num, m.customer_id, m.nodes, m.s, m.c, m.f
+    FROM merged m LEFT JOIN (
+        SELECT customer_id, num FROM customer_numbers
+        WHERE tenant = $tenant AND customer_id IN (SELECT customer_id FROM merged)
+    ) k USING (customer_id)
+    """
 
 
 @dataclass(frozen=True)
 class Merged:
-    """One tenant's pending executions, merged: as of fold ``since``, up to seq ``upto``."""
+    """One tenant's pending executions: as of the fold at ``since``, up to seq ``upto``."""
 
     since: int
     upto: int
-    states: pa.Table
     folded: pa.Table
-    final: pa.Table
+    merged: pa.Table
 
     def rows(self, workflow_id: str, lo: datetime, hi: datetime) -> Columns:
         """The changed executions of the workflow started in [lo, hi], both versions:
         columns (new, execution_id, slot, t, channel, error_type, status, duration_ms,
         num, customer_id, nodes); ``new`` false for a folded row (where it is counted
-        now), true for its merged one (where it is to be counted)."""
+        now), true for its merged one (where it is to be counted). A missing
+        duration or customer number is -1, other missing values None."""
         parts = []
-        for new, table in ((False, self.folded), (True, self.final)):
-            if not table.num_rows:
-                continue
-            keep = pc.and_(
-                pc.equal(table["workflow_id"], workflow_id),
-                pc.and_(
-                    pc.greater_equal(table["started_at"], pa.scalar(lo, pa.timestamp("us"))),
-                    pc.less_equal(table["started_at"], pa.scalar(hi, pa.timestamp("us"))),
-                ),
-            )
-            parts.append((new, table.filter(pc.fill_null(keep, False))))
-        out: dict[str, list[Any]] = {name: [] for name in ("new", "slot", "t", *_ROW)}
+        bounds = (pa.scalar(lo, pa.timestamp("us")), pa.scalar(hi, pa.timestamp("us")))
+        for new, table in ((False, self.folded), (True, self.merged)):
+            if table.num_rows:
+                keep = pc.and_(
+                    pc.equal(table["workflow_id"], workflow_id),
+                    pc.and_(
+                        pc.greater_equal(table["started_at"], bounds[0]),
+                        pc.less_equal(table["started_at"], bounds[1]),
+                    ),
+                )
+                parts.append((new, table.filter(pc.fill_null(keep, False))))
+        out: dict[str, list[np.ndarray]] = defaultdict(list)
         for new, table in parts:
-            n = table.num_rows
-            t = pc.cast(table["started_at"], pa.int64()).to_numpy(zero_copy_only=False)
-            out["new"].append(np.full(n, new))
+            t = pc.cast(table["started_at"], pa.int64()).to_numpy()
+            out["new"].append(np.full(len(t), new))
             out["t"].append(t)
             out["slot"].append(t // SLOT_US)
-            for name in _ROW:
-                if name != "started_at":
-                    values = table[name].to_pylist()  # None where NULL
-                    out[name].append(np.fromiter(values, dtype=object, count=n))
-        return {
-            name: (np.concatenate(chunks) if chunks else np.empty(0, object))
-            for name, chunks in out.items()
-            if name != "started_at"
-        }
+            for name in ("status", "duration_ms", "num"):
+                values = pc.cast(table[name], pa.int64())
+                out[name].append(pc.fill_null(values, -1).to_numpy())
+            for name in ("execution_id", "channel", "error_type", "customer_id", "nodes"):
+                out[name].append(_objects(table[name]))
+        names = ("new", "slot", "t", *(n for n in _ROW if n not in ("started_at", "workflow_id")))
+        return {n: np.concatenate(out[n]) if out[n] else np.empty(0, object) for n in names}
+
+
+def _objects(column: pa.ChunkedArray) -> np.ndarray:
+    """A column as a NumPy object array, None where NULL."""
+    if pa.types.is_nested(column.type) or column.null_count:
+        values = column.to_pylist()
+        return np.fromiter(values, dtype=object, count=len(values))
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
 
 
 class PendingMerge:
@@ -121,58 +129,42 @@ class PendingMerge:
 
     def merged(self, tenant: str, since: int, upto: int) -> Merged:
         """The tenant's pending executions as of the fold at watermark ``since``, with
-        every event up to seq ``upto`` at least (later ones when another answer has
-        merged them already: all committed)."""
+        every event up to seq ``upto`` at least (and later ones another answer merged
+        already: all of them committed)."""
         with self._locks[tenant]:
             m = self._merged.get(tenant)
             if m is None or m.since != since:
-                m = self._start(tenant, since)
-                # The other tenants' merges of an earlier fold are of no more use.
+                m = self._start(since)
+                # Merges as of an earlier fold are of no more use, for any tenant.
                 self._merged = {t: v for t, v in self._merged.items() if v.since == since}
             if m.upto < upto:
                 m = self._extend(tenant, m, upto)
             self._merged[tenant] = m
             return m
 
-    def _start(self, tenant: str, since: int) -> Merged:
-        empty = self._store.query_arrow(f"SELECT * FROM ({xsql.event_states('false')}) LIMIT 0", {})
-        folded = self._store.query_arrow(
-            "SELECT execution_id, workflow_id, started_at, channel, error_type, status,"
-            " duration_ms, customer_num AS num, customer_id, nodes FROM executions LIMIT 0",
-            {},
+    def _start(self, since: int) -> Merged:
+        empty = self._store.query_arrow(
+            f"SELECT false AS new, {_COLUMNS}, s, c, f FROM"
+            " (SELECT *, customer_num AS num FROM executions LIMIT 0)"
         )
-        final = folded
-        return Merged(since, since, empty, folded, final)
+        return Merged(since, since, empty.drop_columns(["new"]), empty.drop_columns(["new"]))
 
     def _extend(self, tenant: str, m: Merged, upto: int) -> Merged:
         """``m`` with the events in (m.upto, upto] merged in."""
-        store = self._store
-        params = {"tenant": tenant}
         since_last = f"tenant = $tenant AND seq > {int(m.upto)} AND seq <= {int(upto)}"
-        delta = store.query_arrow(f"SELECT * FROM ({xsql.event_states(since_last)})", params)
-        if not delta.num_rows:
-            return Merged(m.since, upto, m.states, m.folded, m.final)
-        tables = {"delta": delta, "prev_states": m.states}
-        fresh = store.query_arrow(_FRESH_FOLDED, params, tables)
-        states = store.query_arrow(_STATES, params, tables | {"fresh": fresh})
-        changed = store.query_arrow(
-            _FINAL,
-            params,
-            {"delta": delta, "states": states, "delta_customers": _customers(states, delta)},
+        got = self._store.query_arrow(
+            _extend_sql(since_last), {"tenant": tenant}, {"prev": m.merged}
         )
-        ids = pc.unique(delta["execution_id"])
-        final = pa.concat_tables(
-            [m.final.filter(pc.invert(pc.is_in(m.final["execution_id"], ids))), changed]
+        if not got.num_rows:
+            return Merged(m.since, upto, m.folded, m.merged)
+        new = got["new"]
+        changed = got.filter(new).drop_columns(["new"])
+        unchanged = m.merged.filter(
+            pc.invert(pc.is_in(m.merged["execution_id"], changed["execution_id"]))
         )
-        folded = pa.concat_tables([m.folded, fresh.select(list(m.folded.column_names))])
-        return Merged(m.since, upto, states, folded, final)
-
-
-def _customers(states: pa.Table, delta: pa.Table) -> pa.Table:
-    """The customers the changed executions may have (from any of their states)."""
-    changed = states.filter(pc.is_in(states["execution_id"], pc.unique(delta["execution_id"])))
-    chunks = [
-        chunk for name in ("s", "c", "f") for chunk in pc.struct_field(changed[name], "cust").chunks
-    ]
-    everyone = pa.chunked_array(chunks, pa.string())
-    return pa.table({"cust": pc.unique(pc.drop_null(everyone))})
+        return Merged(
+            m.since,
+            upto,
+            pa.concat_tables([m.folded, got.filter(pc.invert(new)).drop_columns(["new"])]),
+            pa.concat_tables([unchanged, changed]),
+        )

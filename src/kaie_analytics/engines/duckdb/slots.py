@@ -188,7 +188,7 @@ class RawExecutions:
     num: np.ndarray
     customer_id: np.ndarray
     #: Per execution, its node events (or None when not asked for).
-    nodes: list[Any]
+    nodes: np.ndarray
 
     def sums(self) -> np.ndarray:
         """Per execution, what it adds to (total, ok, failed, dur_sum, dur_n)."""
@@ -203,32 +203,58 @@ class RawExecutions:
         ).astype(np.int64)
 
 
+def _numbers(values: np.ndarray, missing: int) -> np.ndarray:
+    """Integers, ``missing`` where NULL."""
+    if isinstance(values, np.ma.MaskedArray):
+        return np.asarray(values.astype(np.int64).filled(missing), np.int64)
+    if values.dtype == object:
+        return np.array([missing if v is None else v for v in values.tolist()], np.int64)
+    return np.asarray(values, np.int64)
+
+
+def _objects(values: np.ndarray) -> np.ndarray:
+    """Python objects, None where NULL."""
+    out = np.asarray(values, dtype=object).copy()
+    if isinstance(values, np.ma.MaskedArray):
+        out[np.ma.getmaskarray(values)] = None
+    return out
+
+
 def raw_executions(p: SlotPlan, folded: Columns | None) -> RawExecutions:
     """The executions of the raw slots: the folded rows of ``exec_rows`` that no
     pending event touches, and the plan's pending executions, merged."""
     parts = []
     if folded is not None:
-        keep = np.array([i not in p.touched for i in folded["execution_id"].tolist()], bool)
-        parts.append({name: column[keep] for name, column in folded.items()})
+        keep = ~np.isin(_objects(folded["execution_id"]), list(p.touched)) if p.touched else None
+        parts.append(
+            {
+                name: (column[keep] if keep is not None else column)
+                for name, column in folded.items()
+            }
+        )
     if p.pending is not None:
         parts.append(p.pending)
 
-    def column(name: str) -> list[Any]:
-        return [v for part in parts for v in part[name].tolist()]  # None where NULL
+    def numbers(name: str, missing: int = -1) -> np.ndarray:
+        chunks = [_numbers(part[name], missing) for part in parts]
+        return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
 
-    status = np.array(column("status"), np.int64)
-    duration = np.array([d if d is not None else -1 for d in column("duration_ms")], np.int64)
+    def objects(name: str) -> np.ndarray:
+        chunks = [_objects(part[name]) for part in parts]
+        return np.concatenate(chunks) if chunks else np.empty(0, object)
+
+    status, duration = numbers("status"), numbers("duration_ms")
     return RawExecutions(
-        np.array(column("slot"), np.int64),
-        np.array(column("t"), np.int64),
-        np.array(column("channel"), object),
-        np.array(column("error_type"), object),
+        numbers("slot"),
+        numbers("t"),
+        objects("channel"),
+        objects("error_type"),
         status,
         (status > 0) & (duration >= 0),
         duration,
-        np.array([n if n is not None else -1 for n in column("num")], np.int64),
-        np.array(column("customer_id"), object),
-        column("nodes"),
+        numbers("num"),
+        objects("customer_id"),
+        objects("nodes"),
     )
 
 
