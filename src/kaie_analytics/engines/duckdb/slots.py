@@ -206,7 +206,7 @@ class RawExecutions:
 def _numbers(values: np.ndarray, missing: int) -> np.ndarray:
     """Integers, ``missing`` where NULL."""
     if isinstance(values, np.ma.MaskedArray):
-        return np.asarray(values.astype(np.int64).filled(missing), np.int64)
+        return np.asarray(np.ma.filled(values.astype(np.int64), missing), np.int64)
     if values.dtype == object:
         return np.array([missing if v is None else v for v in values.tolist()], np.int64)
     return np.asarray(values, np.int64)
