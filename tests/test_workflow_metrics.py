@@ -54,16 +54,22 @@ def test_metrics_match_oracle(api: Api, loaded: list[dict[str, Any]], gran: str,
         assert len(got["daily_metrics"]) == 14
 
 
-def test_group_by_and_metric_selection(api: Api, loaded: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize(
+    "order", [("channel", "customer_segment"), ("customer_segment", "channel")]
+)
+def test_group_by_and_metric_selection(
+    api: Api, loaded: list[dict[str, Any]], order: tuple[str, str]
+) -> None:
+    chosen = ("total_executions", "success_rate", "unique_customers", "channel_breakdown")
     got = _get(api, "/v1/analytics/workflows/wf-1", start_date=iso(START), end_date=iso(END),
-               metrics="total_executions,success_rate", group_by=["channel", "customer_segment"])  # fmt: skip
-    assert set(got["metrics"]) == {"total_executions", "success_rate"}
-    for field in ("channel", "customer_segment"):
+               metrics=",".join(chosen), group_by=list(order))  # fmt: skip
+    assert set(got["metrics"]) == set(chosen)
+    for field in order:
         want = oracle.groups(loaded, "wf-1", START, END, field)
         mine = {g[field]: g["metrics"] for g in got["groups"] if field in g}
         assert set(mine) == set(want)
         for key, block in mine.items():
-            assert block == {k: want[key][k] for k in ("total_executions", "success_rate")}
+            assert block == {k: want[key][k] for k in chosen}
 
 
 @pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kolkata"])

@@ -14,9 +14,8 @@ An engine implements :class:`EventEngine`; the DuckDB engine
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import pyarrow as pa
@@ -309,11 +308,3 @@ class EventEngine(Protocol):
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
-
-
-def windows_of(starts: Sequence[datetime], end: datetime) -> tuple[Window, ...]:
-    """Consecutive windows from bucket starts (naive UTC) and the last one's end."""
-    bounds = [*starts[1:], end + timedelta(microseconds=1)]
-    return tuple(
-        Window(a, b - timedelta(microseconds=1)) for a, b in zip(starts, bounds, strict=True)
-    )

@@ -48,17 +48,16 @@ class QueryRunner(Generic[Q]):
         and whether it came from the cache."""
         tenant = self.query.tenant
         key = (tenant, self.kind, self.query)
-        use_cache = cache is not None and self.cacheable
-        version = self.engine.data_version(tenant) if use_cache else 0
-        if use_cache and not fresh:
-            assert cache is not None
-            hit = cache.get(key, version)
+        store = cache if self.cacheable else None
+        # Read before computing: a commit meanwhile makes the entry stale, never wrong.
+        version = self.engine.data_version(tenant) if store is not None else 0
+        if store is not None and not fresh:
+            hit = store.get(key, version)
             if hit is not None:
                 return hit, True
         data = await run_in_threadpool(self.compute)
         body = orjson.dumps({"data": data}, option=orjson.OPT_NON_STR_KEYS)
         entry = Entry(version, body, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"')
-        if use_cache:
-            assert cache is not None
-            cache.put(key, entry)
+        if store is not None:
+            store.put(key, entry)
         return entry, False

@@ -139,11 +139,16 @@ class WorkflowMetricsRunner(QueryRunner[WorkflowMetricsQuery]):
             Ask((0, *in_buckets), sums, ("channel",)),
             Ask((1, *in_buckets), customers),
         ]
-        if "channel" in q.group_by:
-            asks.append(Ask((1,), customers, ("channel",)))
-        if "customer_segment" in q.group_by:
-            asks.append(Ask((1,), sums | customers, ("customer_segment",)))
-            asks.append(Ask((1,), frozenset({"executions"}), ("customer_segment", "channel")))
+        # Per group field, the asks its groups are made of (their cells follow the first two).
+        extra = {
+            "channel": [Ask((1,), customers, ("channel",))],
+            "customer_segment": [
+                Ask((1,), sums | customers, ("customer_segment",)),
+                Ask((1,), frozenset({"executions"}), ("customer_segment", "channel")),
+            ],
+        }
+        for field in q.group_by:
+            asks += extra[field]
         cells = engine.activity(
             ActivityQuery(q.tenant, windows, tuple(asks), workflow_ids=(q.workflow_id,))
         )
@@ -196,7 +201,7 @@ class WorkflowMetricsRunner(QueryRunner[WorkflowMetricsQuery]):
 
     def _groups(self, cur_by_channel: dict[Any, Sums], cells: list[Cells]) -> list[dict[str, Any]]:
         q = self.query
-        rest = iter(cells)
+        rest = iter(cells)  # in the order of q.group_by (see compute)
         groups = []
         for field in q.group_by:
             blocks: dict[Any, dict[str, Any]] = {}

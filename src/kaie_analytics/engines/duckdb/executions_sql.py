@@ -131,19 +131,12 @@ def merge_and_finalise(states: str) -> str:
     return finalise(merge_states(states))
 
 
-def _pending(upto: int | None = None, since: int | None = None) -> str:
-    """The states of the events of ``$tenant`` past the watermark (up to seq ``upto``).
-
-    ``since`` is the watermark, when the caller knows it for its snapshot (a
-    literal lets zone maps skip the folded events); else it is read in the query.
-    """
-    low = (
-        f"seq > {int(since)}"
-        if since is not None
-        else "seq > (SELECT value FROM store_state WHERE key = 'exec_seq')"
+def _pending() -> str:
+    """The states of the events of ``$tenant`` past the watermark (read in the query, so
+    table and watermark are of one snapshot)."""
+    return event_states(
+        "tenant = $tenant AND seq > (SELECT value FROM store_state WHERE key = 'exec_seq')"
     )
-    high = f" AND seq <= {int(upto)}" if upto is not None else ""
-    return event_states(f"tenant = $tenant AND {low}{high}")
 
 
 _MERGED_TOUCHED = merge_and_finalise(
