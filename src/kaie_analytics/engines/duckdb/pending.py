@@ -124,14 +124,15 @@ def _objects(column: pa.ChunkedArray) -> np.ndarray:
 class PendingMerge:
     def __init__(self, store: DuckDBEventStore) -> None:
         self._store = store
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        #: One lock per tenant: answers of a tenant extend its merge one at a time.
+        self._locks: dict[str, threading.Lock] = {}
         self._merged: dict[str, Merged] = {}
 
     def merged(self, tenant: str, since: int, upto: int) -> Merged:
         """The tenant's pending executions as of the fold at watermark ``since``, with
         every event up to seq ``upto`` at least (and later ones another answer merged
         already: all of them committed)."""
-        with self._locks[tenant]:
+        with self._locks.setdefault(tenant, threading.Lock()):
             m = self._merged.get(tenant)
             if m is None or m.since != since:
                 m = self._start(since)
