@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
@@ -121,10 +120,6 @@ class UnsupportedBackend(ValueError):
     pass
 
 
-#: How long a thread holds the GIL before another that waits for it may take it.
-SWITCH_INTERVAL_S = 0.0005
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.events_backend != "duckdb" or settings.meta_backend != "sqlite":
@@ -135,10 +130,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # An answer hands the GIL to DuckDB and NumPy many times; while ingestion,
-        # the writer and the folder keep other threads busy, taking it back costs up
-        # to the switch interval each time (5 ms by default).
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         meta = MetaStore(settings.meta_db_path)
         engine = open_engine(settings)
         app.state.meta = meta
