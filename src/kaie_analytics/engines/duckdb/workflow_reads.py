@@ -2,7 +2,7 @@
 
 The fast path of ``ActivityQuery``: for one workflow without a channel filter,
 sums by channel and error type, distinct customers, exact duration
-percentiles, executions per 15-minute slot and node sums all come from the
+percentiles, executions per local clock hour and node sums all come from the
 rollups held in memory (``rollup_cache``) for the slots they have right, and
 from the executions and events themselves for the rest (``slots``). Asks it
 cannot serve go to ``sql_reads``.
@@ -38,8 +38,6 @@ _MESSAGES_AT = len(_EXEC_FIELDS)
 _WIDTH = len(_EXEC_FIELDS) + len(_MESSAGE_FIELDS)
 _NODE_FIELDS = ("node_events", "node_ok", "node_duration_sum", "node_durations", "node_errors")
 _EMPTY = np.empty(0, np.int64)
-
-
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 
 
