@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from conftest import LiveServer
+from conftest import LiveServer, free_port
 
 
 def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -62,14 +62,19 @@ def test_ingest_local_file(tmp_path: Path) -> None:
          "customer_id": f"c{i}", "channel": "sms"}
         for i in range(12_000)
     ]  # fmt: skip
-    body = b"\n".join(orjson.dumps(e) for e in lines) + b'\n{"type": "bogus"}\n'
+    bad = {"type": "message.sent", "timestamp": "2024-01-01T00:00:00Z", "customer_id": 7,
+           "channel": "sms"}  # fmt: skip
+    # A blank line, then a bad event on line 12,002 of the file.
+    body = b"\n".join(orjson.dumps(e) for e in lines) + b"\n\n" + orjson.dumps(bad) + b"\n"
     path = tmp_path / "events.ndjson"
     path.write_bytes(body)
     out = cli("ingest", str(path), "--tenant", "acme", "--data-dir", data)
     assert out.returncode == 0, out.stderr
     assert "accepted 12000, duplicates 0, rejected 1" in out.stdout
+    assert "line 12002: customer_id must be a string, not an integer" in out.stderr
     out = cli("ingest", "-", "--tenant", "acme", "--data-dir", data, stdin=body)
     assert "accepted 0, duplicates 12000, rejected 1" in out.stdout
+    assert "None" not in out.stderr  # standard input has no size: no "1154/None"
 
 
 def test_serve_bootstraps_a_key_and_keys_work_while_running(tmp_path: Path) -> None:
@@ -96,6 +101,11 @@ def test_serve_bootstraps_a_key_and_keys_work_while_running(tmp_path: Path) -> N
         # the local mode refuses a data directory that a server holds, with one line
         out = cli("ingest", "-", "--data-dir", str(server.data_dir), stdin=body)
         assert out.returncode != 0 and "in use" in out.stderr and "Traceback" not in out.stderr
+        # and so does a second server on it
+        out = cli("serve", "--data-dir", str(server.data_dir), "--port", str(free_port()))
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("error:") and "in use" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     finally:
         server.stop()
 

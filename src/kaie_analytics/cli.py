@@ -11,7 +11,7 @@ import httpx
 import orjson
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kaie_analytics.config import Settings
 from kaie_analytics.errors import StoreInUse
@@ -72,10 +72,18 @@ def _serve(settings: Settings, banner: list[str]) -> None:
     import uvicorn
 
     from kaie_analytics.app import UnsupportedBackend, create_app
+    from kaie_analytics.engines import ensure_free
     from kaie_analytics.logs import configure_logging
     from kaie_analytics.ratelimit import InvalidRateLimits
 
     configure_logging(settings.log_format)
+    try:
+        ensure_free(settings)
+    except StoreInUse:
+        raise CliError(
+            f"{settings.data_dir} is in use by another server; stop it, or give this one"
+            " another --data-dir"
+        ) from None
     try:
         app = create_app(settings)
     except InvalidRateLimits as exc:
@@ -223,28 +231,32 @@ def keys_revoke(
 
 
 def _progress() -> Progress:
+    """Bytes read, of the file's size when it has one (standard input has none)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        DownloadColumn(),
         TimeRemainingColumn(),
         console=err,
         transient=False,
     )
 
 
-def _chunks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+def _chunks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes], list[int]]]:
+    """Chunks of the non-blank lines: bytes read, the lines, and their line numbers."""
     chunk: list[bytes] = []
+    numbers: list[int] = []
     size = 0
-    for line in stream:
+    for number, line in enumerate(stream, start=1):
         size += len(line)
         if line.strip():
             chunk.append(line)
+            numbers.append(number)
         if len(chunk) >= INGEST_CHUNK:
-            yield size, chunk
-            chunk, size = [], 0
+            yield size, chunk, numbers
+            chunk, numbers, size = [], [], 0
     if chunk:
-        yield size, chunk
+        yield size, chunk, numbers
 
 
 @app.command()
@@ -288,11 +300,10 @@ def ingest(
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=60,
         )
-    offset = 0
     try:
         with _progress() as progress:
             task = progress.add_task("Ingesting", total=total_size)
-            for size, lines in _chunks(stream):
+            for size, lines, numbers in _chunks(stream):
                 if client is not None:
                     resp = client.post(
                         "/v1/events",
@@ -308,10 +319,8 @@ def ingest(
                 for k in totals:
                     totals[k] += data[k]
                 for e in data["errors"][: max(0, 5 - len(first_errors))]:
-                    first_errors.append(
-                        f"event {offset + e['index']}: {e['field']}: {e['message']}"
-                    )
-                offset += len(lines)
+                    # The message names its field; the line is the file's (from 1).
+                    first_errors.append(f"line {numbers[e['index']]}: {e['message']}")
                 progress.update(task, advance=size)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach {url}: {exc}") from None

@@ -25,3 +25,10 @@ def open_engine(settings: Settings) -> EventEngine:
         rollup_cache_bytes=settings.rollup_cache_mb << 20,
         fold_piece_events=settings.fold_piece_events,
     )
+
+
+def ensure_free(settings: Settings) -> None:
+    """Raise ``errors.StoreInUse`` if another process holds the engine's data."""
+    from kaie_analytics.engines.duckdb.engine import DuckDBEngine
+
+    DuckDBEngine.ensure_free(settings.events_db_path)

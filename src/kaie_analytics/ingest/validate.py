@@ -176,8 +176,30 @@ _decoder = msgspec.json.Decoder(
     | JourneyCompleted | JourneyDropped
 )  # fmt: skip
 
-_AT = re.compile(r" - at `\$\.([A-Za-z0-9_]+)")
+_AT = re.compile(r" - at `\$\.([A-Za-z0-9_]+)[^`]*`")
 _NAMED = re.compile(r"(?:unknown|required) field `([^`]+)`")
+_KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+          "null": "null", "array": "a list", "object": "an object"}  # fmt: skip
+#: msgspec's wording of a failed constraint, and ours (after the field's name):
+#: a pattern and a format of its groups, with the names of JSON kinds.
+_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"Expected `(\w+)`, got `(\w+)`"), "must be {0}, not {1}"),
+    (re.compile(r"Expected `\w+` >= (\S+)"), "must be at least {0}"),
+    (re.compile(r"Expected `\w+` <= (\S+)"), "must be at most {0}"),
+    (re.compile(r"Expected `str` of length >= (\d+)"), "must be at least {0} characters long"),
+    (re.compile(r"Expected `str` of length <= (\d+)"), "must be at most {0} characters long"),
+    (re.compile(r"Expected `str` matching regex '(.+)'"), "must match {0}"),
+    (re.compile(r"Expected `(?:array|object)` of length <= (\d+)"), "must hold at most {0} items"),
+)
+
+
+def _phrase(field: str, message: str) -> str:
+    """A constraint message of msgspec, in words (the field named first)."""
+    for pattern, words in _PHRASES:
+        m = pattern.search(message)
+        if m:
+            return f"{field} " + words.format(*(_KINDS.get(g, g) for g in m.groups()))
+    return f"{field}: {message}"
 
 
 def _error_from(exc: msgspec.ValidationError | msgspec.DecodeError) -> EventError:
@@ -190,7 +212,7 @@ def _error_from(exc: msgspec.ValidationError | msgspec.DecodeError) -> EventErro
     elif "missing required field `type`" in text:
         field, message = "type", "type is required"
     elif field and "Expected" in message:
-        message = f"{field}: {message}"
+        message = _phrase(field, message)
     return EventError(field, message)
 
 

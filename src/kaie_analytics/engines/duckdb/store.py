@@ -130,6 +130,18 @@ class DuckDBEventStore:
             self._con, self.progress, IdIndex(hashes), self._names, self.folder.wake
         )
 
+    @staticmethod
+    def ensure_free(path: Path) -> None:
+        """Raise ``StoreInUse`` if another process holds the file (before a server starts)."""
+        if not path.exists():
+            return
+        try:
+            duckdb.connect(str(path)).close()
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreInUse(f"{path} is open in another process") from exc
+            raise
+
     # ----------------------------------------------------------------- writes
 
     #: Typed Arrow columns and id hashes of a batch (any thread or process).
