@@ -76,3 +76,17 @@ def test_readme_examples_run_as_written(settings: Settings) -> None:
                 continue  # stands for the id the POST before it answers
             r = client.request(method, path, json=body, headers=headers)
             assert r.status_code in (200, 202), (path, r.text)
+
+
+def test_api_docs_load_nothing_from_the_network(client: Any) -> None:
+    """/docs and /redoc load their scripts and styles from the app itself."""
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assets = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+        assert assets and all(a.startswith("/docs-assets/") for a in assets), assets
+        for asset in assets:
+            got = client.get(asset)
+            assert got.status_code == 200 and len(got.content) > 1000, asset
+        assert "https://" not in r.text  # no CDN URL
+    assert client.get("/openapi.json").status_code == 200

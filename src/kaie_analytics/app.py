@@ -26,6 +26,7 @@ from kaie_analytics.ratelimit import RateLimiter, parse_limit, parse_rate_limits
 from kaie_analytics.responses import JSONResponse
 from kaie_analytics.routes import (
     customer_analytics,
+    docs,
     events,
     health,
     jobs,
@@ -166,6 +167,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Analytics API for conversational-automation workflows.",
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        # Served by routes.docs from local copies: FastAPI's load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.limiter = RateLimiter(
@@ -195,4 +199,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs,
     ):
         app.include_router(module.router)
+    docs.mount(app)
     return app
