@@ -208,18 +208,27 @@ def workflow_metrics(
 
 
 def groups(
-    events: list[dict[str, Any]], wf: str, start: datetime, end: datetime, field: str
-) -> dict[Any, dict[str, Any]]:
+    events: list[dict[str, Any]], wf: str, start: datetime, end: datetime,
+    field: str | tuple[str, ...],
+) -> dict[Any, dict[str, Any]]:  # fmt: skip
+    """Per value of ``field`` (or per combination of the values of several fields, as
+    a tuple), the metrics of the workflow's executions and events that have it."""
+    fields = (field,) if isinstance(field, str) else field
     segs = segments(events)
     xs = [x for x in executions(events) if x.workflow_id == wf and start <= x.started_at <= end]
     evs = [e for e in events if e.get("workflow_id") == wf and start <= ts(e) <= end
            and e["type"] in ("message.sent", "message.received", "feedback.submitted")]  # fmt: skip
 
     def key_x(x: Execution) -> Any:
-        return x.channel if field == "channel" else segs.get(x.customer_id or "")
+        values = {"channel": x.channel, "customer_segment": segs.get(x.customer_id or "")}
+        key = tuple(values[f] for f in fields)
+        return key[0] if isinstance(field, str) else key
 
     def key_e(e: dict[str, Any]) -> Any:
-        return e.get("channel") if field == "channel" else segs.get(e.get("customer_id") or "")
+        values = {"channel": e.get("channel"),
+                  "customer_segment": segs.get(e.get("customer_id") or "")}  # fmt: skip
+        key = tuple(values[f] for f in fields)
+        return key[0] if isinstance(field, str) else key
 
     keys = {key_x(x) for x in xs} | {key_e(e) for e in evs}
     return {

@@ -55,21 +55,24 @@ def test_metrics_match_oracle(api: Api, loaded: list[dict[str, Any]], gran: str,
 
 
 @pytest.mark.parametrize(
-    "order", [("channel", "customer_segment"), ("customer_segment", "channel")]
-)
+    "group_by",
+    [("channel",), ("customer_segment",), ("channel", "customer_segment"),
+     ("customer_segment", "channel")],
+)  # fmt: skip
 def test_group_by_and_metric_selection(
-    api: Api, loaded: list[dict[str, Any]], order: tuple[str, str]
+    api: Api, loaded: list[dict[str, Any]], group_by: tuple[str, ...]
 ) -> None:
+    """One group per combination of the fields' values, keyed by every field."""
     chosen = ("total_executions", "success_rate", "unique_customers", "channel_breakdown")
     got = _get(api, "/v1/analytics/workflows/wf-1", start_date=iso(START), end_date=iso(END),
-               metrics=",".join(chosen), group_by=list(order))  # fmt: skip
+               metrics=",".join(chosen), group_by=",".join(group_by))  # fmt: skip
     assert set(got["metrics"]) == set(chosen)
-    for field in order:
-        want = oracle.groups(loaded, "wf-1", START, END, field)
-        mine = {g[field]: g["metrics"] for g in got["groups"] if field in g}
-        assert set(mine) == set(want)
-        for key, block in mine.items():
-            assert block == {k: want[key][k] for k in chosen}
+    want = oracle.groups(loaded, "wf-1", START, END, group_by)
+    mine = {tuple(g[f] for f in group_by): g["metrics"] for g in got["groups"]}
+    assert all(set(g) == {*group_by, "metrics"} for g in got["groups"])
+    assert set(mine) == set(want) and len(mine) == len(got["groups"])
+    for key, block in mine.items():
+        assert block == {k: want[key][k] for k in chosen}, key
 
 
 @pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kolkata"])

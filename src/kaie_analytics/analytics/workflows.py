@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from kaie_analytics.analytics import metrics as reg
 from kaie_analytics.analytics import numbers as num
@@ -18,6 +18,7 @@ from kaie_analytics.analytics.facts import (
     ActivityQuery,
     Ask,
     Cells,
+    Dimension,
     EventEngine,
     Measure,
     Sums,
@@ -139,16 +140,13 @@ class WorkflowMetricsRunner(QueryRunner[WorkflowMetricsQuery]):
             Ask((0, *in_buckets), sums, ("channel",)),
             Ask((1, *in_buckets), customers),
         ]
-        # Per group field, the asks its groups are made of (their cells follow the first two).
-        extra = {
-            "channel": [Ask((1,), customers, ("channel",))],
-            "customer_segment": [
-                Ask((1,), sums | customers, ("customer_segment",)),
-                Ask((1,), frozenset({"executions"}), ("customer_segment", "channel")),
-            ],
-        }
-        for field in q.group_by:
-            asks += extra[field]
+        if q.group_by:
+            # One group per combination of the fields' values; without channel among
+            # them, the cells by channel too, for each group's channel breakdown.
+            by = cast(tuple[Dimension, ...], q.group_by)
+            asks.append(Ask((1,), sums | customers, by))
+            if "channel" not in by:
+                asks.append(Ask((1,), frozenset({"executions"}), (*by, "channel")))
         cells = engine.activity(
             ActivityQuery(q.tenant, windows, tuple(asks), workflow_ids=(q.workflow_id,))
         )
@@ -196,29 +194,29 @@ class WorkflowMetricsRunner(QueryRunner[WorkflowMetricsQuery]):
             "daily_metrics": daily,
         }
         if q.group_by:
-            data["groups"] = self._groups(cur_by_channel, cells[2:])
+            data["groups"] = self._groups(cells[2:])
         return data
 
-    def _groups(self, cur_by_channel: dict[Any, Sums], cells: list[Cells]) -> list[dict[str, Any]]:
+    def _groups(self, cells: list[Cells]) -> list[dict[str, Any]]:
+        """One group per combination of the ``group_by`` fields' values."""
         q = self.query
-        rest = iter(cells)  # in the order of q.group_by (see compute)
+        n = len(q.group_by)
+        per_group = {key[1:]: s for key, s in cells[0].items()}
+        by_channel: dict[tuple[Any, ...], dict[Any, Sums]] = defaultdict(dict)
+        if "channel" in q.group_by:
+            at = q.group_by.index("channel")
+            for key, s in per_group.items():
+                by_channel[key][key[at]] = s
+        else:
+            for key, s in cells[1].items():
+                by_channel[key[1 : 1 + n]][key[-1]] = s
         groups = []
-        for field in q.group_by:
-            blocks: dict[Any, dict[str, Any]] = {}
-            if field == "channel":
-                customers = _per(next(rest), 1)
-                for ch, s in cur_by_channel.items():
-                    s.customers = customers.get(ch, Sums()).customers
-                    blocks[ch] = metrics_block(s, {ch: s})
-            else:
-                per_segment = _per(next(rest), 1)
-                by_pair: dict[Any, dict[Any, Sums]] = defaultdict(dict)
-                for (_, segment, channel), s in next(rest).items():
-                    by_pair[segment][channel] = s
-                for segment, s in per_segment.items():
-                    blocks[segment] = metrics_block(s, by_pair.get(segment, {}))
-            for key in sorted(blocks, key=lambda k: (k is None, str(k))):
-                groups.append({field: key, "metrics": {m: blocks[key][m] for m in q.metrics}})
+        for key in sorted(per_group, key=lambda k: [(v is None, str(v)) for v in k]):
+            block = metrics_block(per_group[key], by_channel.get(key, {}))
+            groups.append(
+                {**dict(zip(q.group_by, key, strict=True)),
+                 "metrics": {m: block[m] for m in q.metrics}}
+            )  # fmt: skip
         return groups
 
 
