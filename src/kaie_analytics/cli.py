@@ -51,11 +51,15 @@ def _open_store(settings: Settings) -> Any:
 
     try:
         return open_engine(settings)
-    except StoreInUse:
+    except StoreInUse as exc:
         raise CliError(
-            f"{settings.data_dir} is in use by a running server;"
+            f"{_holder(exc)} is serving {settings.data_dir};"
             " stop it, or send through it with --url and --api-key"
         ) from None
+
+
+def _holder(exc: StoreInUse) -> str:
+    return f"another process (PID {exc.pid})" if exc.pid else "another process"
 
 
 def _bootstrap_key(settings: Settings) -> str | None:
@@ -79,10 +83,10 @@ def _serve(settings: Settings, banner: list[str]) -> None:
     configure_logging(settings.log_format)
     try:
         ensure_free(settings)
-    except StoreInUse:
+    except StoreInUse as exc:
         raise CliError(
-            f"{settings.data_dir} is in use by another server; stop it, or give this one"
-            " another --data-dir"
+            f"{_holder(exc)} is serving {settings.data_dir};"
+            " stop it, or give this server another --data-dir"
         ) from None
     try:
         app = create_app(settings)

@@ -157,3 +157,8 @@ class ReportGenerationFailed(ApiError):
 
 class StoreInUse(Exception):
     """The data directory's event store is held by another process (a running server)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        #: The process that holds it, when the engine can tell.
+        self.pid = pid

@@ -56,6 +56,16 @@ _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 Columns = dict[str, np.ndarray]
 
 
+def _raise_if_locked(path: Path, exc: duckdb.IOException) -> None:
+    """``StoreInUse`` (with the holder's PID, which DuckDB names) for a lock conflict."""
+    text = str(exc)
+    if "lock" in text.lower():
+        pid = re.search(r"PID (\d+)", text)
+        raise StoreInUse(
+            f"{path} is open in another process", int(pid.group(1)) if pid else None
+        ) from exc
+
+
 def _quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """No progress bar on the server's terminal for long statements (folds, upgrades)."""
     con.execute("SET enable_progress_bar = false")
@@ -92,8 +102,7 @@ class DuckDBEventStore:
                 },
             )
         except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise StoreInUse(f"{path} is open in another process") from exc
+            _raise_if_locked(path, exc)
             raise
         _quiet(self._con)
         for stmt in DDL:
@@ -138,8 +147,7 @@ class DuckDBEventStore:
         try:
             duckdb.connect(str(path)).close()
         except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise StoreInUse(f"{path} is open in another process") from exc
+            _raise_if_locked(path, exc)
             raise
 
     # ----------------------------------------------------------------- writes
