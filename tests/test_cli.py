@@ -111,6 +111,10 @@ def test_serve_bootstraps_a_key_and_keys_work_while_running(tmp_path: Path) -> N
         server.stop()
 
 
+def _demo_key(stdout: str) -> str:
+    return next(w for w in stdout.split() if w.startswith("kaie_"))
+
+
 def test_demo_generates_once_then_reuses(tmp_path: Path) -> None:
     data = str(tmp_path / "d")
     out = cli("demo", "--days", "3", "--no-serve", "--data-dir", data)
@@ -119,3 +123,57 @@ def test_demo_generates_once_then_reuses(tmp_path: Path) -> None:
     assert "Bearer kaie_" in out.stdout
     again = cli("demo", "--days", "3", "--no-serve", "--data-dir", data)
     assert again.returncode == 0 and "already present" in again.stdout
+    # The same key again (not one more full-access key each run), while it is active.
+    assert _demo_key(again.stdout) == _demo_key(out.stdout) and "made before" in again.stdout
+    prefix = "_".join(_demo_key(out.stdout).split("_")[:2])
+    assert cli("keys", "revoke", prefix, "--data-dir", data).returncode == 0
+    third = cli("demo", "--days", "3", "--no-serve", "--data-dir", data)
+    assert _demo_key(third.stdout) != _demo_key(out.stdout)
+
+
+def test_demo_serves_live_events_with_room_to_explore(tmp_path: Path) -> None:
+    """While the demo serves, executions keep happening: realtime numbers move; and
+    its limits let a person explore (more than the production limit of 100 an hour)."""
+    import os
+    import time
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "KAIE_RATE_LIMITS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kaie_analytics", "demo", "--days", "1", "--port", str(port),
+         "--data-dir", str(tmp_path / "d")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        key = ""
+        while not key:
+            line = proc.stdout.readline()
+            assert line, "the demo ended"
+            if "kaie_" in line:
+                key = _demo_key(line)
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(url + "/v1/analytics/realtime", headers=headers, timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.5)
+                continue
+            assert r.status_code == 200, r.text
+            now = r.json()["data"]["current_metrics"]
+            seen.append((now["active_executions"], now["messages_in_last_hour"]))
+            if max(a for a, _ in seen) > 0 and len({m for _, m in seen}) > 1:
+                break
+            time.sleep(1)
+        assert max(a for a, _ in seen) > 0 and len({m for _, m in seen}) > 1, seen
+        for _ in range(120):  # the "historical" class: 100 an hour in production
+            r = httpx.get(url + "/v1/analytics/workflows/support-bot", headers=headers, timeout=10)
+            assert r.status_code == 200, r.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -121,7 +126,25 @@ class UnsupportedBackend(ValueError):
     pass
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+async def _live_demo(engine: Any) -> None:
+    """While ``demo`` serves: its executions as they happen, every 2 seconds."""
+    from kaie_analytics.demo import LiveDemo
+    from kaie_analytics.ingest.service import ingest_items
+
+    live = LiveDemo()
+    while True:
+        await asyncio.sleep(2)
+        events = live.due(datetime.now(UTC))
+        if events:
+            lines = [orjson.dumps(e) for e in events]
+            try:
+                await run_in_threadpool(ingest_items, engine, "demo", lines)
+            except Exception:  # the next tick tries again
+                log.exception("the demo's live events were not stored")
+
+
+def create_app(settings: Settings | None = None, *, demo: bool = False) -> FastAPI:
+    """The application; with ``demo``, it also streams the demo tenant's live events."""
     settings = settings or Settings()
     if settings.events_backend != "duckdb" or settings.meta_backend != "sqlite":
         raise UnsupportedBackend(
@@ -152,9 +175,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.worker = worker
         worker.start()
         app.state.ingest_pool = _ingest_pool(settings.ingest_workers)
+        live = asyncio.create_task(_live_demo(engine)) if demo else None
         try:
             yield
         finally:
+            if live is not None:
+                live.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live
             if app.state.ingest_pool is not None:
                 app.state.ingest_pool.shutdown(cancel_futures=True)
             worker.stop()

@@ -58,6 +58,34 @@ def _open_store(settings: Settings) -> Any:
         ) from None
 
 
+#: Limits of ``demo`` (unless KAIE_RATE_LIMITS is set): room to explore for hours.
+DEMO_RATE_LIMITS = (
+    "realtime=20000/hour,historical=10000/hour,reports=1000/hour,"
+    "export=1000/hour,events=100000/hour,default=20000/hour"
+)
+#: Where ``demo`` keeps its key, so that later runs show the same one.
+DEMO_KEY_FILE = "demo-key"
+
+
+def _demo_key(settings: Settings) -> tuple[str, bool]:
+    """The demo tenant's key: the one a previous run made while it is active (and
+    whether it is that one), else a new one."""
+    path = settings.data_dir / DEMO_KEY_FILE
+    meta = _meta(settings)
+    try:
+        if path.exists():
+            known = path.read_text().strip()
+            found = meta.authenticate(known)
+            if found is not None and found.tenant == "demo":
+                return known, True
+        key = meta.create_key("demo", frozenset(SCOPES))
+    finally:
+        meta.close()
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key, False
+
+
 def _holder(exc: StoreInUse) -> str:
     return f"another process (PID {exc.pid})" if exc.pid else "another process"
 
@@ -72,7 +100,7 @@ def _bootstrap_key(settings: Settings) -> str | None:
         meta.close()
 
 
-def _serve(settings: Settings, banner: list[str]) -> None:
+def _serve(settings: Settings, banner: list[str], *, demo: bool = False) -> None:
     import uvicorn
 
     from kaie_analytics.app import UnsupportedBackend, create_app
@@ -89,7 +117,7 @@ def _serve(settings: Settings, banner: list[str]) -> None:
             " stop it, or give this server another --data-dir"
         ) from None
     try:
-        app = create_app(settings)
+        app = create_app(settings, demo=demo)
     except InvalidRateLimits as exc:
         raise CliError(str(exc)) from None
     except UnsupportedBackend as exc:
@@ -137,14 +165,17 @@ def demo(
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve after")] = True,
 ) -> None:
     """Fill the data directory with realistic synthetic data, then serve it."""
+    import os
+
     from kaie_analytics.demo import generate_demo
     from kaie_analytics.ingest.service import ingest_items
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
+    if "KAIE_RATE_LIMITS" not in os.environ:
+        # Exploring by hand and with the dashboard soon passes the production limits.
+        settings = settings.model_copy(update={"rate_limits": DEMO_RATE_LIMITS})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    meta = _meta(settings)
-    key = meta.create_key("demo", frozenset(SCOPES))
-    meta.close()
+    key, reused = _demo_key(settings)
     store = _open_store(settings)
     totals = [0, 0, 0]
     try:
@@ -171,7 +202,7 @@ def demo(
         store.close()
     base = f"http://{settings.host}:{settings.port}"
     banner = [
-        f"API key for tenant 'demo' (shown only once): {key}",
+        f"API key for tenant 'demo'{' (the one made before)' if reused else ''}: {key}",
         f"Try:  curl -H 'Authorization: Bearer {key}' {base}/v1/workflows",
         f"      curl -H 'Authorization: Bearer {key}' {base}/v1/analytics/workflows/support-bot",
         f"      curl -H 'Authorization: Bearer {key}'"
@@ -179,7 +210,7 @@ def demo(
         f"Docs: {base}/docs",
     ]
     if serve_after:
-        _serve(settings, banner)
+        _serve(settings, banner, demo=True)
     else:
         for line in banner:
             typer.echo(line)

@@ -7,6 +7,8 @@ satisfaction and NPS answers; journeys of several types with drop-offs.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -289,3 +291,53 @@ def _journey(
             return out
     out.append({**base, "type": "journey.completed", "timestamp": _ts(t)})
     return out
+
+
+class LiveDemo:
+    """The demo's executions as they happen, for realtime numbers that move.
+
+    Each call to ``due`` starts the executions of the time since the last
+    call (about ``per_minute`` a minute) and gives the events whose time has
+    come: an execution's nodes, messages and completion follow over the
+    seconds or minutes it runs, so some are running at any moment.
+    """
+
+    def __init__(self, *, seed: int = 7, per_minute: float = 20.0) -> None:
+        self._rng = random.Random(seed)
+        self._per_minute = per_minute
+        self._waiting: list[tuple[datetime, int, dict[str, Any]]] = []
+        self._last: datetime | None = None
+        self._counter = 0
+        self._order = itertools.count()
+        self._customers = [f"+1555{n:07d}" for n in range(800)]
+
+    def due(self, now: datetime) -> list[dict[str, Any]]:
+        rng = self._rng
+        elapsed = (now - self._last).total_seconds() if self._last else 2.0
+        self._last = now
+        weights = [wf["per_day"] for wf in WORKFLOWS.values()]
+        for _ in range(_poisson(rng, self._per_minute * min(elapsed, 60.0) / 60)):
+            self._counter += 1
+            wf_id = rng.choices(list(WORKFLOWS), weights)[0]
+            customer = rng.choice(self._customers)
+            channel = CHANNELS[sum(map(ord, customer)) % len(CHANNELS)][0]
+            start = now - timedelta(seconds=rng.uniform(0, elapsed))
+            events = _execution(rng, wf_id, WORKFLOWS[wf_id], f"live-{now:%Y%m%d%H%M%S}-"
+                                f"{self._counter}", customer, channel, start, start + timedelta(days=1))  # fmt: skip
+            for e in events:
+                at = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
+                heapq.heappush(self._waiting, (at, next(self._order), e))
+        out = []
+        while self._waiting and self._waiting[0][0] <= now:
+            out.append(heapq.heappop(self._waiting)[2])
+        return out
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """A Poisson-distributed count (Knuth's method; means here are small)."""
+    limit, k, p = math.exp(-mean), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
