@@ -535,3 +535,35 @@ def test_a_journey_whose_events_disagree_on_its_type_is_one_journey_everywhere(a
     _, content = _export(api, data_type="journeys", format="json", **period)
     [row] = json.loads(content)
     assert (row["journey_type"], row["highest_step"], row["steps_reached"]) == ("support", 2, 2)
+
+
+@pytest.mark.parametrize("data_type", ["executions", "messages", "workflow_metrics"])
+def test_export_times_carry_their_zone(
+    api: Api, loaded: list[dict[str, Any]], data_type: str, tmp_path: Path
+) -> None:
+    """Parquet timestamps are typed UTC and dates are dates; CSV times are RFC 3339 with
+    Z; DuckDB's readers take both as they are."""
+    import duckdb
+    import pyarrow as pa
+
+    period = {"start_date": iso(START), "end_date": iso(END)}
+    _, parquet = _export(api, data_type=data_type, format="parquet", **period)
+    schema = pq.read_table(io.BytesIO(parquet)).schema
+    times = [f for f in schema if pa.types.is_timestamp(f.type)]
+    assert all(f.type.tz == "UTC" for f in times), schema
+    if data_type == "workflow_metrics":
+        assert schema.field("date").type == pa.date32()
+    else:
+        assert times, schema
+    _, text = _export(api, data_type=data_type, format="csv", **period)
+    path = tmp_path / "export.csv"
+    path.write_bytes(text)
+    con = duckdb.connect()
+    described = con.execute(f"DESCRIBE SELECT * FROM read_csv('{path}')").fetchall()
+    types = {name: kind for name, kind, *_ in described}
+    for f in times:
+        assert types[f.name] == "TIMESTAMP WITH TIME ZONE", (f.name, types)
+        first = next(csv.DictReader(io.StringIO(text.decode())))[f.name]
+        assert first.endswith("Z") and "T" in first, first
+    if data_type == "workflow_metrics":
+        assert types["date"] == "DATE"

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from typing import IO, Any, cast
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -112,7 +114,7 @@ _DAILY_METRICS = (
     ("unique_customers", "unique_customers", pa.int64()),
 )
 DAILY_SCHEMA = pa.schema(
-    [("date", pa.string()), ("workflow_id", pa.string()), ("channel", pa.string())]
+    [("date", pa.date32()), ("workflow_id", pa.string()), ("channel", pa.string())]
     + [(column, kind) for column, _, kind in _DAILY_METRICS]
 )
 
@@ -137,7 +139,7 @@ def daily_workflow_metrics(engine: EventEngine, tenant: str, req: ExportRequest)
         values = reg.values(cells[key], names)
         rows.append(
             {
-                "date": bucket_label(days[w][0], "day", req.period.tz),
+                "date": date.fromisoformat(bucket_label(days[w][0], "day", req.period.tz)),
                 "workflow_id": workflow_id,
                 "channel": channel,
                 **{column: values[metric] for column, metric, _ in _DAILY_METRICS},
@@ -162,11 +164,36 @@ def _reader(engine: EventEngine, tenant: str, req: ExportRequest) -> pa.RecordBa
     )
 
 
+def _utc_schema(schema: pa.Schema) -> pa.Schema:
+    """Times as UTC timestamps (engines give naive UTC ones), so readers know the zone."""
+    return pa.schema(
+        [
+            f.with_type(pa.timestamp(f.type.unit, tz="UTC"))
+            if pa.types.is_timestamp(f.type) and f.type.tz is None
+            else f
+            for f in schema
+        ],
+        metadata=schema.metadata,
+    )
+
+
 def _batches(reader: pa.RecordBatchReader, deadline: float) -> Iterator[pa.RecordBatch]:
     for batch in reader:
         if time.monotonic() > deadline:
             raise JobTimeout("the export ran past its time limit")
-        yield batch
+        yield batch.cast(_utc_schema(batch.schema))
+
+
+def _rfc3339(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Timestamp columns as RFC 3339 text in UTC (``2024-01-31T23:59:59.123456Z``), as in
+    the JSON formats (Arrow's CSV writer puts a space between date and time)."""
+    columns = [
+        pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ")
+        if pa.types.is_timestamp(column.type)
+        else column
+        for column in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def _json_rows(batch: pa.RecordBatch, data_type: str) -> Iterator[bytes]:
@@ -215,7 +242,7 @@ def write_export(
             writer.write_batch(batch)
             rows += batch.num_rows
         if writer is None:  # no rows: still a valid file with the columns
-            schema = reader.schema
+            schema = _utc_schema(reader.schema)
             if meta:
                 schema = schema.with_metadata({"kaie": orjson.dumps(meta)})
             writer = pq.ParquetWriter(out, schema, compression="zstd")
@@ -230,6 +257,7 @@ def write_export(
         for batch in batches:
             if req.data_type == "events":
                 batch = batch.drop_columns(["id_given"])
+            batch = _rfc3339(batch)
             if csv_writer is None:
                 csv_writer = pa_csv.CSVWriter(out, batch.schema)
             csv_writer.write_batch(batch)
