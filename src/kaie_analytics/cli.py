@@ -183,7 +183,7 @@ def demo(
         if existing:  # a second `make demo` serves what is there rather than doubling it
             typer.echo(f"Demo data already present ({existing} events); serving it.")
         else:
-            with _progress() as progress:
+            with _progress("days") as progress:
                 task = progress.add_task("Generating and ingesting demo events", total=days)
                 for day_done, events in generate_demo(days=days, seed=seed):
                     for i in range(0, len(events), INGEST_CHUNK):
@@ -265,12 +265,18 @@ def keys_revoke(
     typer.echo(f"Revoked {prefix}")
 
 
-def _progress() -> Progress:
-    """Bytes read, of the file's size when it has one (standard input has none)."""
+def _progress(unit: str = "bytes") -> Progress:
+    """Progress in bytes read (of the file's size, when it has one: standard input has
+    none), or in any other ``unit`` counted against a known total."""
+    count = (
+        DownloadColumn()
+        if unit == "bytes"
+        else TextColumn(f"{{task.completed}}/{{task.total}} {unit}")
+    )
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        count,
         TimeRemainingColumn(),
         console=err,
         transient=False,
