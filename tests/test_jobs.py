@@ -326,7 +326,8 @@ def _read(content: bytes, fmt: str) -> list[dict[str, Any]]:
     if fmt == "parquet":
         return pq.read_table(io.BytesIO(content)).to_pylist()
     if fmt == "csv":
-        return list(csv.DictReader(io.StringIO(content.decode())))
+        assert content.startswith(b"\xef\xbb\xbf")  # every CSV: UTF-8 with a BOM
+        return list(csv.DictReader(io.StringIO(content.decode("utf-8-sig"))))
     if fmt == "ndjson":
         return [json.loads(line) for line in content.splitlines()]
     return json.loads(content)
@@ -457,7 +458,7 @@ def test_export_metadata_journeys_and_workflow_metrics(
     _same(doc["data"], want, "json")
     _, content = _export(api, data_type="executions", format="csv", start_date=iso(START),
                          end_date=iso(END), include_metadata=True)  # fmt: skip
-    assert content.startswith(b"# export_id: export-")
+    assert content.startswith(b"\xef\xbb\xbf# export_id: export-")
     _check_workflow_metrics_export(api, loaded, "UTC")
     _check_workflow_metrics_export(api, loaded, "Asia/Kathmandu")
     from test_customers import journey_events
@@ -563,7 +564,39 @@ def test_export_times_carry_their_zone(
     types = {name: kind for name, kind, *_ in described}
     for f in times:
         assert types[f.name] == "TIMESTAMP WITH TIME ZONE", (f.name, types)
-        first = next(csv.DictReader(io.StringIO(text.decode())))[f.name]
+        first = next(csv.DictReader(io.StringIO(text.decode("utf-8-sig"))))[f.name]
         assert first.endswith("Z") and "T" in first, first
     if data_type == "workflow_metrics":
         assert types["date"] == "DATE"
+
+
+@pytest.mark.parametrize("kind", ["report", "export"])
+def test_csv_files_read_alike_in_pandas_polars_and_duckdb(
+    api: Api, loaded: list[dict[str, Any]], kind: str, tmp_path: Path
+) -> None:
+    """One rule for every CSV (a UTF-8 BOM): the three readers see the same header."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    if kind == "report":
+        r = api.post("/v1/analytics/reports", json={
+            "name": "R", "metrics": ["total_executions", "success_rate"],
+            "filters": {"start_date": iso(START), "end_date": iso(END)},
+            "group_by": ["channel"], "format": "csv"})  # fmt: skip
+        assert r.status_code == 202, r.text
+        done = wait_done(api, f"/v1/analytics/reports/{r.json()['data']['report_id']}")
+        content = download(api, done["download_url"]).content
+    else:
+        _, content = _export(api, data_type="executions", format="csv",
+                             start_date=iso(START), end_date=iso(END))  # fmt: skip
+    assert content.startswith(b"\xef\xbb\xbf")
+    path = tmp_path / "file.csv"
+    path.write_bytes(content)
+    header = content.decode("utf-8-sig").splitlines()[0].replace('"', "").split(",")
+    assert list(pd.read_csv(path).columns) == header
+    assert pl.read_csv(path).columns == header
+    con = duckdb.connect()
+    assert [
+        c[0] for c in con.execute(f"DESCRIBE SELECT * FROM read_csv('{path}')").fetchall()
+    ] == header

@@ -41,6 +41,9 @@ CONTENT_TYPES = {
     "parquet": "application/vnd.apache.parquet",
 }
 BATCH_ROWS = 65_536
+#: Every CSV (exports and reports) starts with a UTF-8 byte order mark: spreadsheets
+#: then read non-ASCII text right, and pandas, polars and DuckDB skip it.
+CSV_BOM = b"\xef\xbb\xbf"
 
 
 class JobTimeout(Exception):
@@ -249,6 +252,7 @@ def write_export(
         writer.close()
         return rows
     if req.format == "csv":
+        out.write(CSV_BOM)
         if meta:
             for key, value in meta.items():
                 text = value if isinstance(value, str) else orjson.dumps(value).decode()
