@@ -9,6 +9,10 @@ events, and again once the stream has stopped and the events are folded.
 Beside each, the stream's POST latencies (each answered after its commit).
 
     python bench/live.py [--rate 10000] [--runs 30] [--stream-s 30] [--executions 10000000]
+                         [--ingest-workers N]
+
+``--ingest-workers`` sets the server's ``KAIE_INGEST_WORKERS`` (processes that
+decode and validate batches, so validation does not hold the server's GIL).
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--stream-s", type=float, default=30)
     ap.add_argument("--executions", type=int, default=10_000_000, help="which bench/query.py data")
+    ap.add_argument("--ingest-workers", type=int, default=None, help="KAIE_INGEST_WORKERS")
     args = ap.parse_args()
     source = DATA / f"query-{args.executions}"
     if not (source / "events.duckdb").exists():
@@ -110,7 +115,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         data_dir = Path(tmp)
         shutil.copy(source / "events.duckdb", data_dir / "events.duckdb")
-        with Server(data_dir, KAIE_RATE_LIMITS=LIMITS) as server:
+        env = {"KAIE_RATE_LIMITS": LIMITS}
+        if args.ingest_workers is not None:
+            env["KAIE_INGEST_WORKERS"] = str(args.ingest_workers)
+        with Server(data_dir, **env) as server:
             key = server.create_key(TENANT)
             headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}
             rows: list[tuple[str, list[tuple[float, float]], str]] = []
@@ -128,6 +136,8 @@ def main() -> None:
                 time.sleep(10)  # the folder catches up, then checkpoints
                 rows.append(("after the stream", measure(client, headers, args.runs), "—"))
     print()
+    workers = "default" if args.ingest_workers is None else args.ingest_workers
+    print(f"KAIE_INGEST_WORKERS: {workers}")
     print(f"{TENANT}/{WORKFLOW}, 30 days up to now, {args.runs} runs each; a stream of"
           f" {sent:,} events at ~{sent / elapsed:,.0f} events/s (target {args.rate:,});"
           " milliseconds over HTTP, uncached")  # fmt: skip
