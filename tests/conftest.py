@@ -65,13 +65,22 @@ class Api:
         self.client.app.state.engine.settle()  # type: ignore[attr-defined]
 
 
-#: The event engines the suite runs on (``KAIE_EVENTS_BACKEND`` values).
-ENGINES = ("duckdb",)
+#: The event engines the suite runs on (``KAIE_EVENTS_BACKEND`` values);
+#: ``KAIE_TEST_ENGINES=duckdb`` runs one.
+ENGINES = tuple(os.environ.get("KAIE_TEST_ENGINES", "duckdb,chdb").split(","))
+_TESTS = Path(__file__).parent
 
 
-@pytest.fixture(params=ENGINES)
-def events_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of ``settings`` runs on each engine; the tests in
+    ``tests/engines/<name>/`` on that engine only."""
+    if "events_backend" not in metafunc.fixturenames:
+        return
+    engines = ENGINES
+    parts = metafunc.definition.path.relative_to(_TESTS).parts
+    if len(parts) > 2 and parts[0] == "engines":
+        engines = (parts[1],)
+    metafunc.parametrize("events_backend", engines)
 
 
 @pytest.fixture

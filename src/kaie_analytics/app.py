@@ -23,8 +23,14 @@ from kaie_analytics import __version__
 from kaie_analytics.auth import KeyCache
 from kaie_analytics.cache import ResponseCache
 from kaie_analytics.config import Settings
-from kaie_analytics.engines import open_engine
-from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
+from kaie_analytics.engines import check_backend, open_engine
+from kaie_analytics.errors import (
+    ApiError,
+    InvalidParameter,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedBackend,
+)
 from kaie_analytics.ingest.service import warm_up
 from kaie_analytics.jobs.worker import JobWorker
 from kaie_analytics.ratelimit import RateLimiter, parse_limit, parse_rate_limits
@@ -122,10 +128,6 @@ def _ingest_pool(workers: int) -> ProcessPoolExecutor | None:
     return pool
 
 
-class UnsupportedBackend(ValueError):
-    pass
-
-
 async def _live_demo(engine: Any) -> None:
     """While ``demo`` serves: its executions as they happen, every 2 seconds."""
     from kaie_analytics.demo import LiveDemo
@@ -146,10 +148,9 @@ async def _live_demo(engine: Any) -> None:
 def create_app(settings: Settings | None = None, *, demo: bool = False) -> FastAPI:
     """The application; with ``demo``, it also streams the demo tenant's live events."""
     settings = settings or Settings()
-    if settings.events_backend != "duckdb" or settings.meta_backend != "sqlite":
+    if settings.meta_backend != "sqlite":
         raise UnsupportedBackend(
-            "this version runs on the embedded engine only:"
-            " KAIE_EVENTS_BACKEND=duckdb and KAIE_META_BACKEND=sqlite"
+            "this version keeps metadata in SQLite only: KAIE_META_BACKEND=sqlite"
         )
 
     @asynccontextmanager

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kaie_analytics.config import Settings
-from kaie_analytics.errors import StoreInUse
+from kaie_analytics.errors import StoreInUse, UnsupportedBackend
 from kaie_analytics.store.meta import SCOPES, InvalidScopes, MetaStore, parse_scopes
 
 app = typer.Typer(
@@ -103,7 +103,7 @@ def _bootstrap_key(settings: Settings) -> str | None:
 def _serve(settings: Settings, banner: list[str], *, demo: bool = False) -> None:
     import uvicorn
 
-    from kaie_analytics.app import UnsupportedBackend, create_app
+    from kaie_analytics.app import create_app
     from kaie_analytics.engines import ensure_free
     from kaie_analytics.logs import configure_logging
     from kaie_analytics.ratelimit import InvalidRateLimits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kaie_analytics.ratelimit import DEFAULT_RATE_LIMITS
@@ -24,7 +25,11 @@ class Settings(BaseSettings):
     rate_limit_storage: str = "memory://"
     #: Signs download links; generated and kept in the data directory when unset.
     secret_key: str | None = None
+    #: Where events live: duckdb, chdb (embedded ClickHouse) or clickhouse://USER:PASSWORD@HOST:8123/DB.
     events_backend: str = "duckdb"
+    #: The ClickHouse cluster (its name in the servers' remote_servers) the tables are created
+    #: on: replicated, and distributed by tenant. Unset: one server.
+    clickhouse_cluster: str | None = None
     meta_backend: str = "sqlite"
 
     #: Processes that decode and validate event batches beside the server (0: in the server).
@@ -59,6 +64,15 @@ class Settings(BaseSettings):
     events_chunk_rows: int = 1_000_000
     #: Log format: "json" or "text".
     log_format: str = "json"
+
+    @field_validator("events_backend")
+    @classmethod
+    def _known_events_backend(cls, value: str) -> str:
+        if value in ("duckdb", "chdb") or value.startswith(("clickhouse://", "clickhouses://")):
+            return value
+        raise ValueError(
+            "KAIE_EVENTS_BACKEND must be duckdb, chdb or clickhouse://USER:PASSWORD@HOST:8123/DB"
+        )
 
     @property
     def allowed_host_names(self) -> frozenset[str]:

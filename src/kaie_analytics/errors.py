@@ -162,3 +162,7 @@ class StoreInUse(Exception):
         super().__init__(message)
         #: The process that holds it, when the engine can tell.
         self.pid = pid
+
+
+class UnsupportedBackend(ValueError):
+    """A backend setting this installation cannot serve (say why, and what to do)."""

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 
-from kaie_analytics.ingest.validate import ValidEvent
+from kaie_analytics.ingest.validate import FIELD_COLUMNS, ValidEvent
 
 #: What a cell of facts can be broken down by. ``hour`` is the clock hour (in the
 #: query's time zone) an execution started in, as the naive UTC time it starts at
@@ -241,6 +241,42 @@ class RowsQuery:
     window: Window
     workflow_ids: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
+
+
+def _row_schemas() -> dict[RowKind, pa.Schema]:
+    text, time = pa.string(), pa.timestamp("us")
+    small = {"csat": pa.int8(), "nps": pa.int8(), "step": pa.int8(), "duration_ms": pa.int64()}
+    return {
+        "executions": pa.schema(
+            [("execution_id", text), ("workflow_id", text), ("channel", text),
+             ("customer_id", text), ("started_at", time), ("status", text),
+             ("duration_ms", pa.int64()), ("error_type", text)]
+        ),
+        "messages": pa.schema(
+            [("event_id", text), ("direction", text), ("timestamp", time),
+             ("customer_id", text), ("channel", text), ("workflow_id", text),
+             ("execution_id", text), ("message_id", text)]
+        ),
+        "feedback": pa.schema(
+            [("event_id", text), ("timestamp", time), ("customer_id", text),
+             ("workflow_id", text), ("execution_id", text), ("channel", text),
+             ("csat", pa.int8()), ("nps", pa.int8()), ("comment", text)]
+        ),
+        "journeys": pa.schema(
+            [("journey_id", text), ("journey_type", text), ("customer_id", text),
+             ("started_at", time), ("completed_at", time), ("dropped_at", time),
+             ("drop_reason", text), ("highest_step", pa.int8()), ("steps_reached", pa.int64())]
+        ),
+        "events": pa.schema(
+            [("id", text), ("id_given", pa.bool_()), ("type", text), ("timestamp", text),
+             *((c, small.get(c, text)) for c in FIELD_COLUMNS)]
+        ),
+    }  # fmt: skip
+
+
+#: The columns of each kind of export rows, as every engine gives them (times
+#: naive UTC; the export writer adds the zone).
+ROW_SCHEMAS = _row_schemas()
 
 
 @dataclass

@@ -6,12 +6,33 @@ Each engine is one package implementing ``analytics.facts.EventEngine``;
 
 from __future__ import annotations
 
+import importlib.util
+
 from kaie_analytics.analytics.facts import EventEngine
 from kaie_analytics.config import Settings
+from kaie_analytics.errors import UnsupportedBackend
+
+
+def check_backend(settings: Settings) -> None:
+    """Raise ``UnsupportedBackend`` if the engine's libraries are not installed."""
+    if settings.events_backend == "duckdb":
+        return
+    module = "chdb" if settings.events_backend == "chdb" else "clickhouse_connect"
+    if importlib.util.find_spec(module) is None:
+        raise UnsupportedBackend(
+            f"KAIE_EVENTS_BACKEND={settings.events_backend.split(':')[0]} needs {module}:"
+            " pip install 'kaie-analytics[clickhouse]'"
+        )
 
 
 def open_engine(settings: Settings) -> EventEngine:
     """The engine ``settings.events_backend`` names, opened on the data directory."""
+    if settings.events_backend != "duckdb":
+        from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
+
+        return ClickHouseEngine.open(
+            settings.events_backend, settings.data_dir, cluster=settings.clickhouse_cluster
+        )
     from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 
     return DuckDBEngine(
@@ -29,6 +50,8 @@ def open_engine(settings: Settings) -> EventEngine:
 
 def ensure_free(settings: Settings) -> None:
     """Raise ``errors.StoreInUse`` if another process holds the engine's data."""
+    if settings.events_backend != "duckdb":
+        return  # ClickHouse refuses a second process itself (embedded) or serves many
     from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 
     DuckDBEngine.ensure_free(settings.events_db_path)

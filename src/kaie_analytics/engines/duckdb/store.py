@@ -24,9 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import AppendResult, Workflow
-from kaie_analytics.engines.duckdb import batches, rollups
 from kaie_analytics.engines.duckdb import executions_sql as xsql
-from kaie_analytics.engines.duckdb.batches import PreparedBatch
+from kaie_analytics.engines.duckdb import rollups
 from kaie_analytics.engines.duckdb.dedupe import IdIndex
 from kaie_analytics.engines.duckdb.derived import Derived, current_rows
 from kaie_analytics.engines.duckdb.folds import (
@@ -42,6 +41,8 @@ from kaie_analytics.engines.duckdb.schema import DDL, utcnow
 from kaie_analytics.engines.duckdb.workflow_names import WorkflowNames
 from kaie_analytics.engines.duckdb.writer import Writer
 from kaie_analytics.errors import QueryTimeout, StoreInUse, StoreUnavailable
+from kaie_analytics.ingest import columns
+from kaie_analytics.ingest.columns import PreparedBatch
 from kaie_analytics.ingest.validate import ValidEvent
 
 #: Ids are deduplicated against the events ingested this long ago at most.
@@ -153,7 +154,7 @@ class DuckDBEventStore:
     # ----------------------------------------------------------------- writes
 
     #: Typed Arrow columns and id hashes of a batch (any thread or process).
-    prepare = staticmethod(batches.prepare)
+    prepare = staticmethod(columns.prepare)
 
     def append(
         self, tenant: str, rows: list[ValidEvent]

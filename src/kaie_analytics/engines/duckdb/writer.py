@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import AppendResult, Workflow
-from kaie_analytics.engines.duckdb.batches import PreparedBatch
 from kaie_analytics.engines.duckdb.dedupe import IdIndex
 from kaie_analytics.engines.duckdb.progress import Progress
 from kaie_analytics.engines.duckdb.schema import feed_counts, utcnow
 from kaie_analytics.engines.duckdb.workflow_names import WorkflowNames
 from kaie_analytics.errors import StoreUnavailable
+from kaie_analytics.ingest.columns import PreparedBatch
 
 log = logging.getLogger("kaie_analytics.store")
 

@@ -1,0 +1,244 @@
+"""Customer facts (engagement) and journey facts, in ClickHouse SQL.
+
+Computed from the events at query time, with the same definitions as the
+DuckDB engine's derived tables: a customer's first event and first message
+received; conversations (sessions) as runs of a customer's messages on one
+channel with no gap over 30 minutes; a journey as every event of its id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kaie_analytics.analytics.facts import (
+    ChannelFacts,
+    CustomerFacts,
+    CustomerQuery,
+    JourneyFacts,
+    JourneyQuery,
+    StepFacts,
+    Window,
+)
+from kaie_analytics.engines.clickhouse import sql
+from kaie_analytics.engines.clickhouse.transport import Transport
+
+SESSION_GAP_US = 30 * 60 * 1_000_000
+_LO, _HI = sql.time_param("lo"), sql.time_param("hi")
+
+#: The conversations of ``{tenant}``: per customer and channel, a new one starts
+#: at a message more than 30 minutes after the one before.
+SESSIONS = f"""
+SELECT customer_id, channel, min(ts) AS first_ts, max(ts) AS last_ts, count() AS size
+FROM (
+    SELECT customer_id, channel, ts,
+        sum(starts) OVER (PARTITION BY customer_id, channel ORDER BY ts
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
+    FROM (
+        SELECT customer_id, channel, ts,
+            if(prev IS NULL OR {sql.us("ts")} - {sql.us("prev")} > {SESSION_GAP_US}, 1, 0)
+                AS starts
+        FROM (
+            SELECT customer_id, channel, ts,
+                lagInFrame(toNullable(ts)) OVER (PARTITION BY customer_id, channel ORDER BY ts
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS prev
+            FROM ({sql.tenant_events(sql.MESSAGE_TYPES, "customer_id, channel, ts")})
+        )
+    )
+)
+GROUP BY customer_id, channel, session
+"""
+
+
+def customers(transport: Transport, q: CustomerQuery) -> list[CustomerFacts]:
+    return [_window(transport, q, w, by_channel=i == 0) for i, w in enumerate(q.windows)]
+
+
+def _window(
+    transport: Transport, q: CustomerQuery, window: Window, *, by_channel: bool
+) -> CustomerFacts:
+    """One window's facts; ``by_channel`` adds the breakdown by channel (the first
+    window's: later ones serve trends, which need totals only)."""
+    params: dict[str, Any] = {
+        "tenant": q.tenant,
+        "channel": q.channel,
+        "segment": q.segment,
+        **sql.window_params(window),
+    }
+    in_segment = (
+        f" AND customer_id IN (SELECT customer_id FROM ({sql.SEGMENTS})"
+        " WHERE segment = {segment:String})"
+        if q.segment is not None
+        else ""
+    )
+    channel = " AND channel = {channel:String}" if q.channel is not None else ""
+    firsts = sql.tenant_events(
+        None,
+        "customer_id, min(ts) AS first_event,"
+        " minOrNullIf(ts, type = 'message.received') AS first_received",
+        f"customer_id IS NOT NULL{channel}{in_segment} GROUP BY customer_id",
+    )
+    ((known, new),) = sql.rows(
+        transport.query(
+            f"""SELECT countIf(first_event <= {_HI}),
+                    countIf(first_received >= {_LO} AND first_received <= {_HI})
+                FROM ({firsts})""",
+            params,
+        )
+    )
+    out = CustomerFacts(known=known, new=new)
+
+    def per(ch: str) -> ChannelFacts:
+        return out.by_channel.setdefault(ch, ChannelFacts())
+
+    def targets(ch: Any) -> tuple[ChannelFacts, ...]:
+        return (out.total, per(ch)) if by_channel and ch is not None else (out.total,)
+
+    received = sql.tenant_events(
+        "('message.received')",
+        "channel, customer_id",
+        f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}{in_segment}",
+    )
+    for grouped, ch, n in sql.rows(
+        transport.query(
+            f"""SELECT 0, CAST(NULL, 'Nullable(String)'), uniqExact(customer_id) FROM ({received})
+                UNION ALL
+                SELECT 1, channel, uniqExact(customer_id) FROM ({received}) GROUP BY channel""",
+            params,
+        )
+    ):
+        if grouped == 0:
+            out.total.active = n
+        elif by_channel and ch is not None:
+            per(ch).active = n
+    for ch, n, dur_us, size in sql.rows(
+        transport.query(
+            f"""SELECT channel, count(), sum({sql.us("last_ts")} - {sql.us("first_ts")}), sum(size)
+                FROM ({SESSIONS})
+                WHERE first_ts BETWEEN {_LO} AND {_HI}{channel}{in_segment}
+                GROUP BY channel""",
+            params,
+        )
+    ):
+        for target in targets(ch):
+            target.sessions += n
+            target.session_us += dur_us or 0
+            target.session_messages += size or 0
+    feedback = sql.tenant_events(
+        "('feedback.submitted')",
+        "channel, csat, nps",
+        f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}{in_segment}",
+    )
+    for ch, csat_sum, csat_n, answers, promoters, detractors in sql.rows(
+        transport.query(
+            f"""SELECT channel, sum(csat), count(csat), count(nps), countIf(nps >= 9),
+                    countIf(nps <= 6)
+                FROM ({feedback}) GROUP BY channel""",
+            params,
+        )
+    ):
+        for target in targets(ch):
+            target.csat_sum += csat_sum or 0
+            target.csat_count += csat_n
+            target.nps_answers += answers
+            target.promoters += promoters
+            target.detractors += detractors
+    return out
+
+
+# ------------------------------------------------------------------- journeys
+
+_JOURNEY_TYPES = "('journey.step', 'journey.completed', 'journey.dropped')"
+_JOURNEY_EVENTS = sql.tenant_events(
+    _JOURNEY_TYPES,
+    "journey_id, journey_type, type, ts, step, step_name, reason",
+    "journey_id IS NOT NULL",
+)
+
+#: Every journey of ``{tenant}``: its type (its earliest event's), first step,
+#: completion, highest step, the steps it reached (each: when first, the time to
+#: the journey's next event, the step's latest name) and its drop reasons.
+JOURNEYS = f"""
+WITH j AS ({_JOURNEY_EVENTS}),
+reached AS (
+    SELECT journey_id, step, min(ts) AS reached, argMax(step_name, ts) AS name,
+        max(ts) AS name_ts
+    FROM j WHERE type = 'journey.step' AND step IS NOT NULL
+    GROUP BY journey_id, step
+),
+gaps AS (
+    SELECT r.journey_id AS journey_id, r.step AS step,
+        min({sql.us("m.ts")} - {sql.us("r.reached")}) AS gap
+    FROM reached r INNER JOIN j m ON m.journey_id = r.journey_id
+    WHERE m.ts > r.reached AND NOT (m.type = 'journey.step' AND m.step = r.step)
+    GROUP BY r.journey_id, r.step
+),
+steps AS (
+    SELECT r.journey_id AS journey_id,
+        arraySort(x -> x.1, groupArray((r.step, r.reached, g.gap, r.name, r.name_ts))) AS steps
+    FROM reached r LEFT JOIN gaps g ON g.journey_id = r.journey_id AND g.step = r.step
+    GROUP BY r.journey_id
+),
+heads AS (
+    SELECT journey_id, argMin(journey_type, ts) AS journey_type,
+        minOrNullIf(ts, type = 'journey.step') AS first_step,
+        minOrNullIf(ts, type = 'journey.completed') AS completed,
+        maxOrNullIf(step, type = 'journey.step') AS top_step,
+        arraySort(groupArrayIf(reason, type = 'journey.dropped')) AS reasons
+    FROM j GROUP BY journey_id
+)
+SELECT h.journey_id AS journey_id, h.journey_type AS journey_type,
+    h.first_step AS first_step, h.completed AS completed, h.top_step AS top_step,
+    s.steps AS steps, h.reasons AS reasons
+FROM heads h LEFT JOIN steps s ON s.journey_id = h.journey_id
+"""
+
+
+def journey_types(transport: Transport, tenant: str) -> list[str]:
+    table = transport.query(
+        f"SELECT DISTINCT journey_type FROM ({JOURNEYS})"
+        " WHERE first_step IS NOT NULL AND journey_type IS NOT NULL ORDER BY journey_type",
+        {"tenant": tenant},
+    )
+    return [str(t) for t in table.column(0).to_pylist()]
+
+
+def journeys(transport: Transport, q: JourneyQuery) -> JourneyFacts:
+    params = {"tenant": q.tenant, "jtype": q.journey_type, **sql.window_params(q.window)}
+    chosen = f"""SELECT *, arrayMap(x -> x.1, steps) AS reached_steps FROM ({JOURNEYS})
+        WHERE journey_type = {{jtype:String}} AND first_step BETWEEN {_LO} AND {_HI}"""
+    ((total, completed, completed_us),) = sql.rows(
+        transport.query(
+            f"""SELECT count(), count(completed),
+                    sum({sql.us("completed")} - {sql.us("first_step")}) FROM ({chosen})""",
+            params,
+        )
+    )
+    # One pass per step: journeys that reached it, those that also reached the
+    # step before, and those that did not reach the next (its drop-offs).
+    steps = sql.rows(
+        transport.query(
+            f"""SELECT s.1 AS step, argMax(s.4, s.5), count(),
+                    countIf(has(reached_steps, s.1 - 1)), countIf(NOT has(reached_steps, s.1 + 1)),
+                    coalesce(sum(s.3), 0), count(s.3)
+                FROM ({chosen}) ARRAY JOIN steps AS s
+                GROUP BY step ORDER BY step""",
+            params,
+        )
+    )
+    reasons: list[tuple[Any, ...]] = []
+    if q.reasons:
+        reasons = sql.rows(
+            transport.query(
+                f"""SELECT top_step + 1 AS k, reason, count() AS n
+                    FROM ({chosen}) ARRAY JOIN reasons AS reason
+                    GROUP BY k, reason ORDER BY k, n DESC, reason""",
+                params,
+            )
+        )
+    return JourneyFacts(
+        total,
+        completed,
+        completed_us or 0,
+        tuple(StepFacts(*row) for row in steps),
+        tuple((k, reason, n) for k, reason, n in reasons),
+    )

@@ -1,0 +1,207 @@
+"""The ClickHouse engine: events in ClickHouse, and the facts the core asks for.
+
+``KAIE_EVENTS_BACKEND=chdb`` embeds ClickHouse in the process (its data in
+``KAIE_DATA_DIR/clickhouse``); ``clickhouse://USER:PASSWORD@HOST:8123/DB``
+uses a server or cluster. Both run the same DDL (``schema``) and SQL; only
+the transport differs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from kaie_analytics.analytics.facts import (
+    ROW_SCHEMAS,
+    ActivityQuery,
+    AppendResult,
+    Cells,
+    CustomerFacts,
+    CustomerQuery,
+    JourneyFacts,
+    JourneyQuery,
+    RealtimeFacts,
+    RealtimeQuery,
+    RowsQuery,
+    Workflow,
+)
+from kaie_analytics.engines.clickhouse import activity, customers, exports, realtime, sql
+from kaie_analytics.engines.clickhouse.schema import ddl
+from kaie_analytics.engines.clickhouse.transport import Transport, open_transport
+from kaie_analytics.engines.clickhouse.writer import Writer
+from kaie_analytics.errors import StoreUnavailable
+from kaie_analytics.ingest import columns
+from kaie_analytics.ingest.columns import PreparedBatch
+from kaie_analytics.ingest.validate import ValidEvent
+
+_WORKFLOWS = """
+SELECT workflow_id, max(named), argMaxMerge(name), max(name_ts), min(created_at)
+FROM workflows WHERE tenant = {tenant:String}{only}
+GROUP BY workflow_id ORDER BY workflow_id
+"""
+
+
+class ClickHouseEngine:
+    """Events of every tenant in ClickHouse (see ``schema``)."""
+
+    prepare = staticmethod(columns.prepare)
+
+    def __init__(self, transport: Transport, *, cluster: str | None = None) -> None:
+        self.transport = transport
+        for statement in ddl(cluster):
+            transport.command(statement)
+        # Data versions (for caches) count this process's commits: with several
+        # processes, the shared cache versions of the scale-out setup replace them.
+        self._versions: dict[str, int] = defaultdict(int)
+        self._versions_lock = threading.Lock()
+        self._writer = Writer(transport, self._bump)
+        self._closed = False
+
+    @classmethod
+    def open(cls, backend: str, data_dir: Path, *, cluster: str | None = None) -> ClickHouseEngine:
+        return cls(open_transport(backend, data_dir), cluster=cluster)
+
+    def _bump(self, tenants: set[str]) -> None:
+        with self._versions_lock:
+            for tenant in tenants:
+                self._versions[tenant] += 1
+
+    # ------------------------------------------------------------ writes
+
+    def append(
+        self, tenant: str, rows: list[ValidEvent]
+    ) -> concurrent.futures.Future[AppendResult]:
+        return self.append_prepared(tenant, self.prepare(tenant, rows))
+
+    def append_prepared(
+        self, tenant: str, batch: PreparedBatch
+    ) -> concurrent.futures.Future[AppendResult]:
+        if self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        return self._writer.append(tenant, batch)
+
+    def put_workflow(
+        self, tenant: str, workflow_id: str, name: str
+    ) -> concurrent.futures.Future[Workflow]:
+        future: concurrent.futures.Future[Workflow] = concurrent.futures.Future()
+        try:
+            self.transport.command(
+                "INSERT INTO workflows SELECT {tenant:String}, {workflow:String}, 1,"
+                " argMaxState({name:String}, now64(6, 'UTC')), now64(6, 'UTC'), now64(6, 'UTC')",
+                {"tenant": tenant, "workflow": workflow_id, "name": name},
+            )
+            self._bump({tenant})
+            found = self.workflow(tenant, workflow_id)
+            assert found is not None
+            future.set_result(found)
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    # ------------------------------------------------------------ reads
+
+    def _workflows(self, tenant: str, workflow_id: str | None) -> list[Workflow]:
+        only = " AND workflow_id = {workflow:String}" if workflow_id is not None else ""
+        table = self.transport.query(
+            _WORKFLOWS.replace("{only}", only), {"tenant": tenant, "workflow": workflow_id}
+        )
+        return [
+            Workflow(wf, name if named else None, name_ts if named else None, created)
+            for wf, named, name, name_ts, created in sql.rows(table)
+        ]
+
+    def workflows(self, tenant: str) -> list[Workflow]:
+        return self._workflows(tenant, None)
+
+    def workflow(self, tenant: str, workflow_id: str) -> Workflow | None:
+        found = self._workflows(tenant, workflow_id)
+        return found[0] if found else None
+
+    def data_version(self, tenant: str) -> int:
+        return self._versions[tenant]
+
+    def count_events(
+        self, tenant: str | None = None, since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int:  # fmt: skip
+        where = [
+            cond
+            for cond, value in (
+                ("tenant = {tenant:String}", tenant),
+                (f"ts >= {sql.time_param('lo')}", since),
+                (f"ts <= {sql.time_param('hi')}", until),
+            )
+            if value is not None
+        ]
+        params = {
+            "tenant": tenant,
+            "lo": sql.epoch_us(since) if since else None,
+            "hi": sql.epoch_us(until) if until else None,
+        }
+        statement = "SELECT count() FROM events FINAL" + (
+            " WHERE " + " AND ".join(where) if where else ""
+        )
+        return int(self.transport.query(statement, params).column(0)[0].as_py())
+
+    def activity(self, q: ActivityQuery) -> list[Cells]:
+        return activity.activity(self.transport, q)
+
+    def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
+        return customers.customers(self.transport, q)
+
+    def journey_types(self, tenant: str) -> list[str]:
+        return customers.journey_types(self.transport, tenant)
+
+    def journeys(self, q: JourneyQuery) -> JourneyFacts:
+        return customers.journeys(self.transport, q)
+
+    def realtime(self, q: RealtimeQuery) -> RealtimeFacts:
+        return realtime.realtime(self.transport, q)
+
+    def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
+        schema = ROW_SCHEMAS[q.kind]
+        params: dict[str, Any] = {
+            "tenant": q.tenant,
+            **sql.window_params(q.window),
+            **sql.filter_params(q.workflow_ids, q.channels),
+        }
+        batches = self.transport.stream(exports.ROWS_SQL[q.kind], params, batch_rows)
+        return pa.RecordBatchReader.from_batches(
+            schema, (_conform(b, schema) for b in batches if b.num_rows)
+        )
+
+    def settle(self) -> None:
+        """Everything committed is read by every query at once: nothing to wait for."""
+
+    def ping(self) -> bool:
+        try:
+            self.transport.query("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        self.transport.close()
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch in the export's schema (dictionary text decoded, zones dropped, widths set)."""
+    columns = []
+    for field in schema:
+        column = batch.column(field.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+            column = column.cast(pa.timestamp(column.type.unit))
+        columns.append(column.cast(field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

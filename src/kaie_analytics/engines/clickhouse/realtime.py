@@ -1,0 +1,112 @@
+"""Realtime facts in ClickHouse SQL, from the last day's events."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from kaie_analytics.analytics.facts import RealtimeFacts, RealtimeQuery
+from kaie_analytics.engines.clickhouse import sql
+from kaie_analytics.engines.clickhouse.transport import Transport
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(hours=24)
+CONVERSATION = timedelta(minutes=30)
+REPLY_WINDOW_US = 30 * 60 * 1_000_000
+
+_FILTERS = (
+    "({workflow:Nullable(String)} IS NULL OR workflow_id = {workflow:Nullable(String)})"
+    " AND ({channel:Nullable(String)} IS NULL OR channel = {channel:Nullable(String)})"
+)
+_NOW, _HOUR_AGO = sql.time_param("now"), sql.time_param("hour_ago")
+_LAST_HOUR = sql.tenant_events(
+    None,
+    "type, ts, workflow_id, customer_id, channel",
+    f"ts >= {_HOUR_AGO} AND ts <= {_NOW} AND {_FILTERS}",
+)
+_SUMS = f"""countIf(type LIKE 'execution.%'), countIf(type IN {sql.MESSAGE_TYPES}),
+    uniqExactIf(customer_id, type IN {sql.MESSAGE_TYPES} AND ts >= {sql.time_param("half_hour_ago")})"""
+_NO_TEXT = "CAST(NULL, 'Nullable(String)')"
+#: Per row: 0 the total, 1 a workflow's, 2 a channel's.
+LAST_HOUR = f"""
+SELECT 0, {_NO_TEXT}, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR})
+UNION ALL
+SELECT 1, workflow_id, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY workflow_id
+UNION ALL
+SELECT 2, {_NO_TEXT}, channel, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY channel
+"""
+RUNNING = f"""
+SELECT workflow_id, count() FROM ({sql.EXECUTIONS})
+WHERE status = 0 AND started_at BETWEEN {sql.time_param("day_ago")} AND {_NOW} AND {_FILTERS}
+GROUP BY workflow_id
+"""
+_RECEIVED = sql.tenant_events(
+    "('message.received')",
+    "ts, workflow_id, customer_id, channel",
+    f"ts >= {_HOUR_AGO} AND ts <= {_NOW} AND {_FILTERS}",
+)
+_SENT = sql.tenant_events(
+    "('message.sent')", "ts, customer_id, channel", f"ts >= {_HOUR_AGO} AND ts <= {_NOW}"
+)
+#: A customer's message, and our next reply on the same channel.
+_GAPS = f"""
+SELECT r.workflow_id AS workflow_id, {sql.us("s.ts")} - {sql.us("r.ts")} AS gap
+FROM ({_RECEIVED}) r ASOF JOIN ({_SENT}) s
+ON r.customer_id = s.customer_id AND r.channel = s.channel AND r.ts <= s.ts
+"""
+#: Per row: 0 the total, 1 a workflow's.
+REPLIES = f"""
+SELECT 0, {_NO_TEXT}, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WINDOW_US}
+UNION ALL
+SELECT 1, workflow_id, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WINDOW_US}
+GROUP BY workflow_id
+"""
+
+
+def realtime(transport: Transport, q: RealtimeQuery) -> RealtimeFacts:
+    now = q.now
+    params: dict[str, Any] = {
+        "tenant": q.tenant,
+        "now": sql.epoch_us(now),
+        "hour_ago": sql.epoch_us(now - HOUR),
+        "day_ago": sql.epoch_us(now - DAY),
+        "half_hour_ago": sql.epoch_us(now - CONVERSATION),
+        "workflow": q.workflow_id,
+        "channel": q.channel,
+    }
+    running = sql.rows(transport.query(RUNNING, params))
+    messages = 0
+    with_executions: list[str] = []
+    by_workflow: dict[str, int] = {}
+    by_channel: dict[str, int] = {}
+    conversations: dict[str, int] = {}
+    for kind, wf, ch, exec_events, n_messages, customers in sql.rows(
+        transport.query(LAST_HOUR, params)
+    ):
+        if kind == 0:
+            messages = n_messages
+        elif kind == 1:
+            if wf is not None:
+                by_workflow[wf] = n_messages
+                if exec_events:
+                    with_executions.append(wf)
+        elif ch is not None and (n_messages or customers):
+            by_channel[ch] = n_messages
+            conversations[ch] = customers
+    reply_total: tuple[int, int] = (0, 0)
+    reply_by_workflow: dict[str, tuple[int, int]] = {}
+    for kind, wf, total, count in sql.rows(transport.query(REPLIES, params)):
+        if kind == 0:
+            reply_total = (total or 0, count)
+        elif wf is not None:
+            reply_by_workflow[wf] = (total or 0, count)
+    return RealtimeFacts(
+        running={wf: n for wf, n in running},
+        messages=messages,
+        messages_by_workflow=by_workflow,
+        workflows_with_executions=tuple(sorted(with_executions)),
+        messages_by_channel=by_channel,
+        conversations_by_channel=conversations,
+        reply_us=reply_total,
+        reply_us_by_workflow=reply_by_workflow,
+    )

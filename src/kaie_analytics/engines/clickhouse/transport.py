@@ -1,0 +1,210 @@
+"""How SQL reaches ClickHouse: embedded (chdb) or a server (clickhouse-connect).
+
+The engine's DDL and queries are the same for both; a transport only runs a
+statement with bound parameters and moves Arrow tables in and out. Parameters
+are ClickHouse's ``{name:Type}`` placeholders, bound by the server (never
+spliced into the SQL text); values are ``str``, ``int``, ``None`` or lists of
+them, and every time is passed as ``Int64`` microseconds since the epoch (a
+driver's datetime formatting may drop the microseconds).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import pyarrow as pa
+
+from kaie_analytics.errors import StoreUnavailable
+
+Params = Mapping[str, Any]
+
+#: Session settings every statement runs with: an outer join fills a missing
+#: side with NULL (as SQL does) rather than the type's default.
+SETTINGS: dict[str, int | str] = {"join_use_nulls": 1}
+
+
+class Transport(Protocol):
+    #: Whether this is the embedded engine (one process owns the data directory).
+    embedded: bool
+
+    def command(self, sql: str, params: Params | None = None) -> None: ...
+
+    def query(self, sql: str, params: Params | None = None) -> pa.Table: ...
+
+    def stream(self, sql: str, params: Params | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """The rows in batches of at most ``batch_rows``, read as they are consumed."""
+
+    def insert(self, table: str, rows: pa.Table) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _quoted(value: Any) -> str:
+    """A value as a literal inside a composite parameter (an array element)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_quoted(v) for v in value) + "]"
+    raise TypeError(f"unsupported parameter value {type(value).__name__}")
+
+
+def encode_param(value: Any) -> str:
+    """A parameter value in ClickHouse's escaped text form (what chdb binds)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    return _quoted(value)
+
+
+class ChdbTransport:
+    """ClickHouse embedded in this process, its data in ``path``.
+
+    A chdb connection runs one statement at a time, so each thread gets its own
+    connection to the same data (they run side by side and see each other's
+    inserts).
+    """
+
+    embedded = True
+
+    def __init__(self, path: Path) -> None:
+        import chdb
+
+        path.mkdir(parents=True, exist_ok=True)
+        self._chdb: Any = chdb  # untyped
+        self._path = str(path)
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._connection()  # fail now, not at the first query
+
+    def _connection(self) -> Any:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            if self._closed:
+                raise StoreUnavailable("the store is shutting down")
+            con = self._chdb.connect(self._path)
+            for name, value in SETTINGS.items():
+                con.query(f"SET {name} = {value}")
+            self._local.con = con
+            with self._lock:
+                self._all.append(con)
+        return con
+
+    @staticmethod
+    def _params(params: Params | None) -> dict[str, str] | None:
+        return {k: encode_param(v) for k, v in params.items()} if params else None
+
+    def command(self, sql: str, params: Params | None = None) -> None:
+        self._connection().query(sql, "Null", params=self._params(params))
+
+    def query(self, sql: str, params: Params | None = None) -> pa.Table:
+        return self._connection().query(sql, "ArrowTable", params=self._params(params))
+
+    def stream(self, sql: str, params: Params | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        # A connection of its own: the stream stays open while it is read.
+        con = self._chdb.connect(self._path)
+        try:
+            for name, value in SETTINGS.items():
+                con.query(f"SET {name} = {value}")
+            result = con.send_query(sql, "Arrow", params=self._params(params))
+            try:
+                yield from result.record_batch(rows_per_batch=batch_rows)
+            finally:
+                result.close()
+        finally:
+            con.close()
+
+    def insert(self, table: str, rows: pa.Table) -> None:
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, rows.schema) as writer:
+            writer.write_table(rows)
+        inserter = self._connection().send_insert(f"INSERT INTO {table}", "ArrowStream")
+        inserter.append(sink.getvalue())
+        inserter.finish()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            cons, self._all = self._all, []
+        for con in cons:
+            con.close()
+
+
+class ServerTransport:
+    """A ClickHouse server or cluster over HTTP (``clickhouse://USER:PASSWORD@HOST:8123/DB``).
+
+    clickhouse-connect's clients are not shared between threads: each thread
+    gets its own (they share one connection pool).
+    """
+
+    embedded = False
+
+    def __init__(self, url: str) -> None:
+        import clickhouse_connect
+
+        parts = urlsplit(url)
+        self._options: dict[str, Any] = {
+            "host": parts.hostname or "localhost",
+            "port": parts.port or 8123,
+            "username": unquote(parts.username or "default"),
+            "password": unquote(parts.password or ""),
+            "database": parts.path.strip("/") or "default",
+            "secure": parts.scheme in ("clickhouses", "https"),
+            "settings": SETTINGS,
+            "autogenerate_session_id": False,
+        }
+        self._connect = clickhouse_connect.get_client
+        self._local = threading.local()
+        self._client()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._connect(**self._options)
+        return client
+
+    def command(self, sql: str, params: Params | None = None) -> None:
+        self._client().command(sql, parameters=dict(params or {}))
+
+    def query(self, sql: str, params: Params | None = None) -> pa.Table:
+        return self._client().query_arrow(sql, parameters=dict(params or {}))
+
+    def stream(self, sql: str, params: Params | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        with self._client().query_arrow_stream(sql, parameters=dict(params or {})) as stream:
+            for batch in stream:
+                yield from pa.Table.from_batches([batch]).to_batches(batch_rows)
+
+    def insert(self, table: str, rows: pa.Table) -> None:
+        self._client().insert_arrow(table, rows)
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+
+
+def open_transport(backend: str, data_dir: Path) -> Transport:
+    """``chdb`` (embedded, in ``data_dir/clickhouse``) or a ``clickhouse://`` URL."""
+    if backend == "chdb":
+        return ChdbTransport(data_dir / "clickhouse")
+    if backend.startswith(("clickhouse://", "clickhouses://")):
+        return ServerTransport(backend)
+    raise ValueError(f"not a ClickHouse backend: {backend!r}")
+
+
+def literal_list(values: Sequence[str]) -> str:
+    """A list of strings as an Array(String) literal (for DDL, where nothing binds)."""
+    return _quoted(list(values))

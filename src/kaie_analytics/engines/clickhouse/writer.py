@@ -1,0 +1,131 @@
+"""Appends to ClickHouse, in group commits: one thread, one insert per group.
+
+The thread takes every batch waiting, drops the ids already stored (looked up
+in ``event_ids``) or repeated in the group (the first copy wins), and inserts
+the rest in one statement; each ``append`` future resolves once that insert
+has returned, and so once its parts are fsynced. Many concurrent requests
+share one insert (and one part per month they touch), which ClickHouse wants:
+a part per request would be too many parts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from kaie_analytics.analytics.facts import AppendResult
+from kaie_analytics.engines.clickhouse.schema import COLUMNS
+from kaie_analytics.engines.clickhouse.sql import epoch_us, utcnow
+from kaie_analytics.engines.clickhouse.transport import Transport
+from kaie_analytics.errors import StoreUnavailable
+from kaie_analytics.ingest.columns import PreparedBatch
+
+log = logging.getLogger("kaie_analytics.store")
+
+#: At most this many events per insert (bigger groups wait for the next one).
+GROUP_EVENTS = 100_000
+
+Request = tuple[str, PreparedBatch, concurrent.futures.Future[AppendResult]]
+
+
+class Writer:
+    def __init__(self, transport: Transport, after_commit: Callable[[set[str]], None]) -> None:
+        self._transport = transport
+        self._after_commit = after_commit
+        self._requests: queue.Queue[Request | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="kaie-ch-writer", daemon=True)
+        self._thread.start()
+
+    def append(self, tenant: str, batch: PreparedBatch) -> concurrent.futures.Future[AppendResult]:
+        future: concurrent.futures.Future[AppendResult] = concurrent.futures.Future()
+        self._requests.put((tenant, batch, future))
+        return future
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join()
+        while True:  # whatever came after the stop
+            try:
+                item = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item[2].set_exception(StoreUnavailable("the store is shutting down"))
+
+    def _run(self) -> None:
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            group, size, stop = [first], first[1].table.num_rows, False
+            while size < GROUP_EVENTS:
+                try:
+                    item = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+                size += item[1].table.num_rows
+            self._commit(group)
+            if stop:
+                return
+
+    def _commit(self, group: list[Request]) -> None:
+        try:
+            results, parts, tenants = self._dedupe(group)
+            if parts:
+                table = pa.concat_tables(parts)
+                now = pa.array(np.full(table.num_rows, epoch_us(utcnow())), pa.timestamp("us"))
+                table = table.append_column("ingested_at", now)
+                self._transport.insert("events", table.select([n for n, _ in COLUMNS]))
+        except Exception as exc:
+            log.exception("an insert of %d batches failed", len(group))
+            error = StoreUnavailable("the event store could not store the events")
+            error.__cause__ = exc
+            for _, _, future in group:
+                future.set_exception(error)
+            return
+        if tenants:
+            self._after_commit(tenants)
+        for (_, _, future), result in zip(group, results, strict=True):
+            future.set_result(result)
+
+    def _dedupe(self, group: list[Request]) -> tuple[list[AppendResult], list[pa.Table], set[str]]:
+        """Per request: what it adds; the rows to insert; the tenants they touch."""
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for tenant, batch, _ in group:
+            by_tenant[tenant].extend(batch.event_ids)
+        stored = {tenant: self._stored(tenant, ids) for tenant, ids in by_tenant.items()}
+        results: list[AppendResult] = []
+        parts: list[pa.Table] = []
+        tenants: set[str] = set()
+        for tenant, batch, _ in group:
+            seen = stored[tenant]
+            keep: list[bool] = []
+            for event_id in batch.event_ids:
+                keep.append(event_id not in seen)
+                seen.add(event_id)
+            accepted = sum(keep)
+            results.append(AppendResult(accepted, len(keep) - accepted))
+            if accepted:
+                tenants.add(tenant)
+                part = batch.table if accepted == len(keep) else batch.table.filter(pa.array(keep))
+                parts.append(part.drop_columns(["id_hash"]))
+        return results, parts, tenants
+
+    def _stored(self, tenant: str, ids: list[str]) -> set[str]:
+        found = self._transport.query(
+            "SELECT event_id FROM event_ids"
+            " WHERE tenant = {tenant:String} AND event_id IN {ids:Array(String)}",
+            {"tenant": tenant, "ids": sorted(set(ids))},
+        )
+        return set(found.column("event_id").to_pylist())
