@@ -23,7 +23,7 @@ from kaie_analytics import __version__
 from kaie_analytics.auth import KeyCache
 from kaie_analytics.cache import ResponseCache
 from kaie_analytics.config import Settings
-from kaie_analytics.engines import check_backend, open_engine
+from kaie_analytics.engines import open_engine
 from kaie_analytics.errors import (
     ApiError,
     InvalidParameter,
