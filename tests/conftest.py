@@ -145,8 +145,9 @@ def free_port() -> int:
 class LiveServer:
     """``kaie-analytics serve`` in a subprocess, on a free port."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, events_backend: str = "duckdb") -> None:
         self.data_dir = data_dir
+        self.events_backend = events_backend
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
@@ -160,7 +161,7 @@ class LiveServer:
             meta.close()
 
     def start(self) -> str:
-        env = os.environ | {"KAIE_LOG_FORMAT": "json"}
+        env = os.environ | {"KAIE_LOG_FORMAT": "json", "KAIE_EVENTS_BACKEND": self.events_backend}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kaie_analytics", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir)],

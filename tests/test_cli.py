@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,16 @@ import pytest
 from conftest import LiveServer, free_port
 
 
-def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kaie_analytics", *args],
         input=stdin.decode() if stdin else None,
         capture_output=True,
         text=True,
         timeout=120,
+        env=os.environ | (env or {}),
     )
 
 
@@ -177,3 +181,24 @@ def test_demo_serves_live_events_with_room_to_explore(tmp_path: Path) -> None:
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_second_process_on_a_data_directory_is_refused_in_one_line(
+    tmp_path: Path, events_backend: str
+) -> None:
+    server = LiveServer(tmp_path / "d", events_backend)
+    server.start()
+    try:
+        assert server.proc is not None
+        holder = f"another process (PID {server.proc.pid}) is serving {server.data_dir}"
+        env = {"KAIE_EVENTS_BACKEND": events_backend}
+        for args in (
+            ("serve", "--data-dir", str(server.data_dir), "--port", str(free_port())),
+            ("ingest", "-", "--data-dir", str(server.data_dir)),
+        ):
+            out = cli(*args, stdin=b"{}\n", env=env)
+            assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+            assert out.stderr.startswith("error:") and holder in out.stderr, out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    finally:
+        server.stop()

@@ -7,12 +7,13 @@ import threading
 import time
 from pathlib import Path
 
-import duckdb
 import httpx
 import orjson
 import pytest
 
-from conftest import LiveServer
+from conftest import LiveServer, stored_events
+from kaie_analytics.config import Settings
+from kaie_analytics.engines import open_engine
 
 BATCH = 200
 
@@ -31,8 +32,8 @@ def _batches(client: int, n: int) -> list[bytes]:
 
 
 @pytest.mark.slow
-def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    server = LiveServer(tmp_path / "d")
+def test_sigkill_loses_and_doubles_nothing(tmp_path: Path, events_backend: str) -> None:
+    server = LiveServer(tmp_path / "d", events_backend)
     key = server.create_key("acme")
     server.start()
     acked: set[str] = set()
@@ -77,17 +78,20 @@ def test_sigkill_loses_and_doubles_nothing(tmp_path: Path) -> None:
     for t in threads:
         t.join(timeout=300)
     server.stop()
-    con = duckdb.connect(str(server.data_dir / "events.duckdb"))
-    ids = [r[0] for r in con.execute("SELECT event_id FROM events").fetchall()]
-    con.close()
-    assert len(ids) == len(set(ids)), "an event was stored twice"
+    engine = open_engine(Settings(data_dir=server.data_dir, events_backend=events_backend))
+    try:
+        ids = [e["id"] for e in stored_events(engine, "acme")]
+        counted = engine.count_events("acme")
+    finally:
+        engine.close()
+    assert len(ids) == len(set(ids)) == counted, "an event was stored twice"
     assert set(ids) == acked
     assert len(acked) == 3 * 40 * BATCH
 
 
 @pytest.mark.slow
-def test_concurrent_clients_with_overlapping_ids(tmp_path: Path) -> None:
-    server = LiveServer(tmp_path / "d")
+def test_concurrent_clients_with_overlapping_ids(tmp_path: Path, events_backend: str) -> None:
+    server = LiveServer(tmp_path / "d", events_backend)
     key = server.create_key("acme")
     server.start()
     results: list[tuple[int, int]] = []

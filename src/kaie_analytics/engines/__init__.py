@@ -15,6 +15,10 @@ from kaie_analytics.errors import UnsupportedBackend
 
 def check_backend(settings: Settings) -> None:
     """Raise ``UnsupportedBackend`` if the engine's libraries are not installed."""
+    if settings.clickhouse_cluster and not settings.events_backend.startswith("clickhouse"):
+        raise UnsupportedBackend(
+            "KAIE_CLICKHOUSE_CLUSTER needs KAIE_EVENTS_BACKEND=clickhouse://... (a server)"
+        )
     if settings.events_backend == "duckdb":
         return
     module = "chdb" if settings.events_backend == "chdb" else "clickhouse_connect"
@@ -31,7 +35,10 @@ def open_engine(settings: Settings) -> EventEngine:
         from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 
         return ClickHouseEngine.open(
-            settings.events_backend, settings.data_dir, cluster=settings.clickhouse_cluster
+            settings.events_backend,
+            settings.data_dir,
+            cluster=settings.clickhouse_cluster,
+            query_timeout_s=settings.query_timeout_s,
         )
     from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 
@@ -50,8 +57,13 @@ def open_engine(settings: Settings) -> EventEngine:
 
 def ensure_free(settings: Settings) -> None:
     """Raise ``errors.StoreInUse`` if another process holds the engine's data."""
+    if settings.events_backend == "chdb":
+        from kaie_analytics.engines.clickhouse.transport import ChdbTransport, chdb_path
+
+        ChdbTransport.ensure_free(chdb_path(settings.data_dir))
+        return
     if settings.events_backend != "duckdb":
-        return  # ClickHouse refuses a second process itself (embedded) or serves many
+        return  # a ClickHouse server serves many processes
     from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 
     DuckDBEngine.ensure_free(settings.events_db_path)

@@ -64,8 +64,13 @@ class ClickHouseEngine:
         self._closed = False
 
     @classmethod
-    def open(cls, backend: str, data_dir: Path, *, cluster: str | None = None) -> ClickHouseEngine:
-        return cls(open_transport(backend, data_dir), cluster=cluster)
+    def open(
+        cls, backend: str, data_dir: Path, *, cluster: str | None = None,
+        query_timeout_s: float = 10.0,
+    ) -> ClickHouseEngine:  # fmt: skip
+        return cls(
+            open_transport(backend, data_dir, query_timeout_s=query_timeout_s), cluster=cluster
+        )
 
     def _bump(self, tenants: set[str]) -> None:
         with self._versions_lock:

@@ -10,7 +10,10 @@ driver's datetime formatting may drop the microseconds).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,13 +22,34 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 
-from kaie_analytics.errors import StoreUnavailable
+from kaie_analytics.errors import QueryTimeout, StoreInUse, StoreUnavailable
 
 Params = Mapping[str, Any]
 
 #: Session settings every statement runs with: an outer join fills a missing
 #: side with NULL (as SQL does) rather than the type's default.
-SETTINGS: dict[str, int | str] = {"join_use_nulls": 1}
+SETTINGS: dict[str, int | str | float] = {"join_use_nulls": 1}
+#: ClickHouse's error code for a statement stopped at ``max_execution_time``.
+TIMEOUT_EXCEEDED = 159
+
+
+def settings(query_timeout_s: float) -> dict[str, int | str | float]:
+    """The session settings, with the longest time a statement may run."""
+    return SETTINGS | {"max_execution_time": query_timeout_s}
+
+
+@contextlib.contextmanager
+def translated(query_timeout_s: float) -> Iterator[None]:
+    """ClickHouse's time limit as ``QueryTimeout``; other errors as they are."""
+    try:
+        yield
+    except Exception as exc:
+        if (
+            f"Code: {TIMEOUT_EXCEEDED}." in str(exc)
+            or getattr(exc, "code", None) == TIMEOUT_EXCEEDED
+        ):
+            raise QueryTimeout(f"query exceeded {query_timeout_s:g} s") from None
+        raise
 
 
 class Transport(Protocol):
@@ -78,12 +102,14 @@ class ChdbTransport:
 
     embedded = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, query_timeout_s: float = 10.0) -> None:
         import chdb
 
         path.mkdir(parents=True, exist_ok=True)
+        self.ensure_free(path)
         self._chdb: Any = chdb  # untyped
         self._path = str(path)
+        self.query_timeout_s = query_timeout_s
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
@@ -95,30 +121,70 @@ class ChdbTransport:
         if con is None:
             if self._closed:
                 raise StoreUnavailable("the store is shutting down")
-            con = self._chdb.connect(self._path)
-            for name, value in SETTINGS.items():
-                con.query(f"SET {name} = {value}")
+            con = self._open()
             self._local.con = con
             with self._lock:
                 self._all.append(con)
         return con
 
+    def _open(self, query_timeout_s: float | None = None) -> Any:
+        con = self._chdb.connect(self._path)
+        limit = self.query_timeout_s if query_timeout_s is None else query_timeout_s
+        for name, value in settings(limit).items():
+            con.query(f"SET {name} = {value}")
+        return con
+
+    @staticmethod
+    def ensure_free(path: Path) -> None:
+        """Raise ``StoreInUse`` if another process has ClickHouse open on ``path``.
+
+        ClickHouse holds an exclusive ``flock`` on its ``status`` file, which
+        names the process, while it runs.
+        """
+        status = path / "status"
+        try:
+            f = status.open("rb")
+        except FileNotFoundError:
+            return
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                found = re.search(rb"PID: (\d+)", f.read(200))
+                pid = int(found.group(1)) if found else None
+                raise StoreInUse(f"{path} is in use by another process", pid) from None
+            fcntl.flock(f, fcntl.LOCK_UN)
+
     @staticmethod
     def _params(params: Params | None) -> dict[str, str] | None:
         return {k: encode_param(v) for k, v in params.items()} if params else None
 
+    def _run(self, sql: str, fmt: str, params: Params | None) -> Any:
+        con = self._connection()
+        with translated(self.query_timeout_s):
+            try:
+                return con.query(sql, fmt, params=self._params(params))
+            except Exception:
+                # After an error (a timeout among them) chdb's next answer on the same
+                # connection can come back corrupt: start afresh.
+                self._local.con = None
+                with self._lock:
+                    if con in self._all:
+                        self._all.remove(con)
+                con.close()
+                raise
+
     def command(self, sql: str, params: Params | None = None) -> None:
-        self._connection().query(sql, "Null", params=self._params(params))
+        self._run(sql, "Null", params)
 
     def query(self, sql: str, params: Params | None = None) -> pa.Table:
-        return self._connection().query(sql, "ArrowTable", params=self._params(params))
+        return self._run(sql, "ArrowTable", params)
 
     def stream(self, sql: str, params: Params | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        # A connection of its own: the stream stays open while it is read.
-        con = self._chdb.connect(self._path)
+        # A connection of its own: the stream stays open while it is read. Exports
+        # are bounded by the job's time limit, not by the query's (0: none).
+        con = self._open(query_timeout_s=0)
         try:
-            for name, value in SETTINGS.items():
-                con.query(f"SET {name} = {value}")
             result = con.send_query(sql, "Arrow", params=self._params(params))
             try:
                 yield from result.record_batch(rows_per_batch=batch_rows)
@@ -152,7 +218,9 @@ class ServerTransport:
 
     embedded = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, query_timeout_s: float = 10.0, cluster: str | None = None
+    ) -> None:
         import clickhouse_connect
 
         parts = urlsplit(url)
@@ -163,10 +231,13 @@ class ServerTransport:
             "password": unquote(parts.password or ""),
             "database": parts.path.strip("/") or "default",
             "secure": parts.scheme in ("clickhouses", "https"),
-            "settings": SETTINGS,
+            "settings": settings(query_timeout_s)
+            # On a cluster an insert returns once the shards have it, not once queued.
+            | ({"distributed_foreground_insert": 1} if cluster else {}),
             "autogenerate_session_id": False,
         }
         self._connect = clickhouse_connect.get_client
+        self.query_timeout_s = query_timeout_s
         self._local = threading.local()
         self._client()
 
@@ -177,13 +248,17 @@ class ServerTransport:
         return client
 
     def command(self, sql: str, params: Params | None = None) -> None:
-        self._client().command(sql, parameters=dict(params or {}))
+        with translated(self.query_timeout_s):
+            self._client().command(sql, parameters=dict(params or {}))
 
     def query(self, sql: str, params: Params | None = None) -> pa.Table:
-        return self._client().query_arrow(sql, parameters=dict(params or {}))
+        with translated(self.query_timeout_s):
+            return self._client().query_arrow(sql, parameters=dict(params or {}))
 
     def stream(self, sql: str, params: Params | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        with self._client().query_arrow_stream(sql, parameters=dict(params or {})) as stream:
+        with self._client().query_arrow_stream(
+            sql, parameters=dict(params or {}), settings={"max_execution_time": 0}
+        ) as stream:
             for batch in stream:
                 yield from pa.Table.from_batches([batch]).to_batches(batch_rows)
 
@@ -196,12 +271,19 @@ class ServerTransport:
             client.close()
 
 
-def open_transport(backend: str, data_dir: Path) -> Transport:
+def chdb_path(data_dir: Path) -> Path:
+    """Where embedded ClickHouse keeps its data in the data directory."""
+    return data_dir / "clickhouse"
+
+
+def open_transport(
+    backend: str, data_dir: Path, *, query_timeout_s: float = 10.0, cluster: str | None = None
+) -> Transport:
     """``chdb`` (embedded, in ``data_dir/clickhouse``) or a ``clickhouse://`` URL."""
     if backend == "chdb":
-        return ChdbTransport(data_dir / "clickhouse")
+        return ChdbTransport(chdb_path(data_dir), query_timeout_s=query_timeout_s)
     if backend.startswith(("clickhouse://", "clickhouses://")):
-        return ServerTransport(backend)
+        return ServerTransport(backend, query_timeout_s=query_timeout_s, cluster=cluster)
     raise ValueError(f"not a ClickHouse backend: {backend!r}")
 
 

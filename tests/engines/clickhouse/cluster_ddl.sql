@@ -1,0 +1,71 @@
+CREATE TABLE IF NOT EXISTS events_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    event_id String,
+    id_given Bool,
+    type LowCardinality(String),
+    ts DateTime64(6, 'UTC'),
+    ts_text String,
+    workflow_id Nullable(String),
+    execution_id Nullable(String),
+    customer_id Nullable(String),
+    journey_id Nullable(String),
+    node_id Nullable(String),
+    channel Nullable(String),
+    workflow_name Nullable(String),
+    duration_ms Nullable(Int64),
+    error_type Nullable(String),
+    error_message Nullable(String),
+    node_type Nullable(String),
+    message_id Nullable(String),
+    csat Nullable(Int8),
+    nps Nullable(Int8),
+    comment Nullable(String),
+    segment Nullable(String),
+    traits Nullable(String),
+    journey_type Nullable(String),
+    step Nullable(Int8),
+    step_name Nullable(String),
+    reason Nullable(String),
+    properties Nullable(String),
+    ingested_at DateTime64(6, 'UTC')
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/events', '{replica}')
+PARTITION BY toYYYYMM(ts)
+ORDER BY (tenant, type, ts, event_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE TABLE IF NOT EXISTS event_ids_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    event_id String
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/event_ids', '{replica}')
+ORDER BY (tenant, event_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS event_ids_mv ON CLUSTER `analytics` TO event_ids_local
+AS SELECT tenant, event_id FROM events_local;
+
+CREATE TABLE IF NOT EXISTS workflows_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    workflow_id String,
+    named SimpleAggregateFunction(max, UInt8),
+    name AggregateFunction(argMax, String, DateTime64(6, 'UTC')),
+    name_ts SimpleAggregateFunction(max, DateTime64(6, 'UTC')),
+    created_at SimpleAggregateFunction(min, DateTime64(6, 'UTC'))
+) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/workflows', '{replica}')
+ORDER BY (tenant, workflow_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS workflows_mv ON CLUSTER `analytics` TO workflows_local
+AS SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
+    max(workflow_name IS NOT NULL) AS named,
+    argMaxStateIf(assumeNotNull(workflow_name), ts, workflow_name IS NOT NULL) AS name,
+    maxIf(ts, workflow_name IS NOT NULL) AS name_ts,
+    min(ingested_at) AS created_at
+FROM events_local
+WHERE workflow_id IS NOT NULL
+GROUP BY tenant, workflow_id;
+
+CREATE TABLE IF NOT EXISTS events ON CLUSTER `analytics` AS events_local ENGINE = Distributed(`analytics`, currentDatabase(), events_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS event_ids ON CLUSTER `analytics` AS event_ids_local ENGINE = Distributed(`analytics`, currentDatabase(), event_ids_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS workflows ON CLUSTER `analytics` AS workflows_local ENGINE = Distributed(`analytics`, currentDatabase(), workflows_local, sipHash64(tenant));

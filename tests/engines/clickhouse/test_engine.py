@@ -1,0 +1,118 @@
+"""ClickHouse engine: its own guarantees (on chdb; a server runs the same SQL)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from factories import iso
+from kaie_analytics.analytics.facts import ActivityQuery, Ask, Window
+from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
+from kaie_analytics.engines.clickhouse.schema import ddl
+from kaie_analytics.engines.clickhouse.transport import ChdbTransport
+from kaie_analytics.errors import QueryTimeout, StoreInUse
+from kaie_analytics.ingest.validate import validate_event
+
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def _valid(events: list[dict[str, object]]) -> list:  # type: ignore[type-arg]
+    import orjson
+
+    return [validate_event(orjson.dumps(e), NOW) for e in events]
+
+
+def _started(i: int, t: datetime) -> dict[str, object]:
+    return {"id": f"e{i}", "type": "execution.started", "timestamp": iso(t),
+            "workflow_id": "wf", "execution_id": f"x{i}", "channel": "sms"}  # fmt: skip
+
+
+@pytest.fixture
+def transport(tmp_path: Path) -> ChdbTransport:
+    t = ChdbTransport(tmp_path / "ch", query_timeout_s=5)
+    yield t  # type: ignore[misc]
+    t.close()
+
+
+def test_two_processes_racing_with_the_same_events_count_them_once(
+    transport: ChdbTransport,
+) -> None:
+    """Two engines on one ClickHouse (as two API processes on one server), each with
+    its own writer and id lookup, store the same batches at the same moment."""
+    a, b = ClickHouseEngine(transport), ClickHouseEngine(transport)
+    t0 = datetime(2024, 5, 1)
+    batches = [_valid([_started(i * 50 + j, t0) for j in range(50)]) for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [
+            pool.submit(lambda e, rows: e.append("acme", rows).result(), engine, rows)
+            for rows in batches
+            for engine in (a, b, a, b)
+        ]
+        results = [f.result() for f in futures]
+    assert all(r.accepted + r.duplicates == 50 for r in results)
+    assert sum(r.accepted for r in results) >= 1000  # racing copies may both be accepted
+    assert a.count_events("acme") == b.count_events("acme") == 1000
+    q = ActivityQuery("acme", (Window(t0, t0 + timedelta(days=1)),),
+                      (Ask((0,), frozenset({"executions"})),))  # fmt: skip
+    assert a.activity(q)[0][(0,)].executions == 1000
+    # A retried batch, once stored, is reported as duplicates through either engine.
+    for engine in (a, b):
+        again = engine.append("acme", batches[3]).result()
+        assert (again.accepted, again.duplicates) == (0, 50)
+    a.close()
+    b._writer.close()
+
+
+def test_percentiles_equal_numpys_to_the_bit(transport: ChdbTransport) -> None:
+    """Tenant ``tN`` holds the first N durations; each percentile is numpy's exactly."""
+    engine = ClickHouseEngine(transport)
+    rng = random.Random(3)
+    t0 = datetime(2024, 5, 1)
+    durations = [rng.choice([1, 2, 3, 7, 10, 1000, 12345]) for _ in range(997)]
+    quantiles = (0.5, 0.95, 0.99, 0.333, 0.85)
+    window = Window(t0, t0 + timedelta(days=1))
+    q = ActivityQuery("", (window,), (Ask((0,), frozenset({"durations"})),), quantiles=quantiles)
+    for n in (1, 2, 3, 4, 10, 997):
+        events = []
+        for i, d in enumerate(durations[:n]):
+            events.append(_started(i, t0))
+            events.append({"id": f"d{i}", "type": "execution.completed", "duration_ms": d,
+                           "timestamp": iso(t0 + timedelta(seconds=1)),
+                           "workflow_id": "wf", "execution_id": f"x{i}"})  # fmt: skip
+        engine.append(f"t{n}", _valid(events)).result()
+        got = engine.activity(replace(q, tenant=f"t{n}"))[0][(0,)].quantiles
+        assert got == tuple(float(np.percentile(durations[:n], 100 * p)) for p in quantiles)
+    engine.close()
+
+
+def test_query_time_limit(transport: ChdbTransport) -> None:
+    transport.query_timeout_s = 0.3
+    with pytest.raises(QueryTimeout):
+        transport.query("SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) = 1")
+    assert transport.query("SELECT 42 AS x").column("x")[0].as_py() == 42
+
+
+def test_a_second_process_on_the_directory_is_refused(tmp_path: Path) -> None:
+    first = ChdbTransport(tmp_path / "ch")
+    try:
+        with pytest.raises(StoreInUse):
+            ChdbTransport.ensure_free(tmp_path / "ch")
+    finally:
+        first.close()
+    ChdbTransport.ensure_free(tmp_path / "ch")  # free once closed
+
+
+def test_cluster_ddl_is_pinned_and_parses(transport: ChdbTransport) -> None:
+    """The DDL for a cluster: pinned, and each statement accepted by ClickHouse's
+    parser (no cluster runs on the test machines, so it is not executed here)."""
+    statements = ddl("analytics")
+    snapshot = Path(__file__).with_name("cluster_ddl.sql")
+    assert ";\n\n".join(statements) + ";\n" == snapshot.read_text()
+    for statement in statements:
+        transport.query("SELECT formatQuery({q:String})", {"q": statement})
