@@ -202,3 +202,24 @@ def test_a_second_process_on_a_data_directory_is_refused_in_one_line(
             assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     finally:
         server.stop()
+
+
+def test_copy_events_moves_a_data_directory_onto_clickhouse(tmp_path: Path) -> None:
+    data = str(tmp_path / "d")
+    lines = b"".join(
+        orjson.dumps({"id": f"e{i}", "type": "execution.started", "workflow_id": "wf",
+                      "execution_id": f"x{i}", "channel": "sms",
+                      "timestamp": f"2024-01-{1 + i % 28:02d}T10:00:00Z"}) + b"\n"
+        for i in range(500)
+    )  # fmt: skip
+    out = cli("ingest", "-", "--tenant", "acme", "--data-dir", data, stdin=lines)
+    assert out.returncode == 0, out.stderr
+    out = cli("copy-events", "--to", "chdb", "--data-dir", data)
+    assert out.returncode == 0, out.stderr
+    assert "copied 500 events of 1 tenants; the counts match for every tenant" in out.stdout
+    assert "Copying" in out.stderr  # the progress bar
+    # Run again: nothing more is copied, and the counts still match.
+    out = cli("copy-events", "--to", "chdb", "--data-dir", data)
+    assert out.returncode == 0 and "copied 500 events" in out.stdout, out.stderr
+    out = cli("copy-events", "--to", "postgres://x", "--data-dir", data)
+    assert out.returncode != 0 and out.stderr.startswith("error: KAIE_EVENTS_BACKEND must be")

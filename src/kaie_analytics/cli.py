@@ -10,6 +10,7 @@ from typing import IO, Annotated, Any
 import httpx
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -39,7 +40,14 @@ class CliError(Exception):
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment and the options given; a bad value is one line."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise CliError(message if "KAIE_" in message else f"{where}: {message}") from None
 
 
 def _meta(settings: Settings) -> MetaStore:
@@ -376,6 +384,77 @@ def ingest(
     )
     for message in first_errors:
         sys.stderr.write(message + "\n")
+
+
+@app.command("copy-events")
+def copy_events(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The engine to copy into: chdb, duckdb or clickhouse://USER:PASSWORD@HOST:8123/DB",
+        ),
+    ],
+    to_data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Data directory of an embedded target (default: --data-dir)"),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Copy every event (and workflow name) of this data directory's engine into another.
+
+    The source is the engine KAIE_EVENTS_BACKEND names (default duckdb); no server
+    may be running on it. Interrupted, run it again: it goes on where it stopped.
+    At the end the events are counted per tenant on both sides.
+    """
+    from kaie_analytics.copying import CopyState
+    from kaie_analytics.copying import copy_events as copy
+
+    settings = _settings(data_dir=data_dir)
+    target_settings = _settings(data_dir=to_data_dir or settings.data_dir, events_backend=to)
+    from kaie_analytics.engines import check_backend
+
+    try:
+        check_backend(target_settings)
+    except UnsupportedBackend as exc:
+        raise CliError(str(exc)) from None
+    if to == settings.events_backend and target_settings.data_dir == settings.data_dir:
+        raise CliError(f"--to {to} is the source itself; give another engine or --to-data-dir")
+    meta = _meta(settings)
+    try:
+        tenants = tuple(sorted({k.tenant for k in meta.list_keys()}))
+    finally:
+        meta.close()
+    source = _open_store(settings)
+    try:
+        target = _open_store(target_settings)
+    except BaseException:
+        source.close()
+        raise
+    state = CopyState(settings.data_dir / "copy-events.json", f"{to} {target_settings.data_dir}")
+    try:
+        with _progress("events") as progress:
+            task = progress.add_task("Copying", total=None)
+            mismatches = copy(
+                source,
+                target,
+                state,
+                on_events=lambda n: progress.update(task, advance=n),
+                on_total=lambda n: progress.update(task, total=n),
+                more_tenants=tenants,
+            )
+        stats = source.event_stats()
+    finally:
+        target.close()
+        source.close()
+    for m in mismatches:
+        sys.stderr.write(f"tenant {m.tenant}: {m.source} events here, {m.target} in the target\n")
+    if mismatches:
+        raise CliError(f"counts differ for {len(mismatches)} tenants (listed above)")
+    typer.echo(
+        f"copied {sum(t.events for t in stats)} events of {len(stats)} tenants;"
+        " the counts match for every tenant"
+    )
 
 
 def main() -> None:

@@ -285,6 +285,16 @@ class AppendResult:
     duplicates: int
 
 
+@dataclass(frozen=True, slots=True)
+class TenantEvents:
+    """How many events a tenant has, and the times of its first and last."""
+
+    tenant: str
+    events: int
+    first: datetime
+    last: datetime
+
+
 @dataclass(frozen=True)
 class Workflow:
     workflow_id: str
@@ -306,6 +316,10 @@ class EventEngine(Protocol):
         self, tenant: str, rows: list[ValidEvent]
     ) -> concurrent.futures.Future[AppendResult]: ...
 
+    def restore_workflow(self, tenant: str, workflow: Workflow) -> None:
+        """Take a workflow's name, its time and its creation time as another store has
+        them (copy-events): the later name wins, the earlier creation time stays."""
+
     def workflows(self, tenant: str) -> list[Workflow]: ...
 
     def workflow(self, tenant: str, workflow_id: str) -> Workflow | None: ...
@@ -321,6 +335,9 @@ class EventEngine(Protocol):
         self, tenant: str | None = None, since: datetime | None = None,
         until: datetime | None = None,
     ) -> int: ...  # fmt: skip
+
+    def event_stats(self) -> list[TenantEvents]:
+        """Every tenant with events, in tenant order."""
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
         """The cells of each of ``q.asks``, in order."""

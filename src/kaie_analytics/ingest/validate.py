@@ -351,6 +351,11 @@ def validate_event(raw: bytes | msgspec.Raw, now: datetime) -> ValidEvent:
     )  # fmt: skip
 
 
+def timestamp_us(text: str) -> int:
+    """Microseconds since the epoch of a timestamp text that passed validation."""
+    return (datetime.fromisoformat(text.upper()) - _EPOCH) // _US
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 

@@ -60,8 +60,7 @@ AS SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
     argMaxStateIf(assumeNotNull(workflow_name), ts, workflow_name IS NOT NULL) AS name,
     maxIf(ts, workflow_name IS NOT NULL) AS name_ts,
     min(ingested_at) AS created_at
-FROM events_local
-WHERE workflow_id IS NOT NULL
+FROM (SELECT * FROM events_local WHERE workflow_id IS NOT NULL)
 GROUP BY tenant, workflow_id;
 
 CREATE TABLE IF NOT EXISTS events ON CLUSTER `analytics` AS events_local ENGINE = Distributed(`analytics`, currentDatabase(), events_local, sipHash64(tenant));

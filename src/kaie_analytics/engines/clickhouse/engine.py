@@ -29,6 +29,7 @@ from kaie_analytics.analytics.facts import (
     RealtimeFacts,
     RealtimeQuery,
     RowsQuery,
+    TenantEvents,
     Workflow,
 )
 from kaie_analytics.engines.clickhouse import activity, customers, exports, realtime, sql
@@ -109,6 +110,24 @@ class ClickHouseEngine:
             future.set_exception(exc)
         return future
 
+    def restore_workflow(self, tenant: str, workflow: Workflow) -> None:
+        named = workflow.name is not None and workflow.name_ts is not None
+        self.transport.command(
+            "INSERT INTO workflows SELECT {tenant:String}, {workflow:String}, {named:UInt8},"
+            f" argMaxState({{name:String}}, {sql.time_param('name_ts')}),"
+            f" {sql.time_param('name_ts')}, {sql.time_param('created')}",
+            {
+                "tenant": tenant,
+                "workflow": workflow.workflow_id,
+                "named": int(named),
+                "name": workflow.name or "",
+                # Without a name, its time is the epoch: max() keeps any later one.
+                "name_ts": sql.epoch_us(workflow.name_ts) if named else 0,  # type: ignore[arg-type]
+                "created": sql.epoch_us(workflow.created_at),
+            },
+        )
+        self._bump({tenant})
+
     # ------------------------------------------------------------ reads
 
     def _workflows(self, tenant: str, workflow_id: str | None) -> list[Workflow]:
@@ -153,6 +172,13 @@ class ClickHouseEngine:
             " WHERE " + " AND ".join(where) if where else ""
         )
         return int(self.transport.query(statement, params).column(0)[0].as_py())
+
+    def event_stats(self) -> list[TenantEvents]:
+        table = self.transport.query(
+            "SELECT tenant, count(), min(ts), max(ts) FROM events FINAL"
+            " GROUP BY tenant ORDER BY tenant"
+        )
+        return [TenantEvents(*row) for row in sql.rows(table)]
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
         return activity.activity(self.transport, q)

@@ -79,14 +79,15 @@ AS SELECT tenant, event_id FROM events{local}""",
 ) ENGINE = {_engine("AggregatingMergeTree", "workflows", cluster)}
 ORDER BY (tenant, workflow_id)
 SETTINGS {_DURABLE}""",
+        # The filter is inside FROM: in the SELECT, the alias ``workflow_id`` would
+        # stand for assumeNotNull(workflow_id) in WHERE too.
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS workflows_mv{on} TO workflows{local}
 AS SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
     max(workflow_name IS NOT NULL) AS named,
     argMaxStateIf(assumeNotNull(workflow_name), ts, workflow_name IS NOT NULL) AS name,
     maxIf(ts, workflow_name IS NOT NULL) AS name_ts,
     min(ingested_at) AS created_at
-FROM events{local}
-WHERE workflow_id IS NOT NULL
+FROM (SELECT * FROM events{local} WHERE workflow_id IS NOT NULL)
 GROUP BY tenant, workflow_id""",
     ]
     if cluster:

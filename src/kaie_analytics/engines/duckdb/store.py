@@ -23,7 +23,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kaie_analytics.analytics.facts import AppendResult, Workflow
+from kaie_analytics.analytics.facts import AppendResult, TenantEvents, Workflow
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb import rollups
 from kaie_analytics.engines.duckdb.dedupe import IdIndex
@@ -176,6 +176,9 @@ class DuckDBEventStore:
         if self._closed:
             raise StoreUnavailable("the store is shutting down")
         return self._writer.put_workflow(tenant, workflow_id, name)
+
+    def restore_workflow(self, tenant: str, workflow: Workflow) -> None:
+        self._writer.restore_workflow(tenant, workflow).result()
 
     def workflows(self, tenant: str) -> list[Workflow]:
         return self._names.all(tenant)
@@ -358,6 +361,14 @@ class DuckDBEventStore:
         ]
         sql = "SELECT count(*) FROM events" + (" WHERE " + " AND ".join(where) if where else "")
         return int(self.query(sql, {"tenant": tenant, "lo": since, "hi": until})[0][0])
+
+    def event_stats(self) -> list[TenantEvents]:
+        return [
+            TenantEvents(*row)
+            for row in self.query(
+                "SELECT tenant, count(*), min(ts), max(ts) FROM events GROUP BY tenant ORDER BY 1"
+            )
+        ]
 
     def data_version(self, tenant: str) -> int:
         """A number that changes with every commit touching ``tenant`` (for caches)."""

@@ -16,6 +16,10 @@ from kaie_analytics.engines.duckdb.schema import utcnow
 
 _INSERT = "INSERT INTO workflows VALUES (?, ?, ?, ?, ?)"
 _RENAME = "UPDATE workflows SET name = ?, name_ts = ? WHERE tenant = ? AND workflow_id = ?"
+_RESTORE = (
+    "UPDATE workflows SET name = ?, name_ts = ?, created_at = ?"
+    " WHERE tenant = ? AND workflow_id = ?"
+)
 #: A statement and its parameters.
 Change = tuple[str, list[Any]]
 
@@ -59,10 +63,30 @@ class WorkflowNames:
             if stmt is _INSERT:
                 tenant, wf, name, ts, created = params
                 self._known[tenant][wf] = Workflow(wf, name, ts, created)
+            elif stmt is _RESTORE:
+                name, ts, created, tenant, wf = params
+                self._known[tenant][wf] = Workflow(wf, name, ts, created)
             else:
                 name, ts, tenant, wf = params
                 old = self._known[tenant][wf]
                 self._known[tenant][wf] = Workflow(wf, name, ts, old.created_at)
+
+    def restore(self, con: duckdb.DuckDBPyConnection, tenant: str, wf: Workflow) -> Workflow:
+        """Take another store's name, name time and creation time (writer thread): the
+        later name wins, the earlier creation time stays."""
+        known = self.get(tenant, wf.workflow_id)
+        if known is None:
+            change: Change = (_INSERT, [tenant, wf.workflow_id, wf.name, wf.name_ts, wf.created_at])
+        else:
+            newer = wf.name is not None and (
+                known.name_ts is None or (wf.name_ts is not None and wf.name_ts >= known.name_ts)
+            )
+            name, name_ts = (wf.name, wf.name_ts) if newer else (known.name, known.name_ts)
+            created = min(known.created_at, wf.created_at)
+            change = (_RESTORE, [name, name_ts, created, tenant, wf.workflow_id])
+        con.execute(*change)
+        self.apply([change])
+        return self._known[tenant][wf.workflow_id]
 
     def rename(
         self, con: duckdb.DuckDBPyConnection, tenant: str, workflow_id: str, name: str

@@ -78,6 +78,13 @@ class Writer:
         self._queue.put(("workflow", tenant, (workflow_id, name), fut))
         return fut
 
+    def restore_workflow(
+        self, tenant: str, workflow: Workflow
+    ) -> concurrent.futures.Future[Workflow]:
+        fut: concurrent.futures.Future[Workflow] = concurrent.futures.Future()
+        self._queue.put(("restore", tenant, workflow, fut))
+        return fut
+
     def stop(self) -> None:
         """Finish what is queued, then stop."""
         self._queue.put(Stop())
@@ -97,9 +104,12 @@ class Writer:
             if appends:
                 self._commit_appends(appends)
             for kind, tenant, payload, fut in work:
-                if kind == "workflow":
+                if kind in ("workflow", "restore"):
                     try:
-                        renamed = self._names.rename(self._con, tenant, *payload)
+                        if kind == "workflow":
+                            renamed = self._names.rename(self._con, tenant, *payload)
+                        else:
+                            renamed = self._names.restore(self._con, tenant, payload)
                     except Exception as exc:
                         fut.set_exception(exc)
                         continue
