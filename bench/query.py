@@ -11,7 +11,11 @@ one per day, as the store itself writes them), then the store folds the
 executions. Then it prints p50/p95 over HTTP (uncached, then cached) next to
 the same queries run in-process on the engine.
 
-    python bench/query.py [--executions 10000000] [--runs 30] [--rebuild]
+    python bench/query.py [--executions 10000000] [--runs 30] [--rebuild] [--engines duckdb,chdb]
+
+With chdb, the same events are first copied into embedded ClickHouse
+(``copy-events``, kept in the data directory), and the two engines are
+printed side by side, with the ratio per query.
 """
 
 from __future__ import annotations
@@ -204,12 +208,45 @@ def timed(fn: Callable[[], Any], runs: int) -> tuple[float, float, float]:
     return statistics.median(times), percentile(times, 0.95), first
 
 
+def build_clickhouse(data_dir: Path) -> None:
+    """The same events in embedded ClickHouse (``data_dir/clickhouse``), by copy-events."""
+    from kaie_analytics.copying import CopyState, copy_events
+    from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
+
+    source = DuckDBEngine(data_dir / "events.duckdb", memory_limit="4GB")
+    target = ClickHouseEngine.open("chdb", data_dir)
+    t0 = time.perf_counter()
+    copied = [0]
+    try:
+        state = CopyState(data_dir / "copy-events.json", f"chdb {data_dir}")
+        missed = copy_events(
+            source, target, state, on_events=lambda n: copied.__setitem__(0, copied[0] + n)
+        )
+    finally:
+        target.close()
+        source.close()
+    if missed:
+        raise SystemExit(f"copy-events: counts differ: {missed}")
+    took = time.perf_counter() - t0
+    print(f"  copied into chdb in {took:.0f} s ({copied[0] / took:,.0f} events/s)", flush=True)
+
+
+def open_for_bench(engine: str, data_dir: Path) -> Any:
+    if engine == "duckdb":
+        return DuckDBEngine(data_dir / "events.duckdb", memory_limit="2GB")
+    from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
+
+    return ClickHouseEngine.open(engine, data_dir, query_timeout_s=600)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--executions", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--engines", default="duckdb,chdb", help="comma-separated: duckdb, chdb")
     args = ap.parse_args()
+    engines = args.engines.split(",")
     data_dir = Path(__file__).parent / "data" / f"query-{args.executions}"
     marker = data_dir / "built"
     now = datetime.now(UTC)
@@ -218,6 +255,12 @@ def main() -> None:
         print(f"Building {data_dir} ...", flush=True)
         build(data_dir, args.executions, now)
         marker.write_text(now.isoformat())
+        (data_dir / "built-chdb").unlink(missing_ok=True)
+    if "chdb" in engines and not (data_dir / "built-chdb").exists():
+        print(f"Copying {data_dir} into chdb ...", flush=True)
+        shutil.rmtree(data_dir / "clickhouse", ignore_errors=True)
+        build_clickhouse(data_dir)
+        (data_dir / "built-chdb").write_text(now.isoformat())
     built = datetime.fromisoformat(marker.read_text())
     # Bring every derived table up to date before measuring (a no-op once done).
     store = DuckDBEngine(data_dir / "events.duckdb", memory_limit="12GB")
@@ -249,7 +292,33 @@ def main() -> None:
     print(f"Data: {stats[0]:,} events ({stats[1]:,} messages), {execs:,} executions;"
           f" busiest workflow {top[0]}/{top[1]} ({top[2]:,} executions),"
           f" small {small[0]}/{small[1]} ({small[2]:,})")  # fmt: skip
+    store.close()
     params = {k: [v] for k, v in period.items()}
+    results: dict[str, dict[str, tuple[float, float, float, str]]] = {}
+    for engine in engines:
+        results[engine] = measure(engine, data_dir, params, period, top, small, built, args.runs)
+    print()
+    print(f"{args.runs} runs each, 30-day period; milliseconds (p50; engine = in-process)")
+    print()
+    head = " | ".join(f"{e}: HTTP | {e}: engine | {e}: cached" for e in engines)
+    ratio = " | chdb ÷ duckdb, HTTP" if {"duckdb", "chdb"} <= set(engines) else ""
+    print(f"| query | {head}{ratio} |")
+    print("|---|" + "---:|" * (3 * len(engines) + (1 if ratio else 0)))
+    for name in results[engines[0]]:
+        cells = " | ".join(
+            f"{results[e][name][0]:.1f} | {results[e][name][2]:.1f} | {results[e][name][3]}"
+            for e in engines
+        )
+        extra = f" | {results['chdb'][name][0] / results['duckdb'][name][0]:.1f}×" if ratio else ""
+        print(f"| {name} | {cells}{extra} |")
+
+
+def measure(
+    engine: str, data_dir: Path, params: dict[str, list[str]], period: dict[str, str],
+    top: tuple[Any, ...], small: tuple[Any, ...], built: datetime, runs: int,
+) -> dict[str, tuple[float, float, float, str]]:  # fmt: skip
+    """Per query: HTTP p50, HTTP p95, engine p50 and cached HTTP p50 on ``engine``."""
+    store = open_for_bench(engine, data_dir)
     cases: list[tuple[str, str, str, Callable[[], Any]]] = []
     for label, (tenant, wf, _) in (("busiest workflow", top), ("small workflow", small)):
         q = wq.parse_metrics_query(tenant, wf, params)
@@ -271,18 +340,11 @@ def main() -> None:
                                     now=built).compute))  # fmt: skip
     direct = {}
     for name, _, _, fn in cases:
-        direct[name] = timed(fn, args.runs)
-    held = store.rollup_cache.nbytes
+        direct[name] = timed(fn, runs)
+        print(f"  {engine}, in-process: {name}: p50 {direct[name][0]:.1f} ms", flush=True)
     store.close()
-
-    print()
-    print(f"{args.runs} runs each, 30-day period; milliseconds")
-    print()
-    print(
-        "| query | HTTP p50 | HTTP p95 | engine p50 | engine p95 | engine, first | HTTP cached p50 |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    with Server(data_dir, KAIE_RATE_LIMITS=LIMITS) as server:
+    out: dict[str, tuple[float, float, float, str]] = {}
+    with Server(data_dir, KAIE_RATE_LIMITS=LIMITS, KAIE_EVENTS_BACKEND=engine) as server:
         keys = {t: server.create_key(t) for t in {c[1] for c in cases}}
         with httpx.Client(base_url=server.url, timeout=60) as client:
             for name, tenant, path, _ in cases:
@@ -294,13 +356,11 @@ def main() -> None:
                     assert r.status_code == 200, r.text
 
                 fresh = {**headers, "Cache-Control": "no-cache"}
-                uncached = timed(lambda fresh=fresh: get(fresh), args.runs)
-                cached = "—" if "realtime" in path else f"{timed(get, args.runs)[0]:.1f}"
-                d = direct[name]
-                print(f"| {name} | {uncached[0]:.1f} | {uncached[1]:.1f} | {d[0]:.1f} |"
-                      f" {d[1]:.1f} | {d[2]:.1f} | {cached} |", flush=True)  # fmt: skip
-    print()
-    print(f"Workflow rollups held in memory after the engine runs: {held / 2**20:.1f} MiB")
+                uncached = timed(lambda fresh=fresh: get(fresh), runs)
+                cached = "—" if "realtime" in path else f"{timed(get, runs)[0]:.1f}"
+                out[name] = (uncached[0], uncached[1], direct[name][0], cached)
+                print(f"  {engine}, HTTP: {name}: p50 {uncached[0]:.1f} ms", flush=True)
+    return out
 
 
 if __name__ == "__main__":
