@@ -39,6 +39,7 @@ def open_engine(settings: Settings) -> EventEngine:
             settings.data_dir,
             cluster=settings.clickhouse_cluster,
             query_timeout_s=settings.query_timeout_s,
+            fold_idle_s=settings.compact_idle_s,
         )
     from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 

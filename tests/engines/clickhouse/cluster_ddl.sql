@@ -63,8 +63,79 @@ AS SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
 FROM (SELECT * FROM events_local WHERE workflow_id IS NOT NULL)
 GROUP BY tenant, workflow_id;
 
+CREATE TABLE IF NOT EXISTS executions_state_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    execution_id String,
+    has_s SimpleAggregateFunction(max, UInt8),
+    has_c SimpleAggregateFunction(max, UInt8),
+    has_f SimpleAggregateFunction(max, UInt8),
+    s AggregateFunction(argMin, Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)), DateTime64(6, 'UTC')),
+    c AggregateFunction(argMax, Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)), DateTime64(6, 'UTC')),
+    f AggregateFunction(argMax, Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)), DateTime64(6, 'UTC'))
+) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/executions_state', '{replica}')
+ORDER BY (tenant, execution_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS executions_state_mv ON CLUSTER `analytics` TO executions_state_local
+AS SELECT tenant, assumeNotNull(execution_id) AS execution_id,
+    max(type = 'execution.started') AS has_s,
+    max(type = 'execution.completed') AS has_c,
+    max(type = 'execution.failed') AS has_f,
+    argMinStateIf(_state, ts, type = 'execution.started') AS s,
+    argMaxStateIf(_state, ts, type = 'execution.completed') AS c,
+    argMaxStateIf(_state, ts, type = 'execution.failed') AS f
+FROM (
+    SELECT *, CAST((ts, duration_ms, workflow_id, channel, customer_id, error_type) AS Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)))
+        AS _state
+    FROM events_local WHERE type IN ('execution.started', 'execution.completed', 'execution.failed') AND execution_id IS NOT NULL
+)
+GROUP BY tenant, execution_id;
+
+CREATE TABLE IF NOT EXISTS executions_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    workflow_id String,
+    started_at DateTime64(6, 'UTC'),
+    execution_id String,
+    channel Nullable(String),
+    customer_id Nullable(String),
+    status UInt8,
+    duration_ms Nullable(Int64),
+    error_type Nullable(String),
+    version UInt64,
+    deleted UInt8
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/executions', '{replica}', version, deleted)
+PARTITION BY toYYYYMM(started_at)
+ORDER BY (tenant, workflow_id, started_at, execution_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE TABLE IF NOT EXISTS execution_keys_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    execution_id String,
+    workflow_id String,
+    started_at DateTime64(6, 'UTC'),
+    version UInt64
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/execution_keys', '{replica}', version)
+ORDER BY (tenant, execution_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE TABLE IF NOT EXISTS engine_state_local ON CLUSTER `analytics` (
+    key String,
+    value Int64,
+    version UInt64
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/engine_state', '{replica}', version)
+ORDER BY key
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
 CREATE TABLE IF NOT EXISTS events ON CLUSTER `analytics` AS events_local ENGINE = Distributed(`analytics`, currentDatabase(), events_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS event_ids ON CLUSTER `analytics` AS event_ids_local ENGINE = Distributed(`analytics`, currentDatabase(), event_ids_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS workflows ON CLUSTER `analytics` AS workflows_local ENGINE = Distributed(`analytics`, currentDatabase(), workflows_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS executions_state ON CLUSTER `analytics` AS executions_state_local ENGINE = Distributed(`analytics`, currentDatabase(), executions_state_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS executions ON CLUSTER `analytics` AS executions_local ENGINE = Distributed(`analytics`, currentDatabase(), executions_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS execution_keys ON CLUSTER `analytics` AS execution_keys_local ENGINE = Distributed(`analytics`, currentDatabase(), execution_keys_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS engine_state ON CLUSTER `analytics` AS engine_state_local ENGINE = Distributed(`analytics`, currentDatabase(), engine_state_local, sipHash64(tenant));

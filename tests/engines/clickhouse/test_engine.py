@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from factories import iso
-from kaie_analytics.analytics.facts import ActivityQuery, Ask, Window
+from kaie_analytics.analytics.facts import ActivityQuery, Ask, RowsQuery, Window
+from kaie_analytics.engines.clickhouse import folds
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import ddl
 from kaie_analytics.engines.clickhouse.transport import ChdbTransport
@@ -116,3 +117,52 @@ def test_cluster_ddl_is_pinned_and_parses(transport: ChdbTransport) -> None:
     assert ";\n\n".join(statements) + ";\n" == snapshot.read_text()
     for statement in statements:
         transport.query("SELECT formatQuery({q:String})", {"q": statement})
+
+
+def _executions(engine: ClickHouseEngine, tenant: str = "acme") -> list[dict[str, object]]:
+    window = Window(datetime(2000, 1, 1), datetime(2100, 1, 1))
+    reader = engine.rows(RowsQuery(tenant, "executions", window), 1000)
+    return sorted((r for b in reader for r in b.to_pylist()), key=lambda r: str(r["execution_id"]))
+
+
+def test_a_fold_moves_executions_whose_key_changed_and_survives_being_cut_off(
+    transport: ChdbTransport,
+) -> None:
+    engine = ClickHouseEngine(transport, fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+    ended = {"type": "execution.completed", "workflow_id": "wf", "duration_ms": 60_000}
+    engine.append("acme", _valid([
+        {**ended, "id": "c1", "execution_id": "x1", "timestamp": iso(t0)},
+        {**ended, "id": "c2", "execution_id": "x2", "timestamp": iso(t0)},
+        _started(3, t0),
+    ])).result()  # fmt: skip
+    before = _executions(engine)
+    engine.settle()
+    assert _executions(engine) == before  # folded, the same
+    assert [r["started_at"] for r in before[:2]] == [t0 - timedelta(minutes=1)] * 2
+    # Late start events move x1 (earlier start) and x2 (another workflow, later start).
+    engine.append("acme", _valid([
+        {**_started(1, t0 - timedelta(hours=5)), "execution_id": "x1"},
+        {**_started(2, t0 - timedelta(seconds=30)), "execution_id": "x2", "workflow_id": "wf-b"},
+    ])).result()  # fmt: skip
+    pending = _executions(engine)  # answered from the states, before any fold
+    assert [(r["workflow_id"], r["started_at"]) for r in pending[:2]] == [
+        ("wf", t0 - timedelta(hours=5)), ("wf-b", t0 - timedelta(seconds=30)),
+    ]  # fmt: skip
+    # A fold cut off after its first statement, then a whole one: still exact.
+    folder = engine.folder
+    assert folder is not None
+    hi = int(transport.query("SELECT max(toUnixTimestamp64Micro(ingested_at)) AS m FROM events")
+             .column("m")[0].as_py())  # fmt: skip
+    transport.command(folds.FOLD_STATEMENTS[0],
+                      {"tenant": "acme", "lo": folder.watermark, "hi": hi})  # fmt: skip
+    assert _executions(engine) == pending
+    engine.settle()
+    assert _executions(engine) == pending
+    rows = transport.query(
+        "SELECT execution_id, workflow_id FROM executions FINAL ORDER BY execution_id"
+    ).to_pylist()
+    assert rows == [{"execution_id": "x1", "workflow_id": "wf"},
+                    {"execution_id": "x2", "workflow_id": "wf-b"},
+                    {"execution_id": "x3", "workflow_id": "wf"}]  # fmt: skip
+    engine.close()

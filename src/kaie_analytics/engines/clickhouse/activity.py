@@ -1,7 +1,7 @@
 """Facts of executions, nodes and messages (``ActivityQuery``) in ClickHouse SQL.
 
 Per ask, one aggregate over the tenant's executions (merged from their events,
-``sql.EXECUTIONS``), one over their node events when nodes are asked, and one
+``sql.executions``), one over their node events when nodes are asked, and one
 over messages and feedback; each row is put in every window its time is in.
 Percentiles follow numpy's linear interpolation to the bit (the sorted
 durations of a cell, then numpy's own formula), so they equal the DuckDB
@@ -126,9 +126,8 @@ def _statements(q: ActivityQuery, ask: Ask) -> list[tuple[str, tuple[str, ...]]]
     out: list[tuple[str, tuple[str, ...]]] = []
     exec_dims = {**_EXEC_DIMS, "customer_segment": "x.segment"}
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
-    executions = (
-        f"SELECT * FROM ({sql.EXECUTIONS}) WHERE started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
-    )
+    in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
+    executions = f"SELECT * FROM ({sql.executions(in_period)}) WHERE {in_period}"
     m = ask.measures
     if "nodes" in m:
         nodes = f"""SELECT e.started_at AS started_at, e.channel AS channel,
@@ -183,9 +182,14 @@ def _statements(q: ActivityQuery, ask: Ask) -> list[tuple[str, tuple[str, ...]]]
     return out
 
 
-def activity(transport: Transport, q: ActivityQuery) -> list[Cells]:
-    """The cells of every ask of ``q``."""
-    base = {"tenant": q.tenant, "tz": q.timezone, **sql.filter_params(q.workflow_ids, q.channels)}
+def activity(transport: Transport, q: ActivityQuery, folded: int) -> list[Cells]:
+    """The cells of every ask of ``q`` (``folded``: the fold's watermark)."""
+    base = {
+        "tenant": q.tenant,
+        "tz": q.timezone,
+        "folded": folded,
+        **sql.filter_params(q.workflow_ids, q.channels),
+    }
     out: list[Cells] = [{} for _ in q.asks]
     none = tuple(None for _ in q.quantiles)
     for i, ask in enumerate(q.asks):

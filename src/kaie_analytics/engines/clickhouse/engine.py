@@ -32,7 +32,7 @@ from kaie_analytics.analytics.facts import (
     TenantEvents,
     Workflow,
 )
-from kaie_analytics.engines.clickhouse import activity, customers, exports, realtime, sql
+from kaie_analytics.engines.clickhouse import activity, customers, exports, folds, realtime, sql
 from kaie_analytics.engines.clickhouse.schema import ddl
 from kaie_analytics.engines.clickhouse.transport import Transport, open_transport
 from kaie_analytics.engines.clickhouse.writer import Writer
@@ -53,10 +53,16 @@ class ClickHouseEngine:
 
     prepare = staticmethod(columns.prepare)
 
-    def __init__(self, transport: Transport, *, cluster: str | None = None) -> None:
+    def __init__(
+        self, transport: Transport, *, cluster: str | None = None, fold_idle_s: float = 2.0
+    ) -> None:
         self.transport = transport
         for statement in ddl(cluster):
             transport.command(statement)
+        folds.upgrade(transport)
+        # Only the embedded engine folds (see ``folds``); on a server, every answer
+        # merges the executions from their states.
+        self.folder = folds.Folder(transport, fold_idle_s) if transport.embedded else None
         # Data versions (for caches) count this process's commits: with several
         # processes, the shared cache versions of the scale-out setup replace them.
         self._versions: dict[str, int] = defaultdict(int)
@@ -67,11 +73,15 @@ class ClickHouseEngine:
     @classmethod
     def open(
         cls, backend: str, data_dir: Path, *, cluster: str | None = None,
-        query_timeout_s: float = 10.0,
+        query_timeout_s: float = 10.0, fold_idle_s: float = 2.0,
     ) -> ClickHouseEngine:  # fmt: skip
-        return cls(
-            open_transport(backend, data_dir, query_timeout_s=query_timeout_s), cluster=cluster
+        transport = open_transport(
+            backend, data_dir, query_timeout_s=query_timeout_s, cluster=cluster
         )
+        return cls(transport, cluster=cluster, fold_idle_s=fold_idle_s)
+
+    def _folded(self) -> int:
+        return self.folder.watermark if self.folder is not None else 0
 
     def _bump(self, tenants: set[str]) -> None:
         with self._versions_lock:
@@ -181,7 +191,7 @@ class ClickHouseEngine:
         return [TenantEvents(*row) for row in sql.rows(table)]
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
-        return activity.activity(self.transport, q)
+        return activity.activity(self.transport, q, self._folded())
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
         return customers.customers(self.transport, q)
@@ -193,12 +203,13 @@ class ClickHouseEngine:
         return customers.journeys(self.transport, q)
 
     def realtime(self, q: RealtimeQuery) -> RealtimeFacts:
-        return realtime.realtime(self.transport, q)
+        return realtime.realtime(self.transport, q, self._folded())
 
     def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
         schema = ROW_SCHEMAS[q.kind]
         params: dict[str, Any] = {
             "tenant": q.tenant,
+            "folded": self._folded(),
             **sql.window_params(q.window),
             **sql.filter_params(q.workflow_ids, q.channels),
         }
@@ -208,7 +219,9 @@ class ClickHouseEngine:
         )
 
     def settle(self) -> None:
-        """Everything committed is read by every query at once: nothing to wait for."""
+        """Fold every execution committed so far (answers are exact before, too)."""
+        if self.folder is not None:
+            self.folder.fold()
 
     def ping(self) -> bool:
         try:
@@ -221,6 +234,8 @@ class ClickHouseEngine:
         if self._closed:
             return
         self._closed = True
+        if self.folder is not None:
+            self.folder.close()
         self._writer.close()
         self.transport.close()
 

@@ -13,7 +13,7 @@ ROWS_SQL: dict[RowKind, str] = {
     "executions": f"""
         SELECT execution_id, workflow_id, channel, customer_id, started_at,
             ['running', 'success', 'failed'][status + 1] AS status, duration_ms, error_type
-        FROM ({sql.EXECUTIONS})
+        FROM ({sql.executions(f"started_at BETWEEN {_LO} AND {_HI} AND {sql.FILTERS}")})
         WHERE started_at BETWEEN {_LO} AND {_HI} AND {sql.FILTERS}
         ORDER BY started_at, execution_id""",
     "messages": sql.tenant_events(

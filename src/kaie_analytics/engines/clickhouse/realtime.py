@@ -35,9 +35,10 @@ SELECT 1, workflow_id, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY workflow
 UNION ALL
 SELECT 2, {_NO_TEXT}, channel, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY channel
 """
+_LAST_DAY = f"started_at BETWEEN {sql.time_param('day_ago')} AND {_NOW}"
 RUNNING = f"""
-SELECT workflow_id, count() FROM ({sql.EXECUTIONS})
-WHERE status = 0 AND started_at BETWEEN {sql.time_param("day_ago")} AND {_NOW} AND {_FILTERS}
+SELECT workflow_id, count() FROM ({sql.executions(_LAST_DAY)})
+WHERE status = 0 AND {_LAST_DAY} AND {_FILTERS}
 GROUP BY workflow_id
 """
 _RECEIVED = sql.tenant_events(
@@ -63,10 +64,11 @@ GROUP BY workflow_id
 """
 
 
-def realtime(transport: Transport, q: RealtimeQuery) -> RealtimeFacts:
+def realtime(transport: Transport, q: RealtimeQuery, folded: int) -> RealtimeFacts:
     now = q.now
     params: dict[str, Any] = {
         "tenant": q.tenant,
+        "folded": folded,
         "now": sql.epoch_us(now),
         "hour_ago": sql.epoch_us(now - HOUR),
         "day_ago": sql.epoch_us(now - DAY),

@@ -39,12 +39,35 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("ingested_at", TIME),
 )
 _DURABLE = "fsync_after_insert = 1, fsync_part_directory = 1"
+#: What an execution's start and terminal events carry, as one tuple shape:
+#: (ts, duration_ms, workflow_id, channel, customer_id, error_type).
+STATE = f"Tuple({TIME}, Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String))"
+EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
+#: The layout the tables below have; a store of an older one is brought up to it.
+LAYOUT = 2
 
 
-def _engine(kind: str, table: str, cluster: str | None) -> str:
+def _engine(kind: str, table: str, cluster: str | None, args: str = "") -> str:
     if cluster is None:
-        return f"{kind}()"
-    return f"Replicated{kind}('/clickhouse/tables/{{shard}}/{{database}}/{table}', '{{replica}}')"
+        return f"{kind}({args})"
+    path = f"'/clickhouse/tables/{{shard}}/{{database}}/{table}', '{{replica}}'"
+    return f"Replicated{kind}({path}{', ' + args if args else ''})"
+
+
+#: The aggregate states of the execution events of ``{source}`` (a table or query).
+EXECUTION_STATES = f"""SELECT tenant, assumeNotNull(execution_id) AS execution_id,
+    max(type = 'execution.started') AS has_s,
+    max(type = 'execution.completed') AS has_c,
+    max(type = 'execution.failed') AS has_f,
+    argMinStateIf(_state, ts, type = 'execution.started') AS s,
+    argMaxStateIf(_state, ts, type = 'execution.completed') AS c,
+    argMaxStateIf(_state, ts, type = 'execution.failed') AS f
+FROM (
+    SELECT *, CAST((ts, duration_ms, workflow_id, channel, customer_id, error_type) AS {STATE})
+        AS _state
+    FROM {{source}} WHERE type IN {EXEC_TYPES} AND execution_id IS NOT NULL
+)
+GROUP BY tenant, execution_id"""
 
 
 def ddl(cluster: str | None = None) -> list[str]:
@@ -89,9 +112,64 @@ AS SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
     min(ingested_at) AS created_at
 FROM (SELECT * FROM events{local} WHERE workflow_id IS NOT NULL)
 GROUP BY tenant, workflow_id""",
+        # Executions: every event merged into aggregate states per execution (idempotent:
+        # a copy of an event changes nothing), so a query merges one row per execution.
+        f"""CREATE TABLE IF NOT EXISTS executions_state{local}{on} (
+    tenant LowCardinality(String),
+    execution_id String,
+    has_s SimpleAggregateFunction(max, UInt8),
+    has_c SimpleAggregateFunction(max, UInt8),
+    has_f SimpleAggregateFunction(max, UInt8),
+    s AggregateFunction(argMin, {STATE}, {TIME}),
+    c AggregateFunction(argMax, {STATE}, {TIME}),
+    f AggregateFunction(argMax, {STATE}, {TIME})
+) ENGINE = {_engine("AggregatingMergeTree", "executions_state", cluster)}
+ORDER BY (tenant, execution_id)
+SETTINGS {_DURABLE}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS executions_state_mv{on} TO executions_state{local}
+AS {EXECUTION_STATES.format(source=f"events{local}")}""",
+        # Executions as of the last fold, one row each, ordered so that a workflow's
+        # executions of a period are one range; an execution whose key changed has a
+        # deleted row at its old key. ``execution_keys`` finds the current key by id.
+        f"""CREATE TABLE IF NOT EXISTS executions{local}{on} (
+    tenant LowCardinality(String),
+    workflow_id String,
+    started_at {TIME},
+    execution_id String,
+    channel Nullable(String),
+    customer_id Nullable(String),
+    status UInt8,
+    duration_ms Nullable(Int64),
+    error_type Nullable(String),
+    version UInt64,
+    deleted UInt8
+) ENGINE = {_engine("ReplacingMergeTree", "executions", cluster, "version, deleted")}
+PARTITION BY toYYYYMM(started_at)
+ORDER BY (tenant, workflow_id, started_at, execution_id)
+SETTINGS {_DURABLE}""",
+        f"""CREATE TABLE IF NOT EXISTS execution_keys{local}{on} (
+    tenant LowCardinality(String),
+    execution_id String,
+    workflow_id String,
+    started_at {TIME},
+    version UInt64
+) ENGINE = {_engine("ReplacingMergeTree", "execution_keys", cluster, "version")}
+ORDER BY (tenant, execution_id)
+SETTINGS {_DURABLE}""",
+        # Per key, the latest value: the fold's watermark, the layout.
+        f"""CREATE TABLE IF NOT EXISTS engine_state{local}{on} (
+    key String,
+    value Int64,
+    version UInt64
+) ENGINE = {_engine("ReplacingMergeTree", "engine_state", cluster, "version")}
+ORDER BY key
+SETTINGS {_DURABLE}""",
     ]
     if cluster:
-        for table in ("events", "event_ids", "workflows"):
+        for table in (
+            "events", "event_ids", "workflows", "executions_state", "executions",
+            "execution_keys", "engine_state",
+        ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
                 f" ENGINE = Distributed({_identifier(cluster)}, currentDatabase(),"

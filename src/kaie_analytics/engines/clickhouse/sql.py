@@ -70,19 +70,17 @@ def tenant_events(types: str | None, columns: str = "*", where: str = "") -> str
     return f"SELECT {columns} FROM events FINAL WHERE {' AND '.join(conditions)}"
 
 
-#: What an execution's start and terminal events carry, as one tuple shape:
-#: (ts, duration_ms, workflow_id, channel, customer_id, error_type).
-_STATE = "(ts, duration_ms, workflow_id, channel, customer_id, error_type)"
-
-#: One row per execution of ``{tenant}``, merged from its events at query time
-#: (spec/METRICS.md, "Executions"): attributes come from the started event,
-#: else from the earlier terminal event that has them; the later terminal event
-#: decides the status (on equal timestamps, failed wins); duration is the
-#: deciding event's ``duration_ms``, else its timestamp minus the start (never
-#: negative); an execution without a start event started at its terminal
-#: timestamp minus its duration. ``status``: 0 running, 1 success, 2 failed.
-EXECUTIONS = f"""
-SELECT execution_id,
+def merged_executions(where: str, *, with_tenant: bool = False) -> str:
+    """One row per execution whose states match ``where`` (on ``executions_state``),
+    merged and finalised (spec/METRICS.md, "Executions"): attributes come from the
+    started event, else from the earlier terminal event that has them; the later
+    terminal event decides the status (on equal timestamps, failed wins); duration
+    is the deciding event's ``duration_ms``, else its timestamp minus the start
+    (never negative); an execution without a start event started at its terminal
+    timestamp minus its duration. ``status``: 0 running, 1 success, 2 failed."""
+    tenant = "tenant, " if with_tenant else ""
+    return f"""
+SELECT {tenant}execution_id,
     coalesce(if(has_s, s.3, NULL), if(ended, t1.3, NULL), if(has_c AND has_f, t2.3, NULL))
         AS workflow_id,
     coalesce(if(has_s, s.4, NULL), if(ended, t1.4, NULL), if(has_c AND has_f, t2.4, NULL))
@@ -98,26 +96,49 @@ SELECT execution_id,
         AS duration_ms,
     if(ended AND NOT c_wins, f.6, NULL) AS error_type
 FROM (
-    SELECT execution_id, has_s, has_c, has_f, s, c, f,
+    SELECT {tenant}execution_id, has_s, has_c, has_f, s, c, f,
         has_c AND (NOT has_f OR c.1 > f.1) AS c_wins,
         has_c OR has_f AS ended,
         if(c_wins, c, f) AS w,
         if(has_c AND (NOT has_f OR c.1 <= f.1), c, f) AS t1,
         if(c.1 <= f.1, f, c) AS t2
     FROM (
-        SELECT execution_id,
-            countIf(type = 'execution.started') > 0 AS has_s,
-            countIf(type = 'execution.completed') > 0 AS has_c,
-            countIf(type = 'execution.failed') > 0 AS has_f,
-            argMinIf({_STATE}, ts, type = 'execution.started') AS s,
-            argMaxIf({_STATE}, ts, type = 'execution.completed') AS c,
-            argMaxIf({_STATE}, ts, type = 'execution.failed') AS f
-        FROM events FINAL
-        WHERE tenant = {{tenant:String}} AND type IN {EXEC_TYPES} AND execution_id IS NOT NULL
-        GROUP BY execution_id
+        SELECT tenant, execution_id, max(has_s) = 1 AS has_s, max(has_c) = 1 AS has_c,
+            max(has_f) = 1 AS has_f, argMinMerge(s) AS s, argMaxMerge(c) AS c,
+            argMaxMerge(f) AS f
+        FROM executions_state WHERE {where}
+        GROUP BY tenant, execution_id
     )
 )
 """
+
+
+#: The columns an execution has, as queries read them.
+EXECUTION_COLUMNS = (
+    "execution_id, workflow_id, channel, customer_id, started_at, status, duration_ms, error_type"
+)
+#: The executions of ``{tenant}`` with events ingested after the fold's watermark
+#: ``{folded:Int64}`` (µs of ``ingested_at``): their folded rows are stale.
+PENDING = (
+    f"SELECT execution_id FROM events WHERE tenant = {{tenant:String}}"
+    f" AND ingested_at > fromUnixTimestamp64Micro({{folded:Int64}}, 'UTC')"
+    f" AND type IN {EXEC_TYPES} AND execution_id IS NOT NULL"
+)
+
+
+def executions(where: str = "1") -> str:
+    """The current executions of ``{tenant}``: the folded ones (``executions``, those
+    matching ``where`` there, an optimisation only), except the ones with events after
+    the watermark ``{folded}``, which are merged from their states instead."""
+    return f"""
+SELECT {EXECUTION_COLUMNS} FROM executions FINAL
+WHERE tenant = {{tenant:String}} AND {where} AND execution_id NOT IN ({PENDING})
+UNION ALL
+SELECT {EXECUTION_COLUMNS} FROM ({
+        merged_executions("tenant = {tenant:String} AND execution_id IN (" + PENDING + ")")
+    })
+"""
+
 
 #: Each customer's latest segment.
 SEGMENTS = f"""

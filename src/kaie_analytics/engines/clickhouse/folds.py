@@ -1,0 +1,155 @@
+"""The fold: executions merged from their states into ``executions``, in the background.
+
+Every execution event is in ``executions_state`` as soon as it is inserted (a
+materialized view), so merging an execution is always exact; the fold keeps
+the merged rows in ``executions``, ordered by tenant, workflow and start, so a
+workflow's period is read as one range instead of merging every execution of
+the tenant. Queries read the folded rows except those of executions with
+events ingested after the fold's watermark, which they merge themselves
+(``sql.executions``): an answer never waits for a fold.
+
+One fold, for the executions with events ingested in (watermark, new watermark]:
+
+1. their merged rows are written to ``executions`` (version: the new
+   watermark), and a deleted row at the old key of each whose key (workflow,
+   start) changed, found in ``execution_keys``;
+2. their keys are written to ``execution_keys``;
+3. the new watermark is written to ``engine_state``.
+
+Each step is idempotent and they run in that order, so a fold cut off at any
+point (a crash) is simply done again by the next one.
+
+The watermark is exact when one process writes (embedded chdb): the writer
+gives each insert a later ``ingested_at`` than the one before, and a fold
+takes only events already visible. With several API processes on one server,
+inserts of different processes interleave, so the fold runs only embedded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kaie_analytics.engines.clickhouse import sql
+from kaie_analytics.engines.clickhouse.schema import EXECUTION_STATES, LAYOUT
+from kaie_analytics.engines.clickhouse.transport import Transport
+
+log = logging.getLogger("kaie_analytics.store")
+
+WATERMARK = "executions_folded"
+_TOUCHED = (
+    "SELECT DISTINCT execution_id FROM events"
+    " WHERE tenant = {tenant:String} AND type IN " + sql.EXEC_TYPES
+    + " AND execution_id IS NOT NULL"
+    " AND ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
+    " AND ingested_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
+)  # fmt: skip
+_MERGED = sql.merged_executions(
+    "tenant = {tenant:String} AND execution_id IN (" + _TOUCHED + ")", with_tenant=True
+)
+# (The filter is a level down: here ``workflow_id`` is the alias, never NULL.)
+_NEW_ROWS = f"""
+SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
+    assumeNotNull(started_at) AS started_at, execution_id, channel, customer_id, status,
+    duration_ms, error_type, {{hi:Int64}} AS version, 0 AS deleted
+FROM ({_MERGED}) WHERE workflow_id IS NOT NULL AND started_at IS NOT NULL
+"""
+_OLD_KEYS = f"""
+SELECT tenant, workflow_id, started_at, execution_id FROM execution_keys FINAL
+WHERE tenant = {{tenant:String}} AND execution_id IN ({_TOUCHED})
+"""
+FOLD_STATEMENTS = (
+    # 1. deleted rows at the keys that changed, then the merged rows
+    f"""INSERT INTO executions
+    SELECT tenant, workflow_id, started_at, execution_id, NULL, NULL, 0, NULL, NULL,
+        {{hi:Int64}}, 1
+    FROM ({_OLD_KEYS})
+    WHERE (tenant, workflow_id, started_at, execution_id) NOT IN (
+        SELECT tenant, workflow_id, started_at, execution_id FROM ({_NEW_ROWS}))""",
+    f"INSERT INTO executions {_NEW_ROWS}",
+    # 2. the keys
+    f"""INSERT INTO execution_keys
+    SELECT tenant, execution_id, workflow_id, started_at, version FROM ({_NEW_ROWS})""",
+)
+
+
+def state(transport: Transport, key: str) -> int:
+    """A value kept in ``engine_state`` (0 when not set)."""
+    table = transport.query(
+        "SELECT value FROM engine_state FINAL WHERE key = {key:String}", {"key": key}
+    )
+    return int(table.column(0)[0].as_py()) if table.num_rows else 0
+
+
+def set_state(transport: Transport, key: str, value: int) -> None:
+    transport.command(
+        "INSERT INTO engine_state SELECT {key:String}, {value:Int64},"
+        " toUInt64(toUnixTimestamp64Micro(now64(6)))",
+        {"key": key, "value": value},
+    )
+
+
+def upgrade(transport: Transport) -> None:
+    """Bring a store of an older layout up to ``schema.LAYOUT``: fill the tables that
+    are new since with what the events say (tenant by tenant, to bound memory)."""
+    if state(transport, "layout") >= LAYOUT:
+        return
+    tenants = transport.query("SELECT DISTINCT tenant FROM events").column(0).to_pylist()
+    source = "(SELECT * FROM events WHERE tenant = {tenant:String})"
+    for tenant in tenants:
+        transport.command(
+            "INSERT INTO executions_state " + EXECUTION_STATES.format(source=source),
+            {"tenant": tenant},
+        )
+    set_state(transport, "layout", LAYOUT)
+
+
+def watermark(transport: Transport) -> int:
+    """µs of ``ingested_at`` up to which executions are folded (0: none yet)."""
+    return state(transport, WATERMARK)
+
+
+class Folder:
+    """Folds every ``idle_s`` seconds while new events have come in (embedded only)."""
+
+    def __init__(self, transport: Transport, idle_s: float) -> None:
+        self._transport = transport
+        self._idle_s = idle_s
+        #: The watermark of the last fold (this process is the only one that folds).
+        self.watermark = watermark(transport)
+        self._lock = threading.Lock()  # one fold at a time
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kaie-ch-fold", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._idle_s):
+            try:
+                self.fold()
+            except Exception:  # the next round tries again; queries stay exact meanwhile
+                log.exception("a fold of executions failed")
+
+    def fold(self) -> None:
+        """Fold every execution with events ingested since the watermark."""
+        with self._lock:
+            t = self._transport
+            lo = self.watermark
+            found = t.query(
+                f"SELECT tenant, {sql.us('max(ingested_at)')} FROM events"
+                " WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
+                f" AND type IN {sql.EXEC_TYPES} GROUP BY tenant",
+                {"lo": lo},
+            )
+            if not found.num_rows:
+                return
+            tenants = [str(x) for x in found.column(0).to_pylist()]
+            hi = max(int(x) for x in found.column(1).to_pylist())
+            for tenant in tenants:
+                for statement in FOLD_STATEMENTS:
+                    t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
+            set_state(t, WATERMARK, hi)  # 3. the watermark, last
+            self.watermark = hi
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
