@@ -27,11 +27,16 @@ CREATE TABLE IF NOT EXISTS events_local ON CLUSTER `analytics` (
     step_name Nullable(String),
     reason Nullable(String),
     properties Nullable(String),
-    ingested_at DateTime64(6, 'UTC')
+    ingested_at DateTime64(6, 'UTC'),
+    -- Queries and folds look for what was ingested after the fold's watermark: old
+    -- parts are skipped whole.
+    INDEX ingested ingested_at TYPE minmax GRANULARITY 1
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/events', '{replica}')
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant, type, ts, event_id)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE events_local ON CLUSTER `analytics` ADD INDEX IF NOT EXISTS ingested ingested_at TYPE minmax GRANULARITY 1;
 
 CREATE TABLE IF NOT EXISTS event_ids_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),

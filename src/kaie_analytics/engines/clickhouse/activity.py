@@ -121,13 +121,13 @@ def _aggregate(
     return f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
 
 
-def _statements(q: ActivityQuery, ask: Ask) -> list[tuple[str, tuple[str, ...]]]:
+def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tuple[str, ...]]]:
     """(SQL, the fields of its values after the key columns) for one ask."""
     out: list[tuple[str, tuple[str, ...]]] = []
     exec_dims = {**_EXEC_DIMS, "customer_segment": "x.segment"}
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
-    executions = f"SELECT * FROM ({sql.executions(in_period)}) WHERE {in_period}"
+    executions = f"SELECT * FROM ({sql.executions(in_period, pending=pending)}) WHERE {in_period}"
     m = ask.measures
     if "nodes" in m:
         nodes = f"""SELECT e.started_at AS started_at, e.channel AS channel,
@@ -182,36 +182,44 @@ def _statements(q: ActivityQuery, ask: Ask) -> list[tuple[str, tuple[str, ...]]]
     return out
 
 
-def activity(transport: Transport, q: ActivityQuery, folded: int) -> list[Cells]:
-    """The cells of every ask of ``q`` (``folded``: the fold's watermark)."""
+def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool) -> list[Cells]:
+    """The cells of every ask of ``q`` (``folded``: the fold's watermark; ``pending``:
+    whether the tenant has events after it), every statement side by side."""
     base = {
         "tenant": q.tenant,
         "tz": q.timezone,
         "folded": folded,
         **sql.filter_params(q.workflow_ids, q.channels),
     }
-    out: list[Cells] = [{} for _ in q.asks]
-    none = tuple(None for _ in q.quantiles)
+    shapes: list[tuple[int, tuple[str, ...]]] = []
+    statements = []
     for i, ask in enumerate(q.asks):
         params = base | _window_params(q, ask)
+        for statement, fields in _statements(q, ask, pending):
+            shapes.append((i, fields))
+            statements.append((statement, params))
+    out: list[Cells] = [{} for _ in q.asks]
+    none = tuple(None for _ in q.quantiles)
+    for (i, fields), table in zip(shapes, transport.query_all(statements), strict=True):
+        ask = q.asks[i]
         cells, n_keys = out[i], 1 + len(ask.by)
-        hours = [n_keys - len(ask.by) + j for j, d in enumerate(ask.by) if d == "hour"]
-        for statement, fields in _statements(q, ask):
-            for row in sql.rows(transport.query(statement, params)):
-                values = list(row)
-                for at in hours:
-                    values[at] = sql.from_epoch_us(values[at])
-                cell_key = tuple(values[:n_keys])
-                cell = cells.get(cell_key)
-                if cell is None:
-                    cell = cells[cell_key] = Sums()
-                for name, value in zip(fields, values[n_keys:], strict=True):
-                    if name == "quantiles":
-                        cell.quantiles = tuple(
-                            None if v is None or math.isnan(v) else v for v in value
-                        )[: len(q.quantiles)]
-                    else:
-                        setattr(cell, name, value)
+        hours = [1 + j for j, d in enumerate(ask.by) if d == "hour"]
+        for row in sql.rows(table):
+            values = list(row)
+            for at in hours:
+                values[at] = sql.from_epoch_us(values[at])
+            cell_key = tuple(values[:n_keys])
+            cell = cells.get(cell_key)
+            if cell is None:
+                cell = cells[cell_key] = Sums()
+            for name, value in zip(fields, values[n_keys:], strict=True):
+                if name == "quantiles":
+                    cell.quantiles = tuple(
+                        None if v is None or math.isnan(v) else v for v in value
+                    )[: len(q.quantiles)]
+                else:
+                    setattr(cell, name, value)
+    for ask, cells in zip(q.asks, out, strict=True):
         if "durations" in ask.measures:
             for cell in cells.values():
                 cell.quantiles = cell.quantiles or none

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
 from kaie_analytics.analytics.facts import (
     ChannelFacts,
     CustomerFacts,
@@ -50,14 +52,15 @@ GROUP BY customer_id, channel, session
 
 
 def customers(transport: Transport, q: CustomerQuery) -> list[CustomerFacts]:
-    return [_window(transport, q, w, by_channel=i == 0) for i, w in enumerate(q.windows)]
+    """One per window; the first one's also by channel (later ones serve trends, which
+    need totals only). Every statement of every window side by side."""
+    statements = [st for w in q.windows for st in _statements(q, w)]
+    tables = transport.query_all(statements)
+    return [_facts(tables[4 * i : 4 * i + 4], by_channel=i == 0) for i in range(len(q.windows))]
 
 
-def _window(
-    transport: Transport, q: CustomerQuery, window: Window, *, by_channel: bool
-) -> CustomerFacts:
-    """One window's facts; ``by_channel`` adds the breakdown by channel (the first
-    window's: later ones serve trends, which need totals only)."""
+def _statements(q: CustomerQuery, window: Window) -> list[tuple[str, dict[str, Any]]]:
+    """Of one window: first events, active customers, sessions, feedback."""
     params: dict[str, Any] = {
         "tenant": q.tenant,
         "channel": q.channel,
@@ -77,14 +80,38 @@ def _window(
         " minOrNullIf(ts, type = 'message.received') AS first_received",
         f"customer_id IS NOT NULL{channel}{in_segment} GROUP BY customer_id",
     )
-    ((known, new),) = sql.rows(
-        transport.query(
-            f"""SELECT countIf(first_event <= {_HI}),
-                    countIf(first_received >= {_LO} AND first_received <= {_HI})
-                FROM ({firsts})""",
-            params,
-        )
+    received = sql.tenant_events(
+        "('message.received')",
+        "channel, customer_id",
+        f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}{in_segment}",
     )
+    feedback = sql.tenant_events(
+        "('feedback.submitted')",
+        "channel, csat, nps",
+        f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}{in_segment}",
+    )
+    texts = [
+        f"""SELECT countIf(first_event <= {_HI}),
+                countIf(first_received >= {_LO} AND first_received <= {_HI})
+            FROM ({firsts})""",
+        f"""SELECT 0, CAST(NULL, 'Nullable(String)'), uniqExact(customer_id) FROM ({received})
+            UNION ALL
+            SELECT 1, channel, uniqExact(customer_id) FROM ({received}) GROUP BY channel""",
+        f"""SELECT channel, count(), sum({sql.us("last_ts")} - {sql.us("first_ts")}), sum(size)
+            FROM ({SESSIONS})
+            WHERE first_ts BETWEEN {_LO} AND {_HI}{channel}{in_segment}
+            GROUP BY channel""",
+        f"""SELECT channel, sum(csat), count(csat), count(nps), countIf(nps >= 9),
+                countIf(nps <= 6)
+            FROM ({feedback}) GROUP BY channel""",
+    ]
+    return [(text, params) for text in texts]
+
+
+def _facts(tables: list[pa.Table], *, by_channel: bool) -> CustomerFacts:
+    """One window's facts from the results of its ``_statements``."""
+    firsts, active, sessions, feedback = (sql.rows(t) for t in tables)
+    ((known, new),) = firsts
     out = CustomerFacts(known=known, new=new)
 
     def per(ch: str) -> ChannelFacts:
@@ -93,49 +120,17 @@ def _window(
     def targets(ch: Any) -> tuple[ChannelFacts, ...]:
         return (out.total, per(ch)) if by_channel and ch is not None else (out.total,)
 
-    received = sql.tenant_events(
-        "('message.received')",
-        "channel, customer_id",
-        f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}{in_segment}",
-    )
-    for grouped, ch, n in sql.rows(
-        transport.query(
-            f"""SELECT 0, CAST(NULL, 'Nullable(String)'), uniqExact(customer_id) FROM ({received})
-                UNION ALL
-                SELECT 1, channel, uniqExact(customer_id) FROM ({received}) GROUP BY channel""",
-            params,
-        )
-    ):
+    for grouped, ch, n in active:
         if grouped == 0:
             out.total.active = n
         elif by_channel and ch is not None:
             per(ch).active = n
-    for ch, n, dur_us, size in sql.rows(
-        transport.query(
-            f"""SELECT channel, count(), sum({sql.us("last_ts")} - {sql.us("first_ts")}), sum(size)
-                FROM ({SESSIONS})
-                WHERE first_ts BETWEEN {_LO} AND {_HI}{channel}{in_segment}
-                GROUP BY channel""",
-            params,
-        )
-    ):
+    for ch, n, dur_us, size in sessions:
         for target in targets(ch):
             target.sessions += n
             target.session_us += dur_us or 0
             target.session_messages += size or 0
-    feedback = sql.tenant_events(
-        "('feedback.submitted')",
-        "channel, csat, nps",
-        f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}{in_segment}",
-    )
-    for ch, csat_sum, csat_n, answers, promoters, detractors in sql.rows(
-        transport.query(
-            f"""SELECT channel, sum(csat), count(csat), count(nps), countIf(nps >= 9),
-                    countIf(nps <= 6)
-                FROM ({feedback}) GROUP BY channel""",
-            params,
-        )
-    ):
+    for ch, csat_sum, csat_n, answers, promoters, detractors in feedback:
         for target in targets(ch):
             target.csat_sum += csat_sum or 0
             target.csat_count += csat_n
@@ -206,35 +201,29 @@ def journeys(transport: Transport, q: JourneyQuery) -> JourneyFacts:
     params = {"tenant": q.tenant, "jtype": q.journey_type, **sql.window_params(q.window)}
     chosen = f"""SELECT *, arrayMap(x -> x.1, steps) AS reached_steps FROM ({JOURNEYS})
         WHERE journey_type = {{jtype:String}} AND first_step BETWEEN {_LO} AND {_HI}"""
-    ((total, completed, completed_us),) = sql.rows(
-        transport.query(
-            f"""SELECT count(), count(completed),
-                    sum({sql.us("completed")} - {sql.us("first_step")}) FROM ({chosen})""",
-            params,
-        )
-    )
-    # One pass per step: journeys that reached it, those that also reached the
-    # step before, and those that did not reach the next (its drop-offs).
-    steps = sql.rows(
-        transport.query(
-            f"""SELECT s.1 AS step, argMax(s.4, s.5), count(),
-                    countIf(has(reached_steps, s.1 - 1)), countIf(NOT has(reached_steps, s.1 + 1)),
-                    coalesce(sum(s.3), 0), count(s.3)
-                FROM ({chosen}) ARRAY JOIN steps AS s
-                GROUP BY step ORDER BY step""",
-            params,
-        )
-    )
-    reasons: list[tuple[Any, ...]] = []
+    statements = [
+        f"""SELECT count(), count(completed),
+                sum({sql.us("completed")} - {sql.us("first_step")}) FROM ({chosen})""",
+        # One pass per step: journeys that reached it, those that also reached the
+        # step before, and those that did not reach the next (its drop-offs).
+        f"""SELECT s.1 AS step, argMax(s.4, s.5), count(),
+                countIf(has(reached_steps, s.1 - 1)), countIf(NOT has(reached_steps, s.1 + 1)),
+                coalesce(sum(s.3), 0), count(s.3)
+            FROM ({chosen}) ARRAY JOIN steps AS s
+            GROUP BY step ORDER BY step""",
+    ]
     if q.reasons:
-        reasons = sql.rows(
-            transport.query(
-                f"""SELECT top_step + 1 AS k, reason, count() AS n
-                    FROM ({chosen}) ARRAY JOIN reasons AS reason
-                    GROUP BY k, reason ORDER BY k, n DESC, reason""",
-                params,
-            )
+        statements.append(
+            f"""SELECT top_step + 1 AS k, reason, count() AS n
+                FROM ({chosen}) ARRAY JOIN reasons AS reason
+                GROUP BY k, reason ORDER BY k, n DESC, reason"""
         )
+    # Side by side, each on its own snapshot (as the DuckDB engine's).
+    heads, steps, *more = (
+        sql.rows(t) for t in transport.query_all([(st, params) for st in statements])
+    )
+    ((total, completed, completed_us),) = heads
+    reasons = more[0] if more else []
     return JourneyFacts(
         total,
         completed,

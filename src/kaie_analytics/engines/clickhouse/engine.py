@@ -67,6 +67,17 @@ class ClickHouseEngine:
         # processes, the shared cache versions of the scale-out setup replace them.
         self._versions: dict[str, int] = defaultdict(int)
         self._versions_lock = threading.Lock()
+        #: Per tenant, µs of its last ingestion (embedded: this process is the only
+        #: writer), so an answer knows whether any of its executions wait for a fold.
+        self._ingested: dict[str, int] = {}
+        if transport.embedded:
+            for tenant, last in sql.rows(
+                transport.query(
+                    "SELECT tenant, max(toUnixTimestamp64Micro(ingested_at)) FROM events"
+                    " GROUP BY tenant"
+                )
+            ):
+                self._ingested[tenant] = int(last)
         self._writer = Writer(transport, self._bump)
         self._closed = False
 
@@ -83,10 +94,18 @@ class ClickHouseEngine:
     def _folded(self) -> int:
         return self.folder.watermark if self.folder is not None else 0
 
-    def _bump(self, tenants: set[str]) -> None:
+    def _bump(self, tenants: set[str], ingested_us: int | None = None) -> None:
         with self._versions_lock:
             for tenant in tenants:
                 self._versions[tenant] += 1
+                if ingested_us is not None:
+                    self._ingested[tenant] = ingested_us
+
+    def _pending(self, tenant: str) -> bool:
+        """Whether some of the tenant's events may not be folded (always, on a server)."""
+        if self.folder is None:
+            return True
+        return self._ingested.get(tenant, 0) > self.folder.watermark
 
     # ------------------------------------------------------------ writes
 
@@ -191,7 +210,8 @@ class ClickHouseEngine:
         return [TenantEvents(*row) for row in sql.rows(table)]
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
-        return activity.activity(self.transport, q, self._folded())
+        folded = self._folded()
+        return activity.activity(self.transport, q, folded, self._pending(q.tenant))
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
         return customers.customers(self.transport, q)
@@ -203,7 +223,8 @@ class ClickHouseEngine:
         return customers.journeys(self.transport, q)
 
     def realtime(self, q: RealtimeQuery) -> RealtimeFacts:
-        return realtime.realtime(self.transport, q, self._folded())
+        folded = self._folded()
+        return realtime.realtime(self.transport, q, folded, self._pending(q.tenant))
 
     def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
         schema = ROW_SCHEMAS[q.kind]

@@ -92,14 +92,20 @@ def set_state(transport: Transport, key: str, value: int) -> None:
 def upgrade(transport: Transport) -> None:
     """Bring a store of an older layout up to ``schema.LAYOUT``: fill the tables that
     are new since with what the events say (tenant by tenant, to bound memory)."""
-    if state(transport, "layout") >= LAYOUT:
+    layout = state(transport, "layout")
+    if layout >= LAYOUT:
         return
-    tenants = transport.query("SELECT DISTINCT tenant FROM events").column(0).to_pylist()
-    source = "(SELECT * FROM events WHERE tenant = {tenant:String})"
-    for tenant in tenants:
+    if layout < 2:  # execution states
+        tenants = transport.query("SELECT DISTINCT tenant FROM events").column(0).to_pylist()
+        source = "(SELECT * FROM events WHERE tenant = {tenant:String})"
+        for tenant in tenants:
+            transport.command(
+                "INSERT INTO executions_state " + EXECUTION_STATES.format(source=source),
+                {"tenant": tenant},
+            )
+    if layout < 3:  # the index of ingestion times, for the parts written before it
         transport.command(
-            "INSERT INTO executions_state " + EXECUTION_STATES.format(source=source),
-            {"tenant": tenant},
+            "ALTER TABLE events MATERIALIZE INDEX ingested SETTINGS mutations_sync = 1"
         )
     set_state(transport, "layout", LAYOUT)
 

@@ -36,11 +36,15 @@ UNION ALL
 SELECT 2, {_NO_TEXT}, channel, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY channel
 """
 _LAST_DAY = f"started_at BETWEEN {sql.time_param('day_ago')} AND {_NOW}"
-RUNNING = f"""
-SELECT workflow_id, count() FROM ({sql.executions(_LAST_DAY)})
+#: Running executions, by whether the tenant has executions waiting for a fold.
+RUNNING = {
+    pending: f"""
+SELECT workflow_id, count() FROM ({sql.executions(_LAST_DAY, pending=pending)})
 WHERE status = 0 AND {_LAST_DAY} AND {_FILTERS}
 GROUP BY workflow_id
 """
+    for pending in (True, False)
+}
 _RECEIVED = sql.tenant_events(
     "('message.received')",
     "ts, workflow_id, customer_id, channel",
@@ -64,7 +68,7 @@ GROUP BY workflow_id
 """
 
 
-def realtime(transport: Transport, q: RealtimeQuery, folded: int) -> RealtimeFacts:
+def realtime(transport: Transport, q: RealtimeQuery, folded: int, pending: bool) -> RealtimeFacts:
     now = q.now
     params: dict[str, Any] = {
         "tenant": q.tenant,
@@ -76,15 +80,17 @@ def realtime(transport: Transport, q: RealtimeQuery, folded: int) -> RealtimeFac
         "workflow": q.workflow_id,
         "channel": q.channel,
     }
-    running = sql.rows(transport.query(RUNNING, params))
+    # Side by side, each on its own snapshot.
+    running_table, last_hour, replies = transport.query_all(
+        [(RUNNING[pending], params), (LAST_HOUR, params), (REPLIES, params)]
+    )
+    running = sql.rows(running_table)
     messages = 0
     with_executions: list[str] = []
     by_workflow: dict[str, int] = {}
     by_channel: dict[str, int] = {}
     conversations: dict[str, int] = {}
-    for kind, wf, ch, exec_events, n_messages, customers in sql.rows(
-        transport.query(LAST_HOUR, params)
-    ):
+    for kind, wf, ch, exec_events, n_messages, customers in sql.rows(last_hour):
         if kind == 0:
             messages = n_messages
         elif kind == 1:
@@ -97,7 +103,7 @@ def realtime(transport: Transport, q: RealtimeQuery, folded: int) -> RealtimeFac
             conversations[ch] = customers
     reply_total: tuple[int, int] = (0, 0)
     reply_by_workflow: dict[str, tuple[int, int]] = {}
-    for kind, wf, total, count in sql.rows(transport.query(REPLIES, params)):
+    for kind, wf, total, count in sql.rows(replies):
         if kind == 0:
             reply_total = (total or 0, count)
         elif wf is not None:

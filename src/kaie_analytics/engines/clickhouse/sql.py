@@ -126,10 +126,13 @@ PENDING = (
 )
 
 
-def executions(where: str = "1") -> str:
+def executions(where: str = "1", *, pending: bool = True) -> str:
     """The current executions of ``{tenant}``: the folded ones (``executions``, those
     matching ``where`` there, an optimisation only), except the ones with events after
-    the watermark ``{folded}``, which are merged from their states instead."""
+    the watermark ``{folded}``, which are merged from their states instead. Without
+    ``pending`` (the tenant has no events after the watermark), the folded ones."""
+    if not pending:
+        return f"SELECT {EXECUTION_COLUMNS} FROM executions FINAL WHERE tenant = {{tenant:String}} AND {where}"
     return f"""
 SELECT {EXECUTION_COLUMNS} FROM executions FINAL
 WHERE tenant = {{tenant:String}} AND {where} AND execution_id NOT IN ({PENDING})

@@ -10,6 +10,7 @@ driver's datetime formatting may drop the microseconds).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import io
@@ -65,7 +66,25 @@ class Transport(Protocol):
 
     def insert(self, table: str, rows: pa.Table) -> None: ...
 
+    def query_all(self, statements: Sequence[tuple[str, Params]]) -> list[pa.Table]:
+        """Independent statements side by side (each on its own connection)."""
+
     def close(self) -> None: ...
+
+
+class _SideBySide:
+    """``query_all`` for a transport whose connections are per thread."""
+
+    _pool: concurrent.futures.ThreadPoolExecutor
+
+    def query(self, sql: str, params: Params | None = None) -> pa.Table:
+        raise NotImplementedError
+
+    def query_all(self, statements: Sequence[tuple[str, Params]]) -> list[pa.Table]:
+        if len(statements) < 2:
+            return [self.query(sql, params) for sql, params in statements]
+        futures = [self._pool.submit(self.query, sql, params) for sql, params in statements]
+        return [f.result() for f in futures]
 
 
 def _quoted(value: Any) -> str:
@@ -92,7 +111,7 @@ def encode_param(value: Any) -> str:
     return _quoted(value)
 
 
-class ChdbTransport:
+class ChdbTransport(_SideBySide):
     """ClickHouse embedded in this process, its data in ``path``.
 
     A chdb connection runs one statement at a time, so each thread gets its own
@@ -114,6 +133,7 @@ class ChdbTransport:
         self._all: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kaie-ch-read")
         self._connection()  # fail now, not at the first query
 
     def _connection(self) -> Any:
@@ -202,6 +222,7 @@ class ChdbTransport:
         inserter.finish()
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         with self._lock:
             self._closed = True
             cons, self._all = self._all, []
@@ -209,7 +230,7 @@ class ChdbTransport:
             con.close()
 
 
-class ServerTransport:
+class ServerTransport(_SideBySide):
     """A ClickHouse server or cluster over HTTP (``clickhouse://USER:PASSWORD@HOST:8123/DB``).
 
     clickhouse-connect's clients are not shared between threads: each thread
@@ -239,6 +260,7 @@ class ServerTransport:
         self._connect = clickhouse_connect.get_client
         self.query_timeout_s = query_timeout_s
         self._local = threading.local()
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kaie-ch-read")
         self._client()
 
     def _client(self) -> Any:
@@ -266,6 +288,7 @@ class ServerTransport:
         self._client().insert_arrow(table, rows)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         client = getattr(self._local, "client", None)
         if client is not None:
             client.close()

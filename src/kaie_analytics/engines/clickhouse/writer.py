@@ -36,7 +36,7 @@ Request = tuple[str, PreparedBatch, concurrent.futures.Future[AppendResult]]
 
 
 class Writer:
-    def __init__(self, transport: Transport, after_commit: Callable[[set[str]], None]) -> None:
+    def __init__(self, transport: Transport, after_commit: Callable[[set[str], int], None]) -> None:
         self._transport = transport
         self._after_commit = after_commit
         self._last_us = 0
@@ -99,7 +99,7 @@ class Writer:
                 future.set_exception(error)
             return
         if tenants:
-            self._after_commit(tenants)
+            self._after_commit(tenants, self._last_us)
         for (_, _, future), result in zip(group, results, strict=True):
             future.set_result(result)
 
