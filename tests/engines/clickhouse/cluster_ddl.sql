@@ -96,6 +96,27 @@ FROM (
 )
 GROUP BY tenant, execution_id;
 
+CREATE TABLE IF NOT EXISTS customers_state_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    customer_id String,
+    channel String,
+    first_event SimpleAggregateFunction(min, DateTime64(6, 'UTC')),
+    first_received SimpleAggregateFunction(min, Nullable(DateTime64(6, 'UTC')))
+) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/customers_state', '{replica}')
+ORDER BY (tenant, customer_id, channel)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS customers_state_mv ON CLUSTER `analytics` TO customers_state_local
+AS SELECT tenant, customer_id, ch AS channel, min(ts) AS first_event,
+    minOrNullIf(ts, type = 'message.received') AS first_received
+FROM (
+    SELECT tenant, assumeNotNull(customer_id) AS customer_id, ts, type,
+        if(channel IS NULL, [''], [assumeNotNull(channel), '']) AS chs
+    FROM events_local WHERE customer_id IS NOT NULL
+)
+ARRAY JOIN chs AS ch
+GROUP BY tenant, customer_id, ch;
+
 CREATE TABLE IF NOT EXISTS executions_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
     workflow_id String,
@@ -138,6 +159,8 @@ CREATE TABLE IF NOT EXISTS event_ids ON CLUSTER `analytics` AS event_ids_local E
 CREATE TABLE IF NOT EXISTS workflows ON CLUSTER `analytics` AS workflows_local ENGINE = Distributed(`analytics`, currentDatabase(), workflows_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS executions_state ON CLUSTER `analytics` AS executions_state_local ENGINE = Distributed(`analytics`, currentDatabase(), executions_state_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS customers_state ON CLUSTER `analytics` AS customers_state_local ENGINE = Distributed(`analytics`, currentDatabase(), customers_state_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS executions ON CLUSTER `analytics` AS executions_local ENGINE = Distributed(`analytics`, currentDatabase(), executions_local, sipHash64(tenant));
 

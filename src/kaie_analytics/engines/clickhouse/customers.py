@@ -27,28 +27,25 @@ from kaie_analytics.engines.clickhouse.transport import Transport
 SESSION_GAP_US = 30 * 60 * 1_000_000
 _LO, _HI = sql.time_param("lo"), sql.time_param("hi")
 
-#: The conversations of ``{tenant}``: per customer and channel, a new one starts
-#: at a message more than 30 minutes after the one before.
+#: The conversations (sessions) of ``{tenant}`` that can start from ``{from_us}`` on:
+#: per customer and channel, a new one starts at a message more than 30 minutes
+#: after the one before. Whether a message starts one depends only on the 30
+#: minutes before it, so the messages from ``from_us`` less 30 minutes on decide
+#: every start from ``from_us``; a session runs on as long as its messages do.
 SESSIONS = f"""
-SELECT customer_id, channel, min(ts) AS first_ts, max(ts) AS last_ts, count() AS size
+SELECT customer_id, channel, fromUnixTimestamp64Micro(x[1], 'UTC') AS first_ts,
+    fromUnixTimestamp64Micro(x[-1], 'UTC') AS last_ts, length(x) AS size
 FROM (
-    SELECT customer_id, channel, ts,
-        sum(starts) OVER (PARTITION BY customer_id, channel ORDER BY ts
-                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session
-    FROM (
-        SELECT customer_id, channel, ts,
-            if(prev IS NULL OR {sql.us("ts")} - {sql.us("prev")} > {SESSION_GAP_US}, 1, 0)
-                AS starts
-        FROM (
-            SELECT customer_id, channel, ts,
-                lagInFrame(toNullable(ts)) OVER (PARTITION BY customer_id, channel ORDER BY ts
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS prev
-            FROM ({sql.tenant_events(sql.MESSAGE_TYPES, "customer_id, channel, ts")})
-        )
-    )
+    SELECT customer_id, channel, arraySort(groupArray({sql.us("ts")})) AS t
+    FROM ({sql.tenant_events(
+        sql.MESSAGE_TYPES, "customer_id, channel, ts",
+        f"ts >= fromUnixTimestamp64Micro({{from_us:Int64}} - {SESSION_GAP_US}, 'UTC')",
+    )})
+    GROUP BY customer_id, channel
 )
-GROUP BY customer_id, channel, session
-"""
+ARRAY JOIN arraySplit((v, starts) -> starts, t,
+    arrayMap((v, i) -> i = 1 OR v - t[i - 1] > {SESSION_GAP_US}, t, arrayEnumerate(t))) AS x
+"""  # fmt: skip
 
 
 def customers(transport: Transport, q: CustomerQuery) -> list[CustomerFacts]:
@@ -67,6 +64,7 @@ def _statements(q: CustomerQuery, window: Window) -> list[tuple[str, dict[str, A
         "segment": q.segment,
         **sql.window_params(window),
     }
+    params["from_us"] = params["lo"]
     in_segment = (
         f" AND customer_id IN (SELECT customer_id FROM ({sql.SEGMENTS})"
         " WHERE segment = {segment:String})"
@@ -74,11 +72,13 @@ def _statements(q: CustomerQuery, window: Window) -> list[tuple[str, dict[str, A
         else ""
     )
     channel = " AND channel = {channel:String}" if q.channel is not None else ""
-    firsts = sql.tenant_events(
-        None,
-        "customer_id, min(ts) AS first_event,"
-        " minOrNullIf(ts, type = 'message.received') AS first_received",
-        f"customer_id IS NOT NULL{channel}{in_segment} GROUP BY customer_id",
+    # Per customer (of the channel, or of all: ''), from their aggregate states.
+    firsts = (
+        "SELECT customer_id, min(first_event) AS first_event,"
+        " min(first_received) AS first_received FROM customers_state"
+        " WHERE tenant = {tenant:String} AND channel = "
+        + ("{channel:String}" if q.channel is not None else "''")
+        + f"{in_segment} GROUP BY customer_id"
     )
     received = sql.tenant_events(
         "('message.received')",
@@ -149,49 +149,56 @@ _JOURNEY_EVENTS = sql.tenant_events(
     "journey_id IS NOT NULL",
 )
 
-#: Every journey of ``{tenant}``: its type (its earliest event's), first step,
-#: completion, highest step, the steps it reached (each: when first, the time to
-#: the journey's next event, the step's latest name) and its drop reasons.
-JOURNEYS = f"""
-WITH j AS ({_JOURNEY_EVENTS}),
-reached AS (
-    SELECT journey_id, step, min(ts) AS reached, argMax(step_name, ts) AS name,
-        max(ts) AS name_ts
-    FROM j WHERE type = 'journey.step' AND step IS NOT NULL
-    GROUP BY journey_id, step
-),
-gaps AS (
-    SELECT r.journey_id AS journey_id, r.step AS step,
-        min({sql.us("m.ts")} - {sql.us("r.reached")}) AS gap
-    FROM reached r INNER JOIN j m ON m.journey_id = r.journey_id
-    WHERE m.ts > r.reached AND NOT (m.type = 'journey.step' AND m.step = r.step)
-    GROUP BY r.journey_id, r.step
-),
-steps AS (
-    SELECT r.journey_id AS journey_id,
-        arraySort(x -> x.1, groupArray((r.step, r.reached, g.gap, r.name, r.name_ts))) AS steps
-    FROM reached r LEFT JOIN gaps g ON g.journey_id = r.journey_id AND g.step = r.step
-    GROUP BY r.journey_id
-),
-heads AS (
+#: A step event of step ``s`` (inside a lambda over a journey's events ``e``).
+_STEP_S = "e.2 = 'journey.step' AND e.3 = s"
+#: The first event after reaching step ``s`` that is not itself of that step.
+_NEXT = f"e.1 > arrayFirst(e -> {_STEP_S}, evs).1 AND NOT ({_STEP_S})"
+
+
+def journeys_sql(where: str) -> str:
+    """The journeys of ``{tenant}`` with an event matching ``where``: each with its type
+    (its earliest event's), first step, completion, highest step, drop reasons, and the
+    steps it reached (each: when first, the time to the journey's next event, the
+    step's latest name and that name's time), computed from the journey's events in
+    time order (one pass, arrays)."""
+    candidates = sql.tenant_events(_JOURNEY_TYPES, "journey_id", where)
+    return f"""
+SELECT journey_id, journey_type, first_step, completed, top_step, reasons,
+    arrayMap(s -> (
+        s,
+        arrayFirst(e -> {_STEP_S}, evs).1,
+        if(arrayExists(e -> {_NEXT}, evs),
+           {sql.us(f"arrayFirst(e -> {_NEXT}, evs).1")}
+               - {sql.us(f"arrayFirst(e -> {_STEP_S}, evs).1")},
+           NULL),
+        arrayLast(e -> {_STEP_S} AND e.4 IS NOT NULL, evs).4,
+        arrayLast(e -> {_STEP_S}, evs).1
+    ), arraySort(arrayDistinct(arrayMap(e -> assumeNotNull(e.3),
+        arrayFilter(e -> e.2 = 'journey.step' AND e.3 IS NOT NULL, evs))))) AS steps
+FROM (
     SELECT journey_id, argMin(journey_type, ts) AS journey_type,
         minOrNullIf(ts, type = 'journey.step') AS first_step,
         minOrNullIf(ts, type = 'journey.completed') AS completed,
         maxOrNullIf(step, type = 'journey.step') AS top_step,
-        arraySort(groupArrayIf(reason, type = 'journey.dropped')) AS reasons
-    FROM j GROUP BY journey_id
+        arraySort(groupArrayIf(reason, type = 'journey.dropped')) AS reasons,
+        arraySort(e -> e.1, groupArray((ts, type, step, step_name))) AS evs
+    FROM ({_JOURNEY_EVENTS})
+    WHERE journey_id IN ({candidates})
+    GROUP BY journey_id
 )
-SELECT h.journey_id AS journey_id, h.journey_type AS journey_type,
-    h.first_step AS first_step, h.completed AS completed, h.top_step AS top_step,
-    s.steps AS steps, h.reasons AS reasons
-FROM heads h LEFT JOIN steps s ON s.journey_id = h.journey_id
 """
 
 
 def journey_types(transport: Transport, tenant: str) -> list[str]:
+    journeys = sql.tenant_events(
+        _JOURNEY_TYPES,
+        "journey_id, argMin(journey_type, ts) AS journey_type,"
+        " countIf(type = 'journey.step') AS steps",
+        "journey_id IS NOT NULL GROUP BY journey_id",
+    )
     table = transport.query(
-        f"SELECT DISTINCT journey_type FROM ({JOURNEYS})"
-        " WHERE first_step IS NOT NULL AND journey_type IS NOT NULL ORDER BY journey_type",
+        f"SELECT DISTINCT journey_type FROM ({journeys})"
+        " WHERE steps > 0 AND journey_type IS NOT NULL ORDER BY journey_type",
         {"tenant": tenant},
     )
     return [str(t) for t in table.column(0).to_pylist()]
@@ -199,7 +206,10 @@ def journey_types(transport: Transport, tenant: str) -> list[str]:
 
 def journeys(transport: Transport, q: JourneyQuery) -> JourneyFacts:
     params = {"tenant": q.tenant, "jtype": q.journey_type, **sql.window_params(q.window)}
-    chosen = f"""SELECT *, arrayMap(x -> x.1, steps) AS reached_steps FROM ({JOURNEYS})
+    # A journey whose first step is in the window has a step event in it.
+    in_window = f"type = 'journey.step' AND ts BETWEEN {_LO} AND {_HI}"
+    chosen = f"""SELECT *, arrayMap(x -> x.1, steps) AS reached_steps
+        FROM ({journeys_sql(in_window)})
         WHERE journey_type = {{jtype:String}} AND first_step BETWEEN {_LO} AND {_HI}"""
     statements = [
         f"""SELECT count(), count(completed),

@@ -31,7 +31,7 @@ import logging
 import threading
 
 from kaie_analytics.engines.clickhouse import sql
-from kaie_analytics.engines.clickhouse.schema import EXECUTION_STATES, LAYOUT
+from kaie_analytics.engines.clickhouse.schema import CUSTOMER_STATES, EXECUTION_STATES, LAYOUT
 from kaie_analytics.engines.clickhouse.transport import Transport
 
 log = logging.getLogger("kaie_analytics.store")
@@ -95,13 +95,15 @@ def upgrade(transport: Transport) -> None:
     layout = state(transport, "layout")
     if layout >= LAYOUT:
         return
-    if layout < 2:  # execution states
-        tenants = transport.query("SELECT DISTINCT tenant FROM events").column(0).to_pylist()
-        source = "(SELECT * FROM events WHERE tenant = {tenant:String})"
-        for tenant in tenants:
+    # The aggregate states new since that layout, filled from the events.
+    new_since = ((2, "executions_state", EXECUTION_STATES), (4, "customers_state", CUSTOMER_STATES))
+    fills = [(table, states) for since, table, states in new_since if layout < since]
+    tenants = transport.query("SELECT DISTINCT tenant FROM events").column(0).to_pylist()
+    source = "(SELECT * FROM events WHERE tenant = {tenant:String})"
+    for tenant in tenants:
+        for table, states in fills:
             transport.command(
-                "INSERT INTO executions_state " + EXECUTION_STATES.format(source=source),
-                {"tenant": tenant},
+                f"INSERT INTO {table} " + states.format(source=source), {"tenant": tenant}
             )
     if layout < 3:  # the index of ingestion times, for the parts written before it
         transport.command(

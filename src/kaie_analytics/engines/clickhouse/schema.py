@@ -44,7 +44,7 @@ _DURABLE = "fsync_after_insert = 1, fsync_part_directory = 1"
 STATE = f"Tuple({TIME}, Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String))"
 EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 3
+LAYOUT = 4
 
 
 def _engine(kind: str, table: str, cluster: str | None, args: str = "") -> str:
@@ -68,6 +68,18 @@ FROM (
     FROM {{source}} WHERE type IN {EXEC_TYPES} AND execution_id IS NOT NULL
 )
 GROUP BY tenant, execution_id"""
+
+
+#: The first-seen states of the customers of ``{source}`` (a table or query).
+CUSTOMER_STATES = """SELECT tenant, customer_id, ch AS channel, min(ts) AS first_event,
+    minOrNullIf(ts, type = 'message.received') AS first_received
+FROM (
+    SELECT tenant, assumeNotNull(customer_id) AS customer_id, ts, type,
+        if(channel IS NULL, [''], [assumeNotNull(channel), '']) AS chs
+    FROM {source} WHERE customer_id IS NOT NULL
+)
+ARRAY JOIN chs AS ch
+GROUP BY tenant, customer_id, ch"""
 
 
 def ddl(cluster: str | None = None) -> list[str]:
@@ -133,6 +145,19 @@ ORDER BY (tenant, execution_id)
 SETTINGS {_DURABLE}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS executions_state_mv{on} TO executions_state{local}
 AS {EXECUTION_STATES.format(source=f"events{local}")}""",
+        # Per customer and channel (and '' for all channels): when first seen, and
+        # when first heard from (``message.received``).
+        f"""CREATE TABLE IF NOT EXISTS customers_state{local}{on} (
+    tenant LowCardinality(String),
+    customer_id String,
+    channel String,
+    first_event SimpleAggregateFunction(min, {TIME}),
+    first_received SimpleAggregateFunction(min, Nullable({TIME}))
+) ENGINE = {_engine("AggregatingMergeTree", "customers_state", cluster)}
+ORDER BY (tenant, customer_id, channel)
+SETTINGS {_DURABLE}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS customers_state_mv{on} TO customers_state{local}
+AS {CUSTOMER_STATES.format(source=f"events{local}")}""",
         # Executions as of the last fold, one row each, ordered so that a workflow's
         # executions of a period are one range; an execution whose key changed has a
         # deleted row at its old key. ``execution_keys`` finds the current key by id.
@@ -172,8 +197,8 @@ SETTINGS {_DURABLE}""",
     ]
     if cluster:
         for table in (
-            "events", "event_ids", "workflows", "executions_state", "executions",
-            "execution_keys", "engine_state",
+            "events", "event_ids", "workflows", "executions_state", "customers_state",
+            "executions", "execution_keys", "engine_state",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
