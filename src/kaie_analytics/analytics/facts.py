@@ -14,6 +14,7 @@ An engine implements :class:`EventEngine`; the DuckDB engine
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -129,6 +130,27 @@ class Sums:
 Cells = dict[tuple[Any, ...], Sums]
 
 
+def add_rows(
+    cells: Cells, rows: Iterable[Sequence[Any]], n_keys: int, fields: Sequence[str]
+) -> None:
+    """Set ``fields`` (in order, after the key) of the cell keyed by each row's first
+    ``n_keys`` values; ``quantiles`` is a list (None: no duration)."""
+    for row in rows:
+        key = tuple(row[:n_keys])
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = Sums()
+        for name, value in zip(fields, row[n_keys:], strict=True):
+            setattr(cell, name, tuple(value or ()) if name == "quantiles" else value)
+
+
+def fill_quantiles(cells: Cells, quantiles: int) -> None:
+    """Give every cell without durations its ``quantiles`` Nones."""
+    none = (None,) * quantiles
+    for cell in cells.values():
+        cell.quantiles = cell.quantiles or none
+
+
 @dataclass(frozen=True, slots=True)
 class CustomerQuery:
     """Facts about the customers of one tenant in some windows, optionally of one
@@ -230,6 +252,54 @@ class RealtimeFacts:
     conversations_by_channel: dict[str, int]
     reply_us: tuple[int, int]
     reply_us_by_workflow: dict[str, tuple[int, int]]
+
+
+#: Scopes of the rows an engine gives ``realtime_facts``.
+TOTAL, BY_WORKFLOW, BY_CHANNEL = 0, 1, 2
+
+
+def realtime_facts(
+    running: Iterable[Sequence[Any]],
+    last_hour: Iterable[Sequence[Any]],
+    replies: Iterable[Sequence[Any]],
+) -> RealtimeFacts:
+    """Realtime facts from an engine's rows: ``running`` (workflow, executions);
+    ``last_hour`` (scope, workflow, channel, execution events, messages, customers in
+    conversation) and ``replies`` (scope, workflow, gap sum µs, gaps), where scope is
+    ``TOTAL``, ``BY_WORKFLOW`` or ``BY_CHANNEL``."""
+    messages = 0
+    with_executions: list[str] = []
+    by_workflow: dict[str, int] = {}
+    by_channel: dict[str, int] = {}
+    conversations: dict[str, int] = {}
+    for scope, wf, ch, exec_events, n_messages, customers in last_hour:
+        if scope == TOTAL:
+            messages = n_messages
+        elif scope == BY_WORKFLOW:
+            if wf is not None:
+                by_workflow[wf] = n_messages
+                if exec_events:
+                    with_executions.append(wf)
+        elif ch is not None and (n_messages or customers):
+            by_channel[ch] = n_messages
+            conversations[ch] = customers
+    reply_total: tuple[int, int] = (0, 0)
+    reply_by_workflow: dict[str, tuple[int, int]] = {}
+    for scope, wf, total, count in replies:
+        if scope == TOTAL:
+            reply_total = (total or 0, count)
+        elif wf is not None:
+            reply_by_workflow[wf] = (total or 0, count)
+    return RealtimeFacts(
+        running={wf: n for wf, n in running},
+        messages=messages,
+        messages_by_workflow=by_workflow,
+        workflows_with_executions=tuple(sorted(with_executions)),
+        messages_by_channel=by_channel,
+        conversations_by_channel=conversations,
+        reply_us=reply_total,
+        reply_us_by_workflow=reply_by_workflow,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from kaie_analytics.analytics.facts import ActivityQuery, Ask, Cells, Dimension, Sums
+from kaie_analytics.analytics.facts import (
+    ActivityQuery,
+    Ask,
+    Cells,
+    Dimension,
+    add_rows,
+    fill_quantiles,
+)
 from kaie_analytics.engines.clickhouse import sql
 from kaie_analytics.engines.clickhouse.transport import Transport
 
@@ -199,28 +206,22 @@ def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool)
             shapes.append((i, fields))
             statements.append((statement, params))
     out: list[Cells] = [{} for _ in q.asks]
-    none = tuple(None for _ in q.quantiles)
     for (i, fields), table in zip(shapes, transport.query_all(statements), strict=True):
         ask = q.asks[i]
-        cells, n_keys = out[i], 1 + len(ask.by)
         hours = [1 + j for j, d in enumerate(ask.by) if d == "hour"]
+        quantiles = fields.index("quantiles") + 1 + len(ask.by) if "quantiles" in fields else -1
+        rows = []
         for row in sql.rows(table):
             values = list(row)
-            for at in hours:
+            for at in hours:  # µs of the hour, as the naive UTC time it starts at
                 values[at] = sql.from_epoch_us(values[at])
-            cell_key = tuple(values[:n_keys])
-            cell = cells.get(cell_key)
-            if cell is None:
-                cell = cells[cell_key] = Sums()
-            for name, value in zip(fields, values[n_keys:], strict=True):
-                if name == "quantiles":
-                    cell.quantiles = tuple(
-                        None if v is None or math.isnan(v) else v for v in value
-                    )[: len(q.quantiles)]
-                else:
-                    setattr(cell, name, value)
+            if quantiles >= 0:  # ClickHouse's NaN over no duration is None
+                values[quantiles] = [
+                    None if math.isnan(v) else v for v in values[quantiles][: len(q.quantiles)]
+                ]
+            rows.append(values)
+        add_rows(out[i], rows, 1 + len(ask.by), fields)
     for ask, cells in zip(q.asks, out, strict=True):
         if "durations" in ask.measures:
-            for cell in cells.values():
-                cell.quantiles = cell.quantiles or none
+            fill_quantiles(cells, len(q.quantiles))
     return out

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from kaie_analytics.analytics.facts import RealtimeFacts, RealtimeQuery
+from kaie_analytics.analytics.facts import (
+    BY_CHANNEL,
+    BY_WORKFLOW,
+    TOTAL,
+    RealtimeFacts,
+    RealtimeQuery,
+    realtime_facts,
+)
 from kaie_analytics.engines.clickhouse import sql
 from kaie_analytics.engines.clickhouse.transport import Transport
 
@@ -27,13 +34,13 @@ _LAST_HOUR = sql.tenant_events(
 _SUMS = f"""countIf(type LIKE 'execution.%'), countIf(type IN {sql.MESSAGE_TYPES}),
     uniqExactIf(customer_id, type IN {sql.MESSAGE_TYPES} AND ts >= {sql.time_param("half_hour_ago")})"""
 _NO_TEXT = "CAST(NULL, 'Nullable(String)')"
-#: Per row: 0 the total, 1 a workflow's, 2 a channel's.
+#: Per row its scope (``facts.realtime_facts``): the total, a workflow's, a channel's.
 LAST_HOUR = f"""
-SELECT 0, {_NO_TEXT}, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR})
+SELECT {TOTAL}, {_NO_TEXT}, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR})
 UNION ALL
-SELECT 1, workflow_id, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY workflow_id
+SELECT {BY_WORKFLOW}, workflow_id, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY workflow_id
 UNION ALL
-SELECT 2, {_NO_TEXT}, channel, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY channel
+SELECT {BY_CHANNEL}, {_NO_TEXT}, channel, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY channel
 """
 _LAST_DAY = f"started_at BETWEEN {sql.time_param('day_ago')} AND {_NOW}"
 #: Running executions, by whether the tenant has executions waiting for a fold.
@@ -59,11 +66,11 @@ SELECT r.workflow_id AS workflow_id, {sql.us("s.ts")} - {sql.us("r.ts")} AS gap
 FROM ({_RECEIVED}) r ASOF JOIN ({_SENT}) s
 ON r.customer_id = s.customer_id AND r.channel = s.channel AND r.ts <= s.ts
 """
-#: Per row: 0 the total, 1 a workflow's.
+#: Per row its scope: the total, a workflow's.
 REPLIES = f"""
-SELECT 0, {_NO_TEXT}, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WINDOW_US}
+SELECT {TOTAL}, {_NO_TEXT}, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WINDOW_US}
 UNION ALL
-SELECT 1, workflow_id, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WINDOW_US}
+SELECT {BY_WORKFLOW}, workflow_id, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WINDOW_US}
 GROUP BY workflow_id
 """
 
@@ -84,37 +91,4 @@ def realtime(transport: Transport, q: RealtimeQuery, folded: int, pending: bool)
     running_table, last_hour, replies = transport.query_all(
         [(RUNNING[pending], params), (LAST_HOUR, params), (REPLIES, params)]
     )
-    running = sql.rows(running_table)
-    messages = 0
-    with_executions: list[str] = []
-    by_workflow: dict[str, int] = {}
-    by_channel: dict[str, int] = {}
-    conversations: dict[str, int] = {}
-    for kind, wf, ch, exec_events, n_messages, customers in sql.rows(last_hour):
-        if kind == 0:
-            messages = n_messages
-        elif kind == 1:
-            if wf is not None:
-                by_workflow[wf] = n_messages
-                if exec_events:
-                    with_executions.append(wf)
-        elif ch is not None and (n_messages or customers):
-            by_channel[ch] = n_messages
-            conversations[ch] = customers
-    reply_total: tuple[int, int] = (0, 0)
-    reply_by_workflow: dict[str, tuple[int, int]] = {}
-    for kind, wf, total, count in sql.rows(replies):
-        if kind == 0:
-            reply_total = (total or 0, count)
-        elif wf is not None:
-            reply_by_workflow[wf] = (total or 0, count)
-    return RealtimeFacts(
-        running={wf: n for wf, n in running},
-        messages=messages,
-        messages_by_workflow=by_workflow,
-        workflows_with_executions=tuple(sorted(with_executions)),
-        messages_by_channel=by_channel,
-        conversations_by_channel=conversations,
-        reply_us=reply_total,
-        reply_us_by_workflow=reply_by_workflow,
-    )
+    return realtime_facts(sql.rows(running_table), sql.rows(last_hour), sql.rows(replies))

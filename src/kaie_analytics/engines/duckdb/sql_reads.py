@@ -12,7 +12,14 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from kaie_analytics.analytics.facts import ActivityQuery, Ask, Cells, Dimension, Sums
+from kaie_analytics.analytics.facts import (
+    ActivityQuery,
+    Ask,
+    Cells,
+    Dimension,
+    add_rows,
+    fill_quantiles,
+)
 from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 #: Each customer's latest segment.
@@ -159,18 +166,9 @@ def activity(store: DuckDBEventStore, q: ActivityQuery, asks: Sequence[Ask]) -> 
             shapes.append((i, fields))
             statements.append((sql, params))
     out: list[Cells] = [{} for _ in asks]
-    none = tuple(None for _ in q.quantiles)
     for (i, fields), rows in zip(shapes, store.query_all(statements), strict=True):
-        cells, n_keys = out[i], 1 + len(asks[i].by)
-        for row in rows:
-            key = tuple(row[:n_keys])
-            cell = cells.get(key)
-            if cell is None:
-                cell = cells[key] = Sums()
-            for name, value in zip(fields, row[n_keys:], strict=True):
-                setattr(cell, name, value if name != "quantiles" else tuple(value or none))
+        add_rows(out[i], rows, 1 + len(asks[i].by), fields)
     for ask, cells in zip(asks, out, strict=True):
         if "durations" in ask.measures:
-            for cell in cells.values():
-                cell.quantiles = cell.quantiles or none
+            fill_quantiles(cells, len(q.quantiles))
     return out
