@@ -6,12 +6,16 @@ JSON and as NDJSON, from 1 and 4 concurrent clients, and prints events/s
 and ingest workers: the same on a loaded machine, where events/s is not) and
 its peak RSS.
 
-    python bench/ingest.py [--events 1000000] [--runs 3]
+    python bench/ingest.py [--events 1000000] [--runs 3] [--engines duckdb,chdb]
+                           [--workers 0,2] [--clients 1,4]
+
+Each engine (``KAIE_EVENTS_BACKEND``) gets the same events, one after the other.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 import tempfile
@@ -131,37 +135,47 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--engines", default="duckdb,chdb", help="comma-separated: duckdb, chdb")
+    ap.add_argument("--workers", default="0,2", help="KAIE_INGEST_WORKERS values to try")
+    ap.add_argument("--clients", default="1,4", help="client counts to try")
     args = ap.parse_args()
     print(f"Machine: {machine()}")
     print(f"{args.events:,} events per run, batches of {BATCH}, durable acknowledgements")
     print()
     print(
-        "| body | clients | ingest workers | events/s (median) | server CPU µs/event |"
+        "| engine | body | clients | ingest workers | events/s (median) | server CPU µs/event |"
         " runs | peak RSS, server + workers |"
     )
-    print("|---|---|---|---:|---:|---:|---:|")
-    for workers in (0, 2):
-        for fmt in ("json", "ndjson"):
-            for clients in (1, 4):
-                rates, peaks, cpu = [], [], []
-                for run in range(args.runs):
-                    events = make_events(args.events, run, f"{fmt}{clients}r{run}")
-                    payloads = bodies(events, fmt)
-                    del events
-                    with (
-                        tempfile.TemporaryDirectory() as tmp,
-                        Server(Path(tmp) / "data", KAIE_INGEST_WORKERS=str(workers)) as server,
-                    ):
-                        key = server.create_key("bench")
-                        cpu0 = server.cpu_s()
-                        with PeakMemory(server) as mem:
-                            elapsed = send(server.url, key, payloads, fmt, clients)
-                        cpu.append((server.cpu_s() - cpu0) / args.events * 1e6)
-                        rates.append(args.events / elapsed)
-                        peaks.append(mem.peak)
-                print(f"| {fmt} | {clients} | {workers} | {median(rates):,.0f} |"
-                      f" {median(cpu):.1f} | {args.runs} | {max(peaks):,.0f} MiB |",
-                      flush=True)  # fmt: skip
+    print("|---|---|---|---|---:|---:|---:|---:|")
+    for engine, workers, fmt, clients in itertools.product(
+        args.engines.split(","),
+        [int(w) for w in args.workers.split(",")],
+        ("json", "ndjson"),
+        [int(c) for c in args.clients.split(",")],
+    ):
+        rates, peaks, cpu = [], [], []
+        for run in range(args.runs):
+            events = make_events(args.events, run, f"{fmt}{clients}r{run}")
+            payloads = bodies(events, fmt)
+            del events
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                Server(
+                    Path(tmp) / "data",
+                    KAIE_INGEST_WORKERS=str(workers),
+                    KAIE_EVENTS_BACKEND=engine,
+                ) as server,
+            ):
+                key = server.create_key("bench")
+                cpu0 = server.cpu_s()
+                with PeakMemory(server) as mem:
+                    elapsed = send(server.url, key, payloads, fmt, clients)
+                cpu.append((server.cpu_s() - cpu0) / args.events * 1e6)
+                rates.append(args.events / elapsed)
+                peaks.append(mem.peak)
+        print(f"| {engine} | {fmt} | {clients} | {workers} | {median(rates):,.0f} |"
+              f" {median(cpu):.1f} | {args.runs} | {max(peaks):,.0f} MiB |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
