@@ -166,3 +166,15 @@ def test_a_fold_moves_executions_whose_key_changed_and_survives_being_cut_off(
                     {"execution_id": "x2", "workflow_id": "wf-b"},
                     {"execution_id": "x3", "workflow_id": "wf"}]  # fmt: skip
     engine.close()
+
+
+@pytest.mark.parametrize(
+    "value", ["plain", "it's", "back\\slash", "tab\there", "new\nline", "cr\rhere", "é ✓ 🚀", ""]
+)
+def test_parameters_arrive_as_given(transport: ChdbTransport, value: str) -> None:
+    """Bound by ClickHouse from their escaped text, never spliced into the SQL."""
+    got = transport.query(
+        "SELECT {s:String} AS s, {a:Array(String)} AS a, {n:Nullable(String)} AS n",
+        {"s": value, "a": [value, "x'y"], "n": None},
+    ).to_pylist()
+    assert got == [{"s": value, "a": [value, "x'y"], "n": None}]

@@ -308,8 +308,3 @@ def open_transport(
     if backend.startswith(("clickhouse://", "clickhouses://")):
         return ServerTransport(backend, query_timeout_s=query_timeout_s, cluster=cluster)
     raise ValueError(f"not a ClickHouse backend: {backend!r}")
-
-
-def literal_list(values: Sequence[str]) -> str:
-    """A list of strings as an Array(String) literal (for DDL, where nothing binds)."""
-    return _quoted(list(values))
