@@ -94,9 +94,10 @@ def _statements(q: CustomerQuery, window: Window) -> list[tuple[str, dict[str, A
         f"""SELECT countIf(first_event <= {_HI}),
                 countIf(first_received >= {_LO} AND first_received <= {_HI})
             FROM ({firsts})""",
-        f"""SELECT 0, CAST(NULL, 'Nullable(String)'), uniqExact(customer_id) FROM ({received})
-            UNION ALL
-            SELECT 1, channel, uniqExact(customer_id) FROM ({received}) GROUP BY channel""",
+        # One pass for both: per channel, and over all (the row whose channel is NULL;
+        # a message always has one).
+        f"""SELECT channel IS NOT NULL, channel, uniqExact(customer_id) FROM ({received})
+            GROUP BY GROUPING SETS ((channel), ()) SETTINGS group_by_use_nulls = 1""",
         f"""SELECT channel, count(), sum({sql.us("last_ts")} - {sql.us("first_ts")}), sum(size)
             FROM ({SESSIONS})
             WHERE first_ts BETWEEN {_LO} AND {_HI}{channel}{in_segment}
