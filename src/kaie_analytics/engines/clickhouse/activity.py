@@ -137,13 +137,16 @@ def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tu
     executions = f"SELECT * FROM ({sql.executions(in_period, pending=pending)}) WHERE {in_period}"
     m = ask.measures
     if "nodes" in m:
+        # The period's executions are the side held in memory; node events stream by.
+        node_events = sql.tenant_events(
+            sql.NODE_TYPES, "execution_id, node_id, node_type, ts, type, duration_ms"
+        )
         nodes = f"""SELECT e.started_at AS started_at, e.channel AS channel,
                 e.workflow_id AS workflow_id, e.customer_id AS customer_id,
                 e.error_type AS error_type, n.node_id AS node_id, n.node_type AS node_type,
                 n.ts AS ts, n.type = 'node.completed' AS ok, n.duration_ms AS dur
-            FROM ({executions}) e
-            INNER JOIN ({sql.tenant_events(sql.NODE_TYPES)}) n
-                ON n.execution_id = e.execution_id"""
+            FROM ({node_events}) n
+            INNER JOIN ({executions}) e ON n.execution_id = e.execution_id"""
         out.append(
             (
                 _aggregate(q, ask, nodes, "started_at", exec_dims, [_NODE_SUMS]),
