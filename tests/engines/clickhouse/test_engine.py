@@ -46,7 +46,7 @@ def test_two_processes_racing_with_the_same_events_count_them_once(
 ) -> None:
     """Two engines on one ClickHouse (as two API processes on one server), each with
     its own writer and id lookup, store the same batches at the same moment."""
-    a, b = ClickHouseEngine(transport), ClickHouseEngine(transport)
+    a, b = (ClickHouseEngine(transport, fold_idle_s=3600) for _ in range(2))
     t0 = datetime(2024, 5, 1)
     batches = [_valid([_started(i * 50 + j, t0) for j in range(50)]) for i in range(20)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -66,13 +66,15 @@ def test_two_processes_racing_with_the_same_events_count_them_once(
     for engine in (a, b):
         again = engine.append("acme", batches[3]).result()
         assert (again.accepted, again.duplicates) == (0, 50)
+    assert b.folder is not None
+    b.folder.close()
+    b._writer.close()  # its transport is a's
     a.close()
-    b._writer.close()
 
 
 def test_percentiles_equal_numpys_to_the_bit(transport: ChdbTransport) -> None:
     """Tenant ``tN`` holds the first N durations; each percentile is numpy's exactly."""
-    engine = ClickHouseEngine(transport)
+    engine = ClickHouseEngine(transport, fold_idle_s=3600)
     rng = random.Random(3)
     t0 = datetime(2024, 5, 1)
     durations = [rng.choice([1, 2, 3, 7, 10, 1000, 12345]) for _ in range(997)]

@@ -47,12 +47,12 @@ _TOUCHED = (
 _MERGED = sql.merged_executions(
     "tenant = {tenant:String} AND execution_id IN (" + _TOUCHED + ")", with_tenant=True
 )
-# (The filter is a level down: here ``workflow_id`` is the alias, never NULL.)
+# The filter is a level down: at this level ``workflow_id`` is the alias, never NULL.
 _NEW_ROWS = f"""
 SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
     assumeNotNull(started_at) AS started_at, execution_id, channel, customer_id, status,
     duration_ms, error_type, {{hi:Int64}} AS version, 0 AS deleted
-FROM ({_MERGED}) WHERE workflow_id IS NOT NULL AND started_at IS NOT NULL
+FROM (SELECT * FROM ({_MERGED}) WHERE workflow_id IS NOT NULL AND started_at IS NOT NULL)
 """
 _OLD_KEYS = f"""
 SELECT tenant, workflow_id, started_at, execution_id FROM execution_keys FINAL
