@@ -409,11 +409,10 @@ def copy_events(
     """
     from kaie_analytics.copying import CopyState
     from kaie_analytics.copying import copy_events as copy
+    from kaie_analytics.engines import check_backend
 
     settings = _settings(data_dir=data_dir)
     target_settings = _settings(data_dir=to_data_dir or settings.data_dir, events_backend=to)
-    from kaie_analytics.engines import check_backend
-
     try:
         check_backend(target_settings)
     except UnsupportedBackend as exc:
