@@ -59,14 +59,7 @@ CREATE TABLE IF NOT EXISTS workflows_local ON CLUSTER `analytics` (
 ORDER BY (tenant, workflow_id)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS workflows_mv ON CLUSTER `analytics` TO workflows_local
-AS SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
-    max(workflow_name IS NOT NULL) AS named,
-    argMaxStateIf(assumeNotNull(workflow_name), ts, workflow_name IS NOT NULL) AS name,
-    maxIf(ts, workflow_name IS NOT NULL) AS name_ts,
-    min(ingested_at) AS created_at
-FROM (SELECT * FROM events_local WHERE workflow_id IS NOT NULL)
-GROUP BY tenant, workflow_id;
+DROP VIEW IF EXISTS workflows_mv ON CLUSTER `analytics`;
 
 CREATE TABLE IF NOT EXISTS executions_state_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),

@@ -10,8 +10,9 @@
 - ``event_ids``: (tenant, event id), kept by a materialized view, so the
   dedupe lookup is a primary-key read.
 - ``workflows``: every workflow an event named, its latest name and when it
-  was first seen, kept by a materialized view as aggregate states (exact
-  whatever the merge state) and written directly when a name is set.
+  was first seen, as aggregate states (exact whatever the merge state),
+  written by the writer just before the events that name a new workflow or
+  a name, and when a name is set.
 
 Every MergeTree fsyncs its parts and their directory before an insert
 returns, so an acknowledged event survives the process being killed.
@@ -119,16 +120,9 @@ AS SELECT tenant, event_id FROM events{local}""",
 ) ENGINE = {_engine("AggregatingMergeTree", "workflows", cluster)}
 ORDER BY (tenant, workflow_id)
 SETTINGS {_DURABLE}""",
-        # The filter is inside FROM: in the SELECT, the alias ``workflow_id`` would
-        # stand for assumeNotNull(workflow_id) in WHERE too.
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS workflows_mv{on} TO workflows{local}
-AS SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
-    max(workflow_name IS NOT NULL) AS named,
-    argMaxStateIf(assumeNotNull(workflow_name), ts, workflow_name IS NOT NULL) AS name,
-    maxIf(ts, workflow_name IS NOT NULL) AS name_ts,
-    min(ingested_at) AS created_at
-FROM (SELECT * FROM events{local} WHERE workflow_id IS NOT NULL)
-GROUP BY tenant, workflow_id""",
+        # The writer registers workflows itself (a view here cost more than the rest of
+        # an insert); stores of an older layout drop theirs.
+        f"DROP VIEW IF EXISTS workflows_mv{on}",
         # Executions: every event merged into aggregate states per execution (idempotent:
         # a copy of an event changes nothing), so a query merges one row per execution.
         f"""CREATE TABLE IF NOT EXISTS executions_state{local}{on} (

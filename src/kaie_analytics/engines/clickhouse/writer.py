@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kaie_analytics.analytics.facts import AppendResult
 from kaie_analytics.engines.clickhouse.schema import COLUMNS
@@ -40,6 +41,11 @@ class Writer:
         self._transport = transport
         self._after_commit = after_commit
         self._last_us = 0
+        #: (tenant, workflow) this process has registered, so a batch writes only new ones.
+        known = transport.query("SELECT DISTINCT tenant, workflow_id FROM workflows")
+        self._workflows: set[tuple[str, str]] = set(
+            zip(known.column(0).to_pylist(), known.column(1).to_pylist(), strict=True)
+        )
         self._requests: queue.Queue[Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="kaie-ch-writer", daemon=True)
         self._thread.start()
@@ -90,6 +96,9 @@ class Writer:
                 self._last_us = max(epoch_us(utcnow()), self._last_us + 1)
                 now = pa.array(np.full(table.num_rows, self._last_us), pa.timestamp("us"))
                 table = table.append_column("ingested_at", now)
+                # The workflows first: a crash between the two leaves a workflow with no
+                # events, never events of a workflow that does not exist.
+                self._register_workflows(table)
                 self._transport.insert("events", table.select([n for n, _ in COLUMNS]))
         except Exception as exc:
             log.exception("an insert of %d batches failed", len(group))
@@ -102,6 +111,42 @@ class Writer:
             self._after_commit(tenants, self._last_us)
         for (_, _, future), result in zip(group, results, strict=True):
             future.set_result(result)
+
+    def _register_workflows(self, table: pa.Table) -> None:
+        """Write the batch's workflows this process has not seen yet, and its names."""
+        rows = table.select(["tenant", "workflow_id", "workflow_name", "ts", "ingested_at"])
+        rows = rows.filter(pc.is_valid(rows["workflow_id"]))
+        named = rows.filter(pc.is_valid(rows["workflow_name"])).sort_by("ts")
+        names = {
+            (t, w): (n, ts)
+            for t, w, n, ts in zip(
+                *(named[c].to_pylist() for c in ("tenant", "workflow_id", "workflow_name", "ts")),
+                strict=True,
+            )
+        }  # the latest name of each (sorted by time)
+        seen = set(zip(rows["tenant"].to_pylist(), rows["workflow_id"].to_pylist(), strict=True))
+        new = [key for key in seen if key not in self._workflows or key in names]
+        if not new:
+            return
+        created = self._last_us
+        self._transport.command(
+            "INSERT INTO workflows SELECT r.1, r.2, r.3, argMaxState(r.4, r.5), max(r.5), min(r.6)"
+            " FROM (SELECT arrayJoin(arrayZip({tenants:Array(String)}, {workflows:Array(String)},"
+            " {named:Array(UInt8)}, {names:Array(String)},"
+            " arrayMap(x -> fromUnixTimestamp64Micro(x, 'UTC'), {name_us:Array(Int64)}),"
+            " arrayMap(x -> fromUnixTimestamp64Micro(x, 'UTC'), {created_us:Array(Int64)}))) AS r)"
+            " GROUP BY r.1, r.2, r.3",
+            {
+                "tenants": [t for t, _ in new],
+                "workflows": [w for _, w in new],
+                "named": [int(key in names) for key in new],
+                "names": [names[key][0] if key in names else "" for key in new],
+                # Without a name, its time is the epoch: max() keeps any later one.
+                "name_us": [epoch_us(names[key][1]) if key in names else 0 for key in new],
+                "created_us": [created] * len(new),
+            },
+        )
+        self._workflows.update(new)
 
     def _dedupe(self, group: list[Request]) -> tuple[list[AppendResult], list[pa.Table], set[str]]:
         """Per request: what it adds; the rows to insert; the tenants they touch."""
