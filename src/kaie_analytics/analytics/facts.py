@@ -126,6 +126,16 @@ class Sums:
         self.node_durations += other.node_durations
 
 
+#: The fields of ``Sums`` each measure sets, in the order an engine gives them.
+MEASURE_FIELDS: dict[Measure, tuple[str, ...]] = {
+    "executions": ("executions", "successful", "failed", "duration_sum", "durations"),
+    "messages": ("sent", "received", "csat_sum", "csat_count"),
+    "customers": ("customers",),
+    "durations": ("quantiles",),
+    "nodes": ("node_type", "node_events", "node_ok", "node_errors", "node_duration_sum",
+              "node_durations"),
+}  # fmt: skip
+
 #: Per ask: cells keyed by (window index, *values of ``by``).
 Cells = dict[tuple[Any, ...], Sums]
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kaie_analytics.analytics.facts import (
+    MEASURE_FIELDS,
     ActivityQuery,
     Ask,
     Cells,
@@ -150,18 +151,17 @@ def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tu
         out.append(
             (
                 _aggregate(q, ask, nodes, "started_at", exec_dims, [_NODE_SUMS]),
-                ("node_type", "node_events", "node_ok", "node_errors", "node_duration_sum",
-                 "node_durations"),
+                MEASURE_FIELDS["nodes"],
             )
         )  # fmt: skip
     values: list[str] = []
     fields: list[str] = []
     if "executions" in m:
         values.append(_EXEC_SUMS)
-        fields += ["executions", "successful", "failed", "duration_sum", "durations"]
+        fields += MEASURE_FIELDS["executions"]
     if "customers" in m:
         values.append("uniqExact(x.customer_id)")
-        fields.append("customers")
+        fields += MEASURE_FIELDS["customers"]
     if "durations" in m:
         values.append(
             "arraySort(groupArrayIf(x.duration_ms, x.status > 0 AND x.duration_ms IS NOT NULL))"
@@ -174,7 +174,7 @@ def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tu
             statement = (
                 f"SELECT * EXCEPT (d), {_quantiles(q.quantiles or (0.5,))} FROM ({statement})"
             )
-            fields.append("quantiles")
+            fields += MEASURE_FIELDS["durations"]
         out.append((statement, tuple(fields)))
     if "messages" in m:
         events = sql.tenant_events(
@@ -186,7 +186,7 @@ def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tu
         out.append(
             (
                 _aggregate(q, ask, events, "ts", message_dims, [_MESSAGE_SUMS]),
-                ("sent", "received", "csat_sum", "csat_count"),
+                MEASURE_FIELDS["messages"],
             )
         )
     return out

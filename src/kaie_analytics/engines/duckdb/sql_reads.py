@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kaie_analytics.analytics.facts import (
+    MEASURE_FIELDS,
     ActivityQuery,
     Ask,
     Cells,
@@ -110,22 +111,21 @@ def _statements(
             (
                 f"SELECT {exec_dims}, {_NODE_SUMS} FROM {_source(nodes, ask)}"
                 f" {_in_windows(q, ask, 'started_at')} GROUP BY ALL",
-                ("node_type", "node_events", "node_ok", "node_errors", "node_duration_sum",
-                 "node_durations"),
+                MEASURE_FIELDS["nodes"],
             )
         )  # fmt: skip
     values: list[str] = []
     fields: list[str] = []
     if "executions" in m:
         values.append(_EXEC_SUMS)
-        fields += ["executions", "successful", "failed", "duration_sum", "durations"]
+        fields += MEASURE_FIELDS["executions"]
     if "customers" in m:
         values.append("count(DISTINCT x.customer_id)")
-        fields.append("customers")
+        fields += MEASURE_FIELDS["customers"]
     if "durations" in m:
         qs = ", ".join(repr(float(v)) for v in q.quantiles) or "0.5"
         values.append(f"quantile_cont(x.duration_ms, [{qs}]) FILTER (WHERE x.status > 0)")
-        fields.append("quantiles")
+        fields += MEASURE_FIELDS["durations"]
     if values:
         out.append(
             (
@@ -144,7 +144,7 @@ def _statements(
             (
                 f"SELECT {message_dims}, {_MESSAGE_SUMS} FROM {_source(events, ask)}"
                 f" {_in_windows(q, ask, 'ts')} GROUP BY ALL",
-                ("sent", "received", "csat_sum", "csat_count"),
+                MEASURE_FIELDS["messages"],
             )
         )
     return out
