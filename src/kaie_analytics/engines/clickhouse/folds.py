@@ -31,7 +31,12 @@ import logging
 import threading
 
 from kaie_analytics.engines.clickhouse import sql
-from kaie_analytics.engines.clickhouse.schema import CUSTOMER_STATES, EXECUTION_STATES, LAYOUT
+from kaie_analytics.engines.clickhouse.schema import (
+    CUSTOMER_STATES,
+    EXEC_TYPES,
+    EXECUTION_STATES,
+    LAYOUT,
+)
 from kaie_analytics.engines.clickhouse.transport import Transport
 
 log = logging.getLogger("kaie_analytics.store")
@@ -39,7 +44,7 @@ log = logging.getLogger("kaie_analytics.store")
 WATERMARK = "executions_folded"
 _TOUCHED = (
     "SELECT DISTINCT execution_id FROM events"
-    " WHERE tenant = {tenant:String} AND type IN " + sql.EXEC_TYPES
+    " WHERE tenant = {tenant:String} AND type IN " + EXEC_TYPES
     + " AND execution_id IS NOT NULL"
     " AND ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
     " AND ingested_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
@@ -145,7 +150,7 @@ class Folder:
             found = t.query(
                 f"SELECT tenant, {sql.us('max(ingested_at)')} FROM events"
                 " WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
-                f" AND type IN {sql.EXEC_TYPES} GROUP BY tenant",
+                f" AND type IN {EXEC_TYPES} GROUP BY tenant",
                 {"lo": lo},
             )
             if not found.num_rows:

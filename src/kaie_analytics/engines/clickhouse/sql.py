@@ -1,7 +1,8 @@
 """SQL the ClickHouse engine's reads share: times, filters, executions, segments.
 
-Every read goes through ``events FINAL`` (see ``schema``). Times are bound as
-``Int64`` microseconds (``time_param``) and read back as ``DateTime64(6)``.
+Every read of events goes through ``events FINAL`` (see ``schema``). Times are
+bound as ``Int64`` microseconds (``time_param``) and read back as
+``DateTime64(6)``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import Window
+from kaie_analytics.engines.clickhouse.schema import EXEC_TYPES
 
 EPOCH = datetime(1970, 1, 1)
-EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
 NODE_TYPES = "('node.completed', 'node.failed')"
 MESSAGE_TYPES = "('message.sent', 'message.received')"
 
