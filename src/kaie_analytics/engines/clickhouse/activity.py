@@ -10,7 +10,6 @@ engine's and the spec's reference exactly.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -65,42 +64,48 @@ def _quantiles(qs: Sequence[float]) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-def _disjoint(q: ActivityQuery, windows: Sequence[int]) -> bool:
-    spans = sorted((q.windows[w].start, q.windows[w].end) for w in windows)
-    return all(a[1] < b[0] for a, b in itertools.pairwise(spans))
+def _layers(q: ActivityQuery, ask: Ask) -> list[list[int]]:
+    """The ask's windows in as few layers as can be, each of disjoint windows in time
+    order (a whole period and its buckets: two layers)."""
+    layers: list[list[int]] = []
+    for w in sorted(ask.windows, key=lambda w: (q.windows[w].start, q.windows[w].end)):
+        for layer in layers:
+            if q.windows[layer[-1]].end < q.windows[w].start:
+                layer.append(w)
+                break
+        else:
+            layers.append([w])
+    return layers
 
 
 def _in_windows(q: ActivityQuery, ask: Ask, source: str, column: str) -> tuple[str, str]:
-    """``source`` (aliased ``x``) with the windows its ``column`` is in, and the SQL of
-    the window's index."""
-    if _disjoint(q, ask.windows):
-        # One window at most per row: an as-of join on the window starts.
-        windows = """(SELECT 0 AS k, z.1 AS i, fromUnixTimestamp64Micro(z.2, 'UTC') AS lo,
+    """``source`` (aliased ``x``) once for every window its ``column`` is in, and the SQL
+    of the window's index: per layer of disjoint windows, an as-of join on their starts
+    (a row is in one window of a layer at most)."""
+    joins = []
+    for k in range(len(_layers(q, ask))):
+        windows = f"""(SELECT 0 AS k, z.1 AS i, fromUnixTimestamp64Micro(z.2, 'UTC') AS lo,
                 fromUnixTimestamp64Micro(z.3, 'UTC') AS hi
-            FROM (SELECT arrayJoin(arrayZip({w_i:Array(Int64)}, {w_lo:Array(Int64)},
-                {w_hi:Array(Int64)})) AS z))"""
-        joined = (
-            f"(SELECT *, 0 AS k FROM {source}) x ASOF JOIN {windows} w"
-            f" ON x.k = w.k AND x.{column} >= w.lo WHERE x.{column} <= w.hi"
+            FROM (SELECT arrayJoin(arrayZip({{w_i_{k}:Array(Int64)}}, {{w_lo_{k}:Array(Int64)}},
+                {{w_hi_{k}:Array(Int64)}})) AS z))"""
+        joins.append(
+            f"SELECT x.*, w.i AS window FROM (SELECT *, 0 AS k FROM {source}) x"
+            f" ASOF JOIN {windows} w ON x.k = w.k AND x.{column} >= w.lo"
+            f" WHERE x.{column} <= w.hi"
         )
-        return joined, "w.i"
-    # Overlapping windows: each row once per window it is in.
-    t = sql.us(column)
-    each = f"""(SELECT *, arrayJoin(arrayFilter(j -> {{w_lo:Array(Int64)}}[j] <= {t}
-            AND {t} <= {{w_hi:Array(Int64)}}[j], arrayEnumerate({{w_i:Array(Int64)}}))) AS j
-        FROM {source}) x"""
-    return each, "{w_i:Array(Int64)}[x.j]"
+    return f"({' UNION ALL '.join(joins)}) x", "x.window"
 
 
 def _window_params(q: ActivityQuery, ask: Ask) -> dict[str, Any]:
-    order = sorted(ask.windows, key=lambda w: q.windows[w].start)
-    return {
-        "w_i": order,
-        "w_lo": [sql.epoch_us(q.windows[w].start) for w in order],
-        "w_hi": [sql.epoch_us(q.windows[w].end) for w in order],
-        "lo": min(sql.epoch_us(q.windows[w].start) for w in order),
-        "hi": max(sql.epoch_us(q.windows[w].end) for w in order),
+    params: dict[str, Any] = {
+        "lo": min(sql.epoch_us(q.windows[w].start) for w in ask.windows),
+        "hi": max(sql.epoch_us(q.windows[w].end) for w in ask.windows),
     }
+    for k, layer in enumerate(_layers(q, ask)):
+        params[f"w_i_{k}"] = layer
+        params[f"w_lo_{k}"] = [sql.epoch_us(q.windows[w].start) for w in layer]
+        params[f"w_hi_{k}"] = [sql.epoch_us(q.windows[w].end) for w in layer]
+    return params
 
 
 def _with_segments(base: str, ask: Ask) -> str:
