@@ -223,3 +223,12 @@ def test_copy_events_moves_a_data_directory_onto_clickhouse(tmp_path: Path) -> N
     assert out.returncode == 0 and "copied 500 events" in out.stdout, out.stderr
     out = cli("copy-events", "--to", "postgres://x", "--data-dir", data)
     assert out.returncode != 0 and out.stderr.startswith("error: KAIE_EVENTS_BACKEND must be")
+
+
+def test_an_unreachable_clickhouse_server_is_one_line(tmp_path: Path) -> None:
+    url = f"clickhouse://kaie:s3cret@127.0.0.1:{free_port()}/kaie"
+    out = cli("serve", "--data-dir", str(tmp_path / "d"), "--port", str(free_port()),
+              env={"KAIE_EVENTS_BACKEND": url})  # fmt: skip
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: cannot reach ClickHouse at 127.0.0.1:"), out.stderr
+    assert "s3cret" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -124,6 +124,8 @@ def _serve(settings: Settings, banner: list[str], *, demo: bool = False) -> None
             f"{_holder(exc)} is serving {settings.data_dir};"
             " stop it, or give this server another --data-dir"
         ) from None
+    except UnsupportedBackend as exc:
+        raise CliError(str(exc)) from None
     try:
         app = create_app(settings, demo=demo)
     except InvalidRateLimits as exc:

@@ -7,6 +7,7 @@ Each engine is one package implementing ``analytics.facts.EventEngine``;
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 from kaie_analytics.analytics.facts import EventEngine
 from kaie_analytics.config import Settings
@@ -57,14 +58,33 @@ def open_engine(settings: Settings) -> EventEngine:
 
 
 def ensure_free(settings: Settings) -> None:
-    """Raise ``errors.StoreInUse`` if another process holds the engine's data."""
+    """Raise ``errors.StoreInUse`` if another process holds the engine's data, and
+    ``UnsupportedBackend`` if a ClickHouse server cannot be reached."""
     if settings.events_backend == "chdb":
         from kaie_analytics.engines.clickhouse.transport import ChdbTransport, chdb_path
 
         ChdbTransport.ensure_free(chdb_path(settings.data_dir))
         return
-    if settings.events_backend != "duckdb":
-        return  # a ClickHouse server serves many processes
+    if settings.events_backend != "duckdb":  # a server serves many processes: reach it
+        from kaie_analytics.engines.clickhouse.transport import ServerTransport
+
+        # The drivers' own warnings about each retry would bury the one line.
+        names = ("urllib3", "urllib3.connectionpool", "clickhouse_connect")
+        drivers = [logging.getLogger(name) for name in names]
+        levels = [d.level for d in drivers]
+        for d in drivers:
+            d.setLevel(logging.CRITICAL)
+        try:
+            ServerTransport(settings.events_backend).close()
+        except Exception as exc:
+            text = str(exc)
+            reason = "connection refused" if "refused" in text else text.splitlines()[0][:160]
+            where = settings.events_backend.split("@")[-1]  # never the password
+            raise UnsupportedBackend(f"cannot reach ClickHouse at {where} ({reason})") from None
+        finally:
+            for d, level in zip(drivers, levels, strict=True):
+                d.setLevel(level)
+        return
     from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 
     DuckDBEngine.ensure_free(settings.events_db_path)
