@@ -1,9 +1,10 @@
 """Customer facts (engagement) and journey facts, in ClickHouse SQL.
 
-Computed from the events at query time, with the same definitions as the
-DuckDB engine's derived tables: a customer's first event and first message
-received; conversations (sessions) as runs of a customer's messages on one
-channel with no gap over 30 minutes; a journey as every event of its id.
+With the same definitions as the DuckDB engine's derived tables: a
+customer's first event and first message received (from ``customers_state``);
+conversations (sessions) as runs of a customer's messages on one channel with
+no gap over 30 minutes, and a journey as every event of its id (both from the
+events, at query time).
 """
 
 from __future__ import annotations
