@@ -16,7 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import pyarrow as pa
@@ -237,6 +237,18 @@ class JourneyFacts:
     steps: tuple[StepFacts, ...]
     #: (the step after the highest one reached, reason, journeys): drop reasons.
     reasons: tuple[tuple[int, str, int], ...]
+
+
+#: A conversation (session): a customer's messages on one channel with no gap
+#: longer than this between two in a row.
+SESSION_GAP_US = 30 * 60 * 1_000_000
+#: Realtime windows: executions started this long before ``now`` and not ended are
+#: running; the last hour's events and messages; customers in conversation in the
+#: last 30 minutes; a reply counts when it comes within 30 minutes.
+RUNNING_WITHIN = timedelta(hours=24)
+LAST_HOUR = timedelta(hours=1)
+IN_CONVERSATION = timedelta(minutes=30)
+REPLY_WITHIN_US = 30 * 60 * 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import (
+    SESSION_GAP_US,
     ChannelFacts,
     CustomerFacts,
     CustomerQuery,
@@ -25,7 +26,6 @@ from kaie_analytics.analytics.facts import (
 from kaie_analytics.engines.clickhouse import sql
 from kaie_analytics.engines.clickhouse.transport import Transport
 
-SESSION_GAP_US = 30 * 60 * 1_000_000
 _LO, _HI = sql.time_param("lo"), sql.time_param("hi")
 
 #: The conversations (sessions) of ``{tenant}`` that can start from ``{from_us}`` on:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from kaie_analytics.analytics.facts import (
     BY_CHANNEL,
     BY_WORKFLOW,
+    IN_CONVERSATION,
+    LAST_HOUR,
+    REPLY_WITHIN_US,
+    RUNNING_WITHIN,
     TOTAL,
     RealtimeFacts,
     RealtimeQuery,
@@ -15,11 +18,6 @@ from kaie_analytics.analytics.facts import (
 )
 from kaie_analytics.engines.clickhouse import sql
 from kaie_analytics.engines.clickhouse.transport import Transport
-
-HOUR = timedelta(hours=1)
-DAY = timedelta(hours=24)
-CONVERSATION = timedelta(minutes=30)
-REPLY_WINDOW_US = 30 * 60 * 1_000_000
 
 _FILTERS = (
     "({workflow:Nullable(String)} IS NULL OR workflow_id = {workflow:Nullable(String)})"
@@ -35,7 +33,7 @@ _SUMS = f"""countIf(type LIKE 'execution.%'), countIf(type IN {sql.MESSAGE_TYPES
     uniqExactIf(customer_id, type IN {sql.MESSAGE_TYPES} AND ts >= {sql.time_param("half_hour_ago")})"""
 _NO_TEXT = "CAST(NULL, 'Nullable(String)')"
 #: Per row its scope (``facts.realtime_facts``): the total, a workflow's, a channel's.
-LAST_HOUR = f"""
+LAST_HOUR_SQL = f"""
 SELECT {TOTAL}, {_NO_TEXT}, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR})
 UNION ALL
 SELECT {BY_WORKFLOW}, workflow_id, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY workflow_id
@@ -68,9 +66,9 @@ ON r.customer_id = s.customer_id AND r.channel = s.channel AND r.ts <= s.ts
 """
 #: Per row its scope: the total, a workflow's.
 REPLIES = f"""
-SELECT {TOTAL}, {_NO_TEXT}, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WINDOW_US}
+SELECT {TOTAL}, {_NO_TEXT}, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WITHIN_US}
 UNION ALL
-SELECT {BY_WORKFLOW}, workflow_id, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WINDOW_US}
+SELECT {BY_WORKFLOW}, workflow_id, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WITHIN_US}
 GROUP BY workflow_id
 """
 
@@ -81,14 +79,14 @@ def realtime(transport: Transport, q: RealtimeQuery, folded: int, pending: bool)
         "tenant": q.tenant,
         "folded": folded,
         "now": sql.epoch_us(now),
-        "hour_ago": sql.epoch_us(now - HOUR),
-        "day_ago": sql.epoch_us(now - DAY),
-        "half_hour_ago": sql.epoch_us(now - CONVERSATION),
+        "hour_ago": sql.epoch_us(now - LAST_HOUR),
+        "day_ago": sql.epoch_us(now - RUNNING_WITHIN),
+        "half_hour_ago": sql.epoch_us(now - IN_CONVERSATION),
         "workflow": q.workflow_id,
         "channel": q.channel,
     }
     # Side by side, each on its own snapshot.
     running_table, last_hour, replies = transport.query_all(
-        [(RUNNING[pending], params), (LAST_HOUR, params), (REPLIES, params)]
+        [(RUNNING[pending], params), (LAST_HOUR_SQL, params), (REPLIES, params)]
     )
     return realtime_facts(sql.rows(running_table), sql.rows(last_hour), sql.rows(replies))

@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kaie_analytics.analytics.facts import SESSION_GAP_US
 from kaie_analytics.engines.duckdb.times import SLOT_US
-
-SESSION_GAP_US = 30 * 60 * 1_000_000
 
 
 @dataclass(frozen=True)

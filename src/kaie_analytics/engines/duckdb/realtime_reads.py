@@ -13,6 +13,10 @@ from datetime import timedelta
 from kaie_analytics.analytics.facts import (
     BY_CHANNEL,
     BY_WORKFLOW,
+    IN_CONVERSATION,
+    LAST_HOUR,
+    REPLY_WITHIN_US,
+    RUNNING_WITHIN,
     TOTAL,
     RealtimeFacts,
     RealtimeQuery,
@@ -21,10 +25,6 @@ from kaie_analytics.analytics.facts import (
 from kaie_analytics.engines.duckdb.store import DuckDBEventStore
 
 FUTURE_SLACK = timedelta(minutes=10)
-HOUR = timedelta(hours=1)
-DAY = timedelta(hours=24)
-CONVERSATION = timedelta(minutes=30)
-REPLY_WINDOW_US = 30 * 60 * 1_000_000
 
 
 def realtime(store: DuckDBEventStore, q: RealtimeQuery) -> RealtimeFacts:
@@ -32,10 +32,10 @@ def realtime(store: DuckDBEventStore, q: RealtimeQuery) -> RealtimeFacts:
     params = {
         "tenant": q.tenant,
         "now": now,
-        "hour_ago": now - HOUR,
-        "day_ago": now - DAY,
-        "half_hour_ago": now - CONVERSATION,
-        "ingest_lo": now - DAY - FUTURE_SLACK,
+        "hour_ago": now - LAST_HOUR,
+        "day_ago": now - RUNNING_WITHIN,
+        "half_hour_ago": now - IN_CONVERSATION,
+        "ingest_lo": now - RUNNING_WITHIN - FUTURE_SLACK,
         "workflow": q.workflow_id,
         "channel": q.channel,
     }
@@ -73,7 +73,7 @@ def realtime(store: DuckDBEventStore, q: RealtimeQuery) -> RealtimeFacts:
             FROM received r ASOF JOIN sent s
               ON r.customer_id = s.customer_id AND r.channel = s.channel AND s.sent_ts >= r.ts
         )
-        WHERE gap <= {REPLY_WINDOW_US}
+        WHERE gap <= {REPLY_WITHIN_US}
         GROUP BY GROUPING SETS ((), (workflow_id))
         """
     # Side by side, each on its own snapshot.
