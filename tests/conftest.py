@@ -2,13 +2,15 @@
 
 Every test that takes ``settings`` (or ``client``, ``api``, ``engine``) runs once
 per engine in ``ENGINES``; tests of one engine's internals live in
-``tests/engines/<name>/``.
+``tests/engines/<name>/``. A module that sets ``SHARED_SERVICES = True`` runs
+its tests once more with the services several API processes share: metadata
+and jobs in PostgreSQL, limits and cache versions in Redis, files in a
+directory of their own (servers started by ``tests/servers.py``).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +26,9 @@ from fastapi.testclient import TestClient
 from kaie_analytics.analytics.facts import EventEngine, RowKind, RowsQuery, Window
 from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
+from kaie_analytics.store.database import Database
 from kaie_analytics.store.meta import MetaStore
+from servers import PostgresServer, RedisServer, free_port
 
 GENEROUS_LIMITS = ",".join(
     f"{c}=100000/hour" for c in ("realtime", "historical", "reports", "export", "events", "default")
@@ -73,18 +77,56 @@ _TESTS = Path(__file__).parent
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test of ``settings`` runs on each engine; the tests in
-    ``tests/engines/<name>/`` on that engine only."""
+    ``tests/engines/<name>/`` on that engine only; with ``SHARED_SERVICES``, once
+    more on the first engine with the shared services."""
     if "events_backend" not in metafunc.fixturenames:
         return
     engines = ENGINES
     parts = metafunc.definition.path.relative_to(_TESTS).parts
     if len(parts) > 2 and parts[0] == "engines":
         engines = (parts[1],)
-    metafunc.parametrize("events_backend", engines)
+    if "services" not in metafunc.fixturenames:
+        metafunc.parametrize("events_backend", engines)
+        return
+    combos = [(engine, "embedded") for engine in engines]
+    if getattr(metafunc.module, "SHARED_SERVICES", False):
+        combos.append((engines[0], "shared"))
+    metafunc.parametrize(("events_backend", "services"), combos,
+                         ids=[e if s == "embedded" else f"{e}-shared" for e, s in combos])  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def settings(tmp_path: Path, events_backend: str) -> Settings:
+def shared_services(
+    tmp_path: Path, postgres: PostgresServer, redis_server: RedisServer
+) -> dict[str, Any]:
+    """Settings of the services several processes share, fresh for one test."""
+    redis_server.flush()
+    return {
+        "meta_backend": postgres.new_database(),
+        "redis_url": redis_server.url,
+        "files_dir": tmp_path / "shared-files",
+    }
+
+
+@pytest.fixture
+def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, events_backend: str, services: str
+) -> Settings:
+    shared = request.getfixturevalue("shared_services") if services == "shared" else {}
     return Settings(
         data_dir=tmp_path / "data",
         events_backend=events_backend,
@@ -92,7 +134,13 @@ def settings(tmp_path: Path, events_backend: str) -> Settings:
         compact_after_events=10**9,
         rate_limits=GENEROUS_LIMITS,
         allowed_hosts="testserver",  # the host name of Starlette's test client
+        **shared,
     )
+
+
+def open_meta(settings: Settings) -> MetaStore:
+    """The metadata store of ``settings`` (close its ``db`` after use)."""
+    return MetaStore(Database.open(settings.meta_backend, settings.meta_db_path))
 
 
 @pytest.fixture
@@ -102,13 +150,13 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 def make_key(settings: Settings, tenant: str, scopes: str | None = None) -> str:
-    meta = MetaStore(settings.meta_db_path)
+    meta = open_meta(settings)
     try:
         if scopes is None:
             return meta.create_key(tenant)
         return meta.create_key(tenant, frozenset(scopes.split(",")))
     finally:
-        meta.close()
+        meta.db.close()
 
 
 @pytest.fixture
@@ -136,36 +184,35 @@ def other_api(client: TestClient, settings: Settings) -> Api:
     return Api(client, make_key(settings, "globex"), "globex")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class LiveServer:
     """``kaie-analytics serve`` in a subprocess, on a free port."""
 
-    def __init__(self, data_dir: Path, events_backend: str = "duckdb") -> None:
+    def __init__(
+        self, data_dir: Path, events_backend: str = "duckdb", env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.events_backend = events_backend
+        #: More ``KAIE_*`` settings for the process.
+        self.env = env or {}
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def create_key(self, tenant: str) -> str:
-        """An API key for ``tenant``, written to the data directory (before ``start``)."""
-        meta = MetaStore(self.data_dir / "meta.sqlite3")
+        """An API key for ``tenant``, in the server's metadata database."""
+        meta = MetaStore(Database.open(self.env.get("KAIE_META_BACKEND", "sqlite"),
+                                       self.data_dir / "meta.sqlite3"))  # fmt: skip
         try:
             return meta.create_key(tenant)
         finally:
-            meta.close()
+            meta.db.close()
 
-    def start(self) -> str:
+    def start(self, stdout: Any = subprocess.PIPE) -> str:
         env = os.environ | {"KAIE_LOG_FORMAT": "json", "KAIE_EVENTS_BACKEND": self.events_backend}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kaie_analytics", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            stdout=stdout, stderr=subprocess.DEVNULL, env=env | self.env,
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import Api, make_key
+from conftest import Api, make_key, open_meta
 from kaie_analytics.config import Settings
 
 WF = "/v1/analytics/workflows/wf"
@@ -99,14 +99,12 @@ def test_other_tenants_workflow_is_not_found(with_workflow: Api, other_api: Api)
 
 
 def test_revoked_key_is_refused(client: TestClient, settings: Settings) -> None:
-    from kaie_analytics.store.meta import MetaStore
-
     key = make_key(settings, "acme")
     headers = {"Authorization": f"Bearer {key}"}
     assert client.get("/v1/workflows", headers=headers).status_code == 200
-    meta = MetaStore(settings.meta_db_path)
+    meta = open_meta(settings)
     assert meta.revoke_key(key.split("_")[0] + "_" + key.split("_")[1]) == 1
-    meta.close()
+    meta.db.close()
     client.app.state.keys.clear()  # type: ignore[attr-defined]  # skip the 2 s trust window
     r = client.get("/v1/workflows", headers=headers)
     assert r.status_code == 401

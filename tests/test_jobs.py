@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import random
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,13 +21,17 @@ from fastapi.testclient import TestClient
 from pypdf import PdfReader
 
 import oracle
-from conftest import GENEROUS_LIMITS, Api, LiveServer, make_key
+from conftest import GENEROUS_LIMITS, Api, LiveServer, make_key, open_meta
 from factories import iso, workflow_events
 from kaie_analytics.app import create_app
 from kaie_analytics.config import Settings
 from kaie_analytics.jobs.reports import MAX_PDF_ROWS
+from kaie_analytics.store import schema
+from kaie_analytics.store.database import Database
 from kaie_analytics.store.jobs import JobStore
-from kaie_analytics.store.meta import MetaStore
+
+#: Every test here runs with PostgreSQL, Redis and a files directory too (conftest).
+SHARED_SERVICES = True
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 END = datetime(2024, 3, 10, 23, 59, 59, 999999, tzinfo=UTC)
@@ -173,11 +176,9 @@ def test_links_tenancy_tamper_expiry_and_not_ready(
     assert other_api.get(f"/v1/analytics/reports/{rid}/download").status_code == 404
     assert api.get(f"/v1/analytics/reports/{rid}/download").status_code == 200  # own key works
     # Expired: the job's expiry passed (7 days), and an old link.
-    con = sqlite3.connect(api.client.app.state.settings.meta_db_path)  # type: ignore[attr-defined]
     past = (datetime.now(UTC) - timedelta(seconds=5)).isoformat(timespec="seconds")
-    con.execute("UPDATE jobs SET expires_at = ? WHERE id = ?", (past, rid))
-    con.commit()
-    con.close()
+    with api.client.app.state.db.writing() as con:  # type: ignore[attr-defined]
+        con.execute(schema.jobs.update().where(schema.jobs.c.id == rid).values(expires_at=past))
     r = api.get(f"/v1/analytics/reports/{rid}/download")
     assert r.status_code == 410 and r.json()["error"]["code"] == "REPORT_EXPIRED"
     from kaie_analytics.signing import sign
@@ -254,18 +255,18 @@ def test_one_tenants_jobs_do_not_hold_back_another(tmp_path: Path) -> None:
             )
 
 
-def test_claims_are_fair_between_tenants(tmp_path: Path) -> None:
-    jobs = JobStore(tmp_path / "meta.sqlite3")
+def test_claims_are_fair_between_tenants(settings: Settings) -> None:
+    jobs = JobStore(Database.open(settings.meta_backend, settings.meta_db_path))
     try:
         made = [jobs.create(tenant=t, kind="export", name=None, params={}, estimate_s=1)
                 for t in ("a", "a", "a", "b", "c")]  # fmt: skip
-        claimed = [jobs.claim(max_per_tenant=1) for _ in range(4)]
+        claimed = [jobs.claim("w", max_per_tenant=1, lease_s=30) for _ in range(4)]
         assert [j.id if j else None for j in claimed] == [made[0].id, made[3].id, made[4].id, None]
-        jobs.complete(made[0].id, file_name="f", content_type="text/csv", rows=0)
-        again = jobs.claim(max_per_tenant=1)
+        assert jobs.complete(made[0].id, "w", file_name="f", content_type="text/csv", rows=0)
+        again = jobs.claim("w", max_per_tenant=1, lease_s=30)
         assert again is not None and again.id == made[1].id  # a's next, in order of creation
     finally:
-        jobs.close()
+        jobs.db.close()
 
 
 def test_link_stops_with_its_key(
@@ -276,9 +277,9 @@ def test_link_stops_with_its_key(
     done = make_report(api, **REPORT)
     link = second.get(f"/v1/analytics/reports/{done['report_id']}").json()["data"]["download_url"]
     assert download(api, link).status_code == 200
-    meta = MetaStore(settings.meta_db_path)
+    meta = open_meta(settings)
     assert meta.revoke_key("_".join(second.key.split("_")[:2])) == 1
-    meta.close()
+    meta.db.close()
     time.sleep(settings.key_cache_ttl_s + 0.1)
     r = download(api, link)
     assert r.status_code == 403 and r.json()["error"]["field"] == "key"

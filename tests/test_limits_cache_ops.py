@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,11 +18,14 @@ EXEC = {"type": "execution.started", "timestamp": "2024-01-10T10:00:00Z", "workf
 Q = {"start_date": "2024-01-01", "end_date": "2024-01-31"}
 
 
+#: Every test of ``settings`` here runs with Redis and PostgreSQL too (conftest).
+SHARED_SERVICES = True
+
+
 @pytest.fixture
-def tight(tmp_path: Path) -> TestClient:
-    settings = Settings(
-        data_dir=tmp_path / "d",
-        rate_limits="realtime=5/hour,historical=3/hour,events=4/minute,default=2/hour",
+def tight(settings: Settings) -> TestClient:
+    settings = settings.model_copy(
+        update={"rate_limits": "realtime=5/hour,historical=3/hour,events=4/minute,default=2/hour"}
     )
     with TestClient(create_app(settings)) as c:
         c.settings = settings  # type: ignore[attr-defined]
@@ -106,8 +108,8 @@ def test_request_id_metrics_and_logs(api: Api, caplog: pytest.LogCaptureFixture)
     assert "kaie_http_request_duration_seconds_bucket" in text
 
 
-def test_a_partial_rate_limit_setting_changes_only_its_classes(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "d", rate_limits="historical=5/hour")
+def test_a_partial_rate_limit_setting_changes_only_its_classes(settings: Settings) -> None:
+    settings = settings.model_copy(update={"rate_limits": "historical=5/hour"})
     with TestClient(create_app(settings)) as c:
         h = {"Authorization": f"Bearer {make_key(settings, 'acme')}"}
         r = c.get("/v1/analytics/realtime", headers=h)
@@ -118,8 +120,8 @@ def test_a_partial_rate_limit_setting_changes_only_its_classes(tmp_path: Path) -
         assert r.status_code == 200 and r.headers["X-RateLimit-Limit"] == "5"
 
 
-def test_failed_authentications_are_throttled_per_address(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "d", auth_failure_limit="3/minute")
+def test_failed_authentications_are_throttled_per_address(settings: Settings) -> None:
+    settings = settings.model_copy(update={"auth_failure_limit": "3/minute"})
     with TestClient(create_app(settings)) as c:
         good = {"Authorization": f"Bearer {make_key(settings, 'acme')}"}
         for _ in range(5):  # no key at all is no guess: not counted
@@ -135,4 +137,5 @@ def test_failed_authentications_are_throttled_per_address(tmp_path: Path) -> Non
         assert 0 < int(r.headers["Retry-After"]) <= 60
         # Another address is not affected.
         other = TestClient(c.app, client=("203.0.113.9", 50000))
+        other.portal = c.portal  # the app's own event loop (Redis connections belong to one)
         assert other.get("/v1/workflows", headers=good).status_code == 200

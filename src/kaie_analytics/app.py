@@ -24,13 +24,7 @@ from kaie_analytics.auth import KeyCache
 from kaie_analytics.cache import ResponseCache
 from kaie_analytics.config import Settings
 from kaie_analytics.engines import open_engine
-from kaie_analytics.errors import (
-    ApiError,
-    InvalidParameter,
-    MethodNotAllowed,
-    NotFound,
-    UnsupportedBackend,
-)
+from kaie_analytics.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
 from kaie_analytics.ingest.service import warm_up
 from kaie_analytics.jobs.worker import JobWorker
 from kaie_analytics.ratelimit import RateLimiter, parse_limit, parse_rate_limits
@@ -45,7 +39,9 @@ from kaie_analytics.routes import (
     workflow_analytics,
     workflows,
 )
+from kaie_analytics.shared_state import DataVersions, connect_redis
 from kaie_analytics.signing import load_secret
+from kaie_analytics.store.database import Database
 from kaie_analytics.store.jobs import JobStore
 from kaie_analytics.store.meta import MetaStore
 from kaie_analytics.telemetry import Telemetry, TelemetryMiddleware
@@ -128,7 +124,7 @@ def _ingest_pool(workers: int) -> ProcessPoolExecutor | None:
     return pool
 
 
-async def _live_demo(engine: Any) -> None:
+async def _live_demo(engine: Any, versions: DataVersions) -> None:
     """While ``demo`` serves: its executions as they happen, every 2 seconds."""
     from kaie_analytics.demo import LiveDemo
     from kaie_analytics.ingest.service import ingest_items
@@ -141,6 +137,7 @@ async def _live_demo(engine: Any) -> None:
             lines = [orjson.dumps(e) for e in events]
             try:
                 await run_in_threadpool(ingest_items, engine, "demo", lines)
+                await versions.bump("demo")
             except Exception:  # the next tick tries again
                 log.exception("the demo's live events were not stored")
 
@@ -148,35 +145,41 @@ async def _live_demo(engine: Any) -> None:
 def create_app(settings: Settings | None = None, *, demo: bool = False) -> FastAPI:
     """The application; with ``demo``, it also streams the demo tenant's live events."""
     settings = settings or Settings()
-    if settings.meta_backend != "sqlite":
-        raise UnsupportedBackend(
-            "this version keeps metadata in SQLite only: KAIE_META_BACKEND=sqlite"
-        )
+    rate_limits = parse_rate_limits(settings.rate_limits)  # a bad setting fails here, at once
+    auth_failures = parse_limit(settings.auth_failure_limit, "KAIE_AUTH_FAILURE_LIMIT")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        meta = MetaStore(settings.meta_db_path)
+        db = Database.open(settings.meta_backend, settings.meta_db_path)
+        meta = MetaStore(db)
         engine = open_engine(settings)
+        redis = connect_redis(settings.redis_url)
+        versions = DataVersions(redis)
+        app.state.db = db
         app.state.meta = meta
         app.state.engine = engine
+        app.state.versions = versions
+        # Made here, on the loop that serves: Redis connections belong to one loop.
+        app.state.limiter = RateLimiter(rate_limits, redis, auth_failures)
         app.state.keys = KeyCache(meta, settings.key_cache_ttl_s)
-        app.state.cache = ResponseCache()
+        app.state.cache = ResponseCache(versions)
         app.state.secret = load_secret(settings.secret_key, settings.data_dir)
-        app.state.files_dir = settings.files_dir
-        jobs = JobStore(settings.meta_db_path)
+        app.state.files_dir = settings.files_path
+        jobs = JobStore(db)
         worker = JobWorker(
             jobs,
             engine,
-            settings.files_dir,
+            settings.files_path,
             app.state.telemetry,
             settings.job_time_limit_s,
             settings.job_workers,
+            settings.job_lease_s,
         )
         app.state.jobs = jobs
         app.state.worker = worker
         worker.start()
         app.state.ingest_pool = _ingest_pool(settings.ingest_workers)
-        live = asyncio.create_task(_live_demo(engine)) if demo else None
+        live = asyncio.create_task(_live_demo(engine, versions)) if demo else None
         try:
             yield
         finally:
@@ -188,7 +191,9 @@ def create_app(settings: Settings | None = None, *, demo: bool = False) -> FastA
                 app.state.ingest_pool.shutdown(cancel_futures=True)
             worker.stop()
             engine.close()
-            meta.close()
+            if redis is not None:
+                await redis.aclose()
+            db.close()
 
     app = FastAPI(
         title="kaie-analytics",
@@ -201,11 +206,6 @@ def create_app(settings: Settings | None = None, *, demo: bool = False) -> FastA
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.limiter = RateLimiter(
-        parse_rate_limits(settings.rate_limits),
-        settings.rate_limit_storage,
-        parse_limit(settings.auth_failure_limit, "KAIE_AUTH_FAILURE_LIMIT"),
-    )
     telemetry = Telemetry()
     app.state.telemetry = telemetry
     # The last added is the outermost: telemetry sees the 500s of UnexpectedErrors.

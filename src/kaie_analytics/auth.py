@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from cachetools import TTLCache
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from kaie_analytics.errors import Forbidden, Unauthorized
 from kaie_analytics.ratelimit import RateLimiter
@@ -25,7 +26,13 @@ class Principal:
 
 
 class KeyCache:
-    """Remembers key lookups for ``ttl`` seconds, so revocation takes effect within it."""
+    """Remembers key lookups for ``ttl`` seconds, so revocation takes effect within it.
+
+    Each process has its own; with several processes the metadata database is
+    shared, so a key revoked through any of them is refused by all within ``ttl``
+    (``KAIE_KEY_CACHE_TTL_S``, 2 s by default). A lookup that misses reads the
+    database in a worker thread, never on the event loop.
+    """
 
     def __init__(self, meta: MetaStore, ttl: float) -> None:
         self.meta = meta
@@ -33,22 +40,22 @@ class KeyCache:
         self._active: TTLCache[str, bool] = TTLCache(10_000, ttl)
         self._lock = threading.Lock()
 
-    def _cached(self, cache: TTLCache[str, T], key: str, load: Callable[[str], T]) -> T:
+    async def _cached(self, cache: TTLCache[str, T], key: str, load: Callable[[str], T]) -> T:
         with self._lock:
             if key in cache:
                 return cache[key]
-        value = load(key)
+        value = await run_in_threadpool(load, key)
         with self._lock:
             cache[key] = value
         return value
 
-    def lookup(self, key: str) -> ApiKey | None:
+    async def lookup(self, key: str) -> ApiKey | None:
         """The active key record of a full secret, or None."""
-        return self._cached(self._keys, key, self.meta.authenticate)
+        return await self._cached(self._keys, key, self.meta.authenticate)
 
-    def is_active(self, prefix: str) -> bool:
+    async def is_active(self, prefix: str) -> bool:
         """Whether the key with this prefix exists and is not revoked."""
-        return self._cached(self._active, prefix, self.meta.key_is_active)
+        return await self._cached(self._active, prefix, self.meta.key_is_active)
 
     def clear(self) -> None:
         """Forget every lookup: the next request of each key reads the metadata again."""
@@ -77,11 +84,11 @@ def require(scope: str, limit_class: str = "default") -> Callable[[Request], Awa
     async def dependency(request: Request) -> Principal:
         limiter: RateLimiter = request.app.state.limiter
         address = request.client.host if request.client else "unknown"
-        limiter.refuse_locked_out(address)
+        await limiter.refuse_locked_out(address)
         try:
             token = _bearer(request)
             cache: KeyCache = request.app.state.keys
-            record = cache.lookup(token)
+            record = await cache.lookup(token)
             if record is None:
                 raise Unauthorized(
                     "the API key is unknown or revoked", field="Authorization", invalid_token=True
@@ -90,13 +97,13 @@ def require(scope: str, limit_class: str = "default") -> Callable[[Request], Awa
             # A key that was sent and refused: a guess, or a client flooding the log.
             # (No Authorization header at all is no attempt, and is not counted.)
             if "authorization" in request.headers:
-                limiter.count_auth_failure(address)
+                await limiter.count_auth_failure(address)
             raise
         if scope not in record.scopes:
             raise Forbidden(f"this endpoint needs the scope {scope!r}", field="Authorization")
         principal = Principal(record.tenant, record.prefix, record.scopes)
         request.state.principal = principal
-        request.state.rate_headers = limiter.hit(record.prefix, limit_class)
+        request.state.rate_headers = await limiter.hit(record.prefix, limit_class)
         return principal
 
     return dependency

@@ -3,8 +3,11 @@
 Keyed by tenant, query kind and the parsed, frozen query object (so equivalent
 requests share an entry); an entry is valid only while the tenant's data
 version is the one it was computed at, and every commit that touches the
-tenant bumps that version. Tenants never share an entry: the tenant is part
-of the key. Filled by the query runners (``analytics.runners``).
+tenant bumps that version. The version has two parts: the local engine's
+(its own commits) and the one shared by every process through Redis
+(``shared_state.DataVersions``), so an ingest through any process makes every
+process's entries of that tenant stale. Tenants never share an entry: the
+tenant is part of the key. Filled by the query runners (``analytics.runners``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from cachetools import LRUCache
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kaie_analytics.shared_state import DataVersions
+
 CACHE_CONTROL = "private, no-cache"
 
 
@@ -24,17 +29,18 @@ CACHE_CONTROL = "private, no-cache"
 class Entry:
     """An answer's JSON body, the data version it was computed at, and its ETag."""
 
-    version: int
+    version: tuple[int, int]  # (the local engine's, the shared one)
     body: bytes
     etag: str
 
 
 class ResponseCache:
-    def __init__(self, max_entries: int = 2048) -> None:
+    def __init__(self, versions: DataVersions | None = None, max_entries: int = 2048) -> None:
+        self.versions = versions or DataVersions(None)
         self._entries: LRUCache[Hashable, Entry] = LRUCache(maxsize=max_entries)
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, version: int) -> Entry | None:
+    def get(self, key: Hashable, version: tuple[int, int]) -> Entry | None:
         with self._lock:
             entry = self._entries.get(key)
         return entry if entry is not None and entry.version == version else None

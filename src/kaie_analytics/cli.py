@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -15,8 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kaie_analytics.config import Settings
-from kaie_analytics.errors import StoreInUse, UnsupportedBackend
+from kaie_analytics.errors import StoreInUse, StoreUnavailable, UnsupportedBackend
+from kaie_analytics.store.database import Database
 from kaie_analytics.store.meta import SCOPES, InvalidScopes, MetaStore, parse_scopes
+from kaie_analytics.store.migrations import LATEST, NewerSchema
 
 app = typer.Typer(
     help="kaie-analytics: analytics for conversational-automation workflows.",
@@ -50,8 +53,23 @@ def _settings(**overrides: Any) -> Settings:
         raise CliError(message if "KAIE_" in message else f"{where}: {message}") from None
 
 
-def _meta(settings: Settings) -> MetaStore:
-    return MetaStore(settings.meta_db_path)
+def _database(settings: Settings, backend: str | None = None) -> Database:
+    """The metadata database, migrated; an unreachable or newer one is one line."""
+    try:
+        return Database.open(backend or settings.meta_backend, settings.meta_db_path)
+    except StoreUnavailable as exc:
+        raise CliError(str(exc.details)) from None
+    except NewerSchema as exc:
+        raise CliError(str(exc)) from None
+
+
+@contextmanager
+def _meta(settings: Settings) -> Iterator[MetaStore]:
+    db = _database(settings)
+    try:
+        yield MetaStore(db)
+    finally:
+        db.close()
 
 
 def _open_store(settings: Settings) -> Any:
@@ -79,16 +97,13 @@ def _demo_key(settings: Settings) -> tuple[str, bool]:
     """The demo tenant's key: the one a previous run made while it is active (and
     whether it is that one), else a new one."""
     path = settings.data_dir / DEMO_KEY_FILE
-    meta = _meta(settings)
-    try:
+    with _meta(settings) as meta:
         if path.exists():
             known = path.read_text().strip()
             found = meta.authenticate(known)
             if found is not None and found.tenant == "demo":
                 return known, True
         key = meta.create_key("demo", frozenset(SCOPES))
-    finally:
-        meta.close()
     path.touch(mode=0o600)
     path.write_text(key + "\n")
     return key, False
@@ -99,13 +114,10 @@ def _holder(exc: StoreInUse) -> str:
 
 
 def _bootstrap_key(settings: Settings) -> str | None:
-    meta = _meta(settings)
-    try:
+    with _meta(settings) as meta:
         if meta.has_keys():
             return None
         return meta.create_key("default", frozenset(SCOPES))
-    finally:
-        meta.close()
 
 
 def _serve(settings: Settings, banner: list[str], *, demo: bool = False) -> None:
@@ -240,9 +252,8 @@ def keys_create(
         parsed = parse_scopes(scopes)
     except InvalidScopes as exc:
         raise CliError(str(exc)) from None
-    meta = _meta(settings)
-    key = meta.create_key(tenant, parsed)
-    meta.close()
+    with _meta(settings) as meta:
+        key = meta.create_key(tenant, parsed)
     typer.echo(f"Created a key for tenant {tenant!r} with scopes {','.join(sorted(parsed))}:")
     typer.echo(key)
 
@@ -250,11 +261,11 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
     """List keys by prefix (never the secret)."""
-    meta = _meta(_settings(data_dir=data_dir))
-    for k in meta.list_keys():
+    with _meta(_settings(data_dir=data_dir)) as meta:
+        keys = meta.list_keys()
+    for k in keys:
         state = f"revoked {k.revoked_at}" if k.revoked_at else "active"
         typer.echo(f"{k.prefix}\t{k.tenant}\t{','.join(sorted(k.scopes))}\t{k.created_at}\t{state}")
-    meta.close()
 
 
 @keys_app.command("revoke")
@@ -263,13 +274,11 @@ def keys_revoke(
     data_dir: DataDir = None,
 ) -> None:
     """Revoke a key; running servers refuse it within 5 seconds."""
-    meta = _meta(_settings(data_dir=data_dir))
-    try:
-        n = meta.revoke_key(prefix)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        meta.close()
+    with _meta(_settings(data_dir=data_dir)) as meta:
+        try:
+            n = meta.revoke_key(prefix)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     if not n:
         raise CliError(f"no active key with prefix {prefix!r}")
     typer.echo(f"Revoked {prefix}")
@@ -421,11 +430,8 @@ def copy_events(
         raise CliError(str(exc)) from None
     if to == settings.events_backend and target_settings.data_dir == settings.data_dir:
         raise CliError(f"--to {to} is the source itself; give another engine or --to-data-dir")
-    meta = _meta(settings)
-    try:
+    with _meta(settings) as meta:
         tenants = tuple(sorted({k.tenant for k in meta.list_keys()}))
-    finally:
-        meta.close()
     source = _open_store(settings)
     try:
         target = _open_store(target_settings)
@@ -455,6 +461,52 @@ def copy_events(
     typer.echo(
         f"copied {sum(t.events for t in stats)} events of {len(stats)} tenants;"
         " the counts match for every tenant"
+    )
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Bring the metadata database (KAIE_META_BACKEND) to this version's schema.
+
+    ``serve`` does it too when it starts; with several processes, one of them
+    applies the migrations and the others wait for it.
+    """
+    db = _database(_settings(data_dir=data_dir))
+    try:
+        done = db.applied
+    finally:
+        db.close()
+    applied = ", ".join(str(v) for v in done) if done else "none (already up to date)"
+    typer.echo(f"{db.where}: schema version {LATEST}; applied now: {applied}")
+
+
+@app.command("copy-meta")
+def copy_meta(
+    to: Annotated[
+        str, typer.Option("--to", help="The target: postgresql://USER:PASSWORD@HOST:5432/DB")
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Copy tenants, API keys and jobs of this deployment's metadata into another database.
+
+    For moving an embedded deployment onto PostgreSQL: rows the target already
+    has are kept, so it can run again. Copy the report files (the data
+    directory's ``files``) to KAIE_FILES_DIR yourself.
+    """
+    from kaie_analytics.store.copying import copy_metadata
+
+    settings = _settings(data_dir=data_dir)
+    source = _database(settings)
+    try:
+        target = _database(settings, to)
+        try:
+            copied = copy_metadata(source, target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    typer.echo(
+        ", ".join(f"{n} {table}" for table, n in copied.items()) + f" copied to {target.where}"
     )
 
 

@@ -10,6 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kaie_analytics.ratelimit import DEFAULT_RATE_LIMITS
 
 
+def is_postgres_url(value: str) -> bool:
+    return value.startswith(("postgresql://", "postgres://"))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAIE_", extra="ignore")
 
@@ -21,8 +25,8 @@ class Settings(BaseSettings):
     rate_limits: str = DEFAULT_RATE_LIMITS
     #: Failed authentications allowed per client address; past it, 429 until the window passes.
     auth_failure_limit: str = "20/minute"
-    #: Where rate-limit counters live: memory://, or redis://host:port for several processes.
-    rate_limit_storage: str = "memory://"
+    #: Redis shared by several API processes (rate limits, cache versions); unset: one process.
+    redis_url: str | None = None
     #: Signs download links; generated and kept in the data directory when unset.
     secret_key: str | None = None
     #: Where events live: duckdb, chdb (embedded ClickHouse) or clickhouse://USER:PASSWORD@HOST:8123/DB.
@@ -30,7 +34,10 @@ class Settings(BaseSettings):
     #: The ClickHouse cluster (its name in the servers' remote_servers) the tables are created
     #: on: replicated, and distributed by tenant. Unset: one server.
     clickhouse_cluster: str | None = None
+    #: Where tenants, keys and jobs live: sqlite (in the data directory) or postgresql://...
     meta_backend: str = "sqlite"
+    #: Report and export files; a directory every API process shares when there are several.
+    files_dir: Path | None = None
 
     #: Processes that decode and validate event batches beside the server (0: in the server).
     ingest_workers: int = 0
@@ -55,6 +62,9 @@ class Settings(BaseSettings):
     job_time_limit_s: float = 1800.0
     #: Threads running report and export jobs; a tenant uses at most all but one of them.
     job_workers: int = 2
+    #: A running job's lease: renewed every third of it; if its process dies, another
+    #: process takes the job over once it runs out.
+    job_lease_s: float = 30.0
     #: Base of absolute download links (e.g. https://analytics.example.com); default: the
     #: request's own, if its host is trusted (the listen address, loopback or allowed_hosts).
     public_url: str | None = None
@@ -74,6 +84,29 @@ class Settings(BaseSettings):
             "KAIE_EVENTS_BACKEND must be duckdb, chdb or clickhouse://USER:PASSWORD@HOST:8123/DB"
         )
 
+    @field_validator("meta_backend")
+    @classmethod
+    def _known_meta_backend(cls, value: str) -> str:
+        if value == "sqlite" or is_postgres_url(value):
+            return value
+        raise ValueError(
+            "KAIE_META_BACKEND must be sqlite or postgresql://USER:PASSWORD@HOST:5432/DB"
+        )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("redis://", "rediss://", "unix://")):
+            return value or None
+        raise ValueError("KAIE_REDIS_URL must be redis://HOST:6379/0 (or rediss:// or unix://)")
+
+    @field_validator("job_lease_s")
+    @classmethod
+    def _lease(cls, value: float) -> float:
+        if value < 3:
+            raise ValueError("KAIE_JOB_LEASE_S must be at least 3 seconds")
+        return value
+
     @property
     def allowed_host_names(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
@@ -83,8 +116,8 @@ class Settings(BaseSettings):
         return self.data_dir / "events.duckdb"
 
     @property
-    def files_dir(self) -> Path:
-        return self.data_dir / "files"
+    def files_path(self) -> Path:
+        return self.files_dir if self.files_dir is not None else self.data_dir / "files"
 
     @property
     def meta_db_path(self) -> Path:

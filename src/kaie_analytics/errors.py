@@ -132,9 +132,12 @@ class QueryTimeout(ApiError):
 
 
 class StoreUnavailable(ApiError):
-    """The event store could not take the request (shutting down or failed)."""
+    """A store the request needs (events, metadata or Redis) cannot take it now.
 
-    status, code, message = 503, "STORE_UNAVAILABLE", "The event store is unavailable"
+    Retrying later is right: nothing was half done.
+    """
+
+    status, code, message = 503, "STORE_UNAVAILABLE", "A store this request needs is unavailable"
 
 
 class JobNotReady(ApiError):

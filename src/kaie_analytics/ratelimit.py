@@ -1,21 +1,26 @@
 """Per-key, per-class rate limits (spec/OPERATIONS.md) on the ``limits`` library.
 
 A moving window: the N-th request within any window is allowed, the N+1-th is
-refused. The storage is in memory by default; ``KAIE_RATE_LIMIT_STORAGE`` may
-name any storage ``limits`` supports (``redis://host:6379`` for several API
-processes).
+refused. The counters are in memory (one process) or, with ``KAIE_REDIS_URL``,
+in Redis, where every API process counts against the same window. Every call
+is asynchronous, so the event loop never waits on Redis; when Redis cannot be
+reached the request is answered ``503 STORE_UNAVAILABLE`` (a limit that cannot
+be counted is not waived).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any
 
 from limits import RateLimitItem, parse
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
 
 from kaie_analytics.errors import RateLimitExceeded
+from kaie_analytics.shared_state import redis_calls
 
 CLASSES = ("realtime", "historical", "reports", "export", "events", "default")
 
@@ -67,37 +72,54 @@ class RateLimiter:
     def __init__(
         self,
         limits: dict[str, RateLimitItem],
-        storage_uri: str = "memory://",
+        redis: Any = None,
         auth_failures: RateLimitItem | None = None,
     ) -> None:
+        """``redis``: a ``redis.asyncio.Redis`` (``shared_state.connect_redis``), or None
+        for counters in this process's memory."""
         self.limits = limits
         self.auth_failures = auth_failures or parse("20/minute")
-        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        if redis is None:
+            storage = storage_from_string("async+memory://")
+        else:  # the client's own pool: one set of connections, closed with the client
+            storage = storage_from_string("async+redis://", implementation="redispy",
+                                          key_prefix="kaie-limits",
+                                          connection_pool=redis.connection_pool)  # fmt: skip
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._redis = redis is not None
 
-    def refuse_locked_out(self, address: str) -> None:
+    def _calls(self) -> AbstractAsyncContextManager[None]:
+        return redis_calls() if self._redis else nullcontext()
+
+    async def refuse_locked_out(self, address: str) -> None:
         """429 for a client address that failed to authenticate too often lately.
 
         Throttles key guessing (and the log lines it writes) before any lookup.
         """
         item = self.auth_failures
-        if not self._limiter.test(item, "auth-failures", address):
-            stats = self._limiter.get_window_stats(item, "auth-failures", address)
-            retry = max(1, math.ceil(stats.reset_time - time.time()))
-            raise RateLimitExceeded(
-                f"too many failed authentications from this address (at most {item.amount}"
-                f" per {item.get_expiry()} s); retry in {retry} s",
-                field="Authorization",
-                headers={"Retry-After": str(retry)},
-            )
+        async with self._calls():
+            allowed = await self._limiter.test(item, "auth-failures", address)
+            if allowed:
+                return
+            stats = await self._limiter.get_window_stats(item, "auth-failures", address)
+        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimitExceeded(
+            f"too many failed authentications from this address (at most {item.amount}"
+            f" per {item.get_expiry()} s); retry in {retry} s",
+            field="Authorization",
+            headers={"Retry-After": str(retry)},
+        )
 
-    def count_auth_failure(self, address: str) -> None:
-        self._limiter.hit(self.auth_failures, "auth-failures", address)
+    async def count_auth_failure(self, address: str) -> None:
+        async with self._calls():
+            await self._limiter.hit(self.auth_failures, "auth-failures", address)
 
-    def hit(self, key_prefix: str, klass: str) -> dict[str, str]:
+    async def hit(self, key_prefix: str, klass: str) -> dict[str, str]:
         """Count one request; return the headers, or raise 429 when over the limit."""
         item = self.limits[klass]
-        allowed = self._limiter.hit(item, key_prefix, klass)
-        stats = self._limiter.get_window_stats(item, key_prefix, klass)
+        async with self._calls():
+            allowed = await self._limiter.hit(item, key_prefix, klass)
+            stats = await self._limiter.get_window_stats(item, key_prefix, klass)
         reset = math.ceil(stats.reset_time)
         headers = {
             "X-RateLimit-Limit": str(item.amount),

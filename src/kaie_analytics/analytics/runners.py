@@ -50,7 +50,9 @@ class QueryRunner(Generic[Q]):
         key = (tenant, self.kind, self.query)
         store = cache if self.cacheable else None
         # Read before computing: a commit meanwhile makes the entry stale, never wrong.
-        version = self.engine.data_version(tenant) if store is not None else 0
+        version = (0, 0)
+        if store is not None:
+            version = (self.engine.data_version(tenant), await store.versions.current(tenant))
         if store is not None and not fresh:
             hit = store.get(key, version)
             if hit is not None:

@@ -1,13 +1,16 @@
 """Job workers: threads in the server that run reports and exports off the request path.
 
 ``KAIE_JOB_WORKERS`` threads claim jobs fairly between tenants (see
-``JobStore.claim``); each job has ``KAIE_JOB_TIME_LIMIT_S`` in all. A PDF is
-laid out in a child process, so its pure-Python rendering holds neither the
-API's GIL nor a worker past the limit: at the limit the child is killed.
+``JobStore.claim``), each under a lease that a heartbeat thread renews every
+third of ``KAIE_JOB_LEASE_S``: if this process dies, another one takes its
+jobs over once their leases run out. Each job has ``KAIE_JOB_TIME_LIMIT_S`` in
+all. A PDF is laid out in a child process, so its pure-Python rendering holds
+neither the API's GIL nor a worker past the limit: at the limit the child is
+killed.
 
-Files are written to ``<name>.part``, flushed to disk, then renamed into place,
-and only then is the job marked completed: a crash at any point leaves either
-no file or a complete one, and a job cut off mid-run is run again on restart.
+Files are written to a temporary name, flushed to disk, then renamed into
+place, and only then is the job marked completed: a crash at any point leaves
+either no file or a complete one, and a job cut off mid-run is run again.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import hashlib
 import logging
 import os
 import re
+import secrets
+import socket
 import threading
 import time
 import traceback
@@ -50,8 +55,14 @@ class JobWorker:
         telemetry: Telemetry,
         time_limit_s: float,
         workers: int = 2,
+        lease_s: float = 30.0,
     ) -> None:
         self.jobs = jobs
+        #: Who holds this process's leases (a new name at every start).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_s = lease_s
+        self._running: set[str] = set()  # the jobs this process runs now
+        self._running_lock = threading.Lock()
         self.engine = engine
         self.files_dir = files_dir
         self.telemetry = telemetry
@@ -65,11 +76,15 @@ class JobWorker:
             threading.Thread(target=self._loop, args=(i,), name=f"kaie-jobs-{i}", daemon=True)
             for i in range(max(1, workers))
         ]
+        self._threads.append(threading.Thread(target=self._heartbeat, name="kaie-jobs-leases",
+                                              daemon=True))  # fmt: skip
 
     def start(self) -> None:
-        requeued = self.jobs.recover()
-        if requeued:
-            log.info("requeued interrupted jobs", extra={"jobs": requeued})
+        if not self.jobs.db.shared:
+            # No other process uses this database: what ran when it stopped was cut off.
+            interrupted = self.jobs.expire_all_leases()
+            if interrupted:
+                log.info("interrupted jobs are claimable again", extra={"jobs": interrupted})
         for thread in self._threads:
             thread.start()
 
@@ -83,15 +98,34 @@ class JobWorker:
         self.notify()
         for thread in self._threads:
             thread.join(timeout=30)
-        self.jobs.close()
+        try:  # what is still running here is given back, for another process to run now
+            self.jobs.release(self.owner)
+        except Exception:
+            log.exception("running jobs were not released; their leases will run out")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            with self._running_lock:
+                held = list(self._running)
+            for job_id in held:
+                try:
+                    if not self.jobs.renew(self.owner, job_id, self.lease_s):
+                        log.warning("lost the lease of a job; another process runs it now",
+                                    extra={"job": job_id})  # fmt: skip
+                except Exception:
+                    log.exception("could not renew a job's lease", extra={"job": job_id})
 
     def _loop(self, index: int) -> None:
         while not self._stop.is_set():
             seen = self._wakes
-            if index == 0:  # housekeeping once, not per worker
-                self._update_gauge()
-                self._remove_expired()
-            job = self.jobs.claim(self.max_per_tenant)
+            try:
+                if index == 0:  # housekeeping once, not per worker
+                    self._update_gauge()
+                    self._remove_expired()
+                job = self.jobs.claim(self.owner, self.max_per_tenant, self.lease_s)
+            except Exception:  # the database is unreachable: try again after the poll interval
+                log.exception("could not claim a job")
+                job = None
             if job is not None:
                 self._run(job)
                 self.notify()  # a tenant's next job may now be claimable by another worker
@@ -112,6 +146,17 @@ class JobWorker:
                 path.unlink(missing_ok=True)
 
     def _run(self, job: Job) -> None:
+        with self._running_lock:
+            self._running.add(job.id)
+        log.info("job started", extra={"job": job.id, "attempt": job.attempts,
+                                       "owner": self.owner})  # fmt: skip
+        try:
+            self._run_held(job)
+        finally:
+            with self._running_lock:
+                self._running.discard(job.id)
+
+    def _run_held(self, job: Job) -> None:
         started = time.monotonic()
         deadline = started + self.time_limit_s
         try:
@@ -123,10 +168,14 @@ class JobWorker:
             reason = str(exc) or type(exc).__name__
             log.error("job failed", extra={"job": job.id, "reason": reason,
                                            "trace": traceback.format_exc(limit=5)})  # fmt: skip
-            self.jobs.fail(job.id, reason)
+            self.jobs.fail(job.id, self.owner, reason)
             return
-        self.jobs.complete(job.id, file_name=file_name, content_type=content_type, rows=rows)
-        log.info("job completed", extra={"job": job.id, "rows": rows,
+        if not self.jobs.complete(job.id, self.owner, file_name=file_name,
+                                  content_type=content_type, rows=rows):  # fmt: skip
+            log.warning("job finished after its lease was lost; the other run's result stands",
+                        extra={"job": job.id})  # fmt: skip
+            return
+        log.info("job completed", extra={"job": job.id, "rows": rows, "owner": self.owner,
                                          "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
 
     def _target(self, job: Job, ext: str, name: str) -> tuple[Path, Path, str]:
@@ -134,7 +183,9 @@ class JobWorker:
         folder.mkdir(parents=True, exist_ok=True)
         file_name = f"{name}-{job.id}.{ext}"
         final = folder / file_name
-        return final, final.with_name(file_name + ".part"), file_name
+        # The temporary name is this process's own: a run that lost its lease never
+        # writes into the file of the run that took the job over.
+        return final, final.with_name(f"{file_name}.{self.owner.rsplit(':', 1)[1]}.part"), file_name
 
     @staticmethod
     def _publish(part: Path, final: Path) -> None:

@@ -39,6 +39,8 @@ async def post_events(
         result = await asyncio.wrap_future(engine.append_prepared(principal.tenant, prepared))
     else:
         result = AppendResult(0, 0)
+    # Even for a batch of duplicates: a retry after a failed bump must still bump.
+    await request.app.state.versions.bump(principal.tenant)
     summary = summarize(batch, result)
     events_total = request.app.state.telemetry.events
     events_total.labels("accepted").inc(summary.accepted)

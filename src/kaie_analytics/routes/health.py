@@ -18,9 +18,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> dict[str, str]:
-    """Readiness: the event store answers a query."""
+    """Readiness: the event store, the metadata database and Redis (if used) answer."""
     if not await run_in_threadpool(request.app.state.engine.ping):
         raise StoreUnavailable("the event store does not answer")
+    await run_in_threadpool(request.app.state.meta.has_keys)  # 503 when unreachable
+    if not await request.app.state.versions.ping():
+        raise StoreUnavailable("Redis (KAIE_REDIS_URL) does not answer")
     return {"status": "ready"}
 
 

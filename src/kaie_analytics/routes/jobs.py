@@ -119,15 +119,15 @@ async def _create(request: Request, tenant: str, kind: str, name: str | None,
     return job
 
 
-def _get(request: Request, tenant: str, kind: str, job_id: str) -> Job:
-    job = request.app.state.jobs.get(tenant, kind, job_id)
+async def _get(request: Request, tenant: str, kind: str, job_id: str) -> Job:
+    job = await run_in_threadpool(request.app.state.jobs.get, tenant, kind, job_id)
     if job is None:
         raise NotFound(f"no {kind} {job_id!r} for this tenant", field=KINDS[kind][1])
     return job
 
 
-def _download(request: Request, kind: str, job_id: str, tenant: str) -> FileResponse:
-    job = _get(request, tenant, kind, job_id)
+async def _download(request: Request, kind: str, job_id: str, tenant: str) -> FileResponse:
+    job = await _get(request, tenant, kind, job_id)
     if job.state == "failed":
         raise ReportGenerationFailed(job.error, field=KINDS[kind][1])
     if job.state != "completed" or job.file_name is None:
@@ -155,7 +155,7 @@ async def _principal_or_link(request: Request, kind: str, job_id: str) -> str:
     if int(expires) < time.time():
         raise ReportExpired("the download link has expired")
     keys: KeyCache = request.app.state.keys
-    if not await run_in_threadpool(keys.is_active, key):
+    if not await keys.is_active(key):
         raise Forbidden(
             "the API key this link was made for has been revoked; ask for the status again"
             " with an active key for a new link",
@@ -183,7 +183,7 @@ async def list_reports(
     request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
     """The tenant's reports, newest first (at most 100)."""
-    jobs = request.app.state.jobs.list_jobs(principal.tenant, "report")
+    jobs = await run_in_threadpool(request.app.state.jobs.list_jobs, principal.tenant, "report")
     return {"data": [render_job(request, j) for j in jobs]}
 
 
@@ -191,14 +191,14 @@ async def list_reports(
 async def get_report(
     report_id: str, request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
-    return {"data": render_job(request, _get(request, principal.tenant, "report", report_id))}
+    return {"data": render_job(request, await _get(request, principal.tenant, "report", report_id))}
 
 
 @router.get("/v1/analytics/reports/{report_id}/download")
 async def download_report(report_id: str, request: Request) -> FileResponse:
     """The report file; works with the signed ``download_url`` alone, or with an API key."""
     tenant = await _principal_or_link(request, "report", report_id)
-    return _download(request, "report", report_id, tenant)
+    return await _download(request, "report", report_id, tenant)
 
 
 # ------------------------------------------------------------------- exports
@@ -219,7 +219,7 @@ async def create_export(
 async def list_exports(
     request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
-    jobs = request.app.state.jobs.list_jobs(principal.tenant, "export")
+    jobs = await run_in_threadpool(request.app.state.jobs.list_jobs, principal.tenant, "export")
     return {"data": [render_job(request, j) for j in jobs]}
 
 
@@ -227,10 +227,10 @@ async def list_exports(
 async def get_export(
     export_id: str, request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
-    return {"data": render_job(request, _get(request, principal.tenant, "export", export_id))}
+    return {"data": render_job(request, await _get(request, principal.tenant, "export", export_id))}
 
 
 @router.get("/v1/analytics/export/{export_id}/download")
 async def download_export(export_id: str, request: Request) -> FileResponse:
     tenant = await _principal_or_link(request, "export", export_id)
-    return _download(request, "export", export_id, tenant)
+    return await _download(request, "export", export_id, tenant)

@@ -56,4 +56,5 @@ async def put_workflow(
     wf = await asyncio.wrap_future(
         request.app.state.engine.put_workflow(principal.tenant, workflow_id, body.name)
     )
+    await request.app.state.versions.bump(principal.tenant)
     return {"data": render(wf)}

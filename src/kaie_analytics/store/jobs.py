@@ -1,49 +1,36 @@
-"""Durable report and export jobs, in the SQLite metadata database.
+"""Durable report and export jobs, in the metadata database.
 
-A job moves queued -> running -> completed | failed. Workers claim queued
-jobs fairly between tenants (see ``claim``); a job found ``running`` when the server starts was cut off
-by a crash and is queued again (at most ``MAX_ATTEMPTS`` times, then failed
-with the reason), so no job stays "generating" forever.
+A job moves queued -> running -> completed | failed, and belongs to no one
+process. A worker claims a job (``claim``) and with it a lease, which it renews
+while the job runs (``renew``). A job whose lease ran out (its process died or
+hung) is claimable again by any worker, at most ``MAX_ATTEMPTS`` times in all;
+after that it is failed with the reason, so no job stays "generating" forever.
+Only the lease's holder can complete or fail a job, so a process that lost its
+lease cannot overwrite the result of the one that took the job over.
+
+Claims are serialized (on PostgreSQL by an advisory lock, on SQLite by its
+write lock) so that the fair order between tenants holds across processes;
+``FOR UPDATE SKIP LOCKED`` keeps a claim from waiting on a row another
+process is updating.
 """
 
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
-from kaie_analytics.store.sqlite import SqliteDatabase
+from kaie_analytics.store.database import Database
+from kaie_analytics.store.schema import jobs
 
 MAX_ATTEMPTS = 3
 RETENTION = timedelta(days=7)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    kind TEXT NOT NULL,                 -- report | export
-    name TEXT,
-    params TEXT NOT NULL,               -- the validated request, as JSON
-    state TEXT NOT NULL,                -- queued | running | completed | failed
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    completed_at TEXT,
-    expires_at TEXT,
-    estimated_completion TEXT NOT NULL,
-    error TEXT,
-    file_name TEXT,
-    content_type TEXT,
-    rows INTEGER
-);
-CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, kind, created_at);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
-"""
+#: Any fixed number: the advisory lock that serializes claims on PostgreSQL.
+_CLAIM_LOCK_KEY = 0x6A6F6273  # "jobs"
 
 
 def now_utc() -> datetime:
@@ -51,7 +38,8 @@ def now_utc() -> datetime:
 
 
 def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat(timespec="seconds")
+    # Microseconds: jobs created within one second keep their order.
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _parse(value: str | None) -> datetime | None:
@@ -76,129 +64,188 @@ class Job:
     file_name: str | None
     content_type: str | None
     rows: int | None
+    lease_owner: str | None
 
 
-class JobStore(SqliteDatabase):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, _SCHEMA)
+def _job(row: sa.Row[Any]) -> Job:
+    return Job(
+        id=row.id,
+        tenant=row.tenant,
+        kind=row.kind,
+        name=row.name,
+        params=orjson.loads(row.params),
+        state=row.state,
+        attempts=row.attempts,
+        created_at=_parse(row.created_at),  # type: ignore[arg-type]
+        started_at=_parse(row.started_at),
+        completed_at=_parse(row.completed_at),
+        expires_at=_parse(row.expires_at),
+        estimated_completion=_parse(row.estimated_completion),  # type: ignore[arg-type]
+        error=row.error,
+        file_name=row.file_name,
+        content_type=row.content_type,
+        rows=row.rows,
+        lease_owner=row.lease_owner,
+    )
 
-    @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        return Job(
-            id=row["id"],
-            tenant=row["tenant"],
-            kind=row["kind"],
-            name=row["name"],
-            params=orjson.loads(row["params"]),
-            state=row["state"],
-            attempts=row["attempts"],
-            created_at=_parse(row["created_at"]),  # type: ignore[arg-type]
-            started_at=_parse(row["started_at"]),
-            completed_at=_parse(row["completed_at"]),
-            expires_at=_parse(row["expires_at"]),
-            estimated_completion=_parse(row["estimated_completion"]),  # type: ignore[arg-type]
-            error=row["error"],
-            file_name=row["file_name"],
-            content_type=row["content_type"],
-            rows=row["rows"],
-        )
+
+def _held_by(owner: str) -> sa.ColumnElement[bool]:
+    return sa.and_(jobs.c.state == "running", jobs.c.lease_owner == owner)
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def create(
         self, *, tenant: str, kind: str, name: str | None, params: dict[str, Any], estimate_s: float
     ) -> Job:
         created = now_utc()
         job_id = f"{kind}-{secrets.token_hex(8)}"
-        self._con().execute(
-            "INSERT INTO jobs(id, tenant, kind, name, params, state, created_at,"
-            " estimated_completion) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-            (job_id, tenant, kind, name, orjson.dumps(params).decode(), _ts(created),
-             _ts(created + timedelta(seconds=estimate_s))),
-        )  # fmt: skip
+        with self.db.writing() as con:
+            con.execute(
+                jobs.insert().values(
+                    id=job_id, tenant=tenant, kind=kind, name=name,
+                    params=orjson.dumps(params).decode(), state="queued", attempts=0,
+                    created_at=_ts(created),
+                    estimated_completion=_ts(created + timedelta(seconds=estimate_s)),
+                )
+            )  # fmt: skip
         job = self.get(tenant, kind, job_id)
         assert job is not None
         return job
 
     def get(self, tenant: str, kind: str, job_id: str) -> Job | None:
         """A job of this tenant and kind; another tenant's job is None (answers 404)."""
-        row = (
-            self._con()
-            .execute(
-                "SELECT * FROM jobs WHERE id = ? AND tenant = ? AND kind = ?",
-                (job_id, tenant, kind),
-            )
-            .fetchone()
-        )
-        return None if row is None else self._job(row)
+        query = sa.select(jobs).where(jobs.c.id == job_id, jobs.c.tenant == tenant,
+                                      jobs.c.kind == kind)  # fmt: skip
+        with self.db.reading() as con:
+            row = con.execute(query).first()
+        return None if row is None else _job(row)
 
     def list_jobs(self, tenant: str, kind: str, limit: int = 100) -> list[Job]:
-        rows = self._con().execute(
-            "SELECT * FROM jobs WHERE tenant = ? AND kind = ? ORDER BY created_at DESC, id LIMIT ?",
-            (tenant, kind, limit),
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.tenant == tenant, jobs.c.kind == kind)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id)
+            .limit(limit)
         )
-        return [self._job(r) for r in rows]
+        with self.db.reading() as con:
+            return [_job(row) for row in con.execute(query)]
 
-    def claim(self, max_per_tenant: int) -> Job | None:
-        """Take a queued job and mark it running, fairly between tenants.
+    def claim(self, owner: str, max_per_tenant: int, lease_s: float) -> Job | None:
+        """Take a claimable job for ``owner`` with a lease of ``lease_s``, fairly between tenants.
 
-        The job comes from the tenant with the fewest jobs running (the oldest
-        job first), and never from a tenant that already runs ``max_per_tenant``:
-        one tenant's many heavy jobs wait for each other, not the other tenants'.
+        Claimable: queued, or running under a lease that ran out. The job comes
+        from the tenant with the fewest jobs running (its oldest job first), and
+        never from a tenant that already runs ``max_per_tenant``: one tenant's
+        many heavy jobs wait for each other, not for the other tenants'.
         """
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            row = con.execute(
-                "WITH busy AS (SELECT tenant, count(*) AS n FROM jobs WHERE state = 'running'"
-                " GROUP BY tenant)"
-                " SELECT jobs.* FROM jobs LEFT JOIN busy USING (tenant)"
-                " WHERE state = 'queued' AND coalesce(n, 0) < ?"
-                " ORDER BY coalesce(n, 0), jobs.rowid LIMIT 1",  # rowid: the order of creation
-                (max_per_tenant,),
-            ).fetchone()
+        now = now_utc()
+        stamp = _ts(now)
+        lapsed = sa.and_(jobs.c.state == "running",
+                         sa.func.coalesce(jobs.c.lease_expires_at, "") < stamp)  # fmt: skip
+        live = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at >= stamp)
+        busy = (
+            sa.select(jobs.c.tenant, sa.func.count().label("n"))
+            .where(live)
+            .group_by(jobs.c.tenant)
+            .cte("busy")
+        )
+        running = sa.func.coalesce(busy.c.n, 0)
+        query = (
+            sa.select(jobs)
+            .outerjoin(busy, busy.c.tenant == jobs.c.tenant)
+            .where(sa.or_(jobs.c.state == "queued", lapsed), running < max_per_tenant)
+            .order_by(running, jobs.c.created_at, jobs.c.id)
+            .limit(1)
+            .with_for_update(of=jobs, skip_locked=True)
+        )
+        with self.db.writing() as con:
+            if con.dialect.name == "postgresql":
+                con.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK_KEY})
+            con.execute(
+                jobs.update()
+                .where(lapsed, jobs.c.attempts >= MAX_ATTEMPTS)
+                .values(state="failed", completed_at=stamp, lease_owner=None,
+                        error=f"the job was cut off (its server stopped) {MAX_ATTEMPTS} times")
+            )  # fmt: skip
+            row = con.execute(query).first()
             if row is None:
-                con.execute("COMMIT")
                 return None
             con.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1"
-                " WHERE id = ?",
-                (_ts(now_utc()), row["id"]),
+                jobs.update()
+                .where(jobs.c.id == row.id)
+                .values(state="running", started_at=stamp, attempts=jobs.c.attempts + 1,
+                        lease_owner=owner, lease_expires_at=_ts(now + timedelta(seconds=lease_s)))
+            )  # fmt: skip
+            claimed = con.execute(sa.select(jobs).where(jobs.c.id == row.id)).one()
+        return _job(claimed)
+
+    def renew(self, owner: str, job_id: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease on a running job; False when it no longer holds it."""
+        until = _ts(now_utc() + timedelta(seconds=lease_s))
+        with self.db.writing() as con:
+            result = con.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, _held_by(owner))
+                .values(lease_expires_at=until)
             )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        return self._job(con.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+        return bool(result.rowcount)
 
-    def complete(self, job_id: str, *, file_name: str, content_type: str, rows: int) -> None:
+    def complete(
+        self, job_id: str, owner: str, *, file_name: str, content_type: str, rows: int
+    ) -> bool:
+        """Mark ``owner``'s job completed; False when another process had taken it over."""
         done = now_utc()
-        self._con().execute(
-            "UPDATE jobs SET state = 'completed', completed_at = ?, expires_at = ?,"
-            " file_name = ?, content_type = ?, rows = ?, error = NULL WHERE id = ?",
-            (_ts(done), _ts(done + RETENTION), file_name, content_type, rows, job_id),
-        )
+        with self.db.writing() as con:
+            result = con.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, _held_by(owner))
+                .values(state="completed", completed_at=_ts(done), expires_at=_ts(done + RETENTION),
+                        file_name=file_name, content_type=content_type, rows=rows, error=None,
+                        lease_owner=None, lease_expires_at=None)
+            )  # fmt: skip
+        return bool(result.rowcount)
 
-    def fail(self, job_id: str, reason: str) -> None:
-        self._con().execute(
-            "UPDATE jobs SET state = 'failed', completed_at = ?, error = ? WHERE id = ?",
-            (_ts(now_utc()), reason[:2000], job_id),
-        )
+    def fail(self, job_id: str, owner: str, reason: str) -> bool:
+        with self.db.writing() as con:
+            result = con.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, _held_by(owner))
+                .values(state="failed", completed_at=_ts(now_utc()), error=reason[:2000],
+                        lease_owner=None, lease_expires_at=None)
+            )  # fmt: skip
+        return bool(result.rowcount)
 
-    def recover(self) -> int:
-        """After a restart: requeue jobs cut off mid-run, or fail them after too many tries."""
-        con = self._con()
-        con.execute(
-            "UPDATE jobs SET state = 'failed', completed_at = ?, error = ?"
-            " WHERE state = 'running' AND attempts >= ?",
-            (_ts(now_utc()), "the server stopped while this job ran, too many times", MAX_ATTEMPTS),
-        )
-        return con.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'").rowcount
+    def release(self, owner: str) -> int:
+        """Give back ``owner``'s running jobs (a graceful stop): queued again at once,
+        and the attempt is not counted against them."""
+        with self.db.writing() as con:
+            result = con.execute(
+                jobs.update()
+                .where(_held_by(owner))
+                .values(state="queued", attempts=jobs.c.attempts - 1, lease_owner=None,
+                        lease_expires_at=None)
+            )  # fmt: skip
+        return result.rowcount
+
+    def expire_all_leases(self) -> int:
+        """For a database no other process uses (SQLite in the data directory): every
+        running job was cut off by the last stop, so it is claimable at once rather
+        than when its lease would have run out."""
+        with self.db.writing() as con:
+            result = con.execute(
+                jobs.update().where(jobs.c.state == "running").values(lease_expires_at=None)
+            )
+        return result.rowcount
 
     def counts(self) -> dict[str, int]:
-        rows = self._con().execute("SELECT state, count(*) FROM jobs GROUP BY state")
-        return {state: n for state, n in rows}
+        query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+        with self.db.reading() as con:
+            return {state: n for state, n in con.execute(query)}
 
     def expired(self, before: datetime) -> list[Job]:
-        rows = self._con().execute(
-            "SELECT * FROM jobs WHERE state = 'completed' AND expires_at < ?", (_ts(before),)
-        )
-        return [self._job(r) for r in rows]
+        query = sa.select(jobs).where(jobs.c.state == "completed", jobs.c.expires_at < _ts(before))
+        with self.db.reading() as con:
+            return [_job(row) for row in con.execute(query)]

@@ -1,8 +1,8 @@
-"""Metadata store on SQLite: tenants and API keys.
+"""Tenants and API keys, in the metadata database (SQLite or PostgreSQL).
 
-SQLite in WAL mode lets CLI commands (``keys create``, ``keys revoke``) write
-while the server runs and reads. Keys are stored only as SHA-256 hashes; the
-secret is shown once, when it is created.
+Keys are stored only as SHA-256 hashes; the secret is shown once, when it is
+created. Lookups are cached per process for a few seconds (``auth.KeyCache``),
+which bounds how long a revoked key still works on any process.
 """
 
 from __future__ import annotations
@@ -10,32 +10,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
-from kaie_analytics.store.sqlite import SqliteDatabase
+import sqlalchemy as sa
+
+from kaie_analytics.store.database import Database, insert_new
+from kaie_analytics.store.schema import api_keys, tenants
 
 SCOPES = ("events:write", "analytics:read", "reports:write")
 KEY_PREFIX = "kaie_"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants (
-    name TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    prefix TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL REFERENCES tenants(name),
-    key_hash TEXT NOT NULL,
-    scopes TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    revoked_at TEXT
-);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,89 +54,77 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class MetaStore(SqliteDatabase):
-    """Tenants and API keys. Thread-safe: one connection per thread."""
+def _record(row: Any) -> ApiKey:  # a row of _KEY_COLUMNS
+    return ApiKey(row.prefix, row.tenant, frozenset(row.scopes.split(",")), row.created_at,
+                  row.revoked_at)  # fmt: skip
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, _SCHEMA)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+_KEY_COLUMNS = (api_keys.c.prefix, api_keys.c.tenant, api_keys.c.scopes, api_keys.c.created_at,
+                api_keys.c.revoked_at)  # fmt: skip
 
-    # tenants -------------------------------------------------------------
 
-    # keys ----------------------------------------------------------------
+class MetaStore:
+    """Tenants and API keys. Thread-safe (a pool of connections)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def create_key(self, tenant: str, scopes: frozenset[str] = frozenset(SCOPES)) -> str:
         """Create the tenant if new and a key for it; return the secret (shown once)."""
         prefix = KEY_PREFIX + secrets.token_hex(4)
         key = f"{prefix}_{secrets.token_urlsafe(24)}"
-        with self._tx() as con:
+        with self.db.writing() as con:
+            insert_new(con, tenants, name=tenant, created_at=_now())
             con.execute(
-                "INSERT OR IGNORE INTO tenants(name, created_at) VALUES (?, ?)", (tenant, _now())
-            )
-            con.execute(
-                "INSERT INTO api_keys(prefix, tenant, key_hash, scopes, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (prefix, tenant, hash_key(key), ",".join(sorted(scopes)), _now()),
-            )
+                api_keys.insert().values(prefix=prefix, tenant=tenant, key_hash=hash_key(key),
+                                         scopes=",".join(sorted(scopes)), created_at=_now())
+            )  # fmt: skip
         return key
 
     def has_keys(self) -> bool:
-        return self._con().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+        with self.db.reading() as con:
+            return con.execute(sa.select(api_keys.c.prefix).limit(1)).first() is not None
 
     def list_keys(self) -> list[ApiKey]:
-        rows = self._con().execute(
-            "SELECT prefix, tenant, scopes, created_at, revoked_at FROM api_keys"
-            " ORDER BY tenant, created_at"
-        )
-        return [ApiKey(p, t, frozenset(s.split(",")), c, r) for p, t, s, c, r in rows]
+        query = sa.select(*_KEY_COLUMNS).order_by(api_keys.c.tenant, api_keys.c.created_at)
+        with self.db.reading() as con:
+            return [_record(row) for row in con.execute(query)]
 
     def revoke_key(self, prefix: str) -> int:
         """Revoke every active key whose prefix starts with ``prefix``; return how many."""
-        with self._tx() as con:
+        with self.db.writing() as con:
             matches = con.execute(
-                "SELECT prefix FROM api_keys WHERE revoked_at IS NULL AND prefix LIKE ? || '%'",
-                (prefix,),
-            ).fetchall()
+                sa.select(api_keys.c.prefix).where(
+                    api_keys.c.revoked_at.is_(None),
+                    api_keys.c.prefix.startswith(prefix, autoescape=True),
+                )
+            ).scalars().all()  # fmt: skip
             if len(matches) > 1:
                 raise ValueError(f"prefix {prefix!r} matches {len(matches)} keys; give more of it")
             if matches:
                 con.execute(
-                    "UPDATE api_keys SET revoked_at = ? WHERE prefix = ?", (_now(), matches[0][0])
+                    api_keys.update()
+                    .where(api_keys.c.prefix == matches[0])
+                    .values(revoked_at=_now())
                 )
         return len(matches)
 
     def key_is_active(self, prefix: str) -> bool:
-        row = (
-            self._con()
-            .execute("SELECT revoked_at FROM api_keys WHERE prefix = ?", (prefix,))
-            .fetchone()
-        )
-        return row is not None and row[0] is None
+        with self.db.reading() as con:
+            row = con.execute(
+                sa.select(api_keys.c.revoked_at).where(api_keys.c.prefix == prefix)
+            ).first()
+        return row is not None and row.revoked_at is None
 
     def authenticate(self, key: str) -> ApiKey | None:
         """The active key record for a full secret, or None."""
         prefix = "_".join(key.split("_", 2)[:2]) if key.startswith(KEY_PREFIX) else ""
-        row = (
-            self._con()
-            .execute(
-                "SELECT prefix, tenant, key_hash, scopes, created_at, revoked_at FROM api_keys"
-                " WHERE prefix = ?",
-                (prefix,),
-            )
-            .fetchone()
-        )
-        if row is None or row[5] is not None:
+        with self.db.reading() as con:
+            row = con.execute(
+                sa.select(*_KEY_COLUMNS, api_keys.c.key_hash).where(api_keys.c.prefix == prefix)
+            ).first()
+        if row is None or row.revoked_at is not None:
             return None
-        if not hmac.compare_digest(row[2], hash_key(key)):
+        if not hmac.compare_digest(row.key_hash, hash_key(key)):
             return None
-        return ApiKey(row[0], row[1], frozenset(row[3].split(",")), row[4], row[5])
+        return _record(row)
