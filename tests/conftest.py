@@ -207,13 +207,19 @@ class LiveServer:
         finally:
             meta.db.close()
 
-    def start(self, stdout: Any = subprocess.PIPE) -> str:
+    def start(self, log: Path | None = None) -> str:
+        """Start it (its JSON log appended to ``log``, if given); return its URL."""
         env = os.environ | {"KAIE_LOG_FORMAT": "json", "KAIE_EVENTS_BACKEND": self.events_backend}
+        stderr: Any = subprocess.DEVNULL
+        if log is not None:
+            stderr = open(log, "ab")  # noqa: SIM115  # the child holds it from here
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kaie_analytics", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir)],
-            stdout=stdout, stderr=subprocess.DEVNULL, env=env | self.env,
+            stdout=subprocess.PIPE, stderr=stderr, env=env | self.env,
         )  # fmt: skip
+        if log is not None:
+            stderr.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

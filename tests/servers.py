@@ -13,6 +13,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -65,31 +66,42 @@ class PostgresServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PostgresServer:
-        user = None
-        data = self.base / "data"
-        data.mkdir()
+        self.user = None
+        self.data = self.base / "data"
+        self.data.mkdir()
         if os.geteuid() == 0:
             try:
                 pwd.getpwnam(PG_USER)
             except KeyError:
                 subprocess.run(["useradd", "--system", "--no-create-home", PG_USER], check=True)
-            user = PG_USER
-            shutil.chown(data, PG_USER, PG_USER)
+            self.user = PG_USER
+            shutil.chown(self.data, PG_USER, PG_USER)
             shutil.chown(self.base, PG_USER, PG_USER)
         subprocess.run(
-            [self.bin / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+            [self.bin / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
              "--no-sync"],
-            check=True, capture_output=True, user=user,
+            check=True, capture_output=True, user=self.user,
         )  # fmt: skip
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Run the server (again, after ``interrupt``) on the same port and data."""
         log = self.base / "postgres.log"
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [self.bin / "postgres", "-D", data, "-h", "127.0.0.1", "-p", str(self.port),
+                [self.bin / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p", str(self.port),
                  "-k", self.base, "-c", "fsync=off", "-c", "max_connections=300"],
-                stdout=out, stderr=subprocess.STDOUT, user=user,
+                stdout=out, stderr=subprocess.STDOUT, user=self.user,
             )  # fmt: skip
         _wait_for_port(self.port, self.proc, "PostgreSQL", log)
-        return self
+
+    def interrupt(self) -> None:
+        """Stop the server at once, as a crash would: clients lose their connections, and
+        the next start recovers from the write-ahead log (an immediate shutdown)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGQUIT)
+        self.proc.wait(timeout=30)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -145,11 +157,11 @@ class RedisServer:
     def pause(self) -> None:
         """Make Redis unreachable (as a crashed server is) until ``resume``."""
         assert self.proc is not None
-        self.proc.send_signal(19)  # SIGSTOP: connections hang, as on a dead host
+        self.proc.send_signal(signal.SIGSTOP)  # connections hang, as on a dead host
 
     def resume(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(18)  # SIGCONT
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -269,6 +269,47 @@ def test_claims_are_fair_between_tenants(settings: Settings) -> None:
         jobs.db.close()
 
 
+def test_a_job_belongs_to_whoever_holds_its_lease(settings: Settings) -> None:
+    """Two processes (owners) on one database: a lapsed lease moves the job to the
+    other, the first can then neither renew nor complete it, and a job cut off
+    too often fails with the reason."""
+    jobs = JobStore(Database.open(settings.meta_backend, settings.meta_db_path))
+    try:
+        job = jobs.create(tenant="a", kind="export", name=None, params={}, estimate_s=1)
+        first = jobs.claim("p1", max_per_tenant=1, lease_s=0.5)
+        assert first is not None and first.id == job.id and first.attempts == 1
+        assert jobs.claim("p2", max_per_tenant=1, lease_s=30) is None  # held
+        assert jobs.renew("p1", job.id, lease_s=0.5)
+        time.sleep(0.6)
+        second = jobs.claim("p2", max_per_tenant=1, lease_s=0.5)
+        assert second is not None and second.id == job.id and second.lease_owner == "p2"
+        assert second.attempts == 2
+        assert not jobs.renew("p1", job.id, lease_s=30)
+        assert not jobs.complete(job.id, "p1", file_name="f", content_type="text/csv", rows=0)
+        time.sleep(0.6)
+        third = jobs.claim("p1", max_per_tenant=1, lease_s=0.5)
+        assert third is not None and third.attempts == 3
+        time.sleep(0.6)
+        assert jobs.claim("p2", max_per_tenant=1, lease_s=30) is None
+        failed = jobs.get("a", "export", job.id)
+        assert failed is not None and failed.state == "failed" and "3 times" in (failed.error or "")
+        # The cap on one tenant is per process; the order between tenants counts all of them.
+        made = [jobs.create(tenant=t, kind="export", name=None, params={}, estimate_s=1)
+                for t in ("a", "a", "b")]  # fmt: skip
+        one = jobs.claim("p1", max_per_tenant=1, lease_s=30)
+        other = jobs.claim("p2", max_per_tenant=1, lease_s=30)
+        assert one is not None and one.id == made[0].id
+        assert other is not None and other.id == made[2].id  # b has none running anywhere
+        last = jobs.claim("p2", max_per_tenant=1, lease_s=30)
+        assert last is not None and last.id == made[1].id  # p2 runs none of a's yet
+        # A graceful stop gives the jobs back at once, without counting the attempt.
+        assert jobs.release("p2") == 2
+        back = jobs.get("a", "export", made[1].id)
+        assert back is not None and back.state == "queued" and back.attempts == 0
+    finally:
+        jobs.db.close()
+
+
 def test_link_stops_with_its_key(
     api: Api, settings: Settings, loaded: list[dict[str, Any]]
 ) -> None:

@@ -166,7 +166,7 @@ class JobWorker:
                 file_name, content_type, rows = self._export(job, deadline)
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
-            log.error("job failed", extra={"job": job.id, "reason": reason,
+            log.error("job failed", extra={"job": job.id, "reason": reason, "owner": self.owner,
                                            "trace": traceback.format_exc(limit=5)})  # fmt: skip
             self.jobs.fail(job.id, self.owner, reason)
             return

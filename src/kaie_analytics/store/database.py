@@ -81,10 +81,16 @@ class Database:
         #: Whether other processes may use it at the same time (PostgreSQL).
         self.shared = engine.dialect.name == "postgresql"
         #: Where it is, for messages (never the password).
-        self.where = engine.url.render_as_string(hide_password=True)
-        with self.writing() as con:
-            #: The migrations this opening applied (none when another process had).
-            self.applied = migrations.apply(con)
+        self.where = engine.url.set(drivername=engine.dialect.name).render_as_string(
+            hide_password=True
+        )
+        try:
+            with self.writing() as con:
+                #: The migrations this opening applied (none when another process had).
+                self.applied = migrations.apply(con)
+        except BaseException:
+            engine.dispose()
+            raise
 
     @classmethod
     def open(cls, backend: str, sqlite_path: Path) -> Database:

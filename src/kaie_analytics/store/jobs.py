@@ -137,9 +137,10 @@ class JobStore:
         """Take a claimable job for ``owner`` with a lease of ``lease_s``, fairly between tenants.
 
         Claimable: queued, or running under a lease that ran out. The job comes
-        from the tenant with the fewest jobs running (its oldest job first), and
-        never from a tenant that already runs ``max_per_tenant``: one tenant's
-        many heavy jobs wait for each other, not for the other tenants'.
+        from the tenant with the fewest jobs running in all processes (its
+        oldest job first), and never from a tenant that already runs
+        ``max_per_tenant`` in ``owner``'s process: one tenant's many heavy jobs
+        wait for each other, not for the other tenants'.
         """
         now = now_utc()
         stamp = _ts(now)
@@ -147,20 +148,25 @@ class JobStore:
                          sa.func.coalesce(jobs.c.lease_expires_at, "") < stamp)  # fmt: skip
         live = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at >= stamp)
         busy = (
-            sa.select(jobs.c.tenant, sa.func.count().label("n"))
+            sa.select(
+                jobs.c.tenant,
+                sa.func.count().label("everywhere"),
+                sa.func.count().filter(jobs.c.lease_owner == owner).label("here"),
+            )
             .where(live)
             .group_by(jobs.c.tenant)
             .cte("busy")
         )
-        running = sa.func.coalesce(busy.c.n, 0)
+        everywhere = sa.func.coalesce(busy.c.everywhere, 0)
         query = (
             sa.select(jobs)
             .outerjoin(busy, busy.c.tenant == jobs.c.tenant)
-            .where(sa.or_(jobs.c.state == "queued", lapsed), running < max_per_tenant)
-            .order_by(running, jobs.c.created_at, jobs.c.id)
+            .where(sa.or_(jobs.c.state == "queued", lapsed),
+                   sa.func.coalesce(busy.c.here, 0) < max_per_tenant)
+            .order_by(everywhere, jobs.c.created_at, jobs.c.id)
             .limit(1)
             .with_for_update(of=jobs, skip_locked=True)
-        )
+        )  # fmt: skip
         with self.db.writing() as con:
             if con.dialect.name == "postgresql":
                 con.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CLAIM_LOCK_KEY})
