@@ -68,7 +68,7 @@ class Server:
         out = subprocess.run(
             [sys.executable, "-m", "kaie_analytics", "keys", "create", "--tenant", tenant,
              "--data-dir", str(self.data_dir)],
-            check=True, capture_output=True, text=True,
+            check=True, capture_output=True, text=True, env=os.environ | self.env,
         )  # fmt: skip
         return out.stdout.strip().splitlines()[-1]
 

@@ -184,3 +184,21 @@ def test_postgresql_down_is_503_and_recovers_by_itself(
     while _status(shared_client, "/v1/analytics/reports")[0] != 200:
         assert time.monotonic() < deadline, "did not recover after PostgreSQL came back"
         time.sleep(0.2)
+
+
+def test_a_command_that_wrote_events_makes_cached_answers_stale(
+    shared_client: TestClient, shared_services: dict[str, object]
+) -> None:
+    """``ingest`` straight into a shared store (or ``copy-events``) bumps the version."""
+    from kaie_analytics.shared_state import bump_from_cli
+
+    event = {"id": "e1", "type": "execution.started", "timestamp": "2024-01-10T10:00:00Z",
+             "workflow_id": "wf", "execution_id": "x1", "channel": "sms"}  # fmt: skip
+    assert shared_client.post("/v1/events", json={"events": [event]}).status_code == 200
+    path, q = "/v1/analytics/workflows/wf", {"start_date": "2024-01-01", "end_date": "2024-01-31"}
+    assert shared_client.get(path, params=q).headers["X-Cache"] == "miss"
+    assert shared_client.get(path, params=q).headers["X-Cache"] == "hit"
+    bump_from_cli(str(shared_services["redis_url"]), ["globex"])  # another tenant: still valid
+    assert shared_client.get(path, params=q).headers["X-Cache"] == "hit"
+    bump_from_cli(str(shared_services["redis_url"]), ["acme"])
+    assert shared_client.get(path, params=q).headers["X-Cache"] == "miss"

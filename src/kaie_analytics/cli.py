@@ -17,6 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from kaie_analytics.config import Settings
 from kaie_analytics.errors import StoreInUse, StoreUnavailable, UnsupportedBackend
+from kaie_analytics.shared_state import bump_from_cli
 from kaie_analytics.store.database import Database
 from kaie_analytics.store.meta import SCOPES, InvalidScopes, MetaStore, parse_scopes
 from kaie_analytics.store.migrations import LATEST, NewerSchema
@@ -107,6 +108,19 @@ def _demo_key(settings: Settings) -> tuple[str, bool]:
     path.touch(mode=0o600)
     path.write_text(key + "\n")
     return key, False
+
+
+def _stale_caches(settings: Settings, tenants: list[str]) -> None:
+    """Events were written straight into the store: servers must not keep serving
+    answers cached before them."""
+    try:
+        bump_from_cli(settings.redis_url, tenants)
+    except StoreUnavailable:
+        raise CliError(
+            "the events are stored, but Redis (KAIE_REDIS_URL) cannot be reached, so servers"
+            " may serve answers cached before them; run the command again once it is back"
+            " (what is stored comes back as duplicates)"
+        ) from None
 
 
 def _holder(exc: StoreInUse) -> str:
@@ -389,6 +403,8 @@ def ingest(
             store.close()
         if stream is not sys.stdin.buffer:
             stream.close()
+    if store is not None:
+        _stale_caches(settings, [tenant])
     typer.echo(
         f"accepted {totals['accepted']}, duplicates {totals['duplicates']},"
         f" rejected {totals['rejected']}"
@@ -454,6 +470,7 @@ def copy_events(
     finally:
         target.close()
         source.close()
+    _stale_caches(target_settings, [t.tenant for t in stats])
     for m in mismatches:
         sys.stderr.write(f"tenant {m.tenant}: {m.source} events here, {m.target} in the target\n")
     if mismatches:

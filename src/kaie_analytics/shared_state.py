@@ -57,6 +57,21 @@ async def redis_calls() -> AsyncIterator[None]:
         ) from exc
 
 
+def bump_from_cli(url: str | None, tenants: list[str]) -> None:
+    """After a command wrote events straight into a shared store (``ingest`` without
+    ``--url``, ``copy-events``): the servers' cached answers of those tenants are stale."""
+    if url is None or not tenants:
+        return
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S * 5) as client:
+            for tenant in tenants:
+                client.incr(_VERSION_KEY + tenant)
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise StoreUnavailable("Redis (KAIE_REDIS_URL) cannot be reached") from exc
+
+
 class DataVersions:
     """Per-tenant data versions shared by every process (0 without Redis)."""
 

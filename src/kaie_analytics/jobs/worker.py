@@ -127,7 +127,11 @@ class JobWorker:
                 log.exception("could not claim a job")
                 job = None
             if job is not None:
-                self._run(job)
+                try:
+                    self._run(job)
+                except Exception:  # its outcome could not be recorded: the lease runs out
+                    log.exception("a job's outcome was not recorded; it will run again",
+                                  extra={"job": job.id})  # fmt: skip
                 self.notify()  # a tenant's next job may now be claimable by another worker
                 continue
             with self._wake:

@@ -63,8 +63,8 @@ class ClickHouseEngine:
         # Only the embedded engine folds (see ``folds``); on a server, every answer
         # merges the executions from their states.
         self.folder = folds.Folder(transport, fold_idle_s) if transport.embedded else None
-        # Data versions (for caches) count this process's commits: with several
-        # processes, the shared cache versions of the scale-out setup replace them.
+        # Data versions (for caches) count this process's commits; with several
+        # processes, the shared version in Redis covers the others' (``cache``).
         self._versions: dict[str, int] = defaultdict(int)
         self._versions_lock = threading.Lock()
         #: Per tenant, µs of its last ingestion (embedded: this process is the only
