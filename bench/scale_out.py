@@ -102,23 +102,12 @@ def _ms(text: str) -> float:
 
 def run_wrk(urls: list[str], path: str, key: str, seconds: float, clients: int) -> dict[str, float]:
     """One wrk per process, each with its share of ``clients`` connections, at once."""
-    procs = [
-        subprocess.Popen(
-            [
-                "wrk",
-                "-t1",
-                f"-c{max(1, clients // len(urls))}",
-                f"-d{seconds:.0f}s",
-                "--latency",
-                "-H",
-                f"Authorization: Bearer {key}",
-                url + path,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for url in urls
-    ]
+    connections = max(1, clients // len(urls))
+    procs = []
+    for url in urls:
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency",
+                   "-H", f"Authorization: Bearer {key}", url + path]  # fmt: skip
+        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
     outs = [p.communicate()[0] for p in procs]
     rps = p50 = p99 = errors = 0.0
     for out in outs:
