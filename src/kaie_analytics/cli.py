@@ -21,6 +21,7 @@ from kaie_analytics.shared_state import bump_from_cli
 from kaie_analytics.store.database import Database
 from kaie_analytics.store.meta import SCOPES, InvalidScopes, MetaStore, parse_scopes
 from kaie_analytics.store.migrations import LATEST, NewerSchema
+from kaie_client import Client, KaieError
 
 app = typer.Typer(
     help="kaie-analytics: analytics for conversational-automation workflows.",
@@ -367,26 +368,20 @@ def ingest(
     first_errors: list[str] = []
     settings = _settings(data_dir=data_dir)
     store = None if url else _open_store(settings)
-    client = None
-    if url:
-        client = httpx.Client(
-            base_url=url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=60,
-        )
+    # Through a server: the client batches, gzips, gives events without an id one from
+    # their content (so a retried batch is never stored twice) and retries.
+    client = None if not url else Client(url, api_key or "")
     try:
         with _progress() as progress:
             task = progress.add_task("Ingesting", total=total_size)
             for size, lines, numbers in _chunks(stream):
                 if client is not None:
-                    resp = client.post(
-                        "/v1/events",
-                        content=b"".join(x if x.endswith(b"\n") else x + b"\n" for x in lines),
-                        headers={"Content-Type": "application/x-ndjson"},
-                    )
-                    if resp.status_code != 200:
-                        raise CliError(f"server answered {resp.status_code}: {resp.text[:300]}")
-                    data = resp.json()["data"]
+                    try:
+                        data = vars(client.send_events(lines))
+                    except KaieError as exc:
+                        raise CliError(
+                            f"server answered {exc.status} {exc.code}: {exc.details}"
+                        ) from None
                 else:
                     assert store is not None
                     data = ingest_items(store, tenant, list(lines)).as_dict()
@@ -401,6 +396,8 @@ def ingest(
     finally:
         if store is not None:
             store.close()
+        if client is not None:
+            client.close()
         if stream is not sys.stdin.buffer:
             stream.close()
     if store is not None:
