@@ -139,3 +139,18 @@ def test_async_client_reports_and_exports_to_files(live: LiveServer, tmp_path: P
     assert "500" in csv.read_text(encoding="utf-8-sig")
     assert len(ndjson.read_bytes().splitlines()) == 500
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_the_readme_example_runs_as_written(live: LiveServer, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The README's client example, on the demo's data, against a live server."""
+    from kaie_analytics.demo import generate_demo
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("## Python client", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    key = live.create_key("demo")
+    live.start()
+    events = [e for _, day in generate_demo(days=3) for e in day]
+    monkeypatch.chdir(tmp_path)  # where the example downloads its file
+    exec(block.replace("http://127.0.0.1:8000", live.url), {"KEY": key, "events": events})
+    assert (tmp_path / "executions.parquet").stat().st_size > 0
