@@ -35,6 +35,7 @@ from kaie_analytics.routes import (
     events,
     health,
     jobs,
+    openapi,
     realtime,
     workflow_analytics,
     workflows,
@@ -229,4 +230,5 @@ def create_app(settings: Settings | None = None, *, demo: bool = False) -> FastA
     ):
         app.include_router(module.router)
     docs.mount(app)
+    openapi.install(app)
     return app

@@ -9,7 +9,13 @@ from typing import Any, ClassVar
 from kaie_analytics.analytics import facts
 from kaie_analytics.analytics import numbers as num
 from kaie_analytics.analytics.facts import ChannelFacts
-from kaie_analytics.analytics.periods import Period, parse_bool, parse_period, parse_timezone
+from kaie_analytics.analytics.periods import (
+    Period,
+    parse_bool,
+    parse_filter,
+    parse_period,
+    parse_timezone,
+)
 from kaie_analytics.analytics.runners import QueryRunner
 from kaie_analytics.errors import InvalidParameter
 
@@ -44,7 +50,10 @@ def _period(params: Mapping[str, Sequence[str]]) -> Period:
 
 def parse_engagement_query(tenant: str, params: Mapping[str, Sequence[str]]) -> EngagementQuery:
     return EngagementQuery(
-        tenant, _period(params), _one(params, "customer_segment"), _one(params, "channel")
+        tenant,
+        _period(params),
+        parse_filter(_one(params, "customer_segment"), "customer_segment"),
+        parse_filter(_one(params, "channel"), "channel"),
     )
 
 
@@ -52,7 +61,7 @@ def parse_journey_query(tenant: str, params: Mapping[str, Sequence[str]]) -> Jou
     return JourneyQuery(
         tenant,
         _period(params),
-        _one(params, "journey_type"),
+        parse_filter(_one(params, "journey_type"), "journey_type"),
         parse_bool(_one(params, "include_dropoffs"), "include_dropoffs", True),
     )
 

@@ -21,8 +21,8 @@ MAX_LIST = 1000  # 366 days of hours, with room for DST
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
 ZERO = timedelta(0)
 _ONE_US = timedelta(microseconds=1)
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +73,14 @@ MAX_TEXT = 64  # longest date or time-zone text worth reading
 
 
 @functools.cache
+@functools.cache
 def _zone_names() -> frozenset[str]:
     return frozenset(available_timezones()) | {"UTC"}
+
+
+def zone_names() -> list[str]:
+    """Every time zone name ``timezone`` takes, sorted (for the API's description)."""
+    return sorted(_zone_names())
 
 
 def parse_timezone(value: Any, field: str = "timezone") -> ZoneInfo:
@@ -134,9 +140,12 @@ def parse_period(
     """
     start_field, end_field = fields
     now = now or datetime.now(UTC)
-    end = _parse_bound(end_date, end_field, tz, end=True) if end_date else now
+    # Absent is None or "" (an empty query parameter); anything else must be a bound.
+    end = _parse_bound(end_date, end_field, tz, end=True) if end_date not in (None, "") else now
     start = (
-        _parse_bound(start_date, start_field, tz, end=False) if start_date else end - DEFAULT_PERIOD
+        _parse_bound(start_date, start_field, tz, end=False)
+        if start_date not in (None, "")
+        else end - DEFAULT_PERIOD
     )
     if end < start:
         raise InvalidDateRange("End date must be after start date", field=end_field)
@@ -178,13 +187,31 @@ def parse_string_list(value: Any, field: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+#: A filter naming a channel takes what an event's ``channel`` can be (spec/EVENTS.md);
+#: one naming anything else, what an identifier can be.
+CHANNEL_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+IDENTIFIER_PATTERN = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,256}$")
+
+
+def parse_filter(value: str | None, name: str) -> str | None:
+    """A filter's value (absent or empty: no filter), refused if no event could match it."""
+    if value is None or value == "":
+        return None
+    pattern = CHANNEL_PATTERN if name == "channel" else IDENTIFIER_PATTERN
+    if not pattern.fullmatch(value):
+        rule = ("a channel name (lower case letters, digits, _; up to 32)" if name == "channel"
+                else "1 to 256 characters without control characters")  # fmt: skip
+        raise InvalidParameter(f"{name} must be {rule}", field=name)
+    return value
+
+
 def parse_bool(value: str | None, name: str, default: bool) -> bool:
     if value is None or value == "":
         return default
     low = value.lower()
-    if low in _TRUE:
+    if low in TRUE_WORDS:
         return True
-    if low in _FALSE:
+    if low in FALSE_WORDS:
         return False
     raise InvalidParameter(f"{name} must be true or false", field=name)
 

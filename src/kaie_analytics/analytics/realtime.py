@@ -15,7 +15,7 @@ import psutil
 from kaie_analytics.analytics import facts
 from kaie_analytics.analytics import numbers as num
 from kaie_analytics.analytics.facts import EventEngine
-from kaie_analytics.analytics.periods import iso, naive_utc, parse_bool
+from kaie_analytics.analytics.periods import iso, naive_utc, parse_bool, parse_filter
 from kaie_analytics.analytics.runners import QueryRunner
 
 
@@ -34,8 +34,8 @@ def parse_realtime_query(tenant: str, params: Mapping[str, Sequence[str]]) -> Re
 
     return RealtimeQuery(
         tenant,
-        one("workflow_id"),
-        one("channel"),
+        parse_filter(one("workflow_id"), "workflow_id"),
+        parse_filter(one("channel"), "channel"),
         parse_bool(one("include_system"), "include_system", False),
     )
 

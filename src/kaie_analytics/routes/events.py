@@ -10,11 +10,18 @@ from kaie_analytics.analytics.facts import AppendResult
 from kaie_analytics.auth import Principal, require
 from kaie_analytics.ingest.service import prepare_body, summarize
 from kaie_analytics.request_body import read_body
+from kaie_analytics.routes import openapi as api
+from kaie_analytics.routes import schemas
 
 router = APIRouter(tags=["events"])
 
 
-@router.post("/v1/events")
+@router.post(
+    "/v1/events",
+    response_model=None,
+    responses=api.answers(schemas.IngestAnswer, 400, 413),
+    openapi_extra=api.body(schemas.EventsBody, api.NDJSON_EVENTS),
+)
 async def post_events(
     request: Request, principal: Principal = Depends(require("events:write", "events"))
 ) -> dict[str, Any]:

@@ -27,7 +27,13 @@ async def readyz(request: Request) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests and latencies per route and status, events, jobs."""
     body = generate_latest(request.app.state.telemetry.registry)

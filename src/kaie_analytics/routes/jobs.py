@@ -22,10 +22,16 @@ from kaie_analytics.errors import (
     ReportGenerationFailed,
 )
 from kaie_analytics.jobs import exports
+from kaie_analytics.jobs import reports as report_files
 from kaie_analytics.jobs.worker import tenant_dir
 from kaie_analytics.request_body import read_json
+from kaie_analytics.routes import openapi as api
+from kaie_analytics.routes import schemas
 from kaie_analytics.signing import sign, verify
 from kaie_analytics.store.jobs import Job, JobStore, now_utc
+
+#: What a download can be: every format of reports and exports.
+FILE_TYPES = tuple(sorted({*report_files.CONTENT_TYPES.values(), *exports.CONTENT_TYPES.values()}))
 
 router = APIRouter(tags=["reports and exports"])
 LINK_LIFETIME = timedelta(days=7)
@@ -167,7 +173,13 @@ async def _principal_or_link(request: Request, kind: str, job_id: str) -> str:
 # ------------------------------------------------------------------- reports
 
 
-@router.post("/v1/analytics/reports", status_code=202)
+@router.post(
+    "/v1/analytics/reports",
+    status_code=202,
+    response_model=None,
+    responses=api.answers(schemas.JobAnswer, 400, 413, 422, ok=202),
+    openapi_extra=api.body(schemas.ReportBody),
+)
 async def create_report(
     request: Request, principal: Principal = Depends(require("reports:write", "reports"))
 ) -> dict[str, Any]:
@@ -178,7 +190,7 @@ async def create_report(
     return {"data": render_job(request, job)}
 
 
-@router.get("/v1/analytics/reports")
+@router.get("/v1/analytics/reports", response_model=None, responses=api.answers(schemas.JobsAnswer))
 async def list_reports(
     request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
@@ -187,14 +199,23 @@ async def list_reports(
     return {"data": [render_job(request, j) for j in jobs]}
 
 
-@router.get("/v1/analytics/reports/{report_id}")
+@router.get(
+    "/v1/analytics/reports/{report_id}",
+    response_model=None,
+    responses=api.answers(schemas.JobAnswer, 400, 404),
+)
 async def get_report(
     report_id: str, request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
     return {"data": render_job(request, await _get(request, principal.tenant, "report", report_id))}
 
 
-@router.get("/v1/analytics/reports/{report_id}/download")
+@router.get(
+    "/v1/analytics/reports/{report_id}/download",
+    response_class=FileResponse,
+    responses=api.answers(None, 400, 404, 409, 410, 500, media=FILE_TYPES),
+    openapi_extra={"parameters": api.SIGNED_LINK, "security": [{"bearerAuth": []}, {}]},
+)
 async def download_report(report_id: str, request: Request) -> FileResponse:
     """The report file; works with the signed ``download_url`` alone, or with an API key."""
     tenant = await _principal_or_link(request, "report", report_id)
@@ -204,7 +225,13 @@ async def download_report(report_id: str, request: Request) -> FileResponse:
 # ------------------------------------------------------------------- exports
 
 
-@router.post("/v1/analytics/export", status_code=202)
+@router.post(
+    "/v1/analytics/export",
+    status_code=202,
+    response_model=None,
+    responses=api.answers(schemas.JobAnswer, 400, 413, ok=202),
+    openapi_extra=api.body(schemas.ExportBody),
+)
 async def create_export(
     request: Request, principal: Principal = Depends(require("reports:write", "export"))
 ) -> dict[str, Any]:
@@ -215,7 +242,7 @@ async def create_export(
     return {"data": render_job(request, job)}
 
 
-@router.get("/v1/analytics/export")
+@router.get("/v1/analytics/export", response_model=None, responses=api.answers(schemas.JobsAnswer))
 async def list_exports(
     request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
@@ -223,14 +250,23 @@ async def list_exports(
     return {"data": [render_job(request, j) for j in jobs]}
 
 
-@router.get("/v1/analytics/export/{export_id}")
+@router.get(
+    "/v1/analytics/export/{export_id}",
+    response_model=None,
+    responses=api.answers(schemas.JobAnswer, 400, 404),
+)
 async def get_export(
     export_id: str, request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
     return {"data": render_job(request, await _get(request, principal.tenant, "export", export_id))}
 
 
-@router.get("/v1/analytics/export/{export_id}/download")
+@router.get(
+    "/v1/analytics/export/{export_id}/download",
+    response_class=FileResponse,
+    responses=api.answers(None, 400, 404, 409, 410, 500, media=FILE_TYPES),
+    openapi_extra={"parameters": api.SIGNED_LINK, "security": [{"bearerAuth": []}, {}]},
+)
 async def download_export(export_id: str, request: Request) -> FileResponse:
     tenant = await _principal_or_link(request, "export", export_id)
     return await _download(request, "export", export_id, tenant)

@@ -5,6 +5,8 @@ from starlette.responses import Response
 
 from kaie_analytics.analytics import realtime as rq
 from kaie_analytics.auth import Principal, require
+from kaie_analytics.routes import openapi as api
+from kaie_analytics.routes import schemas
 from kaie_analytics.routes.params import query_params
 
 router = APIRouter(tags=["realtime"])
@@ -25,12 +27,16 @@ def system_health(request: Request, store_ok: bool) -> tuple[str, float | None]:
     return "healthy", mean_ms
 
 
-@router.get("/v1/analytics/realtime")
+@router.get(
+    "/v1/analytics/realtime",
+    responses=api.answers(schemas.RealtimeAnswer, 400),
+    openapi_extra=api.query("realtime"),
+)
 async def realtime(
     request: Request, principal: Principal = Depends(require("analytics:read", "realtime"))
 ) -> Response:
     """Live numbers: running executions, the last hour's messages and reply times."""
-    query = rq.parse_realtime_query(principal.tenant, query_params(request))
+    query = rq.parse_realtime_query(principal.tenant, query_params(request, "realtime"))
     engine = request.app.state.engine
     runner = rq.RealtimeRunner(engine, query, health=lambda: system_health(request, engine.ping()))
     entry, _ = await runner.run()

@@ -4,20 +4,17 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from kaie_analytics.analytics.facts import Workflow
 from kaie_analytics.auth import Principal, require
 from kaie_analytics.errors import InvalidParameter
 from kaie_analytics.ingest.validate import EventError, check_identifier
 from kaie_analytics.request_body import read_json
+from kaie_analytics.routes import openapi as api
+from kaie_analytics.routes import schemas
 
 router = APIRouter(tags=["workflows"])
-
-
-class WorkflowBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
 
 
 def render(wf: Workflow) -> dict[str, Any]:
@@ -28,7 +25,7 @@ def render(wf: Workflow) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/workflows")
+@router.get("/v1/workflows", response_model=None, responses=api.answers(schemas.WorkflowsAnswer))
 async def list_workflows(
     request: Request, principal: Principal = Depends(require("analytics:read"))
 ) -> dict[str, Any]:
@@ -36,9 +33,14 @@ async def list_workflows(
     return {"data": [render(w) for w in request.app.state.engine.workflows(principal.tenant)]}
 
 
-@router.put("/v1/workflows/{workflow_id}")
+@router.put(
+    "/v1/workflows/{workflow_id}",
+    response_model=None,
+    responses=api.answers(schemas.WorkflowAnswer, 400, 413),
+    openapi_extra=api.body(schemas.WorkflowBody),
+)
 async def put_workflow(
-    workflow_id: str,
+    workflow_id: schemas.WorkflowId,
     request: Request,
     principal: Principal = Depends(require("events:write")),
 ) -> dict[str, Any]:
@@ -48,7 +50,7 @@ async def put_workflow(
     except EventError as exc:
         raise InvalidParameter(exc.message, field="workflow_id") from None
     try:
-        body = WorkflowBody.model_validate(await read_json(request))
+        body = schemas.WorkflowBody.model_validate(await read_json(request))
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
