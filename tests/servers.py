@@ -178,3 +178,20 @@ class RedisServer:
             self.proc.wait(timeout=30)
             self.proc = None
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+#: How Chromium runs here (as the environment's probe found it works): headless, as
+#: root without the sandbox, and none of its background calls to Google.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def chromium() -> str:
+    """Debian's Chromium (``.ci/run`` installs it), for Playwright to drive."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        _missing("chromium (Debian's chromium package)")
+    if importlib.util.find_spec("playwright") is None:
+        _missing("the playwright package")
+    return str(path)

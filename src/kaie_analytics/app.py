@@ -31,6 +31,7 @@ from kaie_analytics.ratelimit import RateLimiter, parse_limit, parse_rate_limits
 from kaie_analytics.responses import JSONResponse
 from kaie_analytics.routes import (
     customer_analytics,
+    dashboard,
     docs,
     events,
     health,
@@ -220,6 +221,7 @@ def create_app(settings: Settings | None = None, *, demo: bool = False) -> FastA
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
     for module in (
+        dashboard,
         health,
         events,
         workflows,
