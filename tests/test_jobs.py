@@ -115,20 +115,93 @@ def test_report_filters_and_segments(api: Api, loaded: list[dict[str, Any]]) -> 
 
 
 def test_report_pdf_is_readable(api: Api, loaded: list[dict[str, Any]]) -> None:
+    """A first page with the period for people and the summary against the previous
+    period, a chart per metric, then the table with people's names and units, and a
+    header and page numbers on every page."""
     done = make_report(api, **{**REPORT, "group_by": ["workflow_id"]}, format="pdf")
     assert done["status"] == "completed", done.get("error")
     r = download(api, done["download_url"])
     assert r.headers["content-type"] == "application/pdf"
     reader = PdfReader(io.BytesIO(r.content))
-    text = "\n".join(page.extract_text() for page in reader.pages)
-    assert "Weekly Performance" in text and "Performance per workflow and channel" in text
-    assert "2024-03-04" in text and "Generated at" in text and "Metrics over time" in text
+    pages = [" ".join(page.extract_text().split()) for page in reader.pages]  # words, one space
+    first, text = pages[0], " ".join(pages)
+    assert "Weekly Performance" in first and "Performance per workflow and channel" in first
+    assert "4–10 March 2024, UTC" in first and "grouped by workflow, per day" in first
+    summary = oracle.report_rows(loaded, START, END, METRICS, [], None, ZoneInfo("UTC"))[0]
+    before = oracle.report_rows(loaded, START - timedelta(days=7), START - timedelta(microseconds=1),
+                                METRICS, [], None, ZoneInfo("UTC"))[0]  # fmt: skip
+    assert f"Executions {summary['total_executions']:,} {before['total_executions']:,}" in first
+    rate = f"{summary['success_rate'] * 100:.1f}%"
+    points = (summary["success_rate"] - before["success_rate"]) * 100
+    assert f"Success rate {rate} {before['success_rate'] * 100:.1f}% {points:+.1f} points" in first
+    assert f"{summary['p95_duration_ms'] / 1000:,.1f} s" in first
+    assert "Previous period: 26 February – 3 March 2024, UTC." in first
+    for number, page in enumerate(pages, start=1):  # a header and a footer on every page
+        assert "Weekly Performance — 4–10 March 2024, UTC" in page
+        assert f"Page {number} of {len(pages)}" in page
+    assert "Over time" in text and "Success rate per day" not in text  # titles are in images
+    header = "Workflow Period Executions Successful Failed Success rate Average duration"
+    assert header in text
     want = oracle.report_rows(loaded, START, END, METRICS, ["workflow_id"], "day", ZoneInfo("UTC"))
     for row in want:
-        assert str(row["total_executions"]) in text
-    assert len(reader.pages) >= 3  # the table, then a chart per metric
+        assert f"{row['total_executions']:,}" in text
+        if row["success_rate"] is not None:
+            assert f"{row['success_rate'] * 100:.1f}%" in text
     images = sum(len(p.images) for p in reader.pages)
-    assert images == len(METRICS)
+    assert images == len(METRICS)  # a chart per metric
+
+
+def test_report_charts_draw_the_top_groups_and_the_rest_exactly(api: Api, engine: Any) -> None:
+    """With more groups than a chart names, the others are one line: exact where counts
+    allow it (executions, the success rate), else the line of all groups together."""
+    from kaie_analytics.analytics.reports import TOP_GROUPS, chart_data, parse_report_request
+
+    events: list[dict[str, Any]] = []
+    for k in range(TOP_GROUPS + 2):
+        events += workflow_events(40 + k, START, 7, n=20 + 15 * k, wf=f"wf-{k}")
+    api.send(events)
+    body = {"name": "x", "metrics": ["total_executions", "success_rate", "average_duration_ms"],
+            "filters": {"start_date": iso(START), "end_date": iso(END)},
+            "group_by": ["workflow_id"], "granularity": "day"}  # fmt: skip
+    charts = chart_data(engine, "acme", parse_report_request(body))
+    names = [name for name, _ in charts.lines["total_executions"]]
+    assert len(names) == TOP_GROUPS + 1 and names[-1] == "other"
+    assert [n for n, _ in charts.lines["average_duration_ms"]][-1] == "all groups"
+    rows = oracle.report_rows(events, START, END, ["total_executions", "successful_executions",
+                              "failed_executions", "average_duration_ms"], ["workflow_id"],
+                              "day", ZoneInfo("UTC"))  # fmt: skip
+    rest = [r for r in rows if r["workflow_id"] not in names]
+    for i, day in enumerate(charts.labels):
+        theirs = [r for r in rest if r["date"] == day]
+        assert charts.lines["total_executions"][-1][1][i] == sum(
+            r["total_executions"] for r in theirs
+        )
+        ok = sum(r["successful_executions"] for r in theirs)
+        done = ok + sum(r["failed_executions"] for r in theirs)
+        want = None if done == 0 else round(ok / done, 4)
+        assert charts.lines["success_rate"][-1][1][i] == want
+
+
+def test_periods_are_written_for_people() -> None:
+    from kaie_analytics.analytics.periods import parse_period
+    from kaie_analytics.jobs.reports import change, human_period
+
+    utc, paris = ZoneInfo("UTC"), ZoneInfo("Europe/Paris")
+    assert human_period(parse_period("2024-01-01", "2024-01-31", utc)) == "1–31 January 2024, UTC"
+    assert human_period(parse_period("2024-01-15", "2024-02-14", paris)) == (
+        "15 January – 14 February 2024, Europe/Paris"
+    )
+    assert human_period(parse_period("2023-12-20", "2024-01-05", utc)) == (
+        "20 December 2023 – 5 January 2024, UTC"
+    )
+    assert human_period(parse_period("2024-03-05", "2024-03-05", utc)) == "5 March 2024, UTC"
+    assert human_period(parse_period("2024-03-05T10:00:00Z", "2024-03-05T12:00:00Z", utc)) == (
+        "5 March 2024, 10:00 – 5 March 2024, 12:00, UTC"
+    )
+    assert change("total_executions", 150, 100) == "+50.0%"
+    assert change("success_rate", 0.9, 0.95) == "-5.0 points"
+    assert change("total_executions", 5, 0) == "new"
+    assert change("average_duration_ms", 1000, None) == "no earlier figure"
 
 
 @pytest.mark.parametrize(

@@ -188,13 +188,83 @@ def report_rows(engine: EventEngine, tenant: str, req: ReportRequest) -> list[di
     return ReportRowsRunner(engine, ReportQuery(tenant, req)).compute_rows()
 
 
-def chart_series(
-    engine: EventEngine, tenant: str, req: ReportRequest
-) -> tuple[str, list[dict[str, Any]]]:
-    """The report's metrics over time for its charts (its granularity, or daily)."""
+#: The figures on a PDF's first page, each beside the previous period's.
+SUMMARY_METRICS = ("total_executions", "success_rate", "average_duration_ms", "p95_duration_ms",
+                   "customer_satisfaction")  # fmt: skip
+#: A chart draws at most this many groups by name; the rest are "other".
+TOP_GROUPS = 5
+#: Metrics whose value for several groups together is the sum of theirs.
+_ADDITIVE = frozenset({"total_executions", "successful_executions", "failed_executions",
+                       "total_messages_sent", "total_messages_received"})  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ChartData:
+    """What a report's charts draw: per metric, named lines over the same buckets.
+
+    With ``group_by``, the top groups by executions each get a line, and the
+    others together one more: "other" where it follows exactly from the groups'
+    counts (counts, and the success rate from successful and failed ones), else
+    the line of all groups together (an average or percentile of the rest
+    cannot be had from the groups' own).
+    """
+
+    granularity: str
+    labels: list[str]
+    lines: dict[str, list[tuple[str, list[Any]]]]
+
+
+def report_summary(engine: EventEngine, tenant: str, req: ReportRequest) -> dict[str, Any]:
+    """``SUMMARY_METRICS`` for the report's period and for the one before it."""
+    out = {}
+    for name, period in (("current", req.period), ("previous", req.period.previous())):
+        summary_req = ReportRequest(**{**_fields(req), "metrics": SUMMARY_METRICS, "group_by": (),
+                                       "granularity": None, "period": period})  # fmt: skip
+        out[name] = report_rows(engine, tenant, summary_req)[0]
+    return out
+
+
+def chart_data(engine: EventEngine, tenant: str, req: ReportRequest) -> ChartData:
+    """The report's metrics over time (its granularity, or hours up to 48 h, else days)."""
     granularity = req.granularity or ("hour" if req.period.hours <= 48 else "day")
-    series_req = ReportRequest(**{**_fields(req), "group_by": (), "granularity": granularity})
-    return granularity, report_rows(engine, tenant, series_req)
+    counts = ("total_executions", "successful_executions", "failed_executions")
+    metrics = tuple(dict.fromkeys((*req.metrics, *counts)))
+    base = {**_fields(req), "metrics": metrics, "granularity": granularity}
+    everything = report_rows(engine, tenant, ReportRequest(**{**base, "group_by": ()}))
+    labels = [row["date"] for row in everything]
+    if not req.group_by:
+        return ChartData(granularity, labels,
+                         {m: [("all", [r[m] for r in everything])] for m in req.metrics})  # fmt: skip
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in report_rows(engine, tenant, ReportRequest(**base)):
+        name = " · ".join("(none)" if row[g] is None else str(row[g]) for g in req.group_by)
+        grouped.setdefault(name, []).append(row)
+    ranked = sorted(grouped, key=lambda n: -sum(r["total_executions"] for r in grouped[n]))
+    top, rest = ranked[:TOP_GROUPS], ranked[TOP_GROUPS:]
+    lines: dict[str, list[tuple[str, list[Any]]]] = {}
+    for metric in req.metrics:
+        drawn = [(name, [r[metric] for r in grouped[name]]) for name in top]
+        if rest:
+            drawn.append(_others(metric, everything, [grouped[n] for n in top]))
+        lines[metric] = drawn
+    return ChartData(granularity, labels, lines)
+
+
+def _others(metric: str, everything: list[dict[str, Any]],
+            top: list[list[dict[str, Any]]]) -> tuple[str, list[Any]]:  # fmt: skip
+    def rest(field: str, i: int) -> int:
+        return int(everything[i][field] - sum(g[i][field] for g in top))
+
+    n = len(everything)
+    if metric in _ADDITIVE:
+        return "other", [rest(metric, i) for i in range(n)]
+    if metric == "success_rate":
+        values = []
+        for i in range(n):
+            ok, failed = rest("successful_executions", i), rest("failed_executions", i)
+            values.append(reg.success_rate(Sums(successful=ok, failed=failed)))
+        return "other", values
+    return "all groups", [row[metric] for row in everything]
 
 
 def _fields(req: ReportRequest) -> dict[str, Any]:

@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from kaie_analytics.analytics.facts import EventEngine
-from kaie_analytics.analytics.reports import chart_series, parse_report_request, report_rows
+from kaie_analytics.analytics.reports import (
+    chart_data,
+    parse_report_request,
+    report_rows,
+    report_summary,
+)
 from kaie_analytics.jobs import exports, reports
 from kaie_analytics.store.jobs import Job, JobStore
 from kaie_analytics.telemetry import Telemetry
@@ -211,8 +216,9 @@ class JobWorker:
         meta = reports.report_metadata(job.id, req, generated, len(rows))
         final, part, file_name = self._target(job, req.format, slug(req.name))
         if req.format == "pdf":
-            series = chart_series(self.engine, job.tenant, req)
-            reports.write_pdf_in_child(part, meta, req, rows, series, deadline)
+            summary = report_summary(self.engine, job.tenant, req)
+            charts = chart_data(self.engine, job.tenant, req)
+            reports.write_pdf_in_child(part, meta, req, rows, summary, charts, deadline)
         else:
             with open(part, "wb") as out:
                 if req.format == "json":
