@@ -93,7 +93,7 @@ def parse_report_request(body: Any) -> ReportRequest:
             f"unknown metric(s) {', '.join(bad)}; valid metrics: {', '.join(REPORT_METRICS)}",
             field="metrics",
         )
-    filters = body.get("filters") or {}
+    filters = {} if body.get("filters") is None else body["filters"]
     if not isinstance(filters, dict):
         raise InvalidParameter("filters must be an object", field="filters")
     extra = sorted(

@@ -87,7 +87,7 @@ def parse_export_request(body: Any) -> ExportRequest:
     fmt = body.get("format", "csv")
     if fmt not in FORMATS:
         raise InvalidParameter(f"format must be one of: {', '.join(FORMATS)}", field="format")
-    filters = body.get("filters") or {}
+    filters = {} if body.get("filters") is None else body["filters"]
     if not isinstance(filters, dict):
         raise InvalidParameter("filters must be an object", field="filters")
     extra = sorted(set(filters) - {"workflow_ids", "channels"})

@@ -68,8 +68,8 @@ def _param(name: str, schema: dict[str, Any], description: str, **more: Any) -> 
 
 def _list(name: str, values: tuple[str, ...], description: str) -> dict[str, Any]:
     items = {"type": "string", "enum": list(values)}
-    return _param(name, {"type": "array", "items": items, "uniqueItems": True}, description,
-                  style="form", explode=False)  # fmt: skip
+    return _param(name, {"type": "array", "items": items}, description, style="form",
+                  explode=False)  # fmt: skip
 
 
 def _flag(name: str, default: bool, description: str) -> dict[str, Any]:

@@ -52,13 +52,24 @@ def listing(values: tuple[str, ...] | None = None, *, at_least: int = 0) -> Any:
     if values is not None:
         item = {"type": "string", "enum": list(values)}
         one = "(" + "|".join(values) + ")"
-        text = {"type": "string", "pattern": f"^{one}(,{one})*$"}
+        text = {"type": "string", "pattern": f"^({one}(,{one})*)?$"}  # empty: none
     array = {"type": "array", "items": item, "minItems": at_least, "maxItems": 1000}
-    return _schema({"anyOf": [array, text] if at_least == 0 else [array]})
+    if at_least:
+        return _schema(array)
+    return _schema({"anyOf": [array, text, {"type": "null"}]})  # null: none given
+
+
+def optional(schema: dict[str, Any]) -> Any:
+    """``schema``, or null (which the parsers take as not given)."""
+    return _schema({"anyOf": [schema, {"type": "null"}]})
 
 
 #: A time zone: the IANA names of the server's tz database.
-TIMEZONE: dict[str, Any] = {"type": "string", "enum": zone_names(), "examples": ["Europe/Paris"]}
+TIMEZONE: dict[str, Any] = {
+    "type": "string",
+    "enum": [*zone_names(), ""],
+    "examples": ["Europe/Paris"],
+}
 #: An identifier (workflow, execution, customer...): 1 to 256 characters, no control ones.
 WorkflowId = Annotated[
     str,
@@ -368,9 +379,9 @@ class RealtimeAnswer(Shape):
 
 
 class ReportFilters(Shape):
-    start_date: str | None = Field(default=None, json_schema_extra=DATE)
-    end_date: str | None = Field(default=None, json_schema_extra=DATE)
-    timezone: str | None = Field(default=None, json_schema_extra=TIMEZONE)
+    start_date: str | None = Field(default=None, json_schema_extra=optional(DATE))
+    end_date: str | None = Field(default=None, json_schema_extra=optional(DATE))
+    timezone: str | None = Field(default=None, json_schema_extra=optional(TIMEZONE))
     workflow_ids: list[str] | str | None = Field(default=None, json_schema_extra=listing())
     channels: list[str] | str | None = Field(default=None, json_schema_extra=listing())
 
@@ -396,9 +407,9 @@ class ExportFilters(Shape):
 class ExportBody(Shape):
     data_type: Literal[DATA_TYPES] = Field(examples=["executions"])  # type: ignore[valid-type]
     format: Literal[FORMATS] = "csv"  # type: ignore[valid-type]
-    start_date: str | None = Field(default=None, json_schema_extra=DATE)
-    end_date: str | None = Field(default=None, json_schema_extra=DATE)
-    timezone: str | None = Field(default=None, json_schema_extra=TIMEZONE)
+    start_date: str | None = Field(default=None, json_schema_extra=optional(DATE))
+    end_date: str | None = Field(default=None, json_schema_extra=optional(DATE))
+    timezone: str | None = Field(default=None, json_schema_extra=optional(TIMEZONE))
     filters: ExportFilters | None = None
     include_metadata: bool = False
 
