@@ -50,7 +50,21 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Pat
     raise RuntimeError(f"{what} did not start")
 
 
-class PostgresServer:
+class _Server:
+    """A server process of the tests, in a temporary directory of its own."""
+
+    base: Path
+    proc: subprocess.Popen[bytes] | None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class PostgresServer(_Server):
     """A throwaway PostgreSQL cluster; ``new_database()`` gives each test its own."""
 
     def __init__(self) -> None:
@@ -123,15 +137,8 @@ class PostgresServer:
             con.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-            self.proc = None
-        shutil.rmtree(self.base, ignore_errors=True)
 
-
-class RedisServer:
+class RedisServer(_Server):
     """A throwaway Redis that keeps nothing on disk."""
 
     def __init__(self) -> None:
@@ -171,13 +178,6 @@ class RedisServer:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-            self.proc = None
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 #: How Chromium runs here (as the environment's probe found it works): headless, as
