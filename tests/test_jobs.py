@@ -521,8 +521,19 @@ def test_raw_events_export_is_what_was_sent(api: Api) -> None:
     api.send(sent)
     _, content = _export(api, data_type="events", format="ndjson", start_date=iso(START),
                          end_date=iso(END))  # fmt: skip
-    got = [json.loads(line) for line in content.splitlines()]
-    assert sorted(got, key=lambda e: e["timestamp"]) == sorted(sent, key=lambda e: e["timestamp"])
+    got = sorted((json.loads(line) for line in content.splitlines()), key=lambda e: e["timestamp"])
+    # Every row has every field, null where the event had none (the id too, when it
+    # was sent without one), and is otherwise what was sent.
+    assert len({tuple(row) for row in got}) == 1 and len(got[0]) > 10
+    present = [{k: v for k, v in row.items() if v is not None} for row in got]
+    assert present == sorted(sent, key=lambda e: e["timestamp"])
+    assert got[0]["id"] is None and got[0]["workflow_id"] is None
+    # Sent back, the rows are the same events: duplicates, nothing stored twice.
+    again = api.post("/v1/events", json={"events": got}).json()["data"]
+    assert (again["accepted"], again["duplicates"], again["rejected"]) == (0, 3, 0)
+    import polars as pl
+
+    assert pl.read_ndjson(io.BytesIO(content)).width == len(got[0])  # every column
     _, content = _export(api, data_type="events", format="parquet", start_date=iso(START),
                          end_date=iso(END), include_metadata=True)  # fmt: skip
     table = pq.read_table(io.BytesIO(content))

@@ -312,7 +312,19 @@ def _decode(data: bytes) -> _Event:
     _check_depth(data)
     try:
         return _decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
+        # Null means absent, also for a field this type of event does not take (a row
+        # of the raw events export has every field): decoded again without them.
+        if b"null" in data:
+            try:
+                fields = orjson.loads(data)
+            except orjson.JSONDecodeError:  # what msgspec reads and orjson not: no nulls to drop
+                fields = None
+            if isinstance(fields, dict) and None in fields.values():
+                present = {k: v for k, v in fields.items() if v is not None}
+                return _decode(orjson.dumps(present))
+        raise _error_from(exc) from None
+    except msgspec.DecodeError as exc:
         raise _error_from(exc) from None
     except UnicodeDecodeError:
         try:
@@ -324,6 +336,14 @@ def _decode(data: bytes) -> _Event:
         raise EventError(field, f"{field or 'the event'} holds bytes that are not UTF-8") from None
     except RecursionError:  # defensive: the depth check comes first
         raise EventError(None, f"the event is nested more than {MAX_DEPTH} levels deep") from None
+
+
+def content_id(event: dict[str, Any]) -> str:
+    """The id of an event sent without one: SHA-256 of its JSON with sorted keys, its
+    null fields left out (null means absent), so that a row of the raw events export
+    (every field, null where absent) sent back gets the id the event first got."""
+    present = {k: v for k, v in event.items() if v is not None}
+    return hashlib.sha256(orjson.dumps(present, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def validate_event(raw: bytes | msgspec.Raw, now: datetime) -> ValidEvent:
@@ -343,8 +363,7 @@ def validate_event(raw: bytes | msgspec.Raw, now: datetime) -> ValidEvent:
     objects = tuple(_object_json(name, getattr(ev, name, None)) for name in OBJECT_FIELDS)
     event_id = ev.id
     if event_id is None:
-        canonical = orjson.dumps(orjson.loads(data), option=orjson.OPT_SORT_KEYS)
-        event_id = hashlib.sha256(canonical).hexdigest()
+        event_id = content_id(orjson.loads(data))
     return ValidEvent(
         event_id, ev.id is not None, _TYPE_OF[type(ev)], (ts - _EPOCH) // _US, ev.timestamp,
         data, ev, objects,

@@ -209,16 +209,15 @@ def _json_rows(batch: pa.RecordBatch, data_type: str) -> Iterator[bytes]:
 
 
 def _raw_event(row: dict[str, Any]) -> dict[str, Any]:
-    """The event as it was sent: the same fields and values (keys in a fixed order)."""
-    out: dict[str, Any] = {}
-    if row.pop("id_given"):
-        out["id"] = row["id"]
-    row.pop("id")
-    for key, value in row.items():
-        if value is None:
-            continue
-        out[key] = orjson.loads(value) if key in ("properties", "traits") else value
-    return out
+    """The event as it was sent, with every field (null where it had none, the id too
+    when it was sent without one), in a fixed order: every row has the same keys, and
+    ``POST /v1/events`` takes it back as the same event (null means absent)."""
+    if not row.pop("id_given"):
+        row["id"] = None
+    for key in ("properties", "traits"):
+        if row.get(key) is not None:
+            row[key] = orjson.loads(row[key])
+    return row
 
 
 def write_export(

@@ -54,9 +54,15 @@ class IngestReport:
 
 
 def content_id(event: Mapping[str, Any]) -> str:
-    """An id from the event's content: the same event always gets the same one."""
-    canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "h-" + hashlib.sha256(canonical.encode()).hexdigest()
+    """An id from the event's content: the same event always gets the same one.
+
+    It is the server's own for an event without an id (SHA-256 of its JSON with
+    sorted keys, null fields left out), so an event sent with it or without an id
+    is the same event.
+    """
+    present = {k: v for k, v in event.items() if v is not None}
+    canonical = json.dumps(present, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
