@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import IO, Any, cast
 
 import orjson
@@ -220,6 +220,20 @@ def _raw_event(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def export_metadata(export_id: str, req: ExportRequest, generated: datetime) -> dict[str, Any]:
+    """What an export is of: written into a Parquet file's schema metadata, and given
+    in the export's status answer (a CSV or JSON file holds rows only, so that every
+    reader reads it as it is)."""
+    return {
+        "export_id": export_id,
+        "data_type": req.data_type,
+        "period": req.period.render(),
+        "timezone": req.period.tz.key,
+        "filters": {"workflow_ids": list(req.workflow_ids), "channels": list(req.channels)},
+        "generated_at": generated.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+
+
 def write_export(
     out: IO[bytes],
     engine: EventEngine,
@@ -232,7 +246,7 @@ def write_export(
     rows = 0
     reader = _reader(engine, tenant, req)
     batches = _batches(reader, deadline)
-    meta = metadata if req.include_metadata else None
+    meta = metadata if req.include_metadata else None  # Parquet only: see export_metadata
     if req.format == "parquet":
         writer: Any = None
         for batch in batches:
@@ -252,10 +266,6 @@ def write_export(
         return rows
     if req.format == "csv":
         out.write(CSV_BOM)
-        if meta:
-            for key, value in meta.items():
-                text = value if isinstance(value, str) else orjson.dumps(value).decode()
-                out.write(f"# {key}: {text}\n".encode())
         csv_writer: Any = None
         for batch in batches:
             if req.data_type == "events":
@@ -269,19 +279,17 @@ def write_export(
             csv_writer.close()
         return rows
     if req.format == "ndjson":
-        if meta:
-            out.write(orjson.dumps({"_metadata": meta}) + b"\n")
         for batch in batches:
             for line in _json_rows(batch, req.data_type):
                 out.write(line + b"\n")
                 rows += 1
         return rows
-    out.write(b'{"metadata":' + orjson.dumps(meta) + b',"data":[' if meta else b"[")
+    out.write(b"[")
     first = True
     for batch in batches:
         for line in _json_rows(batch, req.data_type):
             out.write(line if first else b"," + line)
             first = False
             rows += 1
-    out.write(b"]}" if meta else b"]")
+    out.write(b"]")
     return rows

@@ -26,7 +26,6 @@ import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from kaie_analytics.analytics.facts import EventEngine
 from kaie_analytics.analytics.reports import (
@@ -231,14 +230,7 @@ class JobWorker:
     def _export(self, job: Job, deadline: float) -> tuple[str, str, int]:
         req = exports.parse_export_request(job.params)
         final, part, file_name = self._target(job, req.format, req.data_type)
-        metadata: dict[str, Any] = {
-            "export_id": job.id,
-            "data_type": req.data_type,
-            "period": req.period.render(),
-            "timezone": req.period.tz.key,
-            "filters": {"workflow_ids": list(req.workflow_ids), "channels": list(req.channels)},
-            "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        }
+        metadata = exports.export_metadata(job.id, req, datetime.now(UTC))
         with open(part, "wb") as out:
             rows = exports.write_export(out, self.engine, job.tenant, req, metadata, deadline)
         self._publish(part, final)

@@ -100,6 +100,9 @@ def render_job(request: Request, job: Job) -> dict[str, Any]:
         out["estimated_completion"] = _iso(max(job.estimated_completion, now_utc()))
     if job.state == "completed":
         out |= {"completed_at": _iso(job.completed_at), "rows": job.rows}
+        if job.kind == "export" and job.params.get("include_metadata"):
+            req = exports.parse_export_request(job.params)
+            out["metadata"] = exports.export_metadata(job.id, req, job.completed_at or now_utc())
     if job.state == "failed":
         out["completed_at"] = _iso(job.completed_at)
         out["error"] = ReportGenerationFailed(job.error).body()["error"]

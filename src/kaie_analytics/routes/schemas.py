@@ -435,6 +435,9 @@ class JobStatus(Shape):
     completed_at: str | None = None
     rows: int | None = None
     error: JobError | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="A finished export asked with include_metadata: what it is of"
+    )
     download_url: str | None = None
     expires_at: str | None = None
 
