@@ -6,6 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from kaie_analytics.errors import StoreUnavailable
+from kaie_analytics.routes.schemas import ErrorBody
 
 router = APIRouter(tags=["operations"])
 
@@ -16,7 +17,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {"model": ErrorBody, "description": "A store does not answer (which, in the error)"}
+    },
+)
 async def readyz(request: Request) -> dict[str, str]:
     """Readiness: the event store, the metadata database and Redis (if used) answer."""
     if not await run_in_threadpool(request.app.state.engine.ping):
