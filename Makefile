@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/live.py
 	$(PY) bench/export.py
 	$(PY) bench/jobs.py
+	$(PY) bench/scale_out.py
 
 clean:
 	rm -rf $(VENV) kaie-data .pytest_cache .mypy_cache .ruff_cache
