@@ -149,6 +149,14 @@ def _status(client: TestClient, path: str) -> tuple[int, str | None]:
     return r.status_code, r.json().get("error", {}).get("code") if r.status_code != 200 else None
 
 
+def _recovers(client: TestClient, path: str, within_s: float, what: str) -> None:
+    """``path`` answers 200 again by itself, within ``within_s`` of ``what`` coming back."""
+    deadline = time.monotonic() + within_s
+    while _status(client, path)[0] != 200:
+        assert time.monotonic() < deadline, f"did not recover after {what} came back"
+        time.sleep(0.2)
+
+
 def test_redis_down_is_503_and_recovers_by_itself(
     shared_client: TestClient, redis_server: RedisServer
 ) -> None:
@@ -162,10 +170,7 @@ def test_redis_down_is_503_and_recovers_by_itself(
         assert shared_client.get("/healthz").status_code == 200  # the process itself is alive
     finally:
         redis_server.resume()
-    deadline = time.monotonic() + 10
-    while _status(shared_client, "/v1/workflows")[0] != 200:
-        assert time.monotonic() < deadline, "did not recover after Redis came back"
-        time.sleep(0.2)
+    _recovers(shared_client, "/v1/workflows", 10, "Redis")
     assert shared_client.get("/readyz").status_code == 200
 
 
@@ -180,10 +185,7 @@ def test_postgresql_down_is_503_and_recovers_by_itself(
         assert shared_client.get("/readyz").status_code == 503
     finally:
         postgres.resume()
-    deadline = time.monotonic() + 15
-    while _status(shared_client, "/v1/analytics/reports")[0] != 200:
-        assert time.monotonic() < deadline, "did not recover after PostgreSQL came back"
-        time.sleep(0.2)
+    _recovers(shared_client, "/v1/analytics/reports", 15, "PostgreSQL")
 
 
 def test_a_command_that_wrote_events_makes_cached_answers_stale(
