@@ -16,6 +16,11 @@ FEED_TYPE_SET = frozenset(
      "node.failed")
 )  # fmt: skip
 FEED_TYPES = "(" + ", ".join(f"'{t}'" for t in sorted(FEED_TYPE_SET)) + ")"
+#: The columns of ``events`` that ``event_states`` reads.
+STATE_COLUMNS = (
+    "tenant", "execution_id", "type", "ts", "workflow_id", "channel", "customer_id",
+    "duration_ms", "error_type", "node_id", "node_type",
+)  # fmt: skip
 NODE_STRUCT = "STRUCT(node_id VARCHAR, node_type VARCHAR, ts TIMESTAMP, ok BOOLEAN, dur BIGINT)"
 
 TERMINAL_STRUCT = (
@@ -50,8 +55,9 @@ FINAL_COLUMNS = (
 )
 
 
-def event_states(where: str) -> str:
-    """State rows of the execution events matching ``where`` (on table ``events``)."""
+def event_states(where: str, source: str = "events") -> str:
+    """State rows of the execution events of ``source`` (``events``, or a table of its
+    ``STATE_COLUMNS``) matching ``where``."""
     return f"""
     SELECT tenant, execution_id,
         CASE WHEN type = 'execution.started' THEN
@@ -69,7 +75,7 @@ def event_states(where: str) -> str:
             [{{'node_id': node_id, 'node_type': node_type, 'ts': ts,
                'ok': type = 'node.completed', 'dur': duration_ms}}::{NODE_STRUCT}]
         END AS n
-    FROM events
+    FROM {source}
     WHERE type IN {FEED_TYPES} AND {where}
     """
 

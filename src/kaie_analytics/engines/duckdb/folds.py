@@ -20,9 +20,10 @@ from typing import Any
 
 import duckdb
 
-from kaie_analytics.engines.duckdb import active_customers, rollups
+from kaie_analytics.engines.duckdb import active_customers, folded_ids, rollups
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb.derived import DERIVED, compact_statements
+from kaie_analytics.engines.duckdb.folded_ids import FoldedExecutions
 from kaie_analytics.engines.duckdb.progress import Progress
 from kaie_analytics.engines.duckdb.rollup_cache import RollupCache
 from kaie_analytics.engines.duckdb.schema import FEEDS, WATERMARK_KEYS
@@ -54,9 +55,11 @@ class Folder:
         compact_after_events: int,
         compact_idle_s: float,
         chunk_rows: int,
+        folded: FoldedExecutions,
         fold_piece_events: int = FOLD_PIECE_EVENTS,
     ) -> None:
         self._con = con
+        self._folded_ids = folded
         self._progress = progress
         self._rollup_cache = rollup_cache
         self.compact_after_events = compact_after_events
@@ -237,29 +240,47 @@ class Folder:
         con.execute(
             f"CREATE TEMP TABLE delta AS {xsql.event_states(f'seq > {low} AND seq <= {int(new_seq)}')}"
         )
-        con.execute(
-            "CREATE TEMP TABLE merged AS "
-            + xsql.merge_and_finalise(
+        # Only executions that may have a row are looked up (most new events start
+        # executions that have none): each lookup scans the table otherwise.
+        had_row = self._folded_ids.may_have_row(folded_ids.distinct_ids(con, "delta"))
+        con.register("had_row", had_row.select(["tenant", "execution_id"]))
+        try:
+            old_rows = (
                 "SELECT tenant, execution_id, s, c, f, nodes AS n FROM executions"
-                " WHERE (tenant, execution_id) IN (SELECT DISTINCT tenant, execution_id FROM delta)"
-                " UNION ALL SELECT * FROM delta"
+                " WHERE (tenant, execution_id) IN (SELECT tenant, execution_id FROM had_row)"
+                " UNION ALL "
+                if had_row.num_rows
+                else ""
             )
-        )
-        # Every slot an execution leaves or joins: its rollups are rebuilt below.
-        slot = rollups.slot_of("started_at")
-        con.execute(
-            f"""CREATE TEMP TABLE touched_slots AS
-            SELECT DISTINCT tenant, workflow_id, {slot} AS slot FROM executions
-            WHERE (tenant, execution_id) IN (SELECT tenant, execution_id FROM merged)
-              AND workflow_id IS NOT NULL AND started_at IS NOT NULL
-            UNION
-            SELECT DISTINCT tenant, workflow_id, {slot} FROM merged
-            WHERE workflow_id IS NOT NULL AND started_at IS NOT NULL"""
-        )
-        con.execute(
-            "DELETE FROM executions WHERE (tenant, execution_id) IN"
-            " (SELECT tenant, execution_id FROM merged)"
-        )
+            con.execute(
+                "CREATE TEMP TABLE merged AS "
+                + xsql.merge_and_finalise(f"{old_rows}SELECT * FROM delta")
+            )
+            # Every slot an execution leaves or joins: its rollups are rebuilt below.
+            slot = rollups.slot_of("started_at")
+            left = (
+                f"""SELECT DISTINCT tenant, workflow_id, {slot} AS slot FROM executions
+                WHERE (tenant, execution_id) IN (SELECT tenant, execution_id FROM had_row)
+                  AND workflow_id IS NOT NULL AND started_at IS NOT NULL
+                UNION
+                """
+                if had_row.num_rows
+                else ""
+            )
+            con.execute(
+                f"""CREATE TEMP TABLE touched_slots AS {left}
+                SELECT DISTINCT tenant, workflow_id, {slot} AS slot FROM merged
+                WHERE workflow_id IS NOT NULL AND started_at IS NOT NULL"""
+            )
+            if had_row.num_rows:
+                con.execute(
+                    "DELETE FROM executions WHERE (tenant, execution_id) IN"
+                    " (SELECT tenant, execution_id FROM had_row)"
+                )
+        finally:
+            con.unregister("had_row")
+        # Before the commit: a reader of the new rows finds them in the index.
+        self._folded_ids.add(con, "merged")
         active_customers.number_customers(con, "merged")
         con.execute(
             """INSERT INTO executions

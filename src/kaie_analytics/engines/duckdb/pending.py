@@ -19,7 +19,6 @@ and its merged state (``s``, ``c``, ``f``, ``nodes``) for the next merge.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kaie_analytics.engines.duckdb import executions_sql as xsql
-from kaie_analytics.engines.duckdb.times import SLOT_US
+from kaie_analytics.engines.duckdb import folded_ids
+from kaie_analytics.engines.duckdb.times import SLOT_US, epoch_us
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -41,29 +41,25 @@ _ROW = ("execution_id", "workflow_id", "started_at", "channel", "error_type", "s
 _COLUMNS = ", ".join(_ROW)
 
 
-def _extend_sql(since_last: str) -> str:
-    """One statement: the folded rows newly changed (``new`` false) and the merged rows of
-    every execution the events of ``since_last`` change (``new`` true)."""
+def _extend_sql(*, look_up: bool) -> str:
+    """One statement: the folded rows of the executions in ``look_up`` (``new`` false),
+    and the merged rows of every execution ``delta`` changes (``new`` true), from
+    their states in ``prev``, those folded rows and ``delta``."""
+    fresh = """SELECT execution_id, workflow_id, started_at, channel, error_type, status,
+            duration_ms, customer_num AS num, customer_id, nodes, s, c, f
+        FROM executions
+        WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM look_up)"""
     merged = xsql.merge_and_finalise(
         "SELECT $tenant AS tenant, execution_id, s, c, f, nodes AS n FROM prev"
-        " WHERE execution_id IN (SELECT execution_id FROM delta)"
-        " UNION ALL SELECT $tenant, execution_id, s, c, f, nodes FROM fresh"
-        " UNION ALL SELECT * FROM delta"
+        + (" UNION ALL SELECT $tenant, execution_id, s, c, f, nodes FROM fresh" if look_up else "")
+        + " UNION ALL SELECT tenant, execution_id, s, c, f, n FROM delta"
     )
     return f"""
-    WITH delta AS ({xsql.event_states(since_last)}),
-    fresh AS (
-        SELECT execution_id, workflow_id, started_at, channel, error_type, status, duration_ms,
-            customer_num AS num, customer_id, nodes, s, c, f
-        FROM executions
-        WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM delta)
-          AND execution_id NOT IN (SELECT execution_id FROM prev)
-    ),
+    WITH {f"fresh AS ({fresh})," if look_up else ""}
     merged AS ({merged})
-    SELECT false AS new, {_COLUMNS}, s, c, f FROM fresh
-    UNION ALL
-    SELECT true, m.execution_id, m.workflow_id, m.started_at, m.channel, m.error_type, m.status,
-        m.duration_ms, k.num, m.customer_id, m.nodes, m.s, m.c, m.f
+    {f"SELECT false AS new, {_COLUMNS}, s, c, f FROM fresh UNION ALL" if look_up else ""}
+    SELECT true AS new, m.execution_id, m.workflow_id, m.started_at, m.channel, m.error_type,
+        m.status, m.duration_ms, k.num, m.customer_id, m.nodes, m.s, m.c, m.f
     FROM merged m LEFT JOIN (
         SELECT customer_id, num FROM customer_numbers
         WHERE tenant = $tenant AND customer_id IN (SELECT customer_id FROM merged)
@@ -73,12 +69,17 @@ def _extend_sql(since_last: str) -> str:
 
 @dataclass(frozen=True)
 class Merged:
-    """One tenant's pending executions: as of the fold at ``since``, up to seq ``upto``."""
+    """One tenant's pending executions: as of the fold at ``since``, up to seq ``upto``.
+
+    ``merged`` holds the merged states for the next merge; the columns answers read
+    are kept converted (``_columns``), each extension converting only its own rows.
+    """
 
     since: int
     upto: int
-    folded: pa.Table
     merged: pa.Table
+    folded_columns: Columns
+    merged_columns: Columns
 
     def rows(self, workflow_id: str, lo: datetime, hi: datetime) -> Columns:
         """The changed executions of the workflow started in [lo, hi], both versions:
@@ -86,31 +87,40 @@ class Merged:
         num, customer_id, nodes); ``new`` false for a folded row (where it is counted
         now), true for its merged one (where it is to be counted). A missing
         duration or customer number is -1, other missing values None."""
+        lo_us, hi_us = epoch_us(lo), epoch_us(hi)
         parts = []
-        bounds = (pa.scalar(lo, pa.timestamp("us")), pa.scalar(hi, pa.timestamp("us")))
-        for new, table in ((False, self.folded), (True, self.merged)):
-            if table.num_rows:
-                keep = pc.and_(
-                    pc.equal(table["workflow_id"], workflow_id),
-                    pc.and_(
-                        pc.greater_equal(table["started_at"], bounds[0]),
-                        pc.less_equal(table["started_at"], bounds[1]),
-                    ),
-                )
-                parts.append((new, table.filter(pc.fill_null(keep, False))))
-        out: dict[str, list[np.ndarray]] = defaultdict(list)
-        for new, table in parts:
-            t = pc.cast(table["started_at"], pa.int64()).to_numpy()
-            out["new"].append(np.full(len(t), new))
-            out["t"].append(t)
-            out["slot"].append(t // SLOT_US)
-            for name in ("status", "duration_ms", "num"):
-                values = pc.cast(table[name], pa.int64())
-                out[name].append(pc.fill_null(values, -1).to_numpy())
-            for name in ("execution_id", "channel", "error_type", "customer_id", "nodes"):
-                out[name].append(_objects(table[name]))
-        names = ("new", "slot", "t", *(n for n in _ROW if n not in ("started_at", "workflow_id")))
-        return {n: np.concatenate(out[n]) if out[n] else np.empty(0, object) for n in names}
+        for new, columns in ((False, self.folded_columns), (True, self.merged_columns)):
+            t = columns["t"]
+            keep = (columns["workflow_id"] == workflow_id) & (t >= lo_us) & (t <= hi_us)
+            part = {name: values[keep] for name, values in columns.items() if name != "workflow_id"}
+            part["new"] = np.full(int(keep.sum()), new)
+            parts.append(part)
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _columns(table: pa.Table) -> Columns:
+    """The columns of rows of ``_ROW`` that ``Merged.rows`` reads, as NumPy arrays:
+    ``t`` (the start, µs since the epoch; a NULL start never matches) and ``slot``
+    for ``started_at``, -1 for a missing number, None for other missing values."""
+    t = pc.fill_null(pc.cast(table["started_at"], pa.int64()), _NO_START).to_numpy()
+    out: Columns = {"t": t, "slot": t // SLOT_US}
+    for name in ("status", "duration_ms", "num"):
+        out[name] = pc.fill_null(pc.cast(table[name], pa.int64()), -1).to_numpy()
+    for name in ("workflow_id", "execution_id", "channel", "error_type", "customer_id", "nodes"):
+        out[name] = _objects(table[name])
+    return out
+
+
+def _take(columns: Columns, keep: np.ndarray) -> Columns:
+    return {name: values[keep] for name, values in columns.items()}
+
+
+def _concat(a: Columns, b: Columns) -> Columns:
+    return {name: np.concatenate([a[name], b[name]]) for name in a}
+
+
+#: The start of an execution with none (no start and no terminal time): outside any period.
+_NO_START = np.iinfo(np.int64).min
 
 
 def _objects(column: pa.ChunkedArray) -> np.ndarray:
@@ -148,24 +158,45 @@ class PendingMerge:
             f"SELECT false AS new, {_COLUMNS}, s, c, f FROM"
             " (SELECT *, customer_num AS num FROM executions LIMIT 0)"
         )
-        return Merged(since, since, empty.drop_columns(["new"]), empty.drop_columns(["new"]))
+        columns = _columns(empty)
+        return Merged(since, since, empty.drop_columns(["new"]), columns, columns)
 
     def _extend(self, tenant: str, m: Merged, upto: int) -> Merged:
         """``m`` with the events in (m.upto, upto] merged in."""
-        since_last = f"tenant = $tenant AND seq > {int(m.upto)} AND seq <= {int(upto)}"
-        got = self._store.query_arrow(
-            _extend_sql(since_last), {"tenant": tenant}, {"prev": m.merged}
+        store, params = self._store, {"tenant": tenant}
+        feed = store.recent.between(tenant, m.upto, upto)
+        if feed is None:  # not all of them in memory: read them from the table
+            states = xsql.event_states(
+                f"tenant = $tenant AND seq > {int(m.upto)} AND seq <= {int(upto)}"
+            )
+        else:
+            states = xsql.event_states("true", source="feed")
+        delta = store.query_arrow(
+            f"SELECT *, {folded_ids.HASH} AS h FROM ({states})",
+            params,
+            {"feed": feed} if feed is not None else None,
         )
-        if not got.num_rows:
-            return Merged(m.since, upto, m.folded, m.merged)
+        if not delta.num_rows:
+            return Merged(m.since, upto, m.merged, m.folded_columns, m.merged_columns)
+        ids = delta.select(["tenant", "execution_id", "h"])
+        # The folded rows to look up: of executions new to this merge that have one.
+        look_up = folded_ids.without(store.folded_ids.may_have_row(ids), m.merged["execution_id"])
+        prev = m.merged.filter(pc.is_in(m.merged["execution_id"], delta["execution_id"]))
+        got = store.query_arrow(
+            _extend_sql(look_up=bool(look_up.num_rows)),
+            params,
+            {"prev": prev, "delta": delta.drop_columns(["h"]), "look_up": look_up},
+        )
         new = got["new"]
         changed = got.filter(new).drop_columns(["new"])
-        unchanged = m.merged.filter(
-            pc.invert(pc.is_in(m.merged["execution_id"], changed["execution_id"]))
+        fresh = got.filter(pc.invert(new)).drop_columns(["new"])
+        kept = pc.invert(pc.is_in(m.merged["execution_id"], changed["execution_id"])).to_numpy(
+            zero_copy_only=False
         )
         return Merged(
             m.since,
             upto,
-            pa.concat_tables([m.folded, got.filter(pc.invert(new)).drop_columns(["new"])]),
-            pa.concat_tables([unchanged, changed]),
+            pa.concat_tables([m.merged.filter(kept), changed]),
+            _concat(m.folded_columns, _columns(fresh)),
+            _concat(_take(m.merged_columns, kept), _columns(changed)),
         )

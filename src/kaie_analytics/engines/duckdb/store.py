@@ -28,6 +28,7 @@ from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb import rollups
 from kaie_analytics.engines.duckdb.dedupe import IdIndex
 from kaie_analytics.engines.duckdb.derived import Derived, current_rows
+from kaie_analytics.engines.duckdb.folded_ids import FoldedExecutions
 from kaie_analytics.engines.duckdb.folds import (
     FOLD_PIECE_EVENTS,
     Folder,
@@ -36,6 +37,7 @@ from kaie_analytics.engines.duckdb.folds import (
 )
 from kaie_analytics.engines.duckdb.pending import PendingMerge
 from kaie_analytics.engines.duckdb.progress import Progress
+from kaie_analytics.engines.duckdb.recent import RecentFeed
 from kaie_analytics.engines.duckdb.rollup_cache import RollupCache
 from kaie_analytics.engines.duckdb.schema import DDL, utcnow
 from kaie_analytics.engines.duckdb.workflow_names import WorkflowNames
@@ -120,6 +122,9 @@ class DuckDBEventStore:
         self._names = WorkflowNames(self._con)
         self.rollup_cache = RollupCache(self, rollup_cache_bytes)
         self.pending = PendingMerge(self)
+        #: The feed events of the latest commits, and which executions have a row.
+        self.recent = RecentFeed(self.progress.seq)
+        self.folded_ids = FoldedExecutions(self._con)
         self._closed = False
         self._local = threading.local()
         #: Runs the independent statements of one answer side by side (``query_all``).
@@ -134,10 +139,11 @@ class DuckDBEventStore:
             compact_after_events=compact_after_events,
             compact_idle_s=compact_idle_s,
             chunk_rows=chunk_rows,
+            folded=self.folded_ids,
             fold_piece_events=fold_piece_events,
         )
         self._writer = Writer(
-            self._con, self.progress, IdIndex(hashes), self._names, self.folder.wake
+            self._con, self.progress, IdIndex(hashes), self._names, self.recent, self.folder.wake
         )
 
     @staticmethod

@@ -24,6 +24,7 @@ import pyarrow as pa
 from kaie_analytics.analytics.facts import AppendResult, Workflow
 from kaie_analytics.engines.duckdb.dedupe import IdIndex
 from kaie_analytics.engines.duckdb.progress import Progress
+from kaie_analytics.engines.duckdb.recent import RecentFeed
 from kaie_analytics.engines.duckdb.schema import feed_counts, utcnow
 from kaie_analytics.engines.duckdb.workflow_names import WorkflowNames
 from kaie_analytics.errors import StoreUnavailable
@@ -54,9 +55,11 @@ class Writer:
         progress: Progress,
         ids: IdIndex,
         names: WorkflowNames,
+        recent: RecentFeed,
         after_commit: Callable[[], None],
     ) -> None:
         self._con = con
+        self._recent = recent
         self._progress = progress
         self._ids = ids
         self._names = names
@@ -157,6 +160,7 @@ class Writer:
                     raise
                 finally:
                     con.unregister("kept")
+                self._recent.add(old_seq + kept_n, kept, self._progress.watermarks["executions"])
                 self._progress.committed(old_seq, kept_n, counts)
                 self._ids.add(kept_hashes)
                 self._names.apply(wf_changes)
