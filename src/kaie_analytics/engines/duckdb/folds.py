@@ -36,6 +36,9 @@ log = logging.getLogger("kaie_analytics.store")
 #: out-of-memory error, grown back after each fold that succeeds.
 FOLD_PIECE_EVENTS = 1_000_000
 MIN_FOLD_PIECE = 1_000
+#: The tables whose folds change what workflow answers read (``rollup_cache``): only
+#: their commits make a reader read again.
+ROLLUP_FEEDS = frozenset({"executions", "message_slots"})
 #: ``executions`` is rewritten in scan order once this share of it arrived unsorted.
 RESORT_RATIO = 0.25
 
@@ -213,7 +216,8 @@ class Folder:
             con.execute(
                 "UPDATE store_state SET value = ? WHERE key = ?", [new_seq, WATERMARK_KEYS[name]]
             )
-            p.rollup_gen += 1  # odd: a fold is committing (see rollup_cache)
+            if name in ROLLUP_FEEDS:
+                p.rollup_gen += 1  # odd: a fold is committing (see rollup_cache)
             con.execute("COMMIT")
             # Before the generation is even again: a reader of it sees these.
             before_open = (

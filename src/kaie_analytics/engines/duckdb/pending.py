@@ -41,10 +41,11 @@ _ROW = ("execution_id", "workflow_id", "started_at", "channel", "error_type", "s
 _COLUMNS = ", ".join(_ROW)
 
 
-def _extend_sql(*, look_up: bool) -> str:
+def _extend_sql(*, look_up: bool, states: str | None) -> str:
     """One statement: the folded rows of the executions in ``look_up`` (``new`` false),
     and the merged rows of every execution ``delta`` changes (``new`` true), from
-    their states in ``prev``, those folded rows and ``delta``."""
+    their states in ``prev``, those folded rows and ``delta`` (the state rows of the
+    new events: a table, or the query ``states``)."""
     fresh = """SELECT execution_id, workflow_id, started_at, channel, error_type, status,
             duration_ms, customer_num AS num, customer_id, nodes, s, c, f
         FROM executions
@@ -55,7 +56,8 @@ def _extend_sql(*, look_up: bool) -> str:
         + " UNION ALL SELECT tenant, execution_id, s, c, f, n FROM delta"
     )
     return f"""
-    WITH {f"fresh AS ({fresh})," if look_up else ""}
+    WITH {f"delta AS ({states})," if states else ""}
+    {f"fresh AS ({fresh})," if look_up else ""}
     merged AS ({merged})
     {f"SELECT false AS new, {_COLUMNS}, s, c, f FROM fresh UNION ALL" if look_up else ""}
     SELECT true AS new, m.execution_id, m.workflow_id, m.started_at, m.channel, m.error_type,
@@ -165,27 +167,31 @@ class PendingMerge:
         """``m`` with the events in (m.upto, upto] merged in."""
         store, params = self._store, {"tenant": tenant}
         feed = store.recent.between(tenant, m.upto, upto)
+        states: str | None
         if feed is None:  # not all of them in memory: read them from the table
-            states = xsql.event_states(
-                f"tenant = $tenant AND seq > {int(m.upto)} AND seq <= {int(upto)}"
+            since_last = f"tenant = $tenant AND seq > {int(m.upto)} AND seq <= {int(upto)}"
+            delta = store.query_arrow(
+                f"SELECT *, {folded_ids.HASH} AS h FROM ({xsql.event_states(since_last)})",
+                params,
             )
+            ids = delta.select(["tenant", "execution_id", "h"])
+            tables, states = {"delta": delta.drop_columns(["h"])}, None
         else:
-            states = xsql.event_states("true", source="feed")
-        delta = store.query_arrow(
-            f"SELECT *, {folded_ids.HASH} AS h FROM ({states})",
-            params,
-            {"feed": feed} if feed is not None else None,
-        )
-        if not delta.num_rows:
+            ids = store.query_arrow(
+                f"SELECT DISTINCT tenant, execution_id, {folded_ids.HASH} AS h FROM feed",
+                None,
+                {"feed": feed},
+            )
+            tables, states = {"feed": feed}, xsql.event_states("true", source="feed")
+        if not ids.num_rows:
             return Merged(m.since, upto, m.merged, m.folded_columns, m.merged_columns)
-        ids = delta.select(["tenant", "execution_id", "h"])
         # The folded rows to look up: of executions new to this merge that have one.
         look_up = folded_ids.without(store.folded_ids.may_have_row(ids), m.merged["execution_id"])
-        prev = m.merged.filter(pc.is_in(m.merged["execution_id"], delta["execution_id"]))
+        prev = m.merged.filter(pc.is_in(m.merged["execution_id"], ids["execution_id"]))
         got = store.query_arrow(
-            _extend_sql(look_up=bool(look_up.num_rows)),
+            _extend_sql(look_up=bool(look_up.num_rows), states=states),
             params,
-            {"prev": prev, "delta": delta.drop_columns(["h"]), "look_up": look_up},
+            {**tables, "prev": prev, "look_up": look_up},
         )
         new = got["new"]
         changed = got.filter(new).drop_columns(["new"])

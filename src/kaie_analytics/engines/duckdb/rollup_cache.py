@@ -50,9 +50,6 @@ T = TypeVar("T")
 _UNKNOWN = 2**63 - 1
 #: Folds remembered; a cache further behind than this starts afresh.
 LOG_FOLDS = 1024
-#: Reads retried when folds keep committing under them (each takes milliseconds,
-#: folds come seconds apart: more than one retry is rare).
-ATTEMPTS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +514,10 @@ def read_with_rollups(
     """The workflow's rollups over [first_slot, last_slot] and ``read(rollups)``, of one
     fold."""
     first, last = first_slot // SLOTS_PER_DAY, last_slot // SLOTS_PER_DAY
-    for _ in range(ATTEMPTS):
+    # Folds commit in milliseconds, seconds apart: more than one retry is rare, but a
+    # loaded machine may need several, so retry for as long as a query may run.
+    deadline = time.monotonic() + store.query_timeout_s
+    while time.monotonic() < deadline:
         gen = store.rollup_gen
         if gen % 2 == 0:
             rolled = store.rollup_cache.days(tenant, workflow_id, first, last, gen)
