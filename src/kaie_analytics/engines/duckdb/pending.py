@@ -41,7 +41,10 @@ _ROW = ("execution_id", "workflow_id", "started_at", "channel", "error_type", "s
 _COLUMNS = ", ".join(_ROW)
 
 
-def _extend_sql(*, look_up: bool, states: str | None) -> str:
+_STATE = "$tenant AS tenant, execution_id, s, c, f, nodes AS n"
+
+
+def _extend_sql(*, prev: bool, look_up: bool, states: str | None) -> str:
     """One statement: the folded rows of the executions in ``look_up`` (``new`` false),
     and the merged rows of every execution ``delta`` changes (``new`` true), from
     their states in ``prev``, those folded rows and ``delta`` (the state rows of the
@@ -51,9 +54,14 @@ def _extend_sql(*, look_up: bool, states: str | None) -> str:
         FROM executions
         WHERE tenant = $tenant AND execution_id IN (SELECT execution_id FROM look_up)"""
     merged = xsql.merge_and_finalise(
-        "SELECT $tenant AS tenant, execution_id, s, c, f, nodes AS n FROM prev"
-        + (" UNION ALL SELECT $tenant, execution_id, s, c, f, nodes FROM fresh" if look_up else "")
-        + " UNION ALL SELECT tenant, execution_id, s, c, f, n FROM delta"
+        " UNION ALL ".join(
+            [
+                # Each branch named: whichever comes first names the columns.
+                *([f"SELECT {_STATE} FROM prev"] if prev else []),
+                *([f"SELECT {_STATE} FROM fresh"] if look_up else []),
+                "SELECT tenant, execution_id, s, c, f, n FROM delta",
+            ]
+        )
     )
     return f"""
     WITH {f"delta AS ({states})," if states else ""}
@@ -188,10 +196,14 @@ class PendingMerge:
         # The folded rows to look up: of executions new to this merge that have one.
         look_up = folded_ids.without(store.folded_ids.may_have_row(ids), m.merged["execution_id"])
         prev = m.merged.filter(pc.is_in(m.merged["execution_id"], ids["execution_id"]))
+        if prev.num_rows:
+            tables["prev"] = prev
+        if look_up.num_rows:
+            tables["look_up"] = look_up
         got = store.query_arrow(
-            _extend_sql(look_up=bool(look_up.num_rows), states=states),
+            _extend_sql(prev="prev" in tables, look_up="look_up" in tables, states=states),
             params,
-            {**tables, "prev": prev, "look_up": look_up},
+            tables,
         )
         new = got["new"]
         changed = got.filter(new).drop_columns(["new"])
