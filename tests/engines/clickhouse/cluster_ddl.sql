@@ -69,10 +69,13 @@ CREATE TABLE IF NOT EXISTS executions_state_local ON CLUSTER `analytics` (
     has_f SimpleAggregateFunction(max, UInt8),
     s AggregateFunction(argMin, Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)), DateTime64(6, 'UTC')),
     c AggregateFunction(argMax, Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)), DateTime64(6, 'UTC')),
-    f AggregateFunction(argMax, Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)), DateTime64(6, 'UTC'))
+    f AggregateFunction(argMax, Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)), DateTime64(6, 'UTC')),
+    nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)))
 ) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/executions_state', '{replica}')
 ORDER BY (tenant, execution_id)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE executions_state_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS executions_state_mv ON CLUSTER `analytics` TO executions_state_local
 AS SELECT tenant, assumeNotNull(execution_id) AS execution_id,
@@ -81,11 +84,14 @@ AS SELECT tenant, assumeNotNull(execution_id) AS execution_id,
     max(type = 'execution.failed') AS has_f,
     argMinStateIf(_state, ts, type = 'execution.started') AS s,
     argMaxStateIf(_state, ts, type = 'execution.completed') AS c,
-    argMaxStateIf(_state, ts, type = 'execution.failed') AS f
+    argMaxStateIf(_state, ts, type = 'execution.failed') AS f,
+    groupUniqArrayStateIf(_node, type IN ('node.completed', 'node.failed')) AS nodes
 FROM (
     SELECT *, CAST((ts, duration_ms, workflow_id, channel, customer_id, error_type) AS Tuple(DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String)))
-        AS _state
-    FROM events_local WHERE type IN ('execution.started', 'execution.completed', 'execution.failed') AND execution_id IS NOT NULL
+        AS _state,
+        CAST((event_id, ifNull(node_id, ''), ifNull(node_type, ''), ts,
+              type = 'node.completed', duration_ms) AS Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64))) AS _node
+    FROM events_local WHERE type IN ('execution.started', 'execution.completed', 'execution.failed', 'node.completed', 'node.failed') AND execution_id IS NOT NULL
 )
 GROUP BY tenant, execution_id;
 
@@ -121,11 +127,14 @@ CREATE TABLE IF NOT EXISTS executions_local ON CLUSTER `analytics` (
     duration_ms Nullable(Int64),
     error_type Nullable(String),
     version UInt64,
-    deleted UInt8
+    deleted UInt8,
+    nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)))
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/executions', '{replica}', version, deleted)
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, workflow_id, started_at, execution_id)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE executions_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
 CREATE TABLE IF NOT EXISTS execution_keys_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -160,3 +169,7 @@ CREATE TABLE IF NOT EXISTS executions ON CLUSTER `analytics` AS executions_local
 CREATE TABLE IF NOT EXISTS execution_keys ON CLUSTER `analytics` AS execution_keys_local ENGINE = Distributed(`analytics`, currentDatabase(), execution_keys_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS engine_state ON CLUSTER `analytics` AS engine_state_local ENGINE = Distributed(`analytics`, currentDatabase(), engine_state_local, sipHash64(tenant));
+
+ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
+
+ALTER TABLE executions ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));

@@ -180,3 +180,38 @@ def test_parameters_arrive_as_given(transport: ChdbTransport, value: str) -> Non
         {"s": value, "a": [value, "x'y"], "n": None},
     ).to_pylist()
     assert got == [{"s": value, "a": [value, "x'y"], "n": None}]
+
+
+def test_a_store_of_layout_4_gets_its_executions_node_events(tmp_path: Path) -> None:
+    """Node events ride along with their execution since layout 5: opening an older
+    store folds every execution again with them (and adding their states twice changes
+    nothing)."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+    events: list[dict[str, object]] = []
+    for i in range(10):
+        node = {"workflow_id": "wf", "execution_id": f"x{i}", "node_id": f"n{i % 3}",
+                "node_type": "llm", "timestamp": iso(t0 + timedelta(seconds=1))}  # fmt: skip
+        events += [
+            _started(i, t0),
+            {**node, "id": f"n{i}", "type": "node.completed", "duration_ms": 10 * i},
+            {**node, "id": f"m{i}", "type": "node.failed", "error_type": "timeout"},
+        ]
+    engine.append("acme", _valid(events)).result()
+    engine.settle()
+    window = Window(t0 - timedelta(hours=1), t0 + timedelta(hours=1))
+    q = ActivityQuery("acme", (window,), (Ask((0,), frozenset({"nodes"}), ("node_id",)),))
+    want = engine.activity(q)
+    assert sorted(k[1] for k in want[0]) == ["n0", "n1", "n2"]
+    assert sum(c.node_events for c in want[0].values()) == 20
+    # As layout 4 left a store: folded rows without their node events.
+    engine.transport.command("ALTER TABLE executions DROP COLUMN nodes")
+    folds.set_state(engine.transport, "layout", 4)
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        again.settle()
+        assert again.activity(q) == want
+    finally:
+        again.close()

@@ -1,7 +1,7 @@
 """Facts of executions, nodes and messages (``ActivityQuery``) in ClickHouse SQL.
 
 Per ask, one aggregate over the tenant's executions (merged from their events,
-``sql.executions``), one over their node events when nodes are asked, and one
+``sql.executions``), one over the node events they carry when nodes are asked, and one
 over messages and feedback; each row is put in every window its time is in.
 Percentiles follow numpy's linear interpolation to the bit (the sorted
 durations of a cell, then numpy's own formula), so they equal the DuckDB
@@ -143,16 +143,12 @@ def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tu
     executions = f"SELECT * FROM ({sql.executions(in_period, pending=pending)}) WHERE {in_period}"
     m = ask.measures
     if "nodes" in m:
-        # The period's executions are the side held in memory; node events stream by.
-        node_events = sql.tenant_events(
-            sql.NODE_TYPES, "execution_id, node_id, node_type, ts, type, duration_ms"
-        )
+        # Each execution carries its node events (``schema.NODE``).
         nodes = f"""SELECT e.started_at AS started_at, e.channel AS channel,
                 e.workflow_id AS workflow_id, e.customer_id AS customer_id,
-                e.error_type AS error_type, n.node_id AS node_id, n.node_type AS node_type,
-                n.ts AS ts, n.type = 'node.completed' AS ok, n.duration_ms AS dur
-            FROM ({node_events}) n
-            INNER JOIN ({executions}) e ON n.execution_id = e.execution_id"""
+                e.error_type AS error_type, n.2 AS node_id, n.3 AS node_type,
+                n.4 AS ts, n.5 = 1 AS ok, n.6 AS dur
+            FROM ({executions}) e ARRAY JOIN e.nodes AS n"""
         out.append(
             (
                 _aggregate(q, ask, nodes, "started_at", exec_dims, [_NODE_SUMS]),

@@ -59,7 +59,7 @@ class ClickHouseEngine:
         self.transport = transport
         for statement in ddl(cluster):
             transport.command(statement)
-        folds.upgrade(transport)
+        folds.upgrade(transport, cluster)
         # Only the embedded engine folds (see ``folds``); on a server, every answer
         # merges the executions from their states.
         self.folder = folds.Folder(transport, fold_idle_s) if transport.embedded else None

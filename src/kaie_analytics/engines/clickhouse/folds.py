@@ -30,12 +30,14 @@ from __future__ import annotations
 import logging
 import threading
 
-from kaie_analytics.engines.clickhouse import sql
+from kaie_analytics.engines.clickhouse import schema, sql
 from kaie_analytics.engines.clickhouse.schema import (
     CUSTOMER_STATES,
-    EXEC_TYPES,
     EXECUTION_STATES,
+    FEED_TYPES,
     LAYOUT,
+    NODE_TYPES,
+    executions_state_view,
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
 
@@ -44,7 +46,7 @@ log = logging.getLogger("kaie_analytics.store")
 WATERMARK = "executions_folded"
 _TOUCHED = (
     "SELECT DISTINCT execution_id FROM events"
-    " WHERE tenant = {tenant:String} AND type IN " + EXEC_TYPES
+    " WHERE tenant = {tenant:String} AND type IN " + FEED_TYPES
     + " AND execution_id IS NOT NULL"
     " AND ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
     " AND ingested_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
@@ -56,7 +58,7 @@ _MERGED = sql.merged_executions(
 _NEW_ROWS = f"""
 SELECT tenant, assumeNotNull(workflow_id) AS workflow_id,
     assumeNotNull(started_at) AS started_at, execution_id, channel, customer_id, status,
-    duration_ms, error_type, {{hi:Int64}} AS version, 0 AS deleted
+    duration_ms, error_type, {{hi:Int64}} AS version, 0 AS deleted, nodes
 FROM (SELECT * FROM ({_MERGED}) WHERE workflow_id IS NOT NULL AND started_at IS NOT NULL)
 """
 _OLD_KEYS = f"""
@@ -67,7 +69,7 @@ FOLD_STATEMENTS = (
     # 1. deleted rows at the keys that changed, then the merged rows
     f"""INSERT INTO executions
     SELECT tenant, workflow_id, started_at, execution_id, NULL, NULL, 0, NULL, NULL,
-        {{hi:Int64}}, 1
+        {{hi:Int64}}, 1, []
     FROM ({_OLD_KEYS})
     WHERE (tenant, workflow_id, started_at, execution_id) NOT IN (
         SELECT tenant, workflow_id, started_at, execution_id FROM ({_NEW_ROWS}))""",
@@ -94,19 +96,29 @@ def set_state(transport: Transport, key: str, value: int) -> None:
     )
 
 
-def upgrade(transport: Transport) -> None:
+def upgrade(transport: Transport, cluster: str | None = None) -> None:
     """Bring a store of an older layout up to ``schema.LAYOUT``: fill the tables that
     are new since with what the events say (tenant by tenant, to bound memory)."""
     layout = state(transport, "layout")
     if layout >= LAYOUT:
         return
+    if layout < 5:  # node events now ride along with their execution's states
+        on = f" ON CLUSTER {schema.identifier(cluster)}" if cluster else ""
+        transport.command(f"DROP VIEW IF EXISTS executions_state_mv{on}")
+        transport.command(executions_state_view(cluster))
     # The aggregate states new since that layout, filled from the events.
-    new_since = ((2, "executions_state", EXECUTION_STATES), (4, "customers_state", CUSTOMER_STATES))
-    fills = [(table, states) for since, table, states in new_since if layout < since]
+    everything = "(SELECT * FROM events WHERE tenant = {tenant:String})"
+    nodes = f"(SELECT * FROM events WHERE tenant = {{tenant:String}} AND type IN {NODE_TYPES})"
+    fills = []
+    if layout < 2:
+        fills.append(("executions_state", EXECUTION_STATES, everything))
+    elif layout < 5:  # the states of the node events only: the others are in
+        fills.append(("executions_state", EXECUTION_STATES, nodes))
+    if layout < 4:
+        fills.append(("customers_state", CUSTOMER_STATES, everything))
     tenants = transport.query("SELECT DISTINCT tenant FROM events").column(0).to_pylist()
-    source = "(SELECT * FROM events WHERE tenant = {tenant:String})"
     for tenant in tenants:
-        for table, states in fills:
+        for table, states, source in fills:
             transport.command(
                 f"INSERT INTO {table} " + states.format(source=source), {"tenant": tenant}
             )
@@ -114,6 +126,8 @@ def upgrade(transport: Transport) -> None:
         transport.command(
             "ALTER TABLE events MATERIALIZE INDEX ingested SETTINGS mutations_sync = 1"
         )
+    if layout < 5:  # folded rows have no nodes yet: fold every execution again
+        set_state(transport, WATERMARK, 0)
     set_state(transport, "layout", LAYOUT)
 
 
@@ -150,7 +164,7 @@ class Folder:
             found = t.query(
                 f"SELECT tenant, {sql.us('max(ingested_at)')} FROM events"
                 " WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
-                f" AND type IN {EXEC_TYPES} GROUP BY tenant",
+                f" AND type IN {FEED_TYPES} GROUP BY tenant",
                 {"lo": lo},
             )
             if not found.num_rows:

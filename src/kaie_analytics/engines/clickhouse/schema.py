@@ -44,8 +44,14 @@ _DURABLE = "fsync_after_insert = 1, fsync_part_directory = 1"
 #: (ts, duration_ms, workflow_id, channel, customer_id, error_type).
 STATE = f"Tuple({TIME}, Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String))"
 EXEC_TYPES = "('execution.started', 'execution.completed', 'execution.failed')"
+NODE_TYPES = "('node.completed', 'node.failed')"
+#: The events an execution's row is made of: its own and its nodes'.
+FEED_TYPES = EXEC_TYPES[:-1] + ", " + NODE_TYPES[1:]
+#: A node event as its execution keeps it: (event_id, node_id, node_type, ts, ok,
+#: duration_ms); the event id makes a copy of the event the same element.
+NODE = f"Tuple(String, String, String, {TIME}, UInt8, Nullable(Int64))"
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 4
+LAYOUT = 5
 
 
 def _engine(kind: str, table: str, cluster: str | None, args: str = "") -> str:
@@ -62,11 +68,14 @@ EXECUTION_STATES = f"""SELECT tenant, assumeNotNull(execution_id) AS execution_i
     max(type = 'execution.failed') AS has_f,
     argMinStateIf(_state, ts, type = 'execution.started') AS s,
     argMaxStateIf(_state, ts, type = 'execution.completed') AS c,
-    argMaxStateIf(_state, ts, type = 'execution.failed') AS f
+    argMaxStateIf(_state, ts, type = 'execution.failed') AS f,
+    groupUniqArrayStateIf(_node, type IN {NODE_TYPES}) AS nodes
 FROM (
     SELECT *, CAST((ts, duration_ms, workflow_id, channel, customer_id, error_type) AS {STATE})
-        AS _state
-    FROM {{source}} WHERE type IN {EXEC_TYPES} AND execution_id IS NOT NULL
+        AS _state,
+        CAST((event_id, ifNull(node_id, ''), ifNull(node_type, ''), ts,
+              type = 'node.completed', duration_ms) AS {NODE}) AS _node
+    FROM {{source}} WHERE type IN {FEED_TYPES} AND execution_id IS NOT NULL
 )
 GROUP BY tenant, execution_id"""
 
@@ -83,9 +92,16 @@ ARRAY JOIN chs AS ch
 GROUP BY tenant, customer_id, ch"""
 
 
+def executions_state_view(cluster: str | None) -> str:
+    """The statement that creates the view keeping ``executions_state``."""
+    on, local = (f" ON CLUSTER {identifier(cluster)}", "_local") if cluster else ("", "")
+    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS executions_state_mv{on} TO executions_state{local}
+AS {EXECUTION_STATES.format(source=f"events{local}")}"""
+
+
 def ddl(cluster: str | None = None) -> list[str]:
     """The statements that create every table (idempotent), in order."""
-    on = f" ON CLUSTER {_identifier(cluster)}" if cluster else ""
+    on = f" ON CLUSTER {identifier(cluster)}" if cluster else ""
     # On a cluster, data lives in ``*_local`` tables and ``events`` etc. are
     # Distributed tables over them; on one server the names are the tables.
     local = "_local" if cluster else ""
@@ -133,12 +149,14 @@ SETTINGS {_DURABLE}""",
     has_f SimpleAggregateFunction(max, UInt8),
     s AggregateFunction(argMin, {STATE}, {TIME}),
     c AggregateFunction(argMax, {STATE}, {TIME}),
-    f AggregateFunction(argMax, {STATE}, {TIME})
+    f AggregateFunction(argMax, {STATE}, {TIME}),
+    nodes AggregateFunction(groupUniqArray, {NODE})
 ) ENGINE = {_engine("AggregatingMergeTree", "executions_state", cluster)}
 ORDER BY (tenant, execution_id)
 SETTINGS {_DURABLE}""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS executions_state_mv{on} TO executions_state{local}
-AS {EXECUTION_STATES.format(source=f"events{local}")}""",
+        f"ALTER TABLE executions_state{local}{on} ADD COLUMN IF NOT EXISTS"
+        f" nodes AggregateFunction(groupUniqArray, {NODE})",
+        executions_state_view(cluster),
         # Per customer and channel (and '' for all channels): when first seen, and
         # when first heard from (``message.received``).
         f"""CREATE TABLE IF NOT EXISTS customers_state{local}{on} (
@@ -166,11 +184,13 @@ AS {CUSTOMER_STATES.format(source=f"events{local}")}""",
     duration_ms Nullable(Int64),
     error_type Nullable(String),
     version UInt64,
-    deleted UInt8
+    deleted UInt8,
+    nodes Array({NODE})
 ) ENGINE = {_engine("ReplacingMergeTree", "executions", cluster, "version, deleted")}
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, workflow_id, started_at, execution_id)
 SETTINGS {_DURABLE}""",
+        f"ALTER TABLE executions{local}{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
         f"""CREATE TABLE IF NOT EXISTS execution_keys{local}{on} (
     tenant LowCardinality(String),
     execution_id String,
@@ -196,12 +216,18 @@ SETTINGS {_DURABLE}""",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
-                f" ENGINE = Distributed({_identifier(cluster)}, currentDatabase(),"
+                f" ENGINE = Distributed({identifier(cluster)}, currentDatabase(),"
                 f" {table}_local, sipHash64(tenant))"
             )
+        # Distributed tables of an older layout: the columns added since.
+        out += [
+            f"ALTER TABLE executions_state{on} ADD COLUMN IF NOT EXISTS"
+            f" nodes AggregateFunction(groupUniqArray, {NODE})",
+            f"ALTER TABLE executions{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
+        ]
     return out
 
 
-def _identifier(name: str) -> str:
+def identifier(name: str) -> str:
     """A cluster name as a quoted identifier."""
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"

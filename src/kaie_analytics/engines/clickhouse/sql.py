@@ -14,10 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import Window
-from kaie_analytics.engines.clickhouse.schema import EXEC_TYPES
+from kaie_analytics.engines.clickhouse.schema import FEED_TYPES
 
 EPOCH = datetime(1970, 1, 1)
-NODE_TYPES = "('node.completed', 'node.failed')"
 MESSAGE_TYPES = "('message.sent', 'message.received')"
 
 
@@ -78,7 +77,8 @@ def merged_executions(where: str, *, with_tenant: bool = False) -> str:
     terminal event decides the status (on equal timestamps, failed wins); duration
     is the deciding event's ``duration_ms``, else its timestamp minus the start
     (never negative); an execution without a start event started at its terminal
-    timestamp minus its duration. ``status``: 0 running, 1 success, 2 failed."""
+    timestamp minus its duration. ``status``: 0 running, 1 success, 2 failed;
+    ``nodes``: its node events (``schema.NODE``), each once."""
     tenant = "tenant, " if with_tenant else ""
     return f"""
 SELECT {tenant}execution_id,
@@ -95,9 +95,10 @@ SELECT {tenant}execution_id,
     multiIf(NOT ended, NULL, w.2 IS NOT NULL, w.2,
             has_s, toNullable(greatest(0, intDiv({us("w.1")} - {us("s.1")}, 1000))), NULL)
         AS duration_ms,
-    if(ended AND NOT c_wins, f.6, NULL) AS error_type
+    if(ended AND NOT c_wins, f.6, NULL) AS error_type,
+    nodes
 FROM (
-    SELECT {tenant}execution_id, has_s, has_c, has_f, s, c, f,
+    SELECT {tenant}execution_id, has_s, has_c, has_f, s, c, f, nodes,
         has_c AND (NOT has_f OR c.1 > f.1) AS c_wins,
         has_c OR has_f AS ended,
         if(c_wins, c, f) AS w,
@@ -106,7 +107,7 @@ FROM (
     FROM (
         SELECT tenant, execution_id, max(has_s) = 1 AS has_s, max(has_c) = 1 AS has_c,
             max(has_f) = 1 AS has_f, argMinMerge(s) AS s, argMaxMerge(c) AS c,
-            argMaxMerge(f) AS f
+            argMaxMerge(f) AS f, groupUniqArrayMerge(nodes) AS nodes
         FROM executions_state WHERE {where}
         GROUP BY tenant, execution_id
     )
@@ -116,14 +117,16 @@ FROM (
 
 #: The columns an execution has, as queries read them.
 EXECUTION_COLUMNS = (
-    "execution_id, workflow_id, channel, customer_id, started_at, status, duration_ms, error_type"
+    "execution_id, workflow_id, channel, customer_id, started_at, status, duration_ms,"
+    " error_type, nodes"
 )
-#: The executions of ``{tenant}`` with events ingested after the fold's watermark
-#: ``{folded:Int64}`` (µs of ``ingested_at``): their folded rows are stale.
+#: The executions of ``{tenant}`` with events (their own or their nodes') ingested
+#: after the fold's watermark ``{folded:Int64}`` (µs of ``ingested_at``): their
+#: folded rows are stale.
 PENDING = (
     f"SELECT execution_id FROM events WHERE tenant = {{tenant:String}}"
     f" AND ingested_at > fromUnixTimestamp64Micro({{folded:Int64}}, 'UTC')"
-    f" AND type IN {EXEC_TYPES} AND execution_id IS NOT NULL"
+    f" AND type IN {FEED_TYPES} AND execution_id IS NOT NULL"
 )
 
 
