@@ -144,11 +144,12 @@ def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tu
     m = ask.measures
     if "nodes" in m:
         # Each execution carries its node events (``schema.NODE``).
+        with_nodes = sql.executions(in_period, pending=pending, nodes=True)
         nodes = f"""SELECT e.started_at AS started_at, e.channel AS channel,
                 e.workflow_id AS workflow_id, e.customer_id AS customer_id,
                 e.error_type AS error_type, n.2 AS node_id, n.3 AS node_type,
                 n.4 AS ts, n.5 = 1 AS ok, n.6 AS dur
-            FROM ({executions}) e ARRAY JOIN e.nodes AS n"""
+            FROM (SELECT * FROM ({with_nodes}) WHERE {in_period}) e ARRAY JOIN e.nodes AS n"""
         out.append(
             (
                 _aggregate(q, ask, nodes, "started_at", exec_dims, [_NODE_SUMS]),

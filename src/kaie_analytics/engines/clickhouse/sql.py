@@ -117,8 +117,7 @@ FROM (
 
 #: The columns an execution has, as queries read them.
 EXECUTION_COLUMNS = (
-    "execution_id, workflow_id, channel, customer_id, started_at, status, duration_ms,"
-    " error_type, nodes"
+    "execution_id, workflow_id, channel, customer_id, started_at, status, duration_ms, error_type"
 )
 #: The executions of ``{tenant}`` with events (their own or their nodes') ingested
 #: after the fold's watermark ``{folded:Int64}`` (µs of ``ingested_at``): their
@@ -130,18 +129,22 @@ PENDING = (
 )
 
 
-def executions(where: str = "1", *, pending: bool = True) -> str:
+def executions(where: str = "1", *, pending: bool = True, nodes: bool = False) -> str:
     """The current executions of ``{tenant}``: the folded ones (``executions``, those
     matching ``where`` there, an optimisation only), except the ones with events after
     the watermark ``{folded}``, which are merged from their states instead. Without
-    ``pending`` (the tenant has no events after the watermark), the folded ones."""
+    ``pending`` (the tenant has no events after the watermark), the folded ones. With
+    ``nodes``, also the node events each carries (a column only read when needed)."""
+    columns = EXECUTION_COLUMNS + (", nodes" if nodes else "")
     if not pending:
-        return f"SELECT {EXECUTION_COLUMNS} FROM executions FINAL WHERE tenant = {{tenant:String}} AND {where}"
+        return (
+            f"SELECT {columns} FROM executions FINAL WHERE tenant = {{tenant:String}} AND {where}"
+        )
     return f"""
-SELECT {EXECUTION_COLUMNS} FROM executions FINAL
+SELECT {columns} FROM executions FINAL
 WHERE tenant = {{tenant:String}} AND {where} AND execution_id NOT IN ({PENDING})
 UNION ALL
-SELECT {EXECUTION_COLUMNS} FROM ({
+SELECT {columns} FROM ({
         merged_executions("tenant = {tenant:String} AND execution_id IN (" + PENDING + ")")
     })
 """
