@@ -215,3 +215,31 @@ def test_a_store_of_layout_4_gets_its_executions_node_events(tmp_path: Path) -> 
         assert again.activity(q) == want
     finally:
         again.close()
+
+
+def test_opening_makes_whole_what_views_keep_of_inserts_cut_off(tmp_path: Path) -> None:
+    """An insert cut off after its events and before what views derive from them (ids,
+    execution states): at the next opening both are made whole, so the executions
+    count and a retry of the batch is reported as duplicates, not stored again."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+    window = Window(t0 - timedelta(hours=1), t0 + timedelta(hours=1))
+    q = ActivityQuery("acme", (window,), (Ask((0,), frozenset({"executions"})),))
+    engine.append("acme", _valid([_started(0, t0)])).result()
+    engine.settle()
+    for view in ("event_ids_mv", "executions_state_mv"):  # as if the insert stopped there
+        engine.transport.command(f"DETACH TABLE {view}")
+    batch = _valid([_started(i, t0) for i in range(1, 6)])
+    assert engine.append("acme", batch).result().accepted == 5
+    for view in ("event_ids_mv", "executions_state_mv"):
+        engine.transport.command(f"ATTACH TABLE {view}")
+    assert engine.activity(q)[0][(0,)].executions == 1  # the states are missing
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        assert again.activity(q)[0][(0,)].executions == 6
+        retried = again.append("acme", batch).result()
+        assert (retried.accepted, retried.duplicates) == (0, 5)
+    finally:
+        again.close()

@@ -59,7 +59,12 @@ class ClickHouseEngine:
         self.transport = transport
         for statement in ddl(cluster):
             transport.command(statement)
+        # Inserts that were cut off (embedded, this process is the only writer) all
+        # came after the fold's watermark: what views keep of them is made whole.
+        cut_off_after = folds.watermark(transport)
         folds.upgrade(transport, cluster)
+        if transport.embedded:
+            folds.repair(transport, cut_off_after)
         # Only the embedded engine folds (see ``folds``); on a server, every answer
         # merges the executions from their states.
         self.folder = folds.Folder(transport, fold_idle_s) if transport.embedded else None

@@ -131,6 +131,28 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
     set_state(transport, "layout", LAYOUT)
 
 
+def repair(transport: Transport, after_us: int) -> None:
+    """Make what views keep from the events whole, for those ingested after ``after_us``.
+
+    An insert writes the events, then what each view derives from them (ids,
+    execution and customer states), each a part of its own: an insert cut off
+    by a crash, or failing half way, can leave events without those, and a
+    retry of the batch would then be stored again or its executions left out.
+    Every step adds what the events say again, which changes nothing where it
+    is there already.
+    """
+    source = (
+        "(SELECT * FROM events WHERE ingested_at > fromUnixTimestamp64Micro({after:Int64}, 'UTC'))"
+    )
+    params = {"after": after_us}
+    transport.command(f"INSERT INTO event_ids SELECT tenant, event_id FROM {source}", params)
+    for table, states in (
+        ("executions_state", EXECUTION_STATES),
+        ("customers_state", CUSTOMER_STATES),
+    ):
+        transport.command(f"INSERT INTO {table} " + states.format(source=source), params)
+
+
 def watermark(transport: Transport) -> int:
     """µs of ``ingested_at`` up to which executions are folded (0: none yet)."""
     return state(transport, WATERMARK)

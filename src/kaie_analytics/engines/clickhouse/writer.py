@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kaie_analytics.analytics.facts import AppendResult
+from kaie_analytics.engines.clickhouse.folds import repair
 from kaie_analytics.engines.clickhouse.schema import COLUMNS
 from kaie_analytics.engines.clickhouse.sql import epoch_us, utcnow
 from kaie_analytics.engines.clickhouse.transport import Transport
@@ -121,6 +122,7 @@ class Writer:
                 self._transport.insert("events", table.select([n for n, _ in COLUMNS]))
         except Exception as exc:
             log.exception("an insert of %d batches failed", len(group))
+            self._repair_after_failure()
             error = StoreUnavailable("the event store could not store the events")
             error.__cause__ = exc
             for _, _, future in group:
@@ -130,6 +132,14 @@ class Writer:
             self._after_commit(tenants, self._last_us)
         for (_, _, future), result in zip(group, results, strict=True):
             future.set_result(result)
+
+    def _repair_after_failure(self) -> None:
+        """The failed insert may have written its events and not all that views keep
+        of them: add that, so a retry finds the events stored (``folds.repair``)."""
+        try:
+            repair(self._transport, self._last_us - 1)
+        except Exception:  # the store is down: the next start repairs (embedded)
+            log.exception("repairing after a failed insert failed")
 
     def _register_workflows(self, table: pa.Table) -> None:
         """Write the batch's workflows this process has not seen yet, and its names."""
