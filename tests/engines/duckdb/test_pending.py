@@ -3,17 +3,14 @@ or from the table, and look up folded rows alike by the index or for every id.""
 
 from __future__ import annotations
 
-from datetime import UTC
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-import oracle
 from conftest import Api
-from factories import iso
 from kaie_analytics.engines.duckdb import folded_ids, recent
-from test_workflow_metrics import LATE_END, LATE_START, _get, _late_starts, _same_metrics
+from test_workflow_metrics import check_pieces_between_answers
 
 
 @pytest.mark.parametrize("from_memory", [True, False])
@@ -21,27 +18,13 @@ from test_workflow_metrics import LATE_END, LATE_START, _get, _late_starts, _sam
 def test_merges_agree_whichever_path_they_take(
     api: Api, monkeypatch: pytest.MonkeyPatch, from_memory: bool, index: bool
 ) -> None:
-    """Pieces of events between answers, changing executions an earlier piece began
-    and executions already folded: each answer as the oracle's."""
+    """Pieces of events between answers (``check_pieces_between_answers``), each
+    folded after its answers, so the next changes executions with folded rows."""
     if not from_memory:
         monkeypatch.setattr(recent.RecentFeed, "between", lambda *_: None)
     if not index:  # as if every hash collided: every id is looked up
         monkeypatch.setattr(folded_ids.FoldedExecutions, "may_have_row", lambda _, ids: ids)
-    first, late = _late_starts()
-    folded, pending = first[: len(first) // 3], first[len(first) // 3 :]
-    api.send(folded)
-    api.compact()
-    sent = list(folded)
-    period = {"start_date": iso(LATE_START), "end_date": iso(LATE_END)}
-    for piece in [pending[i::3] for i in range(3)] + [late[i::2] for i in range(2)]:
-        api.send(piece)
-        sent += piece
-        got = _get(api, "/v1/analytics/workflows/wf-1", **period)
-        want = oracle.workflow_metrics(sent, "wf-1", LATE_START, LATE_END, "day", UTC)
-        _same_metrics(got, want)
-        perf = _get(api, "/v1/analytics/workflows/wf-1/performance", **period)
-        assert perf["performance"] == oracle.performance(sent, "wf-1", LATE_START, LATE_END, UTC)
-        api.compact()  # the next piece also changes executions with folded rows
+    check_pieces_between_answers(api, fold_each=True)
 
 
 def _commit(feed: recent.RecentFeed, tenant: str, seqs: range, folded_upto: int = 0) -> None:

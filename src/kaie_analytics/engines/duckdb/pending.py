@@ -7,7 +7,11 @@ cost in proportion to the events waiting, so while a tenant streamed, every
 answer paid for the whole backlog. Here the merge is kept per tenant, as of
 one fold (its watermark) and up to one committed seq: the next answer merges
 only the events committed since, into the executions they change, in one
-statement. A fold moves the watermark and the merge starts afresh.
+statement. Those events come from memory when the writer still has them
+(``recent``), and the folded rows of the executions they change are looked
+up only for executions that have one (``folded_ids``): a stream of new
+executions costs no scan of the tenant's events or executions. A fold moves
+the watermark and the merge starts afresh.
 
 Kept as two Arrow tables of the columns answers read: ``folded``, the
 folded rows of the changed executions that had one (where each is counted
