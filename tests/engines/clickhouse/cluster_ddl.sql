@@ -146,6 +146,20 @@ CREATE TABLE IF NOT EXISTS execution_keys_local ON CLUSTER `analytics` (
 ORDER BY (tenant, execution_id)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
+CREATE TABLE IF NOT EXISTS message_slots_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    workflow_id String,
+    slot Int64,
+    channel String,
+    fold Int64,
+    sent UInt64,
+    received UInt64,
+    csat_sum Int64,
+    csat_n UInt64
+) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/message_slots', '{replica}')
+ORDER BY (tenant, workflow_id, slot, channel, fold)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
 CREATE TABLE IF NOT EXISTS engine_state_local ON CLUSTER `analytics` (
     key String,
     value Int64,
@@ -169,6 +183,8 @@ CREATE TABLE IF NOT EXISTS executions ON CLUSTER `analytics` AS executions_local
 CREATE TABLE IF NOT EXISTS execution_keys ON CLUSTER `analytics` AS execution_keys_local ENGINE = Distributed(`analytics`, currentDatabase(), execution_keys_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS engine_state ON CLUSTER `analytics` AS engine_state_local ENGINE = Distributed(`analytics`, currentDatabase(), engine_state_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS message_slots ON CLUSTER `analytics` AS message_slots_local ENGINE = Distributed(`analytics`, currentDatabase(), message_slots_local, sipHash64(tenant));
 
 ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 

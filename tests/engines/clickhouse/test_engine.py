@@ -13,7 +13,7 @@ import pytest
 
 from factories import iso
 from kaie_analytics.analytics.facts import ActivityQuery, Ask, RowsQuery, Window
-from kaie_analytics.engines.clickhouse import folds
+from kaie_analytics.engines.clickhouse import folds, sql
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import ddl
 from kaie_analytics.engines.clickhouse.transport import ChdbTransport
@@ -241,5 +241,51 @@ def test_opening_makes_whole_what_views_keep_of_inserts_cut_off(tmp_path: Path) 
         assert again.activity(q)[0][(0,)].executions == 6
         retried = again.append("acme", batch).result()
         assert (retried.accepted, retried.duplicates) == (0, 5)
+    finally:
+        again.close()
+
+
+def _messages(i: int, t: datetime) -> list[dict[str, object]]:
+    at = iso(t + timedelta(minutes=i))
+    who = {"workflow_id": "wf", "customer_id": f"c{i}", "channel": "sms"}
+    return [
+        {"id": f"s{i}", "type": "message.sent", "timestamp": at, **who},
+        {"id": f"r{i}", "type": "message.received", "timestamp": at, **who},
+        {"id": f"f{i}", "type": "feedback.submitted", "timestamp": at, "csat": 1 + i % 5, **who},
+    ]
+
+
+def test_message_rollups_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path) -> None:
+    """Rows a fold wrote before it was cut off (its watermark not written) are taken
+    away by the next fold, which adds those messages again; a store of layout 5 gets
+    the rollups of the messages it had folded."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+    window = Window(t0 - timedelta(hours=1), t0 + timedelta(hours=3))
+    q = ActivityQuery("acme", (window,), (Ask((0,), frozenset({"messages"}), ("channel",)),),
+                      workflow_ids=("wf",))  # fmt: skip
+    engine.append("acme", _valid([e for i in range(50) for e in _messages(i, t0)])).result()
+    engine.settle()
+    assert engine.folder is not None
+    cut_off = engine.folder.watermark + 1
+    engine.transport.command(
+        f"INSERT INTO message_slots VALUES ('acme', 'wf', {sql.slot_of_us(sql.epoch_us(t0))},"
+        f" 'sms', {cut_off}, 1000, 1000, 1000, 1000)"
+    )
+    engine.append("acme", _valid([e for i in range(50, 80) for e in _messages(i, t0)])).result()
+    engine.settle()
+    ((cell,),) = (c.values() for c in engine.activity(q))
+    assert (cell.sent, cell.received, cell.csat_count) == (80, 80, 80)
+    assert cell.csat_sum == sum(1 + i % 5 for i in range(80))
+    # As layout 5 left a store: no message rollups.
+    engine.transport.command("TRUNCATE TABLE message_slots")
+    folds.set_state(engine.transport, "layout", 5)
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        assert again.transport.query("SELECT count() FROM message_slots").column(0)[0].as_py()
+        ((cell_again,),) = (c.values() for c in again.activity(q))
+        assert cell_again == cell
     finally:
         again.close()

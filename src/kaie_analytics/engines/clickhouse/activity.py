@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from kaie_analytics.analytics.facts import (
@@ -24,6 +25,7 @@ from kaie_analytics.analytics.facts import (
     fill_quantiles,
 )
 from kaie_analytics.engines.clickhouse import sql
+from kaie_analytics.engines.clickhouse.schema import MESSAGE_ROLLUP_TYPES, SLOT_US, SLOTS_FROM_US
 from kaie_analytics.engines.clickhouse.transport import Transport
 
 _EXEC_DIMS: dict[Dimension, str] = {
@@ -41,9 +43,7 @@ _MESSAGE_DIMS: dict[Dimension, str] = {
 }
 _EXEC_SUMS = """count(), countIf(x.status = 1), countIf(x.status = 2),
     coalesce(sumIf(x.duration_ms, x.status > 0), 0), countIf(x.duration_ms IS NOT NULL AND x.status > 0)"""
-_MESSAGE_SUMS = """countIf(x.type = 'message.sent'), countIf(x.type = 'message.received'),
-    coalesce(sumIf(x.csat, x.type = 'feedback.submitted'), 0),
-    countIf(x.csat IS NOT NULL AND x.type = 'feedback.submitted')"""
+_MESSAGE_SUMS = "sum(x.sent), sum(x.received), coalesce(sum(x.csat_sum), 0), sum(x.csat_n)"
 _NODE_SUMS = """argMax(x.node_type, x.ts), count(), countIf(x.ok), countIf(NOT x.ok),
     coalesce(sum(x.dur), 0), count(x.dur)"""
 
@@ -179,19 +179,87 @@ def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tu
             fields += MEASURE_FIELDS["durations"]
         out.append((statement, tuple(fields)))
     if "messages" in m:
-        events = sql.tenant_events(
-            "('message.sent', 'message.received', 'feedback.submitted')",
-            "type, ts, workflow_id, channel, customer_id, csat",
-            f"ts BETWEEN {lo} AND {hi} AND {sql.FILTERS}",
-        )
         message_dims = {**_MESSAGE_DIMS, "customer_segment": "x.segment"}
         out.append(
             (
-                _aggregate(q, ask, events, "ts", message_dims, [_MESSAGE_SUMS]),
+                _aggregate(q, ask, _messages(q, ask), "ts", message_dims, [_MESSAGE_SUMS]),
                 MEASURE_FIELDS["messages"],
             )
         )
     return out
+
+
+def _messages(q: ActivityQuery, ask: Ask) -> str:
+    """The messages and feedback of the ask's span, as rows (ts, workflow_id, channel,
+    customer_id, sent, received, csat_sum, csat_n).
+
+    Where the rollups serve the ask (no dimension finer than a slot: not the hour,
+    which odd historical offsets put off the slot grid, nor the customer's segment),
+    the slots no window edge cuts come from ``message_slots`` (the folds up to the
+    watermark ``{folded}``), one row per slot; the events of the cut slots and those
+    ingested after the watermark come from the events themselves.
+    """
+    lo, hi = sql.time_param("lo"), sql.time_param("hi")
+    columns = """ts, workflow_id, channel, customer_id,
+        toUInt64(type = 'message.sent') AS sent, toUInt64(type = 'message.received') AS received,
+        if(type = 'feedback.submitted', toInt64(csat), NULL) AS csat_sum,
+        toUInt64(type = 'feedback.submitted' AND csat IS NOT NULL) AS csat_n"""
+    in_span = f"ts BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
+    if not set(ask.by) <= {"channel", "workflow_id", "error_type"}:
+        return f"({sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, in_span)})"
+    cut = _cut_slots(q, ask)
+    # Literal ranges (integers computed here), so the primary key skips the rest.
+    in_cut = " OR ".join(
+        f"(ts >= fromUnixTimestamp64Micro({SLOTS_FROM_US + s * SLOT_US}, 'UTC')"
+        f" AND ts < fromUnixTimestamp64Micro({SLOTS_FROM_US + (s + 1) * SLOT_US}, 'UTC'))"
+        for s in cut
+    )
+    not_cut = f"NOT has({_ints(cut)}, {sql.slot_of('ts')})"
+    pending = "ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
+    parts = [
+        sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND {pending} AND {not_cut}")
+    ]
+    if cut:
+        parts.append(sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND ({in_cut})"))
+    slot_lo, slot_hi = (sql.slot_of_us(sql.epoch_us(t)) for t in _span(q, ask))
+    parts.append(
+        f"""SELECT ts, workflow_id, channel, customer_id, sent, received, csat_sum, csat_n
+        FROM (
+            SELECT fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC')
+                    AS ts,
+                nullIf(workflow_id, '') AS workflow_id, nullIf(channel, '') AS channel,
+                CAST(NULL, 'Nullable(String)') AS customer_id,
+                sum(sent) AS sent, sum(received) AS received,
+                toNullable(sum(csat_sum)) AS csat_sum, sum(csat_n) AS csat_n
+            FROM message_slots
+            WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
+              AND slot BETWEEN {slot_lo} AND {slot_hi} AND NOT has({_ints(cut)}, slot)
+            GROUP BY slot, workflow_id, channel
+        )
+        WHERE {in_span}"""
+    )
+    return "(" + " UNION ALL ".join(parts) + ")"
+
+
+def _span(q: ActivityQuery, ask: Ask) -> tuple[datetime, datetime]:
+    return (
+        min(q.windows[w].start for w in ask.windows),
+        max(q.windows[w].end for w in ask.windows),
+    )
+
+
+def _cut_slots(q: ActivityQuery, ask: Ask) -> list[int]:
+    """The slots a window edge of the ask falls inside (not on their start)."""
+    edges = set()
+    for w in ask.windows:
+        edges.add(sql.epoch_us(q.windows[w].start))
+        edges.add(sql.epoch_us(q.windows[w].end) + 1)
+    return sorted({sql.slot_of_us(e) for e in edges if (e - SLOTS_FROM_US) % SLOT_US})
+
+
+def _ints(values: list[int]) -> str:
+    """A literal array of integers computed here (never input)."""
+    return "CAST([" + ", ".join(str(int(v)) for v in values) + "], 'Array(Int64)')"
 
 
 def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool) -> list[Cells]:

@@ -36,6 +36,7 @@ from kaie_analytics.engines.clickhouse.schema import (
     EXECUTION_STATES,
     FEED_TYPES,
     LAYOUT,
+    MESSAGE_ROLLUP_TYPES,
     NODE_TYPES,
     executions_state_view,
 )
@@ -64,6 +65,19 @@ FROM (SELECT * FROM ({_MERGED}) WHERE workflow_id IS NOT NULL AND started_at IS 
 _OLD_KEYS = f"""
 SELECT tenant, workflow_id, started_at, execution_id FROM execution_keys FINAL
 WHERE tenant = {{tenant:String}} AND execution_id IN ({_TOUCHED})
+"""
+#: The messages and feedback ingested in (lo, hi], added up per slot as of fold ``hi``.
+MESSAGE_ROLLUP = f"""
+INSERT INTO message_slots
+SELECT tenant, ifNull(workflow_id, ''), {sql.slot_of("ts")} AS slot, ifNull(channel, ''),
+    {{hi:Int64}}, countIf(type = 'message.sent'), countIf(type = 'message.received'),
+    sumIf(ifNull(csat, 0), type = 'feedback.submitted'),
+    countIf(csat IS NOT NULL AND type = 'feedback.submitted')
+FROM events FINAL
+WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES}
+  AND ingested_at > fromUnixTimestamp64Micro({{lo:Int64}}, 'UTC')
+  AND ingested_at <= fromUnixTimestamp64Micro({{hi:Int64}}, 'UTC')
+GROUP BY tenant, workflow_id, channel, slot
 """
 FOLD_STATEMENTS = (
     # 1. deleted rows at the keys that changed, then the merged rows
@@ -128,6 +142,10 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
         )
     if layout < 5:  # folded rows have no nodes yet: fold every execution again
         set_state(transport, WATERMARK, 0)
+    elif layout < 6:  # the messages folded so far, added up as of the watermark
+        folded = watermark(transport)
+        for tenant in tenants:
+            transport.command(MESSAGE_ROLLUP, {"tenant": tenant, "lo": 0, "hi": folded})
     set_state(transport, "layout", LAYOUT)
 
 
@@ -186,15 +204,25 @@ class Folder:
             found = t.query(
                 f"SELECT tenant, {sql.us('max(ingested_at)')} FROM events"
                 " WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
-                f" AND type IN {FEED_TYPES} GROUP BY tenant",
+                f" AND (type IN {FEED_TYPES} OR type IN {MESSAGE_ROLLUP_TYPES})"
+                " GROUP BY tenant",
                 {"lo": lo},
             )
             if not found.num_rows:
                 return
             tenants = [str(x) for x in found.column(0).to_pylist()]
             hi = max(int(x) for x in found.column(1).to_pylist())
+            # Message rows of a fold cut off before its watermark was written would
+            # count its messages twice: they go first.
+            stale = t.query("SELECT count() FROM message_slots WHERE fold > {lo:Int64}", {"lo": lo})
+            if stale.column(0)[0].as_py():
+                t.command(
+                    "ALTER TABLE message_slots DELETE WHERE fold > {lo:Int64}"
+                    " SETTINGS mutations_sync = 1",
+                    {"lo": lo},
+                )
             for tenant in tenants:
-                for statement in FOLD_STATEMENTS:
+                for statement in (*FOLD_STATEMENTS, MESSAGE_ROLLUP):
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
             set_state(t, WATERMARK, hi)  # 3. the watermark, last
             self.watermark = hi

@@ -50,8 +50,14 @@ FEED_TYPES = EXEC_TYPES[:-1] + ", " + NODE_TYPES[1:]
 #: A node event as its execution keeps it: (event_id, node_id, node_type, ts, ok,
 #: duration_ms); the event id makes a copy of the event the same element.
 NODE = f"Tuple(String, String, String, {TIME}, UInt8, Nullable(Int64))"
+#: Messages and feedback: what ``message_slots`` adds up.
+MESSAGE_ROLLUP_TYPES = "('message.sent', 'message.received', 'feedback.submitted')"
+#: 15-minute slots (every bucket edge in every time zone is on their grid), numbered
+#: from a time on the grid before any stored time (1900-01-01, as DateTime64(6) begins).
+SLOT_US = 15 * 60 * 1_000_000
+SLOTS_FROM_US = -2_208_988_800_000_000
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 5
+LAYOUT = 6
 
 
 def _engine(kind: str, table: str, cluster: str | None, args: str = "") -> str:
@@ -200,6 +206,23 @@ SETTINGS {_DURABLE}""",
 ) ENGINE = {_engine("ReplacingMergeTree", "execution_keys", cluster, "version")}
 ORDER BY (tenant, execution_id)
 SETTINGS {_DURABLE}""",
+        # Messages and feedback per workflow, channel and 15-minute slot, as of the fold
+        # that added them (``fold``: its watermark); '' for no workflow or channel.
+        # Written by the fold only (embedded): a query adds up the rows of folds up to
+        # the watermark it reads with, and reads the rest from the events.
+        f"""CREATE TABLE IF NOT EXISTS message_slots{local}{on} (
+    tenant LowCardinality(String),
+    workflow_id String,
+    slot Int64,
+    channel String,
+    fold Int64,
+    sent UInt64,
+    received UInt64,
+    csat_sum Int64,
+    csat_n UInt64
+) ENGINE = {_engine("SummingMergeTree", "message_slots", cluster)}
+ORDER BY (tenant, workflow_id, slot, channel, fold)
+SETTINGS {_DURABLE}""",
         # Per key, the latest value: the fold's watermark, the layout.
         f"""CREATE TABLE IF NOT EXISTS engine_state{local}{on} (
     key String,
@@ -212,7 +235,7 @@ SETTINGS {_DURABLE}""",
     if cluster:
         for table in (
             "events", "event_ids", "workflows", "executions_state", "customers_state",
-            "executions", "execution_keys", "engine_state",
+            "executions", "execution_keys", "engine_state", "message_slots",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"

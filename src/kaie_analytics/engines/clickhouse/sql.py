@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import Window
-from kaie_analytics.engines.clickhouse.schema import FEED_TYPES
+from kaie_analytics.engines.clickhouse.schema import FEED_TYPES, SLOT_US, SLOTS_FROM_US
 
 EPOCH = datetime(1970, 1, 1)
 MESSAGE_TYPES = "('message.sent', 'message.received')"
@@ -43,6 +43,16 @@ def time_param(name: str) -> str:
 
 def us(column: str) -> str:
     return f"toUnixTimestamp64Micro({column})"
+
+
+def slot_of(column: str) -> str:
+    """The 15-minute slot (``schema.SLOT_US``) of a time column."""
+    return f"intDiv({us(column)} - ({SLOTS_FROM_US}), {SLOT_US})"
+
+
+def slot_of_us(t: int) -> int:
+    """The slot of a time in µs (as ``slot_of`` in SQL)."""
+    return (t - SLOTS_FROM_US) // SLOT_US
 
 
 def window_params(window: Window) -> dict[str, int]:
