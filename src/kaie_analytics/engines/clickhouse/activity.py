@@ -233,6 +233,8 @@ def _messages(q: ActivityQuery, ask: Ask) -> str:
                 toNullable(sum(csat_sum)) AS csat_sum, sum(csat_n) AS csat_n
             FROM message_slots
             WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
+              AND (empty({{workflows:Array(String)}})
+                   OR workflow_id IN {{workflows:Array(String)}})
               AND slot BETWEEN {slot_lo} AND {slot_hi} AND NOT has({_ints(cut)}, slot)
             GROUP BY slot, workflow_id, channel
         )
