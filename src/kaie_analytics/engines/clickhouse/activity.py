@@ -182,14 +182,14 @@ def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tu
         message_dims = {**_MESSAGE_DIMS, "customer_segment": "x.segment"}
         out.append(
             (
-                _aggregate(q, ask, _messages(q, ask), "ts", message_dims, [_MESSAGE_SUMS]),
+                _aggregate(q, ask, _messages(q, ask, pending), "ts", message_dims, [_MESSAGE_SUMS]),
                 MEASURE_FIELDS["messages"],
             )
         )
     return out
 
 
-def _messages(q: ActivityQuery, ask: Ask) -> str:
+def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     """The messages and feedback of the ask's span, as rows (ts, workflow_id, channel,
     customer_id, sent, received, csat_sum, csat_n).
 
@@ -197,7 +197,8 @@ def _messages(q: ActivityQuery, ask: Ask) -> str:
     which odd historical offsets put off the slot grid, nor the customer's segment),
     the slots no window edge cuts come from ``message_slots`` (the folds up to the
     watermark ``{folded}``), one row per slot; the events of the cut slots and those
-    ingested after the watermark come from the events themselves.
+    ingested after the watermark (if the tenant has any: ``pending``) come from the
+    events themselves.
     """
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     columns = """ts, workflow_id, channel, customer_id,
@@ -215,10 +216,12 @@ def _messages(q: ActivityQuery, ask: Ask) -> str:
         for s in cut
     )
     not_cut = f"NOT has({_ints(cut)}, {sql.slot_of('ts')})"
-    pending = "ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
-    parts = [
-        sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND {pending} AND {not_cut}")
-    ]
+    after = "ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
+    parts = []
+    if pending:
+        parts.append(
+            sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND {after} AND {not_cut}")
+        )
     if cut:
         parts.append(sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND ({in_cut})"))
     slot_lo, slot_hi = (sql.slot_of_us(sql.epoch_us(t)) for t in _span(q, ask))

@@ -106,11 +106,12 @@ class ClickHouseEngine:
                 if ingested_us is not None:
                     self._ingested[tenant] = ingested_us
 
-    def _pending(self, tenant: str) -> bool:
-        """Whether some of the tenant's events may not be folded (always, on a server)."""
+    def _pending(self, tenant: str, folded: int) -> bool:
+        """Whether some of the tenant's events may not be folded as of watermark
+        ``folded`` (always, on a server)."""
         if self.folder is None:
             return True
-        return self._ingested.get(tenant, 0) > self.folder.watermark
+        return self._ingested.get(tenant, 0) > folded
 
     # ------------------------------------------------------------ writes
 
@@ -216,7 +217,7 @@ class ClickHouseEngine:
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
         folded = self._folded()
-        return activity.activity(self.transport, q, folded, self._pending(q.tenant))
+        return activity.activity(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
         return customers.customers(self.transport, q)
@@ -229,7 +230,7 @@ class ClickHouseEngine:
 
     def realtime(self, q: RealtimeQuery) -> RealtimeFacts:
         folded = self._folded()
-        return realtime.realtime(self.transport, q, folded, self._pending(q.tenant))
+        return realtime.realtime(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
         schema = ROW_SCHEMAS[q.kind]
