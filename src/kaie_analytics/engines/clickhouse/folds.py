@@ -8,16 +8,21 @@ the tenant. Queries read the folded rows except those of executions with
 events ingested after the fold's watermark, which they merge themselves
 (``sql.executions``): an answer never waits for a fold.
 
-One fold, for the executions with events ingested in (watermark, new watermark]:
+One fold, for the events ingested in (watermark, new watermark]:
 
-1. their merged rows are written to ``executions`` (version: the new
-   watermark), and a deleted row at the old key of each whose key (workflow,
-   start) changed, found in ``execution_keys``;
+1. the merged rows of the executions they change are written to
+   ``executions`` (version: the new watermark), and a deleted row at the old
+   key of each whose key (workflow, start) changed, found in
+   ``execution_keys``;
 2. their keys are written to ``execution_keys``;
-3. the new watermark is written to ``engine_state``.
+3. their messages and feedback, added up per workflow, channel and slot, are
+   written to ``message_slots`` (tagged with the new watermark);
+4. the new watermark is written to ``engine_state``.
 
-Each step is idempotent and they run in that order, so a fold cut off at any
-point (a crash) is simply done again by the next one.
+Steps 1 and 2 are idempotent; the rows of step 3 of a fold cut off before
+step 4 are taken away by the next fold before it writes its own (queries
+read only rows tagged up to the watermark they use). So a fold cut off at
+any point (a crash) is simply done again by the next one.
 
 The watermark is exact when one process writes (embedded chdb): the writer
 gives each insert a later ``ingested_at`` than the one before, and a fold
@@ -224,7 +229,7 @@ class Folder:
             for tenant in tenants:
                 for statement in (*FOLD_STATEMENTS, MESSAGE_ROLLUP):
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
-            set_state(t, WATERMARK, hi)  # 3. the watermark, last
+            set_state(t, WATERMARK, hi)  # 4. the watermark, last
             self.watermark = hi
 
     def close(self) -> None:

@@ -9,6 +9,8 @@
   the merge state of the table.
 - ``event_ids``: (tenant, event id), kept by a materialized view, so the
   dedupe lookup is a primary-key read.
+- ``message_slots``: messages and feedback per workflow, channel and 15-minute
+  slot, added up by the fold (``folds``).
 - ``workflows``: every workflow an event named, its latest name and when it
   was first seen, as aggregate states (exact whatever the merge state),
   written by the writer just before the events that name a new workflow or
