@@ -257,7 +257,7 @@ def _messages(i: int, t: datetime) -> list[dict[str, object]]:
 
 def test_message_rollups_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path) -> None:
     """Rows a fold wrote before it was cut off (its watermark not written) are taken
-    away by the next fold, which adds those messages again; a store of layout 5 gets
+    away by the next process's first fold, which adds those messages again; a store of layout 5 gets
     the rollups of the messages it had folded."""
     path = tmp_path / "ch"
     engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
@@ -273,6 +273,8 @@ def test_message_rollups_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path)
         f"INSERT INTO message_slots VALUES ('acme', 'wf', {sql.slot_of_us(sql.epoch_us(t0))},"
         f" 'sms', {cut_off}, 1000, 1000, 1000, 1000)"
     )
+    engine.close()  # the process stopped there
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
     engine.append("acme", _valid([e for i in range(50, 80) for e in _messages(i, t0)])).result()
     engine.settle()
     ((cell,),) = (c.values() for c in engine.activity(q))

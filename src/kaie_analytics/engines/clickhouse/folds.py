@@ -189,6 +189,9 @@ class Folder:
         self._idle_s = idle_s
         #: The watermark of the last fold (this process is the only one that folds).
         self.watermark = watermark(transport)
+        #: Whether a fold may have been cut off since the last that finished (another
+        #: process before this one opened the store, or a fold here that failed).
+        self._cut_off = True
         self._lock = threading.Lock()  # one fold at a time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kaie-ch-fold", daemon=True)
@@ -217,20 +220,25 @@ class Folder:
                 return
             tenants = [str(x) for x in found.column(0).to_pylist()]
             hi = max(int(x) for x in found.column(1).to_pylist())
-            # Message rows of a fold cut off before its watermark was written would
-            # count its messages twice: they go first.
-            stale = t.query("SELECT count() FROM message_slots WHERE fold > {lo:Int64}", {"lo": lo})
-            if stale.column(0)[0].as_py():
-                t.command(
-                    "ALTER TABLE message_slots DELETE WHERE fold > {lo:Int64}"
-                    " SETTINGS mutations_sync = 1",
-                    {"lo": lo},
+            if self._cut_off:
+                # Message rows of a fold cut off before its watermark was written
+                # would count its messages twice: they go first.
+                stale = t.query(
+                    "SELECT count() FROM message_slots WHERE fold > {lo:Int64}", {"lo": lo}
                 )
+                if stale.column(0)[0].as_py():
+                    t.command(
+                        "ALTER TABLE message_slots DELETE WHERE fold > {lo:Int64}"
+                        " SETTINGS mutations_sync = 1",
+                        {"lo": lo},
+                    )
+            self._cut_off = True  # until this fold has written its watermark
             for tenant in tenants:
                 for statement in (*FOLD_STATEMENTS, MESSAGE_ROLLUP):
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
             set_state(t, WATERMARK, hi)  # 4. the watermark, last
             self.watermark = hi
+            self._cut_off = False
 
     def close(self) -> None:
         self._stop.set()
