@@ -160,6 +160,55 @@ CREATE TABLE IF NOT EXISTS message_slots_local ON CLUSTER `analytics` (
 ORDER BY (tenant, workflow_id, slot, channel, fold)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
+CREATE TABLE IF NOT EXISTS sessions_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    customer_id String,
+    channel LowCardinality(String),
+    first_ts DateTime64(6, 'UTC'),
+    last_ts DateTime64(6, 'UTC'),
+    size UInt64,
+    fold Int64,
+    sign Int8
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/sessions', '{replica}')
+ORDER BY (tenant, customer_id, channel, first_ts, fold)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE TABLE IF NOT EXISTS session_starts_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    customer_id String,
+    channel LowCardinality(String),
+    first_ts DateTime64(6, 'UTC'),
+    last_ts DateTime64(6, 'UTC'),
+    size UInt64,
+    fold Int64,
+    sign Int8
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/session_starts', '{replica}')
+PARTITION BY toYYYYMM(first_ts)
+ORDER BY (tenant, first_ts, channel, fold)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS session_starts_mv ON CLUSTER `analytics` TO session_starts_local
+AS SELECT * FROM sessions_local;
+
+CREATE TABLE IF NOT EXISTS session_slots_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    slot Int64,
+    channel LowCardinality(String),
+    fold Int64,
+    sessions Int64,
+    duration_us Int64,
+    messages Int64
+) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/session_slots', '{replica}')
+ORDER BY (tenant, slot, channel, fold)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS session_slots_mv ON CLUSTER `analytics` TO session_slots_local
+AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - (-2208988800000000), 900000000) AS slot,
+    channel, fold, sum(sign) AS sessions,
+    sum(sign * (toUnixTimestamp64Micro(last_ts) - toUnixTimestamp64Micro(first_ts))) AS duration_us,
+    sum(sign * toInt64(size)) AS messages
+FROM sessions_local GROUP BY tenant, slot, channel, fold;
+
 CREATE TABLE IF NOT EXISTS engine_state_local ON CLUSTER `analytics` (
     key String,
     value Int64,
@@ -185,6 +234,12 @@ CREATE TABLE IF NOT EXISTS execution_keys ON CLUSTER `analytics` AS execution_ke
 CREATE TABLE IF NOT EXISTS engine_state ON CLUSTER `analytics` AS engine_state_local ENGINE = Distributed(`analytics`, currentDatabase(), engine_state_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS message_slots ON CLUSTER `analytics` AS message_slots_local ENGINE = Distributed(`analytics`, currentDatabase(), message_slots_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS sessions ON CLUSTER `analytics` AS sessions_local ENGINE = Distributed(`analytics`, currentDatabase(), sessions_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS session_starts ON CLUSTER `analytics` AS session_starts_local ENGINE = Distributed(`analytics`, currentDatabase(), session_starts_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS session_slots ON CLUSTER `analytics` AS session_slots_local ENGINE = Distributed(`analytics`, currentDatabase(), session_slots_local, sipHash64(tenant));
 
 ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from factories import iso
-from kaie_analytics.analytics.facts import ActivityQuery, Ask, RowsQuery, Window
+from kaie_analytics.analytics.facts import ActivityQuery, Ask, CustomerQuery, RowsQuery, Window
 from kaie_analytics.engines.clickhouse import folds, sql
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import ddl
@@ -289,5 +289,78 @@ def test_message_rollups_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path)
         assert again.transport.query("SELECT count() FROM message_slots").column(0)[0].as_py()
         ((cell_again,),) = (c.values() for c in again.activity(q))
         assert cell_again == cell
+    finally:
+        again.close()
+
+
+def _conversation(k: int, t0: datetime, minutes: list[int]) -> list[dict[str, object]]:
+    who = {"customer_id": f"c{k}", "channel": "sms"}
+    return [
+        {"id": f"m{k}-{m}", "type": "message.sent" if m % 2 else "message.received",
+         "timestamp": iso(t0 + timedelta(minutes=7 * k + m)), **who}
+        for m in minutes
+    ]  # fmt: skip
+
+
+def _session_sums(events: list[dict[str, object]], window: Window) -> tuple[int, int, int]:
+    """Sessions starting in the window, their µs and messages, counted plainly."""
+    times: dict[object, list[datetime]] = {}
+    for e in events:
+        times.setdefault(e["customer_id"], []).append(datetime.fromisoformat(str(e["timestamp"])))
+    sessions = []
+    for ts in times.values():
+        ts.sort()
+        start = 0
+        for i in range(1, len(ts) + 1):
+            if i == len(ts) or ts[i] - ts[i - 1] > timedelta(minutes=30):
+                sessions.append((ts[start], ts[i - 1], i - start))
+                start = i
+    lo, hi = window.start.replace(tzinfo=UTC), window.end.replace(tzinfo=UTC)
+    inside = [s for s in sessions if lo <= s[0] <= hi]
+    return (len(inside), sum((b - a) // timedelta(microseconds=1) for a, b, _ in inside),
+            sum(n for *_, n in inside))  # fmt: skip
+
+
+def test_sessions_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path) -> None:
+    """Late messages join sessions folded before (a fold takes the old ones away); rows of
+    a fold cut off are taken away by the next process's first fold; answers are the same
+    before a fold, after it, with edges inside slots, and in a store of layout 6 (which
+    gets its sessions when it opens)."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+    early = [e for k in range(12) for e in _conversation(k, t0, [0, 10, 60, 200])]
+    late = [e for k in range(12) for e in _conversation(k, t0, [35, 190])]  # joins them
+    windows = [Window(t0, t0 + timedelta(days=1)),
+               Window(t0 + timedelta(minutes=20), t0 + timedelta(hours=4, minutes=1))]  # fmt: skip
+
+    def check(store: ClickHouseEngine, events: list[dict[str, object]]) -> None:
+        for w in windows:
+            (got,) = store.customers(CustomerQuery("acme", (w,)))
+            s = got.by_channel["sms"]
+            assert (s.sessions, s.session_us, s.session_messages) == _session_sums(events, w)
+
+    engine.append("acme", _valid(early)).result()
+    engine.settle()
+    check(engine, early)
+    assert engine.folder is not None
+    engine.transport.command(  # a session a fold wrote, cut off before its watermark
+        f"INSERT INTO sessions VALUES ('acme', 'c0', 'sms', '2024-05-01 12:30:00',"
+        f" '2024-05-01 12:40:00', 5, {engine.folder.watermark + 1}, 1)"
+    )
+    engine.close()  # the process stopped there
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    engine.append("acme", _valid(late)).result()
+    check(engine, early + late)  # before the fold: the late messages change sessions
+    engine.settle()
+    check(engine, early + late)
+    for table in ("sessions", "session_starts", "session_slots"):  # as layout 6 left it
+        engine.transport.command(f"TRUNCATE TABLE {table}")
+    folds.set_state(engine.transport, "layout", 6)
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        assert again.transport.query("SELECT count() FROM session_slots").column(0)[0].as_py()
+        check(again, early + late)
     finally:
         again.close()

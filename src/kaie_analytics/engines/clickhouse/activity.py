@@ -208,14 +208,9 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     in_span = f"ts BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
     if not set(ask.by) <= {"channel", "workflow_id", "error_type"}:
         return f"({sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, in_span)})"
-    cut = _cut_slots(q, ask)
-    # Literal ranges (integers computed here), so the primary key skips the rest.
-    in_cut = " OR ".join(
-        f"(ts >= fromUnixTimestamp64Micro({SLOTS_FROM_US + s * SLOT_US}, 'UTC')"
-        f" AND ts < fromUnixTimestamp64Micro({SLOTS_FROM_US + (s + 1) * SLOT_US}, 'UTC'))"
-        for s in cut
-    )
-    not_cut = f"NOT has({_ints(cut)}, {sql.slot_of('ts')})"
+    cut = sql.cut_slots(q.windows[w] for w in ask.windows)
+    in_cut = sql.in_slots("ts", cut)
+    not_cut = f"NOT has({sql.ints(cut)}, {sql.slot_of('ts')})"
     after = "ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
     parts = []
     if pending:
@@ -238,7 +233,7 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
             WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
               AND (empty({{workflows:Array(String)}})
                    OR workflow_id IN {{workflows:Array(String)}})
-              AND slot BETWEEN {slot_lo} AND {slot_hi} AND NOT has({_ints(cut)}, slot)
+              AND slot BETWEEN {slot_lo} AND {slot_hi} AND NOT has({sql.ints(cut)}, slot)
             GROUP BY slot, workflow_id, channel
         )
         WHERE {in_span}"""
@@ -251,20 +246,6 @@ def _span(q: ActivityQuery, ask: Ask) -> tuple[datetime, datetime]:
         min(q.windows[w].start for w in ask.windows),
         max(q.windows[w].end for w in ask.windows),
     )
-
-
-def _cut_slots(q: ActivityQuery, ask: Ask) -> list[int]:
-    """The slots a window edge of the ask falls inside (not on their start)."""
-    edges = set()
-    for w in ask.windows:
-        edges.add(sql.epoch_us(q.windows[w].start))
-        edges.add(sql.epoch_us(q.windows[w].end) + 1)
-    return sorted({sql.slot_of_us(e) for e in edges if (e - SLOTS_FROM_US) % SLOT_US})
-
-
-def _ints(values: list[int]) -> str:
-    """A literal array of integers computed here (never input)."""
-    return "CAST([" + ", ".join(str(int(v)) for v in values) + "], 'Array(Int64)')"
 
 
 def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool) -> list[Cells]:

@@ -28,39 +28,104 @@ from kaie_analytics.engines.clickhouse.transport import Transport
 
 _LO, _HI = sql.time_param("lo"), sql.time_param("hi")
 
-#: The conversations (sessions) of ``{tenant}`` that can start from ``{from_us}`` on:
-#: per customer and channel, a new one starts at a message more than 30 minutes
-#: after the one before. Whether a message starts one depends only on the 30
-#: minutes before it, so the messages from ``from_us`` less 30 minutes on decide
-#: every start from ``from_us``; a session runs on as long as its messages do.
-SESSIONS = f"""
+
+def _split(per_conversation: str) -> str:
+    """The sessions of ``per_conversation`` (customer_id, channel, ``t``: the sorted µs
+    of its messages): a new one starts at a message more than 30 minutes after the
+    one before."""
+    return f"""
 SELECT customer_id, channel, fromUnixTimestamp64Micro(x[1], 'UTC') AS first_ts,
-    fromUnixTimestamp64Micro(x[-1], 'UTC') AS last_ts, length(x) AS size
-FROM (
-    SELECT customer_id, channel, arraySort(groupArray({sql.us("ts")})) AS t
+    fromUnixTimestamp64Micro(x[-1], 'UTC') AS last_ts, toUInt64(length(x)) AS size
+FROM ({per_conversation})
+ARRAY JOIN arraySplit((v, starts) -> starts, t,
+    arrayMap((v, i) -> i = 1 OR v - t[i - 1] > {SESSION_GAP_US}, t, arrayEnumerate(t))) AS x
+"""
+
+
+#: The conversations (sessions) of ``{tenant}`` that can start from ``{from_us}`` on,
+#: from the events: whether a message starts one depends only on the 30 minutes
+#: before it, so the messages from ``from_us`` less 30 minutes on decide every start
+#: from ``from_us``; a session runs on as long as its messages do.
+SESSIONS = _split(
+    f"""SELECT customer_id, channel, arraySort(groupArray({sql.us("ts")})) AS t
     FROM ({sql.tenant_events(
         sql.MESSAGE_TYPES, "customer_id, channel, ts",
         f"ts >= fromUnixTimestamp64Micro({{from_us:Int64}} - {SESSION_GAP_US}, 'UTC')",
     )})
-    GROUP BY customer_id, channel
+    GROUP BY customer_id, channel"""
+)  # fmt: skip
+
+
+def session_changes(after: str, upto: str | None) -> str:
+    """How the sessions of ``{tenant}`` change with the messages ingested after fold
+    ``after`` (and up to ``upto``, µs of ``ingested_at``; None: all): rows of
+    ``schema.SESSIONS`` less fold and tenant, +1 for a session made, -1 for one of
+    fold ``after`` replaced.
+
+    A conversation with new messages is made again from the earliest of its
+    sessions that ends less than 30 minutes before its earliest new message (or
+    that message): the sessions before that one cannot change.
+    """
+    ingested = f"ingested_at > fromUnixTimestamp64Micro({after}, 'UTC')"
+    upto_ = f" AND ingested_at <= fromUnixTimestamp64Micro({upto}, 'UTC')" if upto else ""
+    touched = f"""SELECT assumeNotNull(customer_id) AS c, assumeNotNull(channel) AS ch,
+            min(ts) AS t_new
+        FROM ({sql.tenant_events(sql.MESSAGE_TYPES, "customer_id, channel, ts", ingested + upto_)})
+        GROUP BY c, ch"""
+    old = f"""SELECT customer_id AS c, channel AS ch, first_ts, last_ts, size FROM sessions
+        WHERE tenant = {{tenant:String}} AND fold <= {after}
+          AND (customer_id, channel) IN (SELECT c, ch FROM touched)
+        GROUP BY c, ch, first_ts, last_ts, size HAVING sum(sign) > 0"""
+    cut = f"""SELECT c, ch, min(t) AS from_ts FROM (
+            SELECT c, ch, t_new AS t FROM touched
+            UNION ALL
+            SELECT o.c, o.ch, o.first_ts FROM old o JOIN touched n ON o.c = n.c AND o.ch = n.ch
+            WHERE {sql.us("o.last_ts")} >= {sql.us("n.t_new")} - {SESSION_GAP_US}
+        ) GROUP BY c, ch"""
+    messages = sql.tenant_events(
+        sql.MESSAGE_TYPES,
+        "assumeNotNull(customer_id) AS c, assumeNotNull(channel) AS ch, ts",
+        f"ts >= (SELECT min(from_ts) FROM cut)"
+        f" AND (customer_id, channel) IN (SELECT c, ch FROM cut){upto_}",
+    )
+    made = _split(
+        f"""SELECT m.c AS customer_id, m.ch AS channel,
+            arraySort(groupArray({sql.us("m.ts")})) AS t
+        FROM ({messages}) m JOIN cut ON m.c = cut.c AND m.ch = cut.ch
+        WHERE m.ts >= cut.from_ts
+        GROUP BY customer_id, channel"""
+    )
+    return f"""
+WITH touched AS ({touched}), old AS ({old}), cut AS ({cut})
+SELECT customer_id, channel, first_ts, last_ts, size, toInt8(sum(s)) AS sign
+FROM (
+    SELECT customer_id, channel, first_ts, last_ts, size, toInt8(1) AS s FROM ({made})
+    UNION ALL
+    SELECT o.c, o.ch, o.first_ts, o.last_ts, o.size, toInt8(-1)
+    FROM old o JOIN cut ON o.c = cut.c AND o.ch = cut.ch WHERE o.first_ts >= cut.from_ts
 )
-ARRAY JOIN arraySplit((v, starts) -> starts, t,
-    arrayMap((v, i) -> i = 1 OR v - t[i - 1] > {SESSION_GAP_US}, t, arrayEnumerate(t))) AS x
-"""  # fmt: skip
+GROUP BY customer_id, channel, first_ts, last_ts, size HAVING sum(s) != 0
+"""
 
 
-def customers(transport: Transport, q: CustomerQuery) -> list[CustomerFacts]:
+def customers(
+    transport: Transport, q: CustomerQuery, folded: int, pending: bool
+) -> list[CustomerFacts]:
     """One per window; the first one's also by channel (later ones serve trends, which
-    need totals only). Every statement of every window side by side."""
-    statements = [st for w in q.windows for st in _statements(q, w)]
+    need totals only). ``folded``: the fold's watermark; ``pending``: whether the
+    tenant has events after it. Every statement of every window side by side."""
+    statements = [st for w in q.windows for st in _statements(q, w, folded, pending)]
     tables = transport.query_all(statements)
     return [_facts(tables[4 * i : 4 * i + 4], by_channel=i == 0) for i in range(len(q.windows))]
 
 
-def _statements(q: CustomerQuery, window: Window) -> list[tuple[str, dict[str, Any]]]:
+def _statements(
+    q: CustomerQuery, window: Window, folded: int, pending: bool
+) -> list[tuple[str, dict[str, Any]]]:
     """Of one window: first events, active customers, sessions, feedback."""
     params: dict[str, Any] = {
         "tenant": q.tenant,
+        "folded": folded,
         "channel": q.channel,
         "segment": q.segment,
         **sql.window_params(window),
@@ -99,15 +164,51 @@ def _statements(q: CustomerQuery, window: Window) -> list[tuple[str, dict[str, A
         # a message always has one).
         f"""SELECT channel IS NOT NULL, channel, uniqExact(customer_id) FROM ({received})
             GROUP BY GROUPING SETS ((channel), ()) SETTINGS group_by_use_nulls = 1""",
-        f"""SELECT channel, count(), sum({sql.us("last_ts")} - {sql.us("first_ts")}), sum(size)
-            FROM ({SESSIONS})
-            WHERE first_ts BETWEEN {_LO} AND {_HI}{channel}{in_segment}
-            GROUP BY channel""",
+        _session_sums(window, folded, pending, channel, in_segment),
         f"""SELECT channel, sum(csat), count(csat), count(nps), countIf(nps >= 9),
                 countIf(nps <= 6)
             FROM ({feedback}) GROUP BY channel""",
     ]
     return [(text, params) for text in texts]
+
+
+def _session_sums(window: Window, folded: int, pending: bool, channel: str, in_segment: str) -> str:
+    """Per channel: the sessions that start in the window, their total duration (µs)
+    and messages.
+
+    As of the watermark ``{folded}``: from ``session_slots`` for the slots no edge
+    cuts, and ``session_starts`` for the rest; plus how the messages ingested since
+    change them (if the tenant has any: ``pending``). From the events when nothing
+    is folded yet (on a server) or a segment filters the customers.
+    """
+    in_window = f"first_ts BETWEEN {_LO} AND {_HI}{channel}"
+    if in_segment or not folded:
+        return f"""SELECT channel, count(), sum({sql.us("last_ts")} - {sql.us("first_ts")}),
+                sum(size)
+            FROM ({SESSIONS}) WHERE {in_window}{in_segment} GROUP BY channel"""
+    signed = f"""channel, toInt64(sign) AS n,
+        sign * ({sql.us("last_ts")} - {sql.us("first_ts")}) AS duration_us,
+        sign * toInt64(size) AS messages"""
+    of_folds = "tenant = {tenant:String} AND fold <= {folded:Int64}"
+    cut = sql.cut_slots([window])
+    slot_lo, slot_hi = (sql.slot_of_us(sql.epoch_us(t)) for t in (window.start, window.end))
+    parts = [
+        f"""SELECT channel, sessions AS n, duration_us AS d, messages AS m FROM session_slots
+        WHERE {of_folds} AND slot BETWEEN {slot_lo} AND {slot_hi}
+          AND NOT has({sql.ints(cut)}, slot){channel}"""
+    ]
+    if cut:
+        parts.append(
+            f"SELECT {signed} FROM session_starts"
+            f" WHERE {of_folds} AND {in_window} AND ({sql.in_slots('first_ts', cut)})"
+        )
+    if pending:
+        parts.append(
+            f"SELECT {signed} FROM ({session_changes('{folded:Int64}', None)}) WHERE {in_window}"
+        )
+    return f"""SELECT channel, sum(n), sum(d), sum(m)
+        FROM ({" UNION ALL ".join(parts)})
+        GROUP BY channel HAVING sum(n) != 0"""
 
 
 def _facts(tables: list[pa.Table], *, by_channel: bool) -> CustomerFacts:

@@ -220,7 +220,8 @@ class ClickHouseEngine:
         return activity.activity(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
-        return customers.customers(self.transport, q)
+        folded = self._folded()
+        return customers.customers(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def journey_types(self, tenant: str) -> list[str]:
         return customers.journey_types(self.transport, tenant)

@@ -16,12 +16,15 @@ One fold, for the events ingested in (watermark, new watermark]:
    ``execution_keys``;
 2. their keys are written to ``execution_keys``;
 3. their messages and feedback, added up per workflow, channel and slot, are
-   written to ``message_slots`` (tagged with the new watermark);
+   written to ``message_slots``, and how the sessions of their conversations
+   change to ``sessions`` (views copy those to ``session_starts`` and add them
+   up in ``session_slots``), all tagged with the new watermark;
 4. the new watermark is written to ``engine_state``.
 
 Steps 1 and 2 are idempotent; the rows of step 3 of a fold cut off before
 step 4 are taken away by the next fold before it writes its own (queries
-read only rows tagged up to the watermark they use). So a fold cut off at
+read only rows tagged up to the watermark they use, and a fold builds on the
+sessions as of the watermark before it). So a fold cut off at
 any point (a crash) is simply done again by the next one.
 
 The watermark is exact when one process writes (embedded chdb): the writer
@@ -36,10 +39,12 @@ import logging
 import threading
 
 from kaie_analytics.engines.clickhouse import schema, sql
+from kaie_analytics.engines.clickhouse.customers import session_changes
 from kaie_analytics.engines.clickhouse.schema import (
     CUSTOMER_STATES,
     EXECUTION_STATES,
     FEED_TYPES,
+    FOLD_TAGGED,
     LAYOUT,
     MESSAGE_ROLLUP_TYPES,
     NODE_TYPES,
@@ -83,6 +88,12 @@ WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES}
   AND ingested_at > fromUnixTimestamp64Micro({{lo:Int64}}, 'UTC')
   AND ingested_at <= fromUnixTimestamp64Micro({{hi:Int64}}, 'UTC')
 GROUP BY tenant, workflow_id, channel, slot
+"""
+#: How the sessions change with the messages ingested in (lo, hi], as of fold ``hi``.
+SESSION_FOLD = f"""
+INSERT INTO sessions
+SELECT {{tenant:String}}, customer_id, channel, first_ts, last_ts, size, {{hi:Int64}}, sign
+FROM ({session_changes("{lo:Int64}", "{hi:Int64}")})
 """
 FOLD_STATEMENTS = (
     # 1. deleted rows at the keys that changed, then the merged rows
@@ -147,10 +158,13 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
         )
     if layout < 5:  # folded rows have no nodes yet: fold every execution again
         set_state(transport, WATERMARK, 0)
-    elif layout < 6:  # the messages folded so far, added up as of the watermark
+    else:  # the rollups new since, of the events folded so far, as of the watermark
         folded = watermark(transport)
         for tenant in tenants:
-            transport.command(MESSAGE_ROLLUP, {"tenant": tenant, "lo": 0, "hi": folded})
+            params = {"tenant": tenant, "lo": 0, "hi": folded}
+            if layout < 6:
+                transport.command(MESSAGE_ROLLUP, params)
+            transport.command(SESSION_FOLD, params)
     set_state(transport, "layout", LAYOUT)
 
 
@@ -174,6 +188,19 @@ def repair(transport: Transport, after_us: int) -> None:
         ("customers_state", CUSTOMER_STATES),
     ):
         transport.command(f"INSERT INTO {table} " + states.format(source=source), params)
+
+
+def _drop_after(transport: Transport, lo: int) -> None:
+    """Take away the rows of a fold cut off before it wrote its watermark (after ``lo``):
+    they would count its messages and sessions twice."""
+    for table in FOLD_TAGGED:
+        params = {"lo": lo}
+        stale = transport.query(f"SELECT count() FROM {table} WHERE fold > {{lo:Int64}}", params)
+        if stale.column(0)[0].as_py():
+            transport.command(
+                f"ALTER TABLE {table} DELETE WHERE fold > {{lo:Int64}} SETTINGS mutations_sync = 1",
+                params,
+            )
 
 
 def watermark(transport: Transport) -> int:
@@ -221,20 +248,10 @@ class Folder:
             tenants = [str(x) for x in found.column(0).to_pylist()]
             hi = max(int(x) for x in found.column(1).to_pylist())
             if self._cut_off:
-                # Message rows of a fold cut off before its watermark was written
-                # would count its messages twice: they go first.
-                stale = t.query(
-                    "SELECT count() FROM message_slots WHERE fold > {lo:Int64}", {"lo": lo}
-                )
-                if stale.column(0)[0].as_py():
-                    t.command(
-                        "ALTER TABLE message_slots DELETE WHERE fold > {lo:Int64}"
-                        " SETTINGS mutations_sync = 1",
-                        {"lo": lo},
-                    )
+                _drop_after(t, lo)
             self._cut_off = True  # until this fold has written its watermark
             for tenant in tenants:
-                for statement in (*FOLD_STATEMENTS, MESSAGE_ROLLUP):
+                for statement in (*FOLD_STATEMENTS, MESSAGE_ROLLUP, SESSION_FOLD):
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
             set_state(t, WATERMARK, hi)  # 4. the watermark, last
             self.watermark = hi

@@ -11,6 +11,11 @@
   dedupe lookup is a primary-key read.
 - ``message_slots``: messages and feedback per workflow, channel and 15-minute
   slot, added up by the fold (``folds``).
+- ``sessions``: conversations (sessions) as of each fold, as signed rows: a
+  fold adds the sessions it makes (+1) and takes away those they replace (-1),
+  so the sessions as of a fold are the rows up to it that add up to +1.
+  Views copy them ordered by time (``session_starts``) and add them up per
+  channel and 15-minute slot of their first message (``session_slots``).
 - ``workflows``: every workflow an event named, its latest name and when it
   was first seen, as aggregate states (exact whatever the merge state),
   written by the writer just before the events that name a new workflow or
@@ -59,7 +64,10 @@ MESSAGE_ROLLUP_TYPES = "('message.sent', 'message.received', 'feedback.submitted
 SLOT_US = 15 * 60 * 1_000_000
 SLOTS_FROM_US = -2_208_988_800_000_000
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 6
+LAYOUT = 7
+#: The tables a fold writes rows tagged with its watermark (``fold``) to; the rows of
+#: a fold cut off before it wrote its watermark are taken away (``folds``).
+FOLD_TAGGED = ("message_slots", "sessions", "session_starts", "session_slots")
 
 
 def _engine(kind: str, table: str, cluster: str | None, args: str = "") -> str:
@@ -105,6 +113,18 @@ def executions_state_view(cluster: str | None) -> str:
     on, local = (f" ON CLUSTER {identifier(cluster)}", "_local") if cluster else ("", "")
     return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS executions_state_mv{on} TO executions_state{local}
 AS {EXECUTION_STATES.format(source=f"events{local}")}"""
+
+
+#: A session's row: its conversation (customer, channel), first and last message
+#: times, and number of messages; the fold that wrote it, and +1 or -1.
+_SESSION_COLUMNS = f"""tenant LowCardinality(String),
+    customer_id String,
+    channel LowCardinality(String),
+    first_ts {TIME},
+    last_ts {TIME},
+    size UInt64,
+    fold Int64,
+    sign Int8"""
 
 
 def ddl(cluster: str | None = None) -> list[str]:
@@ -225,6 +245,41 @@ SETTINGS {_DURABLE}""",
 ) ENGINE = {_engine("SummingMergeTree", "message_slots", cluster)}
 ORDER BY (tenant, workflow_id, slot, channel, fold)
 SETTINGS {_DURABLE}""",
+        # Sessions, written by the fold only; ordered by conversation, so that the fold
+        # finds the sessions of the conversations new messages touch.
+        f"""CREATE TABLE IF NOT EXISTS sessions{local}{on} (
+    {_SESSION_COLUMNS}
+) ENGINE = {_engine("MergeTree", "sessions", cluster)}
+ORDER BY (tenant, customer_id, channel, first_ts, fold)
+SETTINGS {_DURABLE}""",
+        # The same rows ordered by time, for the sessions that start in part of a slot.
+        f"""CREATE TABLE IF NOT EXISTS session_starts{local}{on} (
+    {_SESSION_COLUMNS}
+) ENGINE = {_engine("MergeTree", "session_starts", cluster)}
+PARTITION BY toYYYYMM(first_ts)
+ORDER BY (tenant, first_ts, channel, fold)
+SETTINGS {_DURABLE}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS session_starts_mv{on} TO session_starts{local}
+AS SELECT * FROM sessions{local}""",
+        # Per channel and slot of their first message, as of each fold: sessions, their
+        # total duration (µs) and messages.
+        f"""CREATE TABLE IF NOT EXISTS session_slots{local}{on} (
+    tenant LowCardinality(String),
+    slot Int64,
+    channel LowCardinality(String),
+    fold Int64,
+    sessions Int64,
+    duration_us Int64,
+    messages Int64
+) ENGINE = {_engine("SummingMergeTree", "session_slots", cluster)}
+ORDER BY (tenant, slot, channel, fold)
+SETTINGS {_DURABLE}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS session_slots_mv{on} TO session_slots{local}
+AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot,
+    channel, fold, sum(sign) AS sessions,
+    sum(sign * (toUnixTimestamp64Micro(last_ts) - toUnixTimestamp64Micro(first_ts))) AS duration_us,
+    sum(sign * toInt64(size)) AS messages
+FROM sessions{local} GROUP BY tenant, slot, channel, fold""",
         # Per key, the latest value: the fold's watermark, the layout.
         f"""CREATE TABLE IF NOT EXISTS engine_state{local}{on} (
     key String,
@@ -237,7 +292,8 @@ SETTINGS {_DURABLE}""",
     if cluster:
         for table in (
             "events", "event_ids", "workflows", "executions_state", "customers_state",
-            "executions", "execution_keys", "engine_state", "message_slots",
+            "executions", "execution_keys", "engine_state", "message_slots", "sessions",
+            "session_starts", "session_slots",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"

@@ -7,7 +7,7 @@ bound as ``Int64`` microseconds (``time_param``) and read back as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,34 @@ def slot_of(column: str) -> str:
 def slot_of_us(t: int) -> int:
     """The slot of a time in µs (as ``slot_of`` in SQL)."""
     return (t - SLOTS_FROM_US) // SLOT_US
+
+
+def cut_slots(windows: Iterable[Window]) -> list[int]:
+    """The slots a window edge falls inside (not on their start): the slots a window
+    covers only in part."""
+    edges = set()
+    for w in windows:
+        edges.add(epoch_us(w.start))
+        edges.add(epoch_us(w.end) + 1)
+    return sorted({slot_of_us(e) for e in edges if (e - SLOTS_FROM_US) % SLOT_US})
+
+
+def in_slots(column: str, slots: Sequence[int]) -> str:
+    """Whether time ``column`` is in one of ``slots``, as literal ranges (integers
+    computed here), so the primary key skips the rest."""
+    return (
+        " OR ".join(
+            f"({column} >= fromUnixTimestamp64Micro({SLOTS_FROM_US + s * SLOT_US}, 'UTC')"
+            f" AND {column} < fromUnixTimestamp64Micro({SLOTS_FROM_US + (s + 1) * SLOT_US}, 'UTC'))"
+            for s in slots
+        )
+        or "0"
+    )
+
+
+def ints(values: Sequence[int]) -> str:
+    """A literal array of integers computed here (never input)."""
+    return "CAST([" + ", ".join(str(int(v)) for v in values) + "], 'Array(Int64)')"
 
 
 def window_params(window: Window) -> dict[str, int]:
