@@ -209,6 +209,24 @@ AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - (-2208988800000000),
     sum(sign * toInt64(size)) AS messages
 FROM sessions_local GROUP BY tenant, slot, channel, fold;
 
+CREATE TABLE IF NOT EXISTS customer_numbers_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    customer_id String,
+    num UInt32,
+    fold Int64
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/customer_numbers', '{replica}')
+ORDER BY (tenant, customer_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE TABLE IF NOT EXISTS active_customers_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    slot Int64,
+    channel LowCardinality(String),
+    num UInt32
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/active_customers', '{replica}')
+ORDER BY (tenant, slot, channel, num)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
 CREATE TABLE IF NOT EXISTS engine_state_local ON CLUSTER `analytics` (
     key String,
     value Int64,
@@ -240,6 +258,10 @@ CREATE TABLE IF NOT EXISTS sessions ON CLUSTER `analytics` AS sessions_local ENG
 CREATE TABLE IF NOT EXISTS session_starts ON CLUSTER `analytics` AS session_starts_local ENGINE = Distributed(`analytics`, currentDatabase(), session_starts_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS session_slots ON CLUSTER `analytics` AS session_slots_local ENGINE = Distributed(`analytics`, currentDatabase(), session_slots_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS customer_numbers ON CLUSTER `analytics` AS customer_numbers_local ENGINE = Distributed(`analytics`, currentDatabase(), customer_numbers_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS active_customers ON CLUSTER `analytics` AS active_customers_local ENGINE = Distributed(`analytics`, currentDatabase(), active_customers_local, sipHash64(tenant));
 
 ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 

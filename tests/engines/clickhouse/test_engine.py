@@ -364,3 +364,30 @@ def test_sessions_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path) -> Non
         check(again, early + late)
     finally:
         again.close()
+
+
+def test_active_customers_while_a_fold_is_under_way(tmp_path: Path) -> None:
+    """A fold that has given numbers and filled bitmaps but not yet written its watermark:
+    answers as of the watermark count each customer once (the new ones from their
+    messages, not also from the bitmaps)."""
+    engine = ClickHouseEngine(ChdbTransport(tmp_path / "ch"), fold_idle_s=3600)
+    try:
+        t0 = datetime(2024, 5, 1, 12)
+        early = [e for k in range(6) for e in _conversation(k, t0, [0, 10])]
+        late = [e for k in range(3, 10) for e in _conversation(k, t0, [20, 40])]
+        window = Window(t0, t0 + timedelta(days=1))
+        engine.append("acme", _valid(early)).result()
+        engine.settle()
+        engine.append("acme", _valid(late)).result()
+        assert engine.folder is not None
+        hi = engine.transport.query("SELECT toUnixTimestamp64Micro(max(ingested_at)) FROM events")
+        params = {"tenant": "acme", "lo": engine.folder.watermark, "hi": hi.column(0)[0].as_py()}
+        for statement in (folds.NUMBER_CUSTOMERS, folds.ACTIVE_CUSTOMERS):
+            engine.transport.command(statement, params)
+        (got,) = engine.customers(CustomerQuery("acme", (window,)))
+        assert (got.total.active, got.by_channel["sms"].active) == (10, 10)
+        engine.settle()
+        (after,) = engine.customers(CustomerQuery("acme", (window,)))
+        assert after.total.active == 10
+    finally:
+        engine.close()

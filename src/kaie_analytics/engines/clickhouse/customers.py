@@ -146,11 +146,6 @@ def _statements(
         + ("{channel:String}" if q.channel is not None else "''")
         + f"{in_segment} GROUP BY customer_id"
     )
-    received = sql.tenant_events(
-        "('message.received')",
-        "channel, customer_id",
-        f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}{in_segment}",
-    )
     feedback = sql.tenant_events(
         "('feedback.submitted')",
         "channel, csat, nps",
@@ -160,16 +155,64 @@ def _statements(
         f"""SELECT countIf(first_event <= {_HI}),
                 countIf(first_received >= {_LO} AND first_received <= {_HI})
             FROM ({firsts})""",
-        # One pass for both: per channel, and over all (the row whose channel is NULL;
-        # a message always has one).
-        f"""SELECT channel IS NOT NULL, channel, uniqExact(customer_id) FROM ({received})
-            GROUP BY GROUPING SETS ((channel), ()) SETTINGS group_by_use_nulls = 1""",
+        _active(window, folded, pending, channel, in_segment),
         _session_sums(window, folded, pending, channel, in_segment),
         f"""SELECT channel, sum(csat), count(csat), count(nps), countIf(nps >= 9),
                 countIf(nps <= 6)
             FROM ({feedback}) GROUP BY channel""",
     ]
     return [(text, params) for text in texts]
+
+
+def _active(window: Window, folded: int, pending: bool, channel: str, in_segment: str) -> str:
+    """Per channel, and over all (the row whose channel is NULL): customers that sent a
+    message in the window.
+
+    As of the watermark ``{folded}``: the numbers of the customers active in the
+    slots no edge cuts, less those given after it, with the numbers of those who
+    sent the messages of the cut slots or ingested since (if the tenant has any:
+    ``pending``), as a bitmap per channel (and their union); those of them without
+    a number as of the watermark sent nothing before it, so they are in no slot
+    and are counted apart. From the events when nothing is folded yet (on a
+    server) or a segment filters the customers.
+    """
+    in_window = f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}"
+    by_channel = "GROUP BY GROUPING SETS ((ch), ()) SETTINGS group_by_use_nulls = 1"
+    if in_segment or not folded:
+        received = sql.tenant_events(
+            "('message.received')", "channel AS ch, customer_id", in_window + in_segment
+        )
+        return f"SELECT ch IS NOT NULL, ch, uniqExact(customer_id) FROM ({received}) {by_channel}"
+    cut = sql.cut_slots([window])
+    slot_lo, slot_hi = (sql.slot_of_us(sql.epoch_us(t)) for t in (window.start, window.end))
+    after = "ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
+    raw = [f"({sql.in_slots('ts', cut)})"] + ([after] if pending else [])
+    messages = sql.tenant_events(
+        "('message.received')",
+        "assumeNotNull(channel) AS ch, assumeNotNull(customer_id) AS c",
+        f"{in_window} AND ({' OR '.join(raw)})",
+    )
+    of_tenant = "tenant = {tenant:String}"
+    known = f"""SELECT customer_id, num FROM customer_numbers FINAL
+        WHERE {of_tenant} AND fold <= {{folded:Int64}} AND customer_id IN (SELECT c FROM raw)"""
+    top = f"(SELECT max(num) FROM customer_numbers WHERE {of_tenant} AND fold <= {{folded:Int64}})"
+    per_channel = f"""SELECT ch, groupBitmapState(num) AS b FROM (
+            SELECT channel AS ch, num FROM active_customers
+            WHERE {of_tenant} AND slot BETWEEN {slot_lo} AND {slot_hi}
+              AND NOT has({sql.ints(cut)}, slot) AND num <= {top}{channel}
+            UNION ALL
+            SELECT raw.ch, known.num FROM raw JOIN known ON raw.c = known.customer_id
+        ) GROUP BY ch"""
+    return f"""
+WITH raw AS ({messages}), known AS ({known}), per_channel AS ({per_channel})
+SELECT grouped, ch, sum(n) FROM (
+    (SELECT ch IS NOT NULL AS grouped, ch, groupBitmapOr(b) AS n FROM per_channel {by_channel})
+    UNION ALL
+    (SELECT ch IS NOT NULL, ch, uniqExact(c) FROM raw
+     WHERE c NOT IN (SELECT customer_id FROM known) {by_channel})
+)
+GROUP BY grouped, ch
+"""
 
 
 def _session_sums(window: Window, folded: int, pending: bool, channel: str, in_segment: str) -> str:

@@ -18,10 +18,12 @@ One fold, for the events ingested in (watermark, new watermark]:
 3. their messages and feedback, added up per workflow, channel and slot, are
    written to ``message_slots``, and how the sessions of their conversations
    change to ``sessions`` (views copy those to ``session_starts`` and add them
-   up in ``session_slots``), all tagged with the new watermark;
+   up in ``session_slots``), all tagged with the new watermark; the customers
+   that sent them get numbers (tagged likewise), added to ``active_customers``
+   per slot and channel;
 4. the new watermark is written to ``engine_state``.
 
-Steps 1 and 2 are idempotent; the rows of step 3 of a fold cut off before
+Steps 1 and 2, and ``active_customers``, are idempotent; numbers are given once; the rows of step 3 of a fold cut off before
 step 4 are taken away by the next fold before it writes its own (queries
 read only rows tagged up to the watermark they use, and a fold builds on the
 sessions as of the watermark before it). So a fold cut off at
@@ -95,6 +97,33 @@ INSERT INTO sessions
 SELECT {{tenant:String}}, customer_id, channel, first_ts, last_ts, size, {{hi:Int64}}, sign
 FROM ({session_changes("{lo:Int64}", "{hi:Int64}")})
 """
+_RECEIVED = (
+    "SELECT assumeNotNull(customer_id) AS c, assumeNotNull(channel) AS ch, ts FROM events"
+    " WHERE tenant = {tenant:String} AND type = 'message.received'"
+    " AND ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
+    " AND ingested_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
+)
+#: Numbers for the customers that sent their first message in (lo, hi], after the
+#: tenant's highest one, tagged with fold ``hi``.
+NUMBER_CUSTOMERS = f"""
+INSERT INTO customer_numbers
+SELECT {{tenant:String}}, c,
+    toUInt32((SELECT max(num) FROM customer_numbers WHERE tenant = {{tenant:String}})
+             + row_number() OVER (ORDER BY c)),
+    {{hi:Int64}}
+FROM (SELECT DISTINCT c FROM ({_RECEIVED}))
+WHERE c NOT IN (SELECT customer_id FROM customer_numbers WHERE tenant = {{tenant:String}})
+"""
+#: The numbers of the customers that sent the messages ingested in (lo, hi], in the
+#: slots and channels of those messages.
+ACTIVE_CUSTOMERS = f"""
+INSERT INTO active_customers
+SELECT DISTINCT {{tenant:String}}, {sql.slot_of("m.ts")}, m.ch, n.num
+FROM ({_RECEIVED}) m
+JOIN (SELECT customer_id, num FROM customer_numbers FINAL
+      WHERE tenant = {{tenant:String}} AND customer_id IN (SELECT c FROM ({_RECEIVED}))) n
+  ON m.c = n.customer_id
+"""
 FOLD_STATEMENTS = (
     # 1. deleted rows at the keys that changed, then the merged rows
     f"""INSERT INTO executions
@@ -108,6 +137,10 @@ FOLD_STATEMENTS = (
     f"""INSERT INTO execution_keys
     SELECT tenant, execution_id, workflow_id, started_at, version FROM ({_NEW_ROWS})""",
 )
+
+
+#: What a fold adds up, in order (numbers before the bitmaps that use them).
+ROLLUP_STATEMENTS = (MESSAGE_ROLLUP, SESSION_FOLD, NUMBER_CUSTOMERS, ACTIVE_CUSTOMERS)
 
 
 def state(transport: Transport, key: str) -> int:
@@ -164,7 +197,10 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
             params = {"tenant": tenant, "lo": 0, "hi": folded}
             if layout < 6:
                 transport.command(MESSAGE_ROLLUP, params)
-            transport.command(SESSION_FOLD, params)
+            if layout < 7:
+                transport.command(SESSION_FOLD, params)
+            transport.command(NUMBER_CUSTOMERS, params)
+            transport.command(ACTIVE_CUSTOMERS, params)
     set_state(transport, "layout", LAYOUT)
 
 
@@ -251,7 +287,7 @@ class Folder:
                 _drop_after(t, lo)
             self._cut_off = True  # until this fold has written its watermark
             for tenant in tenants:
-                for statement in (*FOLD_STATEMENTS, MESSAGE_ROLLUP, SESSION_FOLD):
+                for statement in (*FOLD_STATEMENTS, *ROLLUP_STATEMENTS):
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
             set_state(t, WATERMARK, hi)  # 4. the watermark, last
             self.watermark = hi

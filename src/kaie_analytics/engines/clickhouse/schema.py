@@ -16,6 +16,11 @@
   so the sessions as of a fold are the rows up to it that add up to +1.
   Views copy them ordered by time (``session_starts``) and add them up per
   channel and 15-minute slot of their first message (``session_slots``).
+- ``customer_numbers`` and ``active_customers``: every customer that sent a
+  message gets a number (dense per tenant, in order of the fold that first saw
+  it); per channel and 15-minute slot, the numbers of the customers that sent
+  a message in it, so that the customers active in a period are a bitmap of
+  small integers instead of a distinct count of the texts of messages.
 - ``workflows``: every workflow an event named, its latest name and when it
   was first seen, as aggregate states (exact whatever the merge state),
   written by the writer just before the events that name a new workflow or
@@ -64,7 +69,7 @@ MESSAGE_ROLLUP_TYPES = "('message.sent', 'message.received', 'feedback.submitted
 SLOT_US = 15 * 60 * 1_000_000
 SLOTS_FROM_US = -2_208_988_800_000_000
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 7
+LAYOUT = 8
 #: The tables a fold writes rows tagged with its watermark (``fold``) to; the rows of
 #: a fold cut off before it wrote its watermark are taken away (``folds``).
 FOLD_TAGGED = ("message_slots", "sessions", "session_starts", "session_slots")
@@ -280,6 +285,25 @@ AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - ({SLOTS_FROM_US}), {
     sum(sign * (toUnixTimestamp64Micro(last_ts) - toUnixTimestamp64Micro(first_ts))) AS duration_us,
     sum(sign * toInt64(size)) AS messages
 FROM sessions{local} GROUP BY tenant, slot, channel, fold""",
+        # Written by the fold only: a customer's number, and the fold that gave it.
+        f"""CREATE TABLE IF NOT EXISTS customer_numbers{local}{on} (
+    tenant LowCardinality(String),
+    customer_id String,
+    num UInt32,
+    fold Int64
+) ENGINE = {_engine("ReplacingMergeTree", "customer_numbers", cluster)}
+ORDER BY (tenant, customer_id)
+SETTINGS {_DURABLE}""",
+        # A slot only ever gains customers: adding a fold's messages is a union, whatever
+        # their order and however often (a copy of a row changes no count).
+        f"""CREATE TABLE IF NOT EXISTS active_customers{local}{on} (
+    tenant LowCardinality(String),
+    slot Int64,
+    channel LowCardinality(String),
+    num UInt32
+) ENGINE = {_engine("ReplacingMergeTree", "active_customers", cluster)}
+ORDER BY (tenant, slot, channel, num)
+SETTINGS {_DURABLE}""",
         # Per key, the latest value: the fold's watermark, the layout.
         f"""CREATE TABLE IF NOT EXISTS engine_state{local}{on} (
     key String,
@@ -293,7 +317,7 @@ SETTINGS {_DURABLE}""",
         for table in (
             "events", "event_ids", "workflows", "executions_state", "customers_state",
             "executions", "execution_keys", "engine_state", "message_slots", "sessions",
-            "session_starts", "session_slots",
+            "session_starts", "session_slots", "customer_numbers", "active_customers",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
