@@ -72,39 +72,42 @@ def session_changes(after: str, upto: str | None) -> str:
             min(ts) AS t_new
         FROM ({sql.tenant_events(sql.MESSAGE_TYPES, "customer_id, channel, ts", ingested + upto_)})
         GROUP BY c, ch"""
-    old = f"""SELECT customer_id AS c, channel AS ch, first_ts, last_ts, size FROM sessions
-        WHERE tenant = {{tenant:String}} AND fold <= {after}
-          AND (customer_id, channel) IN (SELECT c, ch FROM touched)
-        GROUP BY c, ch, first_ts, last_ts, size HAVING sum(sign) > 0"""
-    cut = f"""SELECT c, ch, min(t) AS from_ts FROM (
-            SELECT c, ch, t_new AS t FROM touched
-            UNION ALL
-            SELECT o.c, o.ch, o.first_ts FROM old o JOIN touched n ON o.c = n.c AND o.ch = n.ch
-            WHERE {sql.us("o.last_ts")} >= {sql.us("n.t_new")} - {SESSION_GAP_US}
+    # Per touched conversation, its sessions as of fold ``after``.
+    old = f"""SELECT c, ch, groupArray((first_ts, last_ts, size)) AS olds FROM (
+            SELECT customer_id AS c, channel AS ch, first_ts, last_ts, size FROM sessions
+            WHERE tenant = {{tenant:String}} AND fold <= {after}
+              AND (customer_id, channel) IN (SELECT c, ch FROM touched)
+            GROUP BY c, ch, first_ts, last_ts, size HAVING sum(sign) > 0
         ) GROUP BY c, ch"""
-    messages = sql.tenant_events(
-        sql.MESSAGE_TYPES,
-        "assumeNotNull(customer_id) AS c, assumeNotNull(channel) AS ch, ts",
-        f"ts >= (SELECT min(from_ts) FROM cut)"
-        f" AND (customer_id, channel) IN (SELECT c, ch FROM cut){upto_}",
-    )
-    made = _split(
-        f"""SELECT m.c AS customer_id, m.ch AS channel,
-            arraySort(groupArray({sql.us("m.ts")})) AS t
-        FROM ({messages}) m JOIN cut ON m.c = cut.c AND m.ch = cut.ch
-        WHERE m.ts >= cut.from_ts
-        GROUP BY customer_id, channel"""
-    )
+    # Per touched conversation: the time it is made again from, and the sessions replaced.
+    conversations = f"""SELECT t.c AS c, t.ch AS ch,
+            arrayMin(arrayConcat([t.t_new], arrayMap(s -> s.1, arrayFilter(
+                s -> {sql.us("s.2")} >= {sql.us("t.t_new")} - {SESSION_GAP_US}, o.olds))))
+                AS from_ts,
+            arrayFilter(s -> s.1 >= from_ts, o.olds) AS replaced
+        FROM touched t LEFT JOIN old o ON o.c = t.c AND o.ch = t.ch"""
+    messages = f"""SELECT assumeNotNull(customer_id) AS c, assumeNotNull(channel) AS ch,
+            groupArray({sql.us("ts")}) AS times
+        FROM events FINAL
+        WHERE tenant = {{tenant:String}} AND type IN {sql.MESSAGE_TYPES}
+          AND ts >= (SELECT min(from_ts) FROM conversations)
+          AND (customer_id, channel) IN (SELECT c, ch FROM touched){upto_}
+        GROUP BY c, ch"""
+    split = f"""arraySplit((v, starts) -> starts, t,
+        arrayMap((v, i) -> i = 1 OR v - t[i - 1] > {SESSION_GAP_US}, t, arrayEnumerate(t)))"""
+    made = f"""arrayMap(x -> (fromUnixTimestamp64Micro(x[1], 'UTC'),
+        fromUnixTimestamp64Micro(x[-1], 'UTC'), toUInt64(length(x)), toInt8(1)), {split})"""
     return f"""
-WITH touched AS ({touched}), old AS ({old}), cut AS ({cut})
-SELECT customer_id, channel, first_ts, last_ts, size, toInt8(sum(s)) AS sign
+WITH touched AS ({touched}), old AS ({old}), conversations AS ({conversations})
+SELECT customer_id, channel, x.1 AS first_ts, x.2 AS last_ts, x.3 AS size,
+    toInt8(sum(x.4)) AS sign
 FROM (
-    SELECT customer_id, channel, first_ts, last_ts, size, toInt8(1) AS s FROM ({made})
-    UNION ALL
-    SELECT o.c, o.ch, o.first_ts, o.last_ts, o.size, toInt8(-1)
-    FROM old o JOIN cut ON o.c = cut.c AND o.ch = cut.ch WHERE o.first_ts >= cut.from_ts
+    SELECT v.c AS customer_id, v.ch AS channel, v.replaced,
+        arraySort(arrayFilter(u -> u >= {sql.us("v.from_ts")}, m.times)) AS t
+    FROM conversations v LEFT JOIN ({messages}) m ON m.c = v.c AND m.ch = v.ch
 )
-GROUP BY customer_id, channel, first_ts, last_ts, size HAVING sum(s) != 0
+ARRAY JOIN arrayConcat({made}, arrayMap(s -> (s.1, s.2, s.3, toInt8(-1)), replaced)) AS x
+GROUP BY customer_id, channel, first_ts, last_ts, size HAVING sum(x.4) != 0
 """
 
 

@@ -273,7 +273,8 @@ class Folder:
             t = self._transport
             lo = self.watermark
             found = t.query(
-                f"SELECT tenant, {sql.us('max(ingested_at)')} FROM events"
+                f"SELECT tenant, {sql.us('max(ingested_at)')}, countIf(type IN {FEED_TYPES}),"
+                f" countIf(type IN {MESSAGE_ROLLUP_TYPES}) FROM events"
                 " WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
                 f" AND (type IN {FEED_TYPES} OR type IN {MESSAGE_ROLLUP_TYPES})"
                 " GROUP BY tenant",
@@ -281,13 +282,17 @@ class Folder:
             )
             if not found.num_rows:
                 return
-            tenants = [str(x) for x in found.column(0).to_pylist()]
-            hi = max(int(x) for x in found.column(1).to_pylist())
+            tenants = sql.rows(found)
+            hi = max(int(last) for _, last, _, _ in tenants)
             if self._cut_off:
                 _drop_after(t, lo)
             self._cut_off = True  # until this fold has written its watermark
-            for tenant in tenants:
-                for statement in (*FOLD_STATEMENTS, *ROLLUP_STATEMENTS):
+            for tenant, _, executions, messages in tenants:
+                # Only what the tenant's new events can change (each statement has a cost).
+                statements = (FOLD_STATEMENTS if executions else ()) + (
+                    ROLLUP_STATEMENTS if messages else ()
+                )
+                for statement in statements:
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
             set_state(t, WATERMARK, hi)  # 4. the watermark, last
             self.watermark = hi
