@@ -209,6 +209,33 @@ AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - (-2208988800000000),
     sum(sign * toInt64(size)) AS messages
 FROM sessions_local GROUP BY tenant, slot, channel, fold;
 
+CREATE TABLE IF NOT EXISTS customer_firsts_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    customer_id String,
+    channel LowCardinality(String),
+    first_event DateTime64(6, 'UTC'),
+    first_received Nullable(DateTime64(6, 'UTC')),
+    fold Int64,
+    sign Int8
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/customer_firsts', '{replica}')
+ORDER BY (tenant, customer_id, channel, fold)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE TABLE IF NOT EXISTS first_times_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    channel LowCardinality(String),
+    kind UInt8,
+    t DateTime64(6, 'UTC'),
+    fold Int64,
+    sign Int8
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/first_times', '{replica}')
+ORDER BY (tenant, channel, kind, t)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS first_times_mv ON CLUSTER `analytics` TO first_times_local
+AS SELECT tenant, channel, x.1 AS kind, assumeNotNull(x.2) AS t, fold, sign
+FROM customer_firsts_local ARRAY JOIN arrayFilter(x -> x.2 IS NOT NULL, [(toUInt8(0), toNullable(first_event)), (toUInt8(1), first_received)]) AS x;
+
 CREATE TABLE IF NOT EXISTS customer_numbers_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
     customer_id String,
@@ -262,6 +289,10 @@ CREATE TABLE IF NOT EXISTS session_slots ON CLUSTER `analytics` AS session_slots
 CREATE TABLE IF NOT EXISTS customer_numbers ON CLUSTER `analytics` AS customer_numbers_local ENGINE = Distributed(`analytics`, currentDatabase(), customer_numbers_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS active_customers ON CLUSTER `analytics` AS active_customers_local ENGINE = Distributed(`analytics`, currentDatabase(), active_customers_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS customer_firsts ON CLUSTER `analytics` AS customer_firsts_local ENGINE = Distributed(`analytics`, currentDatabase(), customer_firsts_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS first_times ON CLUSTER `analytics` AS first_times_local ENGINE = Distributed(`analytics`, currentDatabase(), first_times_local, sipHash64(tenant));
 
 ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 

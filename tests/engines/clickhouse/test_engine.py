@@ -321,16 +321,33 @@ def _session_sums(events: list[dict[str, object]], window: Window) -> tuple[int,
             sum(n for *_, n in inside))  # fmt: skip
 
 
+def _firsts(events: list[dict[str, object]], window: Window) -> tuple[int, int]:
+    """Customers first seen up to the window's end, and those first heard from in it."""
+    first: dict[object, datetime] = {}
+    heard: dict[object, datetime] = {}
+    for e in events:
+        t = datetime.fromisoformat(str(e["timestamp"]))
+        c = e["customer_id"]
+        first[c] = min(first.get(c, t), t)
+        if e["type"] == "message.received":
+            heard[c] = min(heard.get(c, t), t)
+    lo, hi = window.start.replace(tzinfo=UTC), window.end.replace(tzinfo=UTC)
+    return sum(t <= hi for t in first.values()), sum(lo <= t <= hi for t in heard.values())
+
+
 def test_sessions_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path) -> None:
-    """Late messages join sessions folded before (a fold takes the old ones away); rows of
-    a fold cut off are taken away by the next process's first fold; answers are the same
-    before a fold, after it, with edges inside slots, and in a store of layout 6 (which
-    gets its sessions when it opens)."""
+    """Late messages join sessions folded before (a fold takes the old ones away) and move
+    customers' first-seen times; rows of a fold cut off are taken away by the next
+    process's first fold; answers are the same before a fold, after it, with edges
+    inside slots, and in a store of layout 6 (which gets its sessions, first-seen times
+    and active customers when it opens)."""
     path = tmp_path / "ch"
     engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
     t0 = datetime(2024, 5, 1, 12)
     early = [e for k in range(12) for e in _conversation(k, t0, [0, 10, 60, 200])]
     late = [e for k in range(12) for e in _conversation(k, t0, [35, 190])]  # joins them
+    late += [e for k in range(4) for e in _conversation(k, t0, [-4])]  # first seen earlier
+    late += [e for k in range(12, 15) for e in _conversation(k, t0, [0])]  # new customers
     windows = [Window(t0, t0 + timedelta(days=1)),
                Window(t0 + timedelta(minutes=20), t0 + timedelta(hours=4, minutes=1))]  # fmt: skip
 
@@ -339,14 +356,20 @@ def test_sessions_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path) -> Non
             (got,) = store.customers(CustomerQuery("acme", (w,)))
             s = got.by_channel["sms"]
             assert (s.sessions, s.session_us, s.session_messages) == _session_sums(events, w)
+            assert (got.known, got.new) == _firsts(events, w)
 
     engine.append("acme", _valid(early)).result()
     engine.settle()
     check(engine, early)
     assert engine.folder is not None
-    engine.transport.command(  # a session a fold wrote, cut off before its watermark
+    cut_off = engine.folder.watermark + 1  # rows a fold wrote, cut off before its watermark
+    engine.transport.command(
         f"INSERT INTO sessions VALUES ('acme', 'c0', 'sms', '2024-05-01 12:30:00',"
-        f" '2024-05-01 12:40:00', 5, {engine.folder.watermark + 1}, 1)"
+        f" '2024-05-01 12:40:00', 5, {cut_off}, 1)"
+    )
+    engine.transport.command(
+        f"INSERT INTO customer_firsts VALUES ('acme', 'new', '', '2024-05-01 12:30:00',"
+        f" '2024-05-01 12:30:00', {cut_off}, 1)"
     )
     engine.close()  # the process stopped there
     engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
@@ -354,7 +377,9 @@ def test_sessions_of_a_fold_cut_off_are_not_counted_twice(tmp_path: Path) -> Non
     check(engine, early + late)  # before the fold: the late messages change sessions
     engine.settle()
     check(engine, early + late)
-    for table in ("sessions", "session_starts", "session_slots"):  # as layout 6 left it
+    tables = ("sessions", "session_starts", "session_slots", "customer_firsts", "first_times",
+              "customer_numbers", "active_customers")  # fmt: skip
+    for table in tables:  # as layout 6 left it
         engine.transport.command(f"TRUNCATE TABLE {table}")
     folds.set_state(engine.transport, "layout", 6)
     engine.close()

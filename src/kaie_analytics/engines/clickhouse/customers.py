@@ -24,6 +24,7 @@ from kaie_analytics.analytics.facts import (
     Window,
 )
 from kaie_analytics.engines.clickhouse import sql
+from kaie_analytics.engines.clickhouse.schema import FIRST_TIMES
 from kaie_analytics.engines.clickhouse.transport import Transport
 
 _LO, _HI = sql.time_param("lo"), sql.time_param("hi")
@@ -111,6 +112,46 @@ GROUP BY customer_id, channel, first_ts, last_ts, size HAVING sum(x.4) != 0
 """
 
 
+def first_changes(after: str, upto: str | None) -> str:
+    """How the first-seen times of ``{tenant}``'s customers change with the events
+    ingested after fold ``after`` (and up to ``upto``; None: all): rows of
+    ``schema.customer_firsts`` less fold and tenant, +1 for the times a customer
+    has now, -1 for those it had as of fold ``after`` (when they differ)."""
+    ingested = f"ingested_at > fromUnixTimestamp64Micro({after}, 'UTC')" + (
+        f" AND ingested_at <= fromUnixTimestamp64Micro({upto}, 'UTC')" if upto else ""
+    )
+    # Per customer and channel, and over all (''), as ``schema.CUSTOMER_STATES``.
+    touched = f"""SELECT assumeNotNull(customer_id) AS c, ch, min(ts) AS t_event,
+            minOrNullIf(ts, type = 'message.received') AS t_received
+        FROM events
+        ARRAY JOIN if(channel IS NULL, [''], [assumeNotNull(channel), '']) AS ch
+        WHERE tenant = {{tenant:String}} AND customer_id IS NOT NULL AND {ingested}
+        GROUP BY c, ch"""
+    old = f"""SELECT c, ch, groupArray((first_event, first_received)) AS olds FROM (
+            SELECT customer_id AS c, channel AS ch, first_event, first_received
+            FROM customer_firsts
+            WHERE tenant = {{tenant:String}} AND fold <= {after}
+              AND (customer_id, channel) IN (SELECT c, ch FROM touched)
+            GROUP BY c, ch, first_event, first_received HAVING sum(sign) > 0
+        ) GROUP BY c, ch"""
+    # A customer has one row as of a fold, or none (``olds`` empty).
+    a, b = "olds[1].2", "t.t_received"
+    return f"""
+WITH touched AS ({touched}), old AS ({old})
+SELECT c AS customer_id, ch AS channel, x.1 AS first_event, x.2 AS first_received,
+    x.3 AS sign
+FROM (
+    SELECT t.c AS c, t.ch AS ch, o.olds AS olds,
+        if(empty(olds), t.t_event, least(olds[1].1, t.t_event)) AS e,
+        if(empty(olds) OR {a} IS NULL, {b}, if({b} IS NULL, {a}, least({a}, {b}))) AS r
+    FROM touched t LEFT JOIN old o ON o.c = t.c AND o.ch = t.ch
+)
+ARRAY JOIN arrayConcat(
+    arrayMap(o -> (o.1, o.2, toInt8(-1)), olds), [(e, r, toInt8(1))]) AS x
+WHERE empty(olds) OR NOT (olds[1].1 = e AND ifNull(olds[1].2 = r, olds[1].2 IS NULL AND r IS NULL))
+"""
+
+
 def customers(
     transport: Transport, q: CustomerQuery, folded: int, pending: bool
 ) -> list[CustomerFacts]:
@@ -141,23 +182,13 @@ def _statements(
         else ""
     )
     channel = " AND channel = {channel:String}" if q.channel is not None else ""
-    # Per customer (of the channel, or of all: ''), from their aggregate states.
-    firsts = (
-        "SELECT customer_id, min(first_event) AS first_event,"
-        " min(first_received) AS first_received FROM customers_state"
-        " WHERE tenant = {tenant:String} AND channel = "
-        + ("{channel:String}" if q.channel is not None else "''")
-        + f"{in_segment} GROUP BY customer_id"
-    )
     feedback = sql.tenant_events(
         "('feedback.submitted')",
         "channel, csat, nps",
         f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}{in_segment}",
     )
     texts = [
-        f"""SELECT countIf(first_event <= {_HI}),
-                countIf(first_received >= {_LO} AND first_received <= {_HI})
-            FROM ({firsts})""",
+        _firsts(q, folded, pending, in_segment),
         _active(window, folded, pending, channel, in_segment),
         _session_sums(window, folded, pending, channel, in_segment),
         f"""SELECT channel, sum(csat), count(csat), count(nps), countIf(nps >= 9),
@@ -165,6 +196,43 @@ def _statements(
             FROM ({feedback}) GROUP BY channel""",
     ]
     return [(text, params) for text in texts]
+
+
+def _firsts(q: CustomerQuery, folded: int, pending: bool, in_segment: str) -> str:
+    """Customers (of the channel, or of all: '') first seen up to the window's end, and
+    those whose first message received is in the window.
+
+    As of the watermark ``{folded}``: sums of signs over ranges of ``first_times``,
+    plus how the events ingested since change them (if the tenant has any:
+    ``pending``). From ``customers_state`` when nothing is folded yet (on a server)
+    or a segment filters the customers.
+    """
+    channel = "{channel:String}" if q.channel is not None else "''"
+    counts = f"""sumIf(sign, kind = 0 AND t <= {_HI}),
+        sumIf(sign, kind = 1 AND t BETWEEN {_LO} AND {_HI})"""
+    if in_segment or not folded:
+        # From the aggregate states, per customer.
+        return f"""SELECT {counts.replace("sign", "1")} FROM (
+            SELECT 0 AS kind, min(first_event) AS t FROM customers_state
+            WHERE tenant = {{tenant:String}} AND channel = {channel}{in_segment}
+            GROUP BY customer_id
+            UNION ALL
+            SELECT 1, min(first_received) AS t FROM customers_state
+            WHERE tenant = {{tenant:String}} AND channel = {channel}{in_segment}
+            GROUP BY customer_id HAVING t IS NOT NULL
+        )"""
+    parts = [
+        f"""SELECT kind, t, sign FROM first_times
+        WHERE tenant = {{tenant:String}} AND channel = {channel} AND fold <= {{folded:Int64}}
+          AND (kind = 0 AND t <= {_HI} OR kind = 1 AND t BETWEEN {_LO} AND {_HI})"""
+    ]
+    if pending:
+        parts.append(
+            f"SELECT x.1, assumeNotNull(x.2), sign"
+            f" FROM ({first_changes('{folded:Int64}', None)})"
+            f" ARRAY JOIN {FIRST_TIMES} AS x WHERE channel = {channel}"
+        )
+    return f"SELECT {counts} FROM ({' UNION ALL '.join(parts)})"
 
 
 def _active(window: Window, folded: int, pending: bool, channel: str, in_segment: str) -> str:

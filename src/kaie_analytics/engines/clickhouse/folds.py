@@ -20,7 +20,9 @@ One fold, for the events ingested in (watermark, new watermark]:
    change to ``sessions`` (views copy those to ``session_starts`` and add them
    up in ``session_slots``), all tagged with the new watermark; the customers
    that sent them get numbers (tagged likewise), added to ``active_customers``
-   per slot and channel;
+   per slot and channel; and how the first-seen times of the customers of
+   the new events change goes to ``customer_firsts`` (a view copies it to
+   ``first_times``), tagged likewise;
 4. the new watermark is written to ``engine_state``.
 
 Steps 1 and 2, and ``active_customers``, are idempotent; numbers are given once; the rows of step 3 of a fold cut off before
@@ -41,7 +43,7 @@ import logging
 import threading
 
 from kaie_analytics.engines.clickhouse import schema, sql
-from kaie_analytics.engines.clickhouse.customers import session_changes
+from kaie_analytics.engines.clickhouse.customers import first_changes, session_changes
 from kaie_analytics.engines.clickhouse.schema import (
     CUSTOMER_STATES,
     EXECUTION_STATES,
@@ -139,7 +141,13 @@ FOLD_STATEMENTS = (
 )
 
 
-#: What a fold adds up, in order (numbers before the bitmaps that use them).
+#: How the customers' first-seen times change with the events ingested in (lo, hi].
+FIRSTS_FOLD = f"""
+INSERT INTO customer_firsts
+SELECT {{tenant:String}}, customer_id, channel, first_event, first_received, {{hi:Int64}}, sign
+FROM ({first_changes("{lo:Int64}", "{hi:Int64}")})
+"""
+#: What a fold adds up of messages, in order (numbers before the slots that use them).
 ROLLUP_STATEMENTS = (MESSAGE_ROLLUP, SESSION_FOLD, NUMBER_CUSTOMERS, ACTIVE_CUSTOMERS)
 
 
@@ -199,8 +207,10 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
                 transport.command(MESSAGE_ROLLUP, params)
             if layout < 7:
                 transport.command(SESSION_FOLD, params)
-            transport.command(NUMBER_CUSTOMERS, params)
-            transport.command(ACTIVE_CUSTOMERS, params)
+            if layout < 8:
+                transport.command(NUMBER_CUSTOMERS, params)
+                transport.command(ACTIVE_CUSTOMERS, params)
+            transport.command(FIRSTS_FOLD, params)
     set_state(transport, "layout", LAYOUT)
 
 
@@ -274,23 +284,24 @@ class Folder:
             lo = self.watermark
             found = t.query(
                 f"SELECT tenant, {sql.us('max(ingested_at)')}, countIf(type IN {FEED_TYPES}),"
-                f" countIf(type IN {MESSAGE_ROLLUP_TYPES}) FROM events"
-                " WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
-                f" AND (type IN {FEED_TYPES} OR type IN {MESSAGE_ROLLUP_TYPES})"
+                f" countIf(type IN {MESSAGE_ROLLUP_TYPES}), countIf(customer_id IS NOT NULL)"
+                " FROM events WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
                 " GROUP BY tenant",
                 {"lo": lo},
             )
             if not found.num_rows:
                 return
             tenants = sql.rows(found)
-            hi = max(int(last) for _, last, _, _ in tenants)
+            hi = max(int(last) for _, last, *_ in tenants)
             if self._cut_off:
                 _drop_after(t, lo)
             self._cut_off = True  # until this fold has written its watermark
-            for tenant, _, executions, messages in tenants:
+            for tenant, _, executions, messages, customers in tenants:
                 # Only what the tenant's new events can change (each statement has a cost).
-                statements = (FOLD_STATEMENTS if executions else ()) + (
-                    ROLLUP_STATEMENTS if messages else ()
+                statements = (
+                    (FOLD_STATEMENTS if executions else ())
+                    + (ROLLUP_STATEMENTS if messages else ())
+                    + ((FIRSTS_FOLD,) if customers else ())
                 )
                 for statement in statements:
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})

@@ -16,6 +16,10 @@
   so the sessions as of a fold are the rows up to it that add up to +1.
   Views copy them ordered by time (``session_starts``) and add them up per
   channel and 15-minute slot of their first message (``session_slots``).
+- ``customer_firsts``: each customer's first event and first message
+  received, per channel and overall (''), as of each fold, as signed rows
+  like ``sessions``; a view copies them ordered by time (``first_times``), so
+  the customers first seen up to a time are a sum of signs over a range.
 - ``customer_numbers`` and ``active_customers``: every customer that sent a
   message gets a number (dense per tenant, in order of the fold that first saw
   it); per channel and 15-minute slot, the numbers of the customers that sent
@@ -69,10 +73,13 @@ MESSAGE_ROLLUP_TYPES = "('message.sent', 'message.received', 'feedback.submitted
 SLOT_US = 15 * 60 * 1_000_000
 SLOTS_FROM_US = -2_208_988_800_000_000
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 8
+LAYOUT = 9
 #: The tables a fold writes rows tagged with its watermark (``fold``) to; the rows of
 #: a fold cut off before it wrote its watermark are taken away (``folds``).
-FOLD_TAGGED = ("message_slots", "sessions", "session_starts", "session_slots")
+FOLD_TAGGED = (
+    "message_slots", "sessions", "session_starts", "session_slots", "customer_firsts",
+    "first_times",
+)  # fmt: skip
 
 
 def _engine(kind: str, table: str, cluster: str | None, args: str = "") -> str:
@@ -120,6 +127,12 @@ def executions_state_view(cluster: str | None) -> str:
 AS {EXECUTION_STATES.format(source=f"events{local}")}"""
 
 
+#: The times of a row of ``customer_firsts`` as (kind, time): 0 its first event, 1 its
+#: first message received (when it has one).
+FIRST_TIMES = (
+    "arrayFilter(x -> x.2 IS NOT NULL,"
+    " [(toUInt8(0), toNullable(first_event)), (toUInt8(1), first_received)])"
+)
 #: A session's row: its conversation (customer, channel), first and last message
 #: times, and number of messages; the fold that wrote it, and +1 or -1.
 _SESSION_COLUMNS = f"""tenant LowCardinality(String),
@@ -285,6 +298,34 @@ AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - ({SLOTS_FROM_US}), {
     sum(sign * (toUnixTimestamp64Micro(last_ts) - toUnixTimestamp64Micro(first_ts))) AS duration_us,
     sum(sign * toInt64(size)) AS messages
 FROM sessions{local} GROUP BY tenant, slot, channel, fold""",
+        # Written by the fold only; ordered by customer, so that the fold finds the rows
+        # of the customers new events touch.
+        f"""CREATE TABLE IF NOT EXISTS customer_firsts{local}{on} (
+    tenant LowCardinality(String),
+    customer_id String,
+    channel LowCardinality(String),
+    first_event {TIME},
+    first_received Nullable({TIME}),
+    fold Int64,
+    sign Int8
+) ENGINE = {_engine("MergeTree", "customer_firsts", cluster)}
+ORDER BY (tenant, customer_id, channel, fold)
+SETTINGS {_DURABLE}""",
+        # Each of those times as a row of its kind (0: first event, 1: first message
+        # received), ordered by time.
+        f"""CREATE TABLE IF NOT EXISTS first_times{local}{on} (
+    tenant LowCardinality(String),
+    channel LowCardinality(String),
+    kind UInt8,
+    t {TIME},
+    fold Int64,
+    sign Int8
+) ENGINE = {_engine("MergeTree", "first_times", cluster)}
+ORDER BY (tenant, channel, kind, t)
+SETTINGS {_DURABLE}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS first_times_mv{on} TO first_times{local}
+AS SELECT tenant, channel, x.1 AS kind, assumeNotNull(x.2) AS t, fold, sign
+FROM customer_firsts{local} ARRAY JOIN {FIRST_TIMES} AS x""",
         # Written by the fold only: a customer's number, and the fold that gave it.
         f"""CREATE TABLE IF NOT EXISTS customer_numbers{local}{on} (
     tenant LowCardinality(String),
@@ -318,6 +359,7 @@ SETTINGS {_DURABLE}""",
             "events", "event_ids", "workflows", "executions_state", "customers_state",
             "executions", "execution_keys", "engine_state", "message_slots", "sessions",
             "session_starts", "session_slots", "customer_numbers", "active_customers",
+            "customer_firsts", "first_times",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
