@@ -158,15 +158,18 @@ def customers(
     """One per window; the first one's also by channel (later ones serve trends, which
     need totals only). ``folded``: the fold's watermark; ``pending``: whether the
     tenant has events after it. Every statement of every window side by side."""
-    statements = [st for w in q.windows for st in _statements(q, w, folded, pending)]
+    statements = [
+        st for i, w in enumerate(q.windows) for st in _statements(q, w, folded, pending, i == 0)
+    ]
     tables = transport.query_all(statements)
     return [_facts(tables[4 * i : 4 * i + 4], by_channel=i == 0) for i in range(len(q.windows))]
 
 
 def _statements(
-    q: CustomerQuery, window: Window, folded: int, pending: bool
+    q: CustomerQuery, window: Window, folded: int, pending: bool, by_channel: bool
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Of one window: first events, active customers, sessions, feedback."""
+    """Of one window: first events, active customers (per channel too if ``by_channel``),
+    sessions, feedback."""
     params: dict[str, Any] = {
         "tenant": q.tenant,
         "folded": folded,
@@ -189,7 +192,7 @@ def _statements(
     )
     texts = [
         _firsts(q, folded, pending, in_segment),
-        _active(window, folded, pending, channel, in_segment),
+        _active(window, folded, pending, channel, in_segment, by_channel),
         _session_sums(window, folded, pending, channel, in_segment),
         f"""SELECT channel, sum(csat), count(csat), count(nps), countIf(nps >= 9),
                 countIf(nps <= 6)
@@ -235,9 +238,11 @@ def _firsts(q: CustomerQuery, folded: int, pending: bool, in_segment: str) -> st
     return f"SELECT {counts} FROM ({' UNION ALL '.join(parts)})"
 
 
-def _active(window: Window, folded: int, pending: bool, channel: str, in_segment: str) -> str:
-    """Per channel, and over all (the row whose channel is NULL): customers that sent a
-    message in the window.
+def _active(
+    window: Window, folded: int, pending: bool, channel: str, in_segment: str, by_channel: bool
+) -> str:
+    """Per channel (if ``by_channel``), and over all (the row whose channel is NULL):
+    customers that sent a message in the window.
 
     As of the watermark ``{folded}``: the numbers of the customers active in the
     slots no edge cuts, less those given after it, with the numbers of those who
@@ -248,12 +253,12 @@ def _active(window: Window, folded: int, pending: bool, channel: str, in_segment
     server) or a segment filters the customers.
     """
     in_window = f"ts BETWEEN {_LO} AND {_HI} AND customer_id IS NOT NULL{channel}"
-    by_channel = "GROUP BY GROUPING SETS ((ch), ()) SETTINGS group_by_use_nulls = 1"
+    grouped = "GROUP BY GROUPING SETS ((ch), ()) SETTINGS group_by_use_nulls = 1"
     if in_segment or not folded:
         received = sql.tenant_events(
             "('message.received')", "channel AS ch, customer_id", in_window + in_segment
         )
-        return f"SELECT ch IS NOT NULL, ch, uniqExact(customer_id) FROM ({received}) {by_channel}"
+        return f"SELECT ch IS NOT NULL, ch, uniqExact(customer_id) FROM ({received}) {grouped}"
     cut = sql.cut_slots([window])
     slot_lo, slot_hi = (sql.slot_of_us(sql.epoch_us(t)) for t in (window.start, window.end))
     after = "ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
@@ -267,20 +272,21 @@ def _active(window: Window, folded: int, pending: bool, channel: str, in_segment
     known = f"""SELECT customer_id, num FROM customer_numbers FINAL
         WHERE {of_tenant} AND fold <= {{folded:Int64}} AND customer_id IN (SELECT c FROM raw)"""
     top = f"(SELECT max(num) FROM customer_numbers WHERE {of_tenant} AND fold <= {{folded:Int64}})"
-    per_channel = f"""SELECT ch, groupBitmapState(num) AS b FROM (
+    # A bitmap per channel, or one of all (as channel '', which no message has).
+    per_channel = f"""SELECT {"ch" if by_channel else "''"} AS ch, groupBitmapState(num) AS b FROM (
             SELECT channel AS ch, num FROM active_customers
             WHERE {of_tenant} AND slot BETWEEN {slot_lo} AND {slot_hi}
               AND NOT has({sql.ints(cut)}, slot) AND num <= {top}{channel}
             UNION ALL
             SELECT raw.ch, known.num FROM raw JOIN known ON raw.c = known.customer_id
-        ) GROUP BY ch"""
+        ){" GROUP BY ch" if by_channel else ""}"""
     return f"""
 WITH raw AS ({messages}), known AS ({known}), per_channel AS ({per_channel})
 SELECT grouped, ch, sum(n) FROM (
-    (SELECT ch IS NOT NULL AS grouped, ch, groupBitmapOr(b) AS n FROM per_channel {by_channel})
+    (SELECT ch IS NOT NULL AS grouped, ch, groupBitmapOr(b) AS n FROM per_channel {grouped})
     UNION ALL
     (SELECT ch IS NOT NULL, ch, uniqExact(c) FROM raw
-     WHERE c NOT IN (SELECT customer_id FROM known) {by_channel})
+     WHERE c NOT IN (SELECT customer_id FROM known) {grouped})
 )
 GROUP BY grouped, ch
 """
