@@ -209,6 +209,35 @@ AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - (-2208988800000000),
     sum(sign * toInt64(size)) AS messages
 FROM sessions_local GROUP BY tenant, slot, channel, fold;
 
+CREATE TABLE IF NOT EXISTS journeys_state_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    journey_id String,
+    evs AggregateFunction(groupUniqArray, Tuple(String, DateTime64(6, 'UTC'), String, Nullable(String), Nullable(Int8), Nullable(String), Nullable(String)))
+) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/journeys_state', '{replica}')
+ORDER BY (tenant, journey_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS journeys_state_mv ON CLUSTER `analytics` TO journeys_state_local
+AS SELECT tenant, assumeNotNull(journey_id) AS journey_id,
+    groupUniqArrayState(CAST((event_id, ts, type, journey_type, step, step_name, reason)
+        AS Tuple(String, DateTime64(6, 'UTC'), String, Nullable(String), Nullable(Int8), Nullable(String), Nullable(String)))) AS evs
+FROM events_local WHERE type IN ('journey.step', 'journey.completed', 'journey.dropped') AND journey_id IS NOT NULL
+GROUP BY tenant, journey_id;
+
+CREATE TABLE IF NOT EXISTS journeys_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    journey_id String,
+    journey_type Nullable(String),
+    first_step Nullable(DateTime64(6, 'UTC')),
+    completed Nullable(DateTime64(6, 'UTC')),
+    top_step Nullable(Int8),
+    reasons Array(String),
+    steps Array(Tuple(Int8, DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), DateTime64(6, 'UTC'))),
+    version UInt64
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/journeys', '{replica}', version)
+ORDER BY (tenant, journey_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
 CREATE TABLE IF NOT EXISTS customer_firsts_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
     customer_id String,
@@ -293,6 +322,10 @@ CREATE TABLE IF NOT EXISTS active_customers ON CLUSTER `analytics` AS active_cus
 CREATE TABLE IF NOT EXISTS customer_firsts ON CLUSTER `analytics` AS customer_firsts_local ENGINE = Distributed(`analytics`, currentDatabase(), customer_firsts_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS first_times ON CLUSTER `analytics` AS first_times_local ENGINE = Distributed(`analytics`, currentDatabase(), first_times_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS journeys_state ON CLUSTER `analytics` AS journeys_state_local ENGINE = Distributed(`analytics`, currentDatabase(), journeys_state_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS journeys ON CLUSTER `analytics` AS journeys_local ENGINE = Distributed(`analytics`, currentDatabase(), journeys_local, sipHash64(tenant));
 
 ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 

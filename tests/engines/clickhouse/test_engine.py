@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from factories import iso
-from kaie_analytics.analytics.facts import ActivityQuery, Ask, CustomerQuery, RowsQuery, Window
+from kaie_analytics.analytics.facts import (
+    ActivityQuery,
+    Ask,
+    CustomerQuery,
+    JourneyQuery,
+    RowsQuery,
+    Window,
+)
 from kaie_analytics.engines.clickhouse import folds, sql
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import ddl
@@ -416,3 +423,39 @@ def test_active_customers_while_a_fold_is_under_way(tmp_path: Path) -> None:
         assert after.total.active == 10
     finally:
         engine.close()
+
+
+def test_a_store_of_layout_9_gets_its_journeys(tmp_path: Path) -> None:
+    """Journeys are folded since layout 10: an older store gets their states and folded
+    rows when it opens (events after its watermark included)."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+
+    def journey(i: int, steps: int) -> list[dict[str, object]]:
+        base = {"journey_type": "onboarding", "journey_id": f"j{i}", "customer_id": f"c{i}"}
+        return [
+            {"id": f"j{i}-{s}", "type": "journey.step", "step": s, "step_name": f"s{s}",
+             "timestamp": iso(t0 + timedelta(minutes=i + s)), **base}
+            for s in range(1, steps + 1)
+        ]  # fmt: skip
+
+    q = JourneyQuery("acme", "onboarding", Window(t0, t0 + timedelta(days=1)), True)
+    engine.append("acme", _valid([e for i in range(8) for e in journey(i, 1 + i % 3)])).result()
+    engine.settle()
+    want = engine.journeys(q)
+    assert (want.journeys, [s.reached for s in want.steps]) == (8, [8, 5, 2])
+    engine.append("acme", _valid(journey(8, 3))).result()  # not folded yet
+    for table in ("journeys_state", "journeys"):  # and a store of layout 9
+        engine.transport.command(f"TRUNCATE TABLE {table}")
+    folds.set_state(engine.transport, "layout", 9)
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        got = again.journeys(q)
+        assert (got.journeys, [s.reached for s in got.steps]) == (9, [9, 6, 3])
+        again.settle()
+        assert again.journeys(q) == got
+        assert again.journey_types("acme") == ["onboarding"]
+    finally:
+        again.close()

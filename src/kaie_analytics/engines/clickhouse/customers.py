@@ -24,7 +24,7 @@ from kaie_analytics.analytics.facts import (
     Window,
 )
 from kaie_analytics.engines.clickhouse import sql
-from kaie_analytics.engines.clickhouse.schema import FIRST_TIMES
+from kaie_analytics.engines.clickhouse.schema import FIRST_TIMES, JOURNEY_TYPES
 from kaie_analytics.engines.clickhouse.transport import Transport
 
 _LO, _HI = sql.time_param("lo"), sql.time_param("hi")
@@ -365,26 +365,26 @@ def _facts(tables: list[pa.Table], *, by_channel: bool) -> CustomerFacts:
 
 # ------------------------------------------------------------------- journeys
 
-_JOURNEY_TYPES = "('journey.step', 'journey.completed', 'journey.dropped')"
-_JOURNEY_EVENTS = sql.tenant_events(
-    _JOURNEY_TYPES,
-    "journey_id, journey_type, type, ts, step, step_name, reason",
-    "journey_id IS NOT NULL",
-)
-
-#: A step event of step ``s`` (inside a lambda over a journey's events ``e``).
+#: A step event of step ``s`` (inside a lambda over a journey's events ``e``: ts, type,
+#: step, step name).
 _STEP_S = "e.2 = 'journey.step' AND e.3 = s"
 #: The first event after reaching step ``s`` that is not itself of that step.
 _NEXT = f"e.1 > arrayFirst(e -> {_STEP_S}, evs).1 AND NOT ({_STEP_S})"
+#: Whether event ``e`` (as ``schema.JOURNEY_EVENT``) is a step, a completion, a drop.
+_IS = {k: f"e.3 = 'journey.{k}'" for k in ("step", "completed", "dropped")}
 
 
 def journeys_sql(where: str) -> str:
-    """The journeys of ``{tenant}`` with an event matching ``where``: each with its type
-    (its earliest event's), first step, completion, highest step, drop reasons, and the
-    steps it reached (each: when first, the time to the journey's next event, the
-    step's latest name and that name's time), computed from the journey's events in
-    time order (one pass, arrays)."""
-    candidates = sql.tenant_events(_JOURNEY_TYPES, "journey_id", where)
+    """The journeys of ``{tenant}`` whose states match ``where`` (on ``journeys_state``):
+    each with its type (its earliest event's that has one), first step, completion,
+    highest step, drop reasons, and the steps it reached (each: when first, the time
+    to the journey's next event, the step's latest name and that name's time),
+    worked out from the journey's events in time order (one pass, arrays)."""
+
+    def first_ts(kind: str) -> str:
+        return f"if(arrayExists(e -> {_IS[kind]}, xs), arrayFirst(e -> {_IS[kind]}, xs).2, NULL)"
+
+    steps_of = f"arrayFilter(e -> {_IS['step']} AND e.5 IS NOT NULL, xs)"
     return f"""
 SELECT journey_id, journey_type, first_step, completed, top_step, reasons,
     arrayMap(s -> (
@@ -399,41 +399,70 @@ SELECT journey_id, journey_type, first_step, completed, top_step, reasons,
     ), arraySort(arrayDistinct(arrayMap(e -> assumeNotNull(e.3),
         arrayFilter(e -> e.2 = 'journey.step' AND e.3 IS NOT NULL, evs))))) AS steps
 FROM (
-    SELECT journey_id, argMin(journey_type, ts) AS journey_type,
-        minOrNullIf(ts, type = 'journey.step') AS first_step,
-        minOrNullIf(ts, type = 'journey.completed') AS completed,
-        maxOrNullIf(step, type = 'journey.step') AS top_step,
-        arraySort(groupArrayIf(reason, type = 'journey.dropped')) AS reasons,
-        arraySort(e -> e.1, groupArray((ts, type, step, step_name))) AS evs
-    FROM ({_JOURNEY_EVENTS})
-    WHERE journey_id IN ({candidates})
-    GROUP BY journey_id
+    SELECT journey_id, arrayFirst(e -> e.4 IS NOT NULL, xs).4 AS journey_type,
+        {first_ts("step")} AS first_step, {first_ts("completed")} AS completed,
+        if(empty({steps_of}), NULL, arrayMax(arrayMap(e -> assumeNotNull(e.5), {steps_of})))
+            AS top_step,
+        arraySort(arrayMap(e -> assumeNotNull(e.7),
+            arrayFilter(e -> {_IS["dropped"]} AND e.7 IS NOT NULL, xs))) AS reasons,
+        arrayMap(e -> (e.2, e.3, e.5, e.6), xs) AS evs
+    FROM (
+        SELECT journey_id, arraySort(e -> (e.2, e.1), groupUniqArrayMerge(evs)) AS xs
+        FROM journeys_state WHERE tenant = {{tenant:String}} AND {where}
+        GROUP BY journey_id
+    )
 )
 """
 
 
-def journey_types(transport: Transport, tenant: str) -> list[str]:
-    journeys = sql.tenant_events(
-        _JOURNEY_TYPES,
-        "journey_id, argMin(journey_type, ts) AS journey_type,"
-        " countIf(type = 'journey.step') AS steps",
-        "journey_id IS NOT NULL GROUP BY journey_id",
-    )
+#: The journeys of ``{tenant}`` with events ingested after the watermark ``{folded}``.
+_PENDING_JOURNEYS = (
+    "SELECT journey_id FROM events WHERE tenant = {tenant:String}"
+    " AND ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
+    f" AND type IN {JOURNEY_TYPES} AND journey_id IS NOT NULL"
+)
+
+
+def _journeys(folded: int, pending: bool, where: str, candidates: str = "1") -> str:
+    """``{tenant}``'s journeys matching ``where`` (on their facts): the folded ones,
+    except those with events after the watermark ``{folded}`` (if the tenant has any:
+    ``pending``), which are worked out from their states; on a server (nothing
+    folded), all are, of those whose states match ``candidates``."""
+    if not folded:
+        return f"SELECT * FROM ({journeys_sql(candidates)}) WHERE {where}"
+    rows = f"""SELECT journey_id, journey_type, first_step, completed, top_step, reasons, steps
+        FROM journeys FINAL WHERE tenant = {{tenant:String}} AND {where}"""
+    if not pending:
+        return rows
+    return f"""{rows} AND journey_id NOT IN ({_PENDING_JOURNEYS})
+        UNION ALL
+        SELECT * FROM ({journeys_sql(f"journey_id IN ({_PENDING_JOURNEYS})")}) WHERE {where}"""
+
+
+def journey_types(transport: Transport, tenant: str, folded: int, pending: bool) -> list[str]:
+    """The types of the tenant's journeys that have a step."""
+    kinds = _journeys(folded, pending, "first_step IS NOT NULL AND journey_type IS NOT NULL")
     table = transport.query(
-        f"SELECT DISTINCT journey_type FROM ({journeys})"
-        " WHERE steps > 0 AND journey_type IS NOT NULL ORDER BY journey_type",
-        {"tenant": tenant},
+        f"SELECT DISTINCT journey_type FROM ({kinds}) ORDER BY journey_type",
+        {"tenant": tenant, "folded": folded},
     )
     return [str(t) for t in table.column(0).to_pylist()]
 
 
-def journeys(transport: Transport, q: JourneyQuery) -> JourneyFacts:
-    params = {"tenant": q.tenant, "jtype": q.journey_type, **sql.window_params(q.window)}
+def journeys(transport: Transport, q: JourneyQuery, folded: int, pending: bool) -> JourneyFacts:
+    params = {
+        "tenant": q.tenant,
+        "jtype": q.journey_type,
+        "folded": folded,
+        **sql.window_params(q.window),
+    }
     # A journey whose first step is in the window has a step event in it.
-    in_window = f"type = 'journey.step' AND ts BETWEEN {_LO} AND {_HI}"
+    in_window = sql.tenant_events(
+        "('journey.step')", "journey_id", f"ts BETWEEN {_LO} AND {_HI} AND journey_id IS NOT NULL"
+    )
+    of_type = f"journey_type = {{jtype:String}} AND first_step BETWEEN {_LO} AND {_HI}"
     chosen = f"""SELECT *, arrayMap(x -> x.1, steps) AS reached_steps
-        FROM ({journeys_sql(in_window)})
-        WHERE journey_type = {{jtype:String}} AND first_step BETWEEN {_LO} AND {_HI}"""
+        FROM ({_journeys(folded, pending, of_type, f"journey_id IN ({in_window})")})"""
     statements = [
         f"""SELECT count(), count(completed),
                 sum({sql.us("completed")} - {sql.us("first_step")}) FROM ({chosen})""",

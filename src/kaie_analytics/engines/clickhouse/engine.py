@@ -224,10 +224,14 @@ class ClickHouseEngine:
         return customers.customers(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def journey_types(self, tenant: str) -> list[str]:
-        return customers.journey_types(self.transport, tenant)
+        folded = self._folded()
+        return customers.journey_types(
+            self.transport, tenant, folded, self._pending(tenant, folded)
+        )
 
     def journeys(self, q: JourneyQuery) -> JourneyFacts:
-        return customers.journeys(self.transport, q)
+        folded = self._folded()
+        return customers.journeys(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def realtime(self, q: RealtimeQuery) -> RealtimeFacts:
         folded = self._folded()

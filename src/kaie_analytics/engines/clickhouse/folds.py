@@ -22,10 +22,11 @@ One fold, for the events ingested in (watermark, new watermark]:
    that sent them get numbers (tagged likewise), added to ``active_customers``
    per slot and channel; and how the first-seen times of the customers of
    the new events change goes to ``customer_firsts`` (a view copies it to
-   ``first_times``), tagged likewise;
+   ``first_times``), tagged likewise; their journeys are worked out again
+   from their states into ``journeys`` (version: the new watermark);
 4. the new watermark is written to ``engine_state``.
 
-Steps 1 and 2, and ``active_customers``, are idempotent; numbers are given once; the rows of step 3 of a fold cut off before
+Steps 1 and 2, ``active_customers`` and ``journeys`` are idempotent; numbers are given once; the rows of step 3 of a fold cut off before
 step 4 are taken away by the next fold before it writes its own (queries
 read only rows tagged up to the watermark they use, and a fold builds on the
 sessions as of the watermark before it). So a fold cut off at
@@ -43,12 +44,18 @@ import logging
 import threading
 
 from kaie_analytics.engines.clickhouse import schema, sql
-from kaie_analytics.engines.clickhouse.customers import first_changes, session_changes
+from kaie_analytics.engines.clickhouse.customers import (
+    first_changes,
+    journeys_sql,
+    session_changes,
+)
 from kaie_analytics.engines.clickhouse.schema import (
     CUSTOMER_STATES,
     EXECUTION_STATES,
     FEED_TYPES,
     FOLD_TAGGED,
+    JOURNEY_STATES,
+    JOURNEY_TYPES,
     LAYOUT,
     MESSAGE_ROLLUP_TYPES,
     NODE_TYPES,
@@ -147,6 +154,20 @@ INSERT INTO customer_firsts
 SELECT {{tenant:String}}, customer_id, channel, first_event, first_received, {{hi:Int64}}, sign
 FROM ({first_changes("{lo:Int64}", "{hi:Int64}")})
 """
+#: The journeys with events ingested in (lo, hi], worked out again from their states.
+JOURNEY_FOLD = f"""
+INSERT INTO journeys
+SELECT {{tenant:String}}, journey_id, journey_type, first_step, completed, top_step, reasons,
+    steps, {{hi:Int64}}
+FROM ({
+    journeys_sql(
+        "journey_id IN (SELECT journey_id FROM events WHERE tenant = {tenant:String}"
+        f" AND type IN {JOURNEY_TYPES} AND journey_id IS NOT NULL"
+        " AND ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
+        " AND ingested_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC'))"
+    )
+})
+"""
 #: What a fold adds up of messages, in order (numbers before the slots that use them).
 ROLLUP_STATEMENTS = (MESSAGE_ROLLUP, SESSION_FOLD, NUMBER_CUSTOMERS, ACTIVE_CUSTOMERS)
 
@@ -187,6 +208,8 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
         fills.append(("executions_state", EXECUTION_STATES, nodes))
     if layout < 4:
         fills.append(("customers_state", CUSTOMER_STATES, everything))
+    if layout < 10:
+        fills.append(("journeys_state", JOURNEY_STATES, everything))
     tenants = transport.query("SELECT DISTINCT tenant FROM events").column(0).to_pylist()
     for tenant in tenants:
         for table, states, source in fills:
@@ -210,7 +233,9 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
             if layout < 8:
                 transport.command(NUMBER_CUSTOMERS, params)
                 transport.command(ACTIVE_CUSTOMERS, params)
-            transport.command(FIRSTS_FOLD, params)
+            if layout < 9:
+                transport.command(FIRSTS_FOLD, params)
+            transport.command(JOURNEY_FOLD, params)
     set_state(transport, "layout", LAYOUT)
 
 
@@ -232,6 +257,7 @@ def repair(transport: Transport, after_us: int) -> None:
     for table, states in (
         ("executions_state", EXECUTION_STATES),
         ("customers_state", CUSTOMER_STATES),
+        ("journeys_state", JOURNEY_STATES),
     ):
         transport.command(f"INSERT INTO {table} " + states.format(source=source), params)
 
@@ -284,7 +310,8 @@ class Folder:
             lo = self.watermark
             found = t.query(
                 f"SELECT tenant, {sql.us('max(ingested_at)')}, countIf(type IN {FEED_TYPES}),"
-                f" countIf(type IN {MESSAGE_ROLLUP_TYPES}), countIf(customer_id IS NOT NULL)"
+                f" countIf(type IN {MESSAGE_ROLLUP_TYPES}), countIf(customer_id IS NOT NULL),"
+                f" countIf(type IN {JOURNEY_TYPES})"
                 " FROM events WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
                 " GROUP BY tenant",
                 {"lo": lo},
@@ -296,12 +323,13 @@ class Folder:
             if self._cut_off:
                 _drop_after(t, lo)
             self._cut_off = True  # until this fold has written its watermark
-            for tenant, _, executions, messages, customers in tenants:
+            for tenant, _, executions, messages, customers, journeys in tenants:
                 # Only what the tenant's new events can change (each statement has a cost).
                 statements = (
                     (FOLD_STATEMENTS if executions else ())
                     + (ROLLUP_STATEMENTS if messages else ())
                     + ((FIRSTS_FOLD,) if customers else ())
+                    + ((JOURNEY_FOLD,) if journeys else ())
                 )
                 for statement in statements:
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})

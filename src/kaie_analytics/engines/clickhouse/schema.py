@@ -16,6 +16,10 @@
   so the sessions as of a fold are the rows up to it that add up to +1.
   Views copy them ordered by time (``session_starts``) and add them up per
   channel and 15-minute slot of their first message (``session_slots``).
+- ``journeys_state`` and ``journeys``: every journey event, kept as a set per
+  journey by a view (so a copy changes nothing), and each journey as of the
+  last fold that changed it, its facts worked out (type, first step,
+  completion, highest step, drop reasons, steps reached).
 - ``customer_firsts``: each customer's first event and first message
   received, per channel and overall (''), as of each fold, as signed rows
   like ``sessions``; a view copies them ordered by time (``first_times``), so
@@ -73,7 +77,7 @@ MESSAGE_ROLLUP_TYPES = "('message.sent', 'message.received', 'feedback.submitted
 SLOT_US = 15 * 60 * 1_000_000
 SLOTS_FROM_US = -2_208_988_800_000_000
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 9
+LAYOUT = 10
 #: The tables a fold writes rows tagged with its watermark (``fold``) to; the rows of
 #: a fold cut off before it wrote its watermark are taken away (``folds``).
 FOLD_TAGGED = (
@@ -106,6 +110,21 @@ FROM (
     FROM {{source}} WHERE type IN {FEED_TYPES} AND execution_id IS NOT NULL
 )
 GROUP BY tenant, execution_id"""
+
+
+JOURNEY_TYPES = "('journey.step', 'journey.completed', 'journey.dropped')"
+#: A journey event as its journey keeps it: (event_id, ts, type, journey_type, step,
+#: step_name, reason).
+JOURNEY_EVENT = (
+    f"Tuple(String, {TIME}, String, Nullable(String), Nullable(Int8), Nullable(String),"
+    " Nullable(String))"
+)
+#: The journey states of the journey events of ``{source}`` (a table or query).
+JOURNEY_STATES = f"""SELECT tenant, assumeNotNull(journey_id) AS journey_id,
+    groupUniqArrayState(CAST((event_id, ts, type, journey_type, step, step_name, reason)
+        AS {JOURNEY_EVENT})) AS evs
+FROM {{source}} WHERE type IN {JOURNEY_TYPES} AND journey_id IS NOT NULL
+GROUP BY tenant, journey_id"""
 
 
 #: The first-seen states of the customers of ``{source}`` (a table or query).
@@ -298,6 +317,29 @@ AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - ({SLOTS_FROM_US}), {
     sum(sign * (toUnixTimestamp64Micro(last_ts) - toUnixTimestamp64Micro(first_ts))) AS duration_us,
     sum(sign * toInt64(size)) AS messages
 FROM sessions{local} GROUP BY tenant, slot, channel, fold""",
+        f"""CREATE TABLE IF NOT EXISTS journeys_state{local}{on} (
+    tenant LowCardinality(String),
+    journey_id String,
+    evs AggregateFunction(groupUniqArray, {JOURNEY_EVENT})
+) ENGINE = {_engine("AggregatingMergeTree", "journeys_state", cluster)}
+ORDER BY (tenant, journey_id)
+SETTINGS {_DURABLE}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS journeys_state_mv{on} TO journeys_state{local}
+AS {JOURNEY_STATES.format(source=f"events{local}")}""",
+        # Journeys as of the last fold that changed them (``version``: its watermark).
+        f"""CREATE TABLE IF NOT EXISTS journeys{local}{on} (
+    tenant LowCardinality(String),
+    journey_id String,
+    journey_type Nullable(String),
+    first_step Nullable({TIME}),
+    completed Nullable({TIME}),
+    top_step Nullable(Int8),
+    reasons Array(String),
+    steps Array(Tuple(Int8, {TIME}, Nullable(Int64), Nullable(String), {TIME})),
+    version UInt64
+) ENGINE = {_engine("ReplacingMergeTree", "journeys", cluster, "version")}
+ORDER BY (tenant, journey_id)
+SETTINGS {_DURABLE}""",
         # Written by the fold only; ordered by customer, so that the fold finds the rows
         # of the customers new events touch.
         f"""CREATE TABLE IF NOT EXISTS customer_firsts{local}{on} (
@@ -359,7 +401,7 @@ SETTINGS {_DURABLE}""",
             "events", "event_ids", "workflows", "executions_state", "customers_state",
             "executions", "execution_keys", "engine_state", "message_slots", "sessions",
             "session_starts", "session_slots", "customer_numbers", "active_customers",
-            "customer_firsts", "first_times",
+            "customer_firsts", "first_times", "journeys_state", "journeys",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
