@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kaie-analytics demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench clients

@@ -264,11 +264,12 @@ def repair(transport: Transport, after_us: int) -> None:
 
 def _drop_after(transport: Transport, lo: int) -> None:
     """Take away the rows of a fold cut off before it wrote its watermark (after ``lo``):
-    they would count its messages and sessions twice."""
-    for table in FOLD_TAGGED:
-        params = {"lo": lo}
-        stale = transport.query(f"SELECT count() FROM {table} WHERE fold > {{lo:Int64}}", params)
-        if stale.column(0)[0].as_py():
+    they would count its messages, sessions and customers twice."""
+    params = {"lo": lo}
+    counts = ", ".join(f"(SELECT count() FROM {t} WHERE fold > {{lo:Int64}})" for t in FOLD_TAGGED)
+    stale = sql.rows(transport.query(f"SELECT {counts}", params))[0]
+    for table, n in zip(FOLD_TAGGED, stale, strict=True):
+        if n:
             transport.command(
                 f"ALTER TABLE {table} DELETE WHERE fold > {{lo:Int64}} SETTINGS mutations_sync = 1",
                 params,
