@@ -1,10 +1,13 @@
 """Customer facts (engagement) and journey facts, in ClickHouse SQL.
 
 With the same definitions as the DuckDB engine's derived tables: a
-customer's first event and first message received (from ``customers_state``);
-conversations (sessions) as runs of a customer's messages on one channel with
-no gap over 30 minutes, and a journey as every event of its id (both from the
-events, at query time).
+customer's first event and first message received; conversations (sessions)
+as runs of a customer's messages on one channel with no gap over 30 minutes;
+a journey as every event of its id. The fold keeps each of them as of its
+watermark (``folds``); an answer reads them as of the watermark it uses and
+works out itself what the events ingested since change (``session_changes``,
+``first_changes``, journeys from their states). With a segment filter, or on
+a server (nothing folded), everything comes from the events and the states.
 """
 
 from __future__ import annotations
@@ -211,11 +214,14 @@ def _firsts(q: CustomerQuery, folded: int, pending: bool, in_segment: str) -> st
     or a segment filters the customers.
     """
     channel = "{channel:String}" if q.channel is not None else "''"
-    counts = f"""sumIf(sign, kind = 0 AND t <= {_HI}),
-        sumIf(sign, kind = 1 AND t BETWEEN {_LO} AND {_HI})"""
+
+    def counts(value: str) -> str:
+        return f"""sumIf({value}, kind = 0 AND t <= {_HI}),
+            sumIf({value}, kind = 1 AND t BETWEEN {_LO} AND {_HI})"""
+
     if in_segment or not folded:
         # From the aggregate states, per customer.
-        return f"""SELECT {counts.replace("sign", "1")} FROM (
+        return f"""SELECT {counts("1")} FROM (
             SELECT 0 AS kind, min(first_event) AS t FROM customers_state
             WHERE tenant = {{tenant:String}} AND channel = {channel}{in_segment}
             GROUP BY customer_id
@@ -235,7 +241,7 @@ def _firsts(q: CustomerQuery, folded: int, pending: bool, in_segment: str) -> st
             f" FROM ({first_changes('{folded:Int64}', None)})"
             f" ARRAY JOIN {FIRST_TIMES} AS x WHERE channel = {channel}"
         )
-    return f"SELECT {counts} FROM ({' UNION ALL '.join(parts)})"
+    return f"SELECT {counts('sign')} FROM ({' UNION ALL '.join(parts)})"
 
 
 def _active(

@@ -26,11 +26,13 @@ One fold, for the events ingested in (watermark, new watermark]:
    from their states into ``journeys`` (version: the new watermark);
 4. the new watermark is written to ``engine_state``.
 
-Steps 1 and 2, ``active_customers`` and ``journeys`` are idempotent; numbers are given once; the rows of step 3 of a fold cut off before
-step 4 are taken away by the next fold before it writes its own (queries
-read only rows tagged up to the watermark they use, and a fold builds on the
-sessions as of the watermark before it). So a fold cut off at
-any point (a crash) is simply done again by the next one.
+Steps 1 and 2, ``active_customers`` and ``journeys`` are idempotent, and a
+customer is given a number once; the other rows of step 3 of a fold cut off
+before step 4 are taken away by the next fold before it writes its own
+(queries read only rows tagged up to the watermark they use, and a fold
+builds on the rows as of the watermark before it; numbers given after the
+watermark are left out of answers). So a fold cut off at any point (a
+crash) is simply done again by the next one.
 
 The watermark is exact when one process writes (embedded chdb): the writer
 gives each insert a later ``ingested_at`` than the one before, and a fold
