@@ -469,33 +469,43 @@ def journeys(transport: Transport, q: JourneyQuery, folded: int, pending: bool) 
     of_type = f"journey_type = {{jtype:String}} AND first_step BETWEEN {_LO} AND {_HI}"
     chosen = f"""SELECT *, arrayMap(x -> x.1, steps) AS reached_steps
         FROM ({_journeys(folded, pending, of_type, f"journey_id IN ({in_window})")})"""
-    statements = [
-        f"""SELECT count(), count(completed),
-                sum({sql.us("completed")} - {sql.us("first_step")}) FROM ({chosen})""",
-        # One pass per step: journeys that reached it, those that also reached the
-        # step before, and those that did not reach the next (its drop-offs).
-        f"""SELECT s.1 AS step, argMax(s.4, s.5), count(),
-                countIf(has(reached_steps, s.1 - 1)), countIf(NOT has(reached_steps, s.1 + 1)),
-                coalesce(sum(s.3), 0), count(s.3)
-            FROM ({chosen}) ARRAY JOIN steps AS s
-            GROUP BY step ORDER BY step""",
+    # One statement, on one snapshot, the journeys read once: its totals (part 0); per
+    # step (part 1), the journeys that reached it, those that also reached the step
+    # before, and those that did not reach the next (its drop-offs); and the drop
+    # reasons per step after the highest reached (part 2).
+    parts = [
+        f"""SELECT 0 AS part, toNullable(toInt64(0)) AS step,
+            CAST(NULL, 'Nullable(String)') AS name, toInt64(count()) AS n1,
+            toInt64(count(completed)) AS n2,
+            toInt64(coalesce(sum({sql.us("completed")} - {sql.us("first_step")}), 0)) AS n3,
+            toInt64(0) AS n4, toInt64(0) AS n5
+        FROM chosen""",
+        """SELECT 1, toNullable(toInt64(s.1)), argMax(s.4, s.5), toInt64(count()),
+            toInt64(countIf(has(reached_steps, s.1 - 1))),
+            toInt64(countIf(NOT has(reached_steps, s.1 + 1))),
+            toInt64(coalesce(sum(s.3), 0)), toInt64(count(s.3))
+        FROM chosen ARRAY JOIN steps AS s GROUP BY s.1""",
     ]
     if q.reasons:
-        statements.append(
-            f"""SELECT top_step + 1 AS k, reason, count() AS n
-                FROM ({chosen}) ARRAY JOIN reasons AS reason
-                GROUP BY k, reason ORDER BY k, n DESC, reason"""
+        parts.append(
+            """SELECT 2, toInt64(top_step + 1) AS k, toNullable(reason), toInt64(count()),
+                toInt64(0), toInt64(0), toInt64(0), toInt64(0)
+            FROM chosen ARRAY JOIN reasons AS reason GROUP BY k, reason"""
         )
-    # Side by side, each on its own snapshot (as the DuckDB engine's).
-    heads, steps, *more = (
-        sql.rows(t) for t in transport.query_all([(st, params) for st in statements])
+    rows = sql.rows(
+        transport.query(
+            f"""WITH chosen AS MATERIALIZED ({chosen})
+            SELECT * FROM ({" UNION ALL ".join(parts)}) ORDER BY part, step, n1 DESC, name""",
+            params,
+        )
     )
-    ((total, completed, completed_us),) = heads
-    reasons = more[0] if more else []
+    ((_, _, _, total, completed, completed_us, _, _),) = [r for r in rows if r[0] == 0]
+    steps = [r[1:] for r in rows if r[0] == 1]
+    reasons = [r[1:4] for r in rows if r[0] == 2]
     return JourneyFacts(
         total,
         completed,
-        completed_us or 0,
+        completed_us,
         tuple(StepFacts(*row) for row in steps),
         tuple((k, reason, n) for k, reason, n in reasons),
     )
