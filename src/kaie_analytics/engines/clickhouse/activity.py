@@ -211,7 +211,7 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
     in_cut = sql.in_slots("ts", cut)
     not_cut = f"NOT has({sql.ints(cut)}, {sql.slot_of('ts')})"
-    after = "ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
+    after = sql.ingested("{folded:Int64}")
     parts = []
     if pending:
         parts.append(
@@ -219,7 +219,6 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
         )
     if cut:
         parts.append(sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND ({in_cut})"))
-    slot_lo, slot_hi = (sql.slot_of_us(sql.epoch_us(t)) for t in _span(q, ask))
     parts.append(
         f"""SELECT ts, workflow_id, channel, customer_id, sent, received, csat_sum, csat_n
         FROM (
@@ -233,7 +232,7 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
             WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
               AND (empty({{workflows:Array(String)}})
                    OR workflow_id IN {{workflows:Array(String)}})
-              AND slot BETWEEN {slot_lo} AND {slot_hi} AND NOT has({sql.ints(cut)}, slot)
+              AND {sql.whole_slots(*_span(q, ask), cut)}
             GROUP BY slot, workflow_id, channel
         )
         WHERE {in_span}"""

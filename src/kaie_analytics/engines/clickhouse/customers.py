@@ -70,11 +70,10 @@ def session_changes(after: str, upto: str | None) -> str:
     sessions that ends less than 30 minutes before its earliest new message (or
     that message): the sessions before that one cannot change.
     """
-    ingested = f"ingested_at > fromUnixTimestamp64Micro({after}, 'UTC')"
-    upto_ = f" AND ingested_at <= fromUnixTimestamp64Micro({upto}, 'UTC')" if upto else ""
+    upto_ = f" AND {sql.ingested(None, upto)}" if upto else ""
     touched = f"""SELECT assumeNotNull(customer_id) AS c, assumeNotNull(channel) AS ch,
             min(ts) AS t_new
-        FROM ({sql.tenant_events(sql.MESSAGE_TYPES, "customer_id, channel, ts", ingested + upto_)})
+        FROM ({sql.tenant_events(sql.MESSAGE_TYPES, "customer_id, channel, ts", sql.ingested(after, upto))})
         GROUP BY c, ch"""
     # Per touched conversation, its sessions as of fold ``after``.
     old = f"""SELECT c, ch, groupArray((first_ts, last_ts, size)) AS olds FROM (
@@ -120,15 +119,13 @@ def first_changes(after: str, upto: str | None) -> str:
     ingested after fold ``after`` (and up to ``upto``; None: all): rows of
     ``schema.customer_firsts`` less fold and tenant, +1 for the times a customer
     has now, -1 for those it had as of fold ``after`` (when they differ)."""
-    ingested = f"ingested_at > fromUnixTimestamp64Micro({after}, 'UTC')" + (
-        f" AND ingested_at <= fromUnixTimestamp64Micro({upto}, 'UTC')" if upto else ""
-    )
     # Per customer and channel, and over all (''), as ``schema.CUSTOMER_STATES``.
     touched = f"""SELECT assumeNotNull(customer_id) AS c, ch, min(ts) AS t_event,
             minOrNullIf(ts, type = 'message.received') AS t_received
         FROM events
         ARRAY JOIN if(channel IS NULL, [''], [assumeNotNull(channel), '']) AS ch
-        WHERE tenant = {{tenant:String}} AND customer_id IS NOT NULL AND {ingested}
+        WHERE tenant = {{tenant:String}} AND customer_id IS NOT NULL
+          AND {sql.ingested(after, upto)}
         GROUP BY c, ch"""
     old = f"""SELECT c, ch, groupArray((first_event, first_received)) AS olds FROM (
             SELECT customer_id AS c, channel AS ch, first_event, first_received
@@ -266,9 +263,7 @@ def _active(
         )
         return f"SELECT ch IS NOT NULL, ch, uniqExact(customer_id) FROM ({received}) {grouped}"
     cut = sql.cut_slots([window])
-    slot_lo, slot_hi = (sql.slot_of_us(sql.epoch_us(t)) for t in (window.start, window.end))
-    after = "ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
-    raw = [f"({sql.in_slots('ts', cut)})"] + ([after] if pending else [])
+    raw = [f"({sql.in_slots('ts', cut)})"] + ([sql.ingested("{folded:Int64}")] if pending else [])
     messages = sql.tenant_events(
         "('message.received')",
         "assumeNotNull(channel) AS ch, assumeNotNull(customer_id) AS c",
@@ -281,8 +276,8 @@ def _active(
     # A bitmap per channel, or one of all (as channel '', which no message has).
     per_channel = f"""SELECT {"ch" if by_channel else "''"} AS ch, groupBitmapState(num) AS b FROM (
             SELECT channel AS ch, num FROM active_customers
-            WHERE {of_tenant} AND slot BETWEEN {slot_lo} AND {slot_hi}
-              AND NOT has({sql.ints(cut)}, slot) AND num <= {top}{channel}
+            WHERE {of_tenant} AND {sql.whole_slots(window.start, window.end, cut)}
+              AND num <= {top}{channel}
             UNION ALL
             SELECT raw.ch, known.num FROM raw JOIN known ON raw.c = known.customer_id
         ){" GROUP BY ch" if by_channel else ""}"""
@@ -317,11 +312,9 @@ def _session_sums(window: Window, folded: int, pending: bool, channel: str, in_s
         sign * toInt64(size) AS messages"""
     of_folds = "tenant = {tenant:String} AND fold <= {folded:Int64}"
     cut = sql.cut_slots([window])
-    slot_lo, slot_hi = (sql.slot_of_us(sql.epoch_us(t)) for t in (window.start, window.end))
     parts = [
         f"""SELECT channel, sessions AS n, duration_us AS d, messages AS m FROM session_slots
-        WHERE {of_folds} AND slot BETWEEN {slot_lo} AND {slot_hi}
-          AND NOT has({sql.ints(cut)}, slot){channel}"""
+        WHERE {of_folds} AND {sql.whole_slots(window.start, window.end, cut)}{channel}"""
     ]
     if cut:
         parts.append(
@@ -421,12 +414,7 @@ FROM (
 """
 
 
-#: The journeys of ``{tenant}`` with events ingested after the watermark ``{folded}``.
-_PENDING_JOURNEYS = (
-    "SELECT journey_id FROM events WHERE tenant = {tenant:String}"
-    " AND ingested_at > fromUnixTimestamp64Micro({folded:Int64}, 'UTC')"
-    f" AND type IN {JOURNEY_TYPES} AND journey_id IS NOT NULL"
-)
+_PENDING_JOURNEYS = sql.pending_ids(JOURNEY_TYPES, "journey_id")
 
 
 def _journeys(folded: int, pending: bool, where: str, candidates: str = "1") -> str:

@@ -68,12 +68,12 @@ from kaie_analytics.engines.clickhouse.transport import Transport
 log = logging.getLogger("kaie_analytics.store")
 
 WATERMARK = "executions_folded"
+#: The events a fold takes up: those ingested in (lo, hi].
+_IN_FOLD = sql.ingested("{lo:Int64}", "{hi:Int64}")
 _TOUCHED = (
     "SELECT DISTINCT execution_id FROM events"
     " WHERE tenant = {tenant:String} AND type IN " + FEED_TYPES
-    + " AND execution_id IS NOT NULL"
-    " AND ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
-    " AND ingested_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
+    + " AND execution_id IS NOT NULL AND " + _IN_FOLD
 )  # fmt: skip
 _MERGED = sql.merged_executions(
     "tenant = {tenant:String} AND execution_id IN (" + _TOUCHED + ")", with_tenant=True
@@ -97,9 +97,7 @@ SELECT tenant, ifNull(workflow_id, ''), {sql.slot_of("ts")} AS slot, ifNull(chan
     sumIf(ifNull(csat, 0), type = 'feedback.submitted'),
     countIf(csat IS NOT NULL AND type = 'feedback.submitted')
 FROM events FINAL
-WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES}
-  AND ingested_at > fromUnixTimestamp64Micro({{lo:Int64}}, 'UTC')
-  AND ingested_at <= fromUnixTimestamp64Micro({{hi:Int64}}, 'UTC')
+WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES} AND {_IN_FOLD}
 GROUP BY tenant, workflow_id, channel, slot
 """
 #: How the sessions change with the messages ingested in (lo, hi], as of fold ``hi``.
@@ -110,9 +108,7 @@ FROM ({session_changes("{lo:Int64}", "{hi:Int64}")})
 """
 _RECEIVED = (
     "SELECT assumeNotNull(customer_id) AS c, assumeNotNull(channel) AS ch, ts FROM events"
-    " WHERE tenant = {tenant:String} AND type = 'message.received'"
-    " AND ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
-    " AND ingested_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
+    " WHERE tenant = {tenant:String} AND type = 'message.received' AND " + _IN_FOLD
 )
 #: Numbers for the customers that sent their first message in (lo, hi], after the
 #: tenant's highest one, tagged with fold ``hi``.
@@ -164,9 +160,7 @@ SELECT {{tenant:String}}, journey_id, journey_type, first_step, completed, top_s
 FROM ({
     journeys_sql(
         "journey_id IN (SELECT journey_id FROM events WHERE tenant = {tenant:String}"
-        f" AND type IN {JOURNEY_TYPES} AND journey_id IS NOT NULL"
-        " AND ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
-        " AND ingested_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC'))"
+        f" AND type IN {JOURNEY_TYPES} AND journey_id IS NOT NULL AND {_IN_FOLD})"
     )
 })
 """
@@ -251,9 +245,7 @@ def repair(transport: Transport, after_us: int) -> None:
     Every step adds what the events say again, which changes nothing where it
     is there already.
     """
-    source = (
-        "(SELECT * FROM events WHERE ingested_at > fromUnixTimestamp64Micro({after:Int64}, 'UTC'))"
-    )
+    source = f"(SELECT * FROM events WHERE {sql.ingested('{after:Int64}')})"
     params = {"after": after_us}
     transport.command(f"INSERT INTO event_ids SELECT tenant, event_id FROM {source}", params)
     for table, states in (
@@ -315,7 +307,7 @@ class Folder:
                 f"SELECT tenant, {sql.us('max(ingested_at)')}, countIf(type IN {FEED_TYPES}),"
                 f" countIf(type IN {MESSAGE_ROLLUP_TYPES}), countIf(customer_id IS NOT NULL),"
                 f" countIf(type IN {JOURNEY_TYPES})"
-                " FROM events WHERE ingested_at > fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
+                f" FROM events WHERE {sql.ingested('{lo:Int64}')}"
                 " GROUP BY tenant",
                 {"lo": lo},
             )

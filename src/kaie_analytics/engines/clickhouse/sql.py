@@ -83,6 +83,31 @@ def ints(values: Sequence[int]) -> str:
     return "CAST([" + ", ".join(str(int(v)) for v in values) + "], 'Array(Int64)')"
 
 
+def whole_slots(start: datetime, end: datetime, cut: Sequence[int]) -> str:
+    """Whether column ``slot`` is one of the slots from ``start`` to ``end`` that no edge
+    cuts (``cut``, from ``cut_slots``): the slots a rollup serves whole."""
+    lo, hi = slot_of_us(epoch_us(start)), slot_of_us(epoch_us(end))
+    return f"slot BETWEEN {lo} AND {hi} AND NOT has({ints(cut)}, slot)"
+
+
+def ingested(after: str | None, upto: str | None = None) -> str:
+    """Whether an event was ingested after ``after`` and up to ``upto`` (SQL of µs, such
+    as ``{folded:Int64}``; None: no bound on that side)."""
+    bounds = [f"ingested_at > fromUnixTimestamp64Micro({after}, 'UTC')"] if after else []
+    if upto:
+        bounds.append(f"ingested_at <= fromUnixTimestamp64Micro({upto}, 'UTC')")
+    return " AND ".join(bounds) or "1"
+
+
+def pending_ids(types: str, column: str) -> str:
+    """The ``column`` ids (executions, journeys) of ``{tenant}`` with events of ``types``
+    ingested after the fold's watermark ``{folded}``: their folded rows are stale."""
+    return (
+        f"SELECT {column} FROM events WHERE tenant = {{tenant:String}}"
+        f" AND {ingested('{folded:Int64}')} AND type IN {types} AND {column} IS NOT NULL"
+    )
+
+
 def window_params(window: Window) -> dict[str, int]:
     return {"lo": epoch_us(window.start), "hi": epoch_us(window.end)}
 
@@ -157,14 +182,8 @@ FROM (
 EXECUTION_COLUMNS = (
     "execution_id, workflow_id, channel, customer_id, started_at, status, duration_ms, error_type"
 )
-#: The executions of ``{tenant}`` with events (their own or their nodes') ingested
-#: after the fold's watermark ``{folded:Int64}`` (µs of ``ingested_at``): their
-#: folded rows are stale.
-PENDING = (
-    f"SELECT execution_id FROM events WHERE tenant = {{tenant:String}}"
-    f" AND ingested_at > fromUnixTimestamp64Micro({{folded:Int64}}, 'UTC')"
-    f" AND type IN {FEED_TYPES} AND execution_id IS NOT NULL"
-)
+#: The executions with events (their own or their nodes') after the watermark.
+PENDING = pending_ids(FEED_TYPES, "execution_id")
 
 
 def executions(where: str = "1", *, pending: bool = True, nodes: bool = False) -> str:
