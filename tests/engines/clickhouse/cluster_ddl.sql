@@ -157,6 +157,7 @@ CREATE TABLE IF NOT EXISTS message_slots_local ON CLUSTER `analytics` (
     csat_sum Int64,
     csat_n UInt64
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/message_slots', '{replica}')
+PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, workflow_id, slot, channel, fold)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
@@ -170,6 +171,7 @@ CREATE TABLE IF NOT EXISTS sessions_local ON CLUSTER `analytics` (
     fold Int64,
     sign Int8
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/sessions', '{replica}')
+PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, customer_id, channel, first_ts, fold)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
@@ -199,6 +201,7 @@ CREATE TABLE IF NOT EXISTS session_slots_local ON CLUSTER `analytics` (
     duration_us Int64,
     messages Int64
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/session_slots', '{replica}')
+PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, slot, channel, fold)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
@@ -247,6 +250,7 @@ CREATE TABLE IF NOT EXISTS customer_firsts_local ON CLUSTER `analytics` (
     fold Int64,
     sign Int8
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/customer_firsts', '{replica}')
+PARTITION BY toYYYYMM(first_event)
 ORDER BY (tenant, customer_id, channel, fold)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
@@ -258,6 +262,7 @@ CREATE TABLE IF NOT EXISTS first_times_local ON CLUSTER `analytics` (
     fold Int64,
     sign Int8
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/first_times', '{replica}')
+PARTITION BY toYYYYMM(t)
 ORDER BY (tenant, channel, kind, t)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 

@@ -20,9 +20,9 @@ from kaie_analytics.analytics.facts import (
     RowsQuery,
     Window,
 )
-from kaie_analytics.engines.clickhouse import folds, sql
+from kaie_analytics.engines.clickhouse import activity, folds, sql
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
-from kaie_analytics.engines.clickhouse.schema import ddl
+from kaie_analytics.engines.clickhouse.schema import FOLD_TAGGED, ddl
 from kaie_analytics.engines.clickhouse.transport import ChdbTransport
 from kaie_analytics.errors import QueryTimeout, StoreInUse
 from kaie_analytics.ingest.validate import validate_event
@@ -457,5 +457,166 @@ def test_a_store_of_layout_9_gets_its_journeys(tmp_path: Path) -> None:
         again.settle()
         assert again.journeys(q) == got
         assert again.journey_types("acme") == ["onboarding"]
+    finally:
+        again.close()
+
+
+def _round_of_messages(r: int, t0: datetime) -> list[dict[str, object]]:
+    """Per customer, a message before any of the rounds before (its first-seen time and
+    first session move earlier) and one that extends its later session."""
+    out = []
+    for k in range(10):
+        who = {"workflow_id": "wf", "customer_id": f"c{k}", "channel": "sms"}
+        for m in (7 * k - 3 * r, 7 * k + 100 + 3 * r):
+            kind = "message.received" if (m + r) % 2 else "message.sent"
+            out.append({"id": f"r{r}-{k}-{m}", "type": kind,
+                        "timestamp": iso(t0 + timedelta(minutes=m)), **who})  # fmt: skip
+    return out
+
+
+def _tagged_rows(engine: ClickHouseEngine) -> dict[str, tuple[int, int, int]]:
+    """Per tagged table: its rows, those of ``message_slots``' keys beyond the first, -1
+    rows."""
+    out = {}
+    for tagged in FOLD_TAGGED:
+        keys = ", ".join(tagged.keys)
+        negative = "countIf(sign < 0)" if tagged.signed else "0"
+        out[tagged.table] = sql.rows(
+            engine.transport.query(
+                f"SELECT count(), count() - (SELECT count() FROM (SELECT DISTINCT {keys}"
+                f" FROM {tagged.table})), {negative} FROM {tagged.table}"
+            )
+        )[0]
+    return out
+
+
+def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
+    tmp_path: Path,
+) -> None:
+    """Five folds of messages in the same slots (across a month's edge), sessions they
+    extend and first-seen times they move earlier: compaction leaves one row per key
+    (no -1 rows) and every answer the same, also one reading with an older watermark
+    while it runs (the rows of the folds after that one stay apart until it is done)."""
+    engine = ClickHouseEngine(ChdbTransport(tmp_path / "ch"), fold_idle_s=3600)
+    t0 = datetime(2024, 4, 30, 23, 10)
+    windows = [Window(t0 - timedelta(days=1), t0 + timedelta(days=1)),
+               Window(t0 + timedelta(minutes=7), t0 + timedelta(hours=2, minutes=1))]  # fmt: skip
+    activity_q = ActivityQuery("acme", tuple(windows), (Ask((0, 1), frozenset({"messages"}), ()),),
+                               workflow_ids=("wf",))  # fmt: skip
+
+    def answers(folded: int | None = None) -> object:
+        if folded is None:
+            cells = engine.activity(activity_q)
+        else:  # with an older watermark, as an answer that began before the last fold
+            cells = activity.activity(engine.transport, activity_q, folded, True)
+        facts = [engine.customers(CustomerQuery("acme", (w,)))[0] for w in windows]
+        return (
+            [sorted((k, (c.sent, c.received)) for k, c in cell.items()) for cell in cells],
+            [((f.known, f.new), (s := f.by_channel["sms"]).sessions, s.session_us) for f in facts],
+        )
+
+    def expected(events: list[dict[str, object]]) -> object:
+        def count(kind: str, w: Window) -> int:
+            return sum(e["type"] == kind and w.start <= _naive(e) <= w.end for e in events)
+
+        return (
+            [[((i,), (count("message.sent", w), count("message.received", w)))
+              for i, w in enumerate(windows)]],
+            [(_firsts(events, w), *_session_sums(events, w)[:2]) for w in windows],
+        )  # fmt: skip
+
+    try:
+        events: list[dict[str, object]] = []
+        assert engine.folder is not None
+        for r in range(5):
+            events += _round_of_messages(r, t0)
+            engine.append("acme", _valid(_round_of_messages(r, t0))).result()
+            if r == 4:  # an answer still reading with the watermark of the fourth fold
+                reader = engine.folder.reading()
+                older = reader.__enter__()
+            engine.settle()
+        assert answers() == expected(events)
+        before = _tagged_rows(engine)
+        assert before["message_slots"][1] > 0 and before["sessions"][2] > 0
+        assert before["first_times"][2] > 0
+        engine.folder.compact()  # as of the fourth fold: the fifth's rows stay apart
+        pinned = _tagged_rows(engine)
+        assert 0 < pinned["message_slots"][1] < before["message_slots"][1]
+        assert answers() == answers(older) == expected(events)
+        reader.__exit__(None, None, None)
+        engine.folder.compact()
+        after = _tagged_rows(engine)
+        for table, (rows, extra, negative) in after.items():
+            assert (extra, negative) == (0, 0), table
+            assert rows < before[table][0], table
+        assert answers() == expected(events)
+        assert (
+            engine.transport.query("SELECT uniqExact(_partition_id) FROM message_slots")
+            .column(0)[0]
+            .as_py()
+            == 2
+        )
+    finally:
+        engine.close()
+
+
+def _naive(event: dict[str, object]) -> datetime:
+    return datetime.fromisoformat(str(event["timestamp"])).replace(tzinfo=None)
+
+
+def test_a_store_of_layout_10_gets_month_partitions(tmp_path: Path) -> None:
+    """Layout 11 partitions the tagged tables by month (so compaction can replace one at
+    a time): an older store's rows are copied into them when it opens, also when the
+    copy was cut off half way (one table renamed, its new one half filled)."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 4, 30, 23, 10)
+    q = CustomerQuery("acme", (Window(t0 - timedelta(days=1), t0 + timedelta(days=1)),))
+    for r in range(3):
+        engine.append("acme", _valid(_round_of_messages(r, t0))).result()
+        engine.settle()
+    want = engine.customers(q)
+    t = engine.transport
+    t.command("DROP VIEW session_starts_mv")
+    t.command("DROP VIEW session_slots_mv")
+    t.command("DROP VIEW first_times_mv")
+    unpartitioned = {
+        s.split(" (")[0].split()[-1]: "\n".join(
+            line for line in s.splitlines() if not line.startswith("PARTITION BY")
+        )
+        for s in ddl()
+        if s.startswith("CREATE TABLE IF NOT EXISTS")
+    }
+    for table in ("message_slots", "session_slots", "sessions", "customer_firsts", "first_times"):
+        t.command(f"RENAME TABLE {table} TO {table}_rows")
+        t.command(unpartitioned[table])  # as layout 10 made it
+        t.command(f"INSERT INTO {table} SELECT * FROM {table}_rows")
+        t.command(f"DROP TABLE {table}_rows")
+    # Cut off while copying sessions: its rows in the old table, the new one half full.
+    t.command("RENAME TABLE sessions TO sessions_layout10")
+    t.command(next(s for s in ddl() if s.startswith("CREATE TABLE IF NOT EXISTS sessions (")))
+    t.command("INSERT INTO sessions SELECT * FROM sessions_layout10 LIMIT 3")
+    for statement in ddl():
+        t.command(statement)
+    folds.set_state(t, "layout", 10)
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        keys = sql.rows(
+            again.transport.query(
+                "SELECT name, partition_key FROM system.tables WHERE database = currentDatabase()"
+                " AND name IN ('message_slots', 'session_slots', 'sessions', 'customer_firsts',"
+                " 'first_times', 'sessions_layout10') ORDER BY name"
+            )
+        )
+        assert len(keys) == 5 and all(key for _, key in keys)
+        assert again.customers(q) == want
+        again.append("acme", _valid(_round_of_messages(3, t0))).result()
+        again.settle()  # the views feed the new tables
+        events = [e for r in range(4) for e in _round_of_messages(r, t0)]
+        (got,) = again.customers(q)
+        s = got.by_channel["sms"]
+        assert (got.known, got.new) == _firsts(events, q.windows[0])
+        assert (s.sessions, s.session_us, s.session_messages) == _session_sums(events, q.windows[0])
     finally:
         again.close()

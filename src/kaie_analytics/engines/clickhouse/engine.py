@@ -9,8 +9,10 @@ the transport differs.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -96,8 +98,15 @@ class ClickHouseEngine:
         )
         return cls(transport, cluster=cluster, fold_idle_s=fold_idle_s)
 
-    def _folded(self) -> int:
-        return self.folder.watermark if self.folder is not None else 0
+    @contextlib.contextmanager
+    def _folded(self) -> Iterator[int]:
+        """The fold's watermark to answer with (0: nothing folded, on a server), held
+        until the answer is read (compaction keeps to it)."""
+        if self.folder is None:
+            yield 0
+            return
+        with self.folder.reading() as mark:
+            yield mark
 
     def _bump(self, tenants: set[str], ingested_us: int | None = None) -> None:
         with self._versions_lock:
@@ -216,32 +225,34 @@ class ClickHouseEngine:
         return [TenantEvents(*row) for row in sql.rows(table)]
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
-        folded = self._folded()
-        return activity.activity(self.transport, q, folded, self._pending(q.tenant, folded))
+        with self._folded() as folded:
+            return activity.activity(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
-        folded = self._folded()
-        return customers.customers(self.transport, q, folded, self._pending(q.tenant, folded))
+        with self._folded() as folded:
+            return customers.customers(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def journey_types(self, tenant: str) -> list[str]:
-        folded = self._folded()
-        return customers.journey_types(
-            self.transport, tenant, folded, self._pending(tenant, folded)
-        )
+        with self._folded() as folded:
+            return customers.journey_types(
+                self.transport, tenant, folded, self._pending(tenant, folded)
+            )
 
     def journeys(self, q: JourneyQuery) -> JourneyFacts:
-        folded = self._folded()
-        return customers.journeys(self.transport, q, folded, self._pending(q.tenant, folded))
+        with self._folded() as folded:
+            return customers.journeys(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def realtime(self, q: RealtimeQuery) -> RealtimeFacts:
-        folded = self._folded()
-        return realtime.realtime(self.transport, q, folded, self._pending(q.tenant, folded))
+        with self._folded() as folded:
+            return realtime.realtime(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
         schema = ROW_SCHEMAS[q.kind]
         params: dict[str, Any] = {
             "tenant": q.tenant,
-            "folded": self._folded(),
+            # Exports read executions and events only (nothing compaction rewrites), so
+            # the watermark need not be held while the rows stream out.
+            "folded": self.folder.watermark if self.folder is not None else 0,
             **sql.window_params(q.window),
             **sql.filter_params(q.workflow_ids, q.channels),
         }

@@ -42,10 +42,14 @@ inserts of different processes interleave, so the fold runs only embedded.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import threading
+import time
+from collections.abc import Iterator
 
-from kaie_analytics.engines.clickhouse import schema, sql
+from kaie_analytics.engines.clickhouse import compaction, schema, sql
 from kaie_analytics.engines.clickhouse.customers import (
     first_changes,
     journeys_sql,
@@ -68,6 +72,10 @@ from kaie_analytics.engines.clickhouse.transport import Transport
 log = logging.getLogger("kaie_analytics.store")
 
 WATERMARK = "executions_folded"
+#: The fold up to which the tagged rows were last compacted (``compaction``).
+COMPACTED = "folds_compacted"
+#: Seconds between compactions while folds come in.
+COMPACT_EVERY_S = 300.0
 #: The events a fold takes up: those ingested in (lo, hi].
 _IN_FOLD = sql.ingested("{lo:Int64}", "{hi:Int64}")
 _TOUCHED = (
@@ -190,6 +198,8 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
     layout = state(transport, "layout")
     if layout >= LAYOUT:
         return
+    if layout < 11:  # month partitions, so that compaction replaces one at a time
+        compaction.repartition(transport, cluster)
     if layout < 5:  # node events now ride along with their execution's states
         on = f" ON CLUSTER {schema.identifier(cluster)}" if cluster else ""
         transport.command(f"DROP VIEW IF EXISTS executions_state_mv{on}")
@@ -260,12 +270,15 @@ def _drop_after(transport: Transport, lo: int) -> None:
     """Take away the rows of a fold cut off before it wrote its watermark (after ``lo``):
     they would count its messages, sessions and customers twice."""
     params = {"lo": lo}
-    counts = ", ".join(f"(SELECT count() FROM {t} WHERE fold > {{lo:Int64}})" for t in FOLD_TAGGED)
+    counts = ", ".join(
+        f"(SELECT count() FROM {t.table} WHERE fold > {{lo:Int64}})" for t in FOLD_TAGGED
+    )
     stale = sql.rows(transport.query(f"SELECT {counts}", params))[0]
-    for table, n in zip(FOLD_TAGGED, stale, strict=True):
+    for tagged, n in zip(FOLD_TAGGED, stale, strict=True):
         if n:
             transport.command(
-                f"ALTER TABLE {table} DELETE WHERE fold > {{lo:Int64}} SETTINGS mutations_sync = 1",
+                f"ALTER TABLE {tagged.table} DELETE WHERE fold > {{lo:Int64}}"
+                " SETTINGS mutations_sync = 1",
                 params,
             )
 
@@ -276,13 +289,20 @@ def watermark(transport: Transport) -> int:
 
 
 class Folder:
-    """Folds every ``idle_s`` seconds while new events have come in (embedded only)."""
+    """Folds every ``idle_s`` seconds while new events have come in, and compacts what
+    the folds wrote every ``COMPACT_EVERY_S`` (embedded only)."""
 
     def __init__(self, transport: Transport, idle_s: float) -> None:
         self._transport = transport
         self._idle_s = idle_s
         #: The watermark of the last fold (this process is the only one that folds).
         self.watermark = watermark(transport)
+        self._compacted = state(transport, COMPACTED)
+        self._compacted_at = time.monotonic()
+        #: The watermarks answers are reading with (how many of each): compaction
+        #: stays at or before the oldest.
+        self._readers: collections.Counter[int] = collections.Counter()
+        self._readers_lock = threading.Lock()
         #: Whether a fold may have been cut off since the last that finished (another
         #: process before this one opened the store, or a fold here that failed).
         self._cut_off = True
@@ -291,12 +311,28 @@ class Folder:
         self._thread = threading.Thread(target=self._run, name="kaie-ch-fold", daemon=True)
         self._thread.start()
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[int]:
+        """The watermark to answer with, held until the answer is read."""
+        with self._readers_lock:
+            mark = self.watermark
+            self._readers[mark] += 1
+        try:
+            yield mark
+        finally:
+            with self._readers_lock:
+                self._readers[mark] -= 1
+                if not self._readers[mark]:
+                    del self._readers[mark]
+
     def _run(self) -> None:
         while not self._stop.wait(self._idle_s):
             try:
                 self.fold()
+                if time.monotonic() - self._compacted_at >= COMPACT_EVERY_S:
+                    self.compact()
             except Exception:  # the next round tries again; queries stay exact meanwhile
-                log.exception("a fold of executions failed")
+                log.exception("a fold or compaction failed")
 
     def fold(self) -> None:
         """Fold every execution with events ingested since the watermark."""
@@ -329,8 +365,28 @@ class Folder:
                 for statement in statements:
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
             set_state(t, WATERMARK, hi)  # 4. the watermark, last
-            self.watermark = hi
+            with self._readers_lock:
+                self.watermark = hi
             self._cut_off = False
+
+    def compact(self) -> None:
+        """Add up the rows the folds since the last compaction tagged (``compaction``),
+        as of the oldest watermark an answer still reads with."""
+        with self._lock:
+            self._compacted_at = time.monotonic()
+            if self._cut_off:  # the rows of a fold cut off go first
+                _drop_after(self._transport, self.watermark)
+                self._cut_off = False
+            with self._readers_lock:
+                upto = min([self.watermark, *self._readers])
+            if upto <= self._compacted:
+                return
+            started = time.perf_counter()
+            done = compaction.compact(self._transport, self._compacted, upto)
+            set_state(self._transport, COMPACTED, upto)
+            self._compacted = upto
+            if done:
+                log.info("compacted %d partitions in %.1f s", done, time.perf_counter() - started)
 
     def close(self) -> None:
         self._stop.set()

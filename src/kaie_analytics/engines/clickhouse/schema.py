@@ -45,6 +45,8 @@ tenant's events, and the copies of one event, live on one shard).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kaie_analytics.ingest.validate import FIELD_COLUMNS
 
 TIME = "DateTime64(6, 'UTC')"
@@ -76,13 +78,38 @@ MESSAGE_ROLLUP_TYPES = "('message.sent', 'message.received', 'feedback.submitted
 #: from a time on the grid before any stored time (1900-01-01, as DateTime64(6) begins).
 SLOT_US = 15 * 60 * 1_000_000
 SLOTS_FROM_US = -2_208_988_800_000_000
+#: The month of column ``slot`` (the partition of the tables kept per slot).
+SLOT_MONTH = f"toYYYYMM(fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC'))"
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 10
-#: The tables a fold writes rows tagged with its watermark (``fold``) to; the rows of
-#: a fold cut off before it wrote its watermark are taken away (``folds``).
+LAYOUT = 11
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A table the fold writes rows tagged with its watermark (``fold``) to. The rows of
+    a fold cut off before it wrote its watermark are taken away (``folds``), and the
+    rows of many folds are added up into one per ``keys`` (``compaction``)."""
+
+    table: str
+    #: The columns that rows are added up by.
+    keys: tuple[str, ...]
+    #: The columns added up.
+    sums: tuple[str, ...]
+    #: A log of +1 and -1 rows (a -1 takes back a +1 of an earlier fold), rather than
+    #: sums per slot.
+    signed: bool = False
+
+
+_SESSION_KEYS = ("tenant", "customer_id", "channel", "first_ts", "last_ts", "size")
 FOLD_TAGGED = (
-    "message_slots", "sessions", "session_starts", "session_slots", "customer_firsts",
-    "first_times",
+    Tagged("message_slots", ("tenant", "workflow_id", "slot", "channel"),
+           ("sent", "received", "csat_sum", "csat_n")),
+    Tagged("sessions", _SESSION_KEYS, ("sign",), signed=True),
+    Tagged("session_starts", _SESSION_KEYS, ("sign",), signed=True),
+    Tagged("session_slots", ("tenant", "slot", "channel"), ("sessions", "duration_us", "messages")),
+    Tagged("customer_firsts", ("tenant", "customer_id", "channel", "first_event", "first_received"),
+           ("sign",), signed=True),
+    Tagged("first_times", ("tenant", "channel", "kind", "t"), ("sign",), signed=True),
 )  # fmt: skip
 
 
@@ -280,6 +307,7 @@ SETTINGS {_DURABLE}""",
     csat_sum Int64,
     csat_n UInt64
 ) ENGINE = {_engine("SummingMergeTree", "message_slots", cluster)}
+PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, workflow_id, slot, channel, fold)
 SETTINGS {_DURABLE}""",
         # Sessions, written by the fold only; ordered by conversation, so that the fold
@@ -287,6 +315,7 @@ SETTINGS {_DURABLE}""",
         f"""CREATE TABLE IF NOT EXISTS sessions{local}{on} (
     {_SESSION_COLUMNS}
 ) ENGINE = {_engine("MergeTree", "sessions", cluster)}
+PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, customer_id, channel, first_ts, fold)
 SETTINGS {_DURABLE}""",
         # The same rows ordered by time, for the sessions that start in part of a slot.
@@ -309,6 +338,7 @@ AS SELECT * FROM sessions{local}""",
     duration_us Int64,
     messages Int64
 ) ENGINE = {_engine("SummingMergeTree", "session_slots", cluster)}
+PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, slot, channel, fold)
 SETTINGS {_DURABLE}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS session_slots_mv{on} TO session_slots{local}
@@ -351,6 +381,7 @@ SETTINGS {_DURABLE}""",
     fold Int64,
     sign Int8
 ) ENGINE = {_engine("MergeTree", "customer_firsts", cluster)}
+PARTITION BY toYYYYMM(first_event)
 ORDER BY (tenant, customer_id, channel, fold)
 SETTINGS {_DURABLE}""",
         # Each of those times as a row of its kind (0: first event, 1: first message
@@ -363,6 +394,7 @@ SETTINGS {_DURABLE}""",
     fold Int64,
     sign Int8
 ) ENGINE = {_engine("MergeTree", "first_times", cluster)}
+PARTITION BY toYYYYMM(t)
 ORDER BY (tenant, channel, kind, t)
 SETTINGS {_DURABLE}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS first_times_mv{on} TO first_times{local}
