@@ -21,6 +21,7 @@ from kaie_analytics.analytics.facts import (
     Window,
 )
 from kaie_analytics.engines.clickhouse import activity, folds, sql
+from kaie_analytics.engines.clickhouse import customers as customer_facts
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import FOLD_TAGGED, ddl
 from kaie_analytics.engines.clickhouse.transport import ChdbTransport
@@ -505,11 +506,13 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
                                workflow_ids=("wf",))  # fmt: skip
 
     def answers(folded: int | None = None) -> object:
+        qs = [CustomerQuery("acme", (w,)) for w in windows]
         if folded is None:
             cells = engine.activity(activity_q)
+            facts = [engine.customers(q)[0] for q in qs]
         else:  # with an older watermark, as an answer that began before the last fold
             cells = activity.activity(engine.transport, activity_q, folded, True)
-        facts = [engine.customers(CustomerQuery("acme", (w,)))[0] for w in windows]
+            facts = [customer_facts.customers(engine.transport, q, folded, True)[0] for q in qs]
         return (
             [sorted((k, (c.sent, c.received)) for k, c in cell.items()) for cell in cells],
             [((f.known, f.new), (s := f.by_channel["sms"]).sessions, s.session_us) for f in facts],
@@ -528,24 +531,33 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
     try:
         events: list[dict[str, object]] = []
         assert engine.folder is not None
-        for r in range(5):
+        for r in range(4):
             events += _round_of_messages(r, t0)
             engine.append("acme", _valid(_round_of_messages(r, t0))).result()
-            if r == 4:  # an answer still reading with the watermark of the fourth fold
-                reader = engine.folder.reading()
-                older = reader.__enter__()
             engine.settle()
-        assert answers() == expected(events)
-        before = _tagged_rows(engine)
-        assert before["message_slots"][1] > 0 and before["sessions"][2] > 0
-        assert before["first_times"][2] > 0
-        engine.folder.compact()  # as of the fourth fold: the fifth's rows stay apart
-        pinned = _tagged_rows(engine)
-        assert 0 < pinned["message_slots"][1] < before["message_slots"][1]
-        assert answers() == answers(older) == expected(events)
-        reader.__exit__(None, None, None)
+        with engine.folder.reading() as older:  # an answer reading as of the fourth fold
+            events += _round_of_messages(4, t0)
+            engine.append("acme", _valid(_round_of_messages(4, t0))).result()
+            engine.settle()
+            assert answers() == answers(older) == expected(events)
+            before = _tagged_rows(engine)
+            assert before["message_slots"][1] > 0 and before["sessions"][2] > 0
+            assert before["first_times"][2] > 0
+            engine.folder.compact()  # as of the fourth fold: the fifth's rows stay apart
+            pinned = _tagged_rows(engine)
+            assert 0 < pinned["message_slots"][1] < before["message_slots"][1]
+            assert answers() == answers(older) == expected(events)
+        # A month whose rows all cancel out (a session made, then taken back) is dropped.
+        session = "'acme', 'gone', 'sms', '2024-01-05 10:00:00', '2024-01-05 10:05:00', 2"
+        made, taken_back = older + 1, engine.folder.watermark  # folds since the compaction
+        engine.transport.command(
+            f"INSERT INTO sessions VALUES ({session}, {made}, 1), ({session}, {taken_back}, -1)"
+        )
         engine.folder.compact()
         after = _tagged_rows(engine)
+        for table in ("sessions", "session_starts", "session_slots"):
+            partitions = f"SELECT DISTINCT _partition_id FROM {table}"
+            assert "202401" not in engine.transport.query(partitions).column(0).to_pylist()
         for table, (rows, extra, negative) in after.items():
             assert (extra, negative) == (0, 0), table
             assert rows < before[table][0], table

@@ -92,7 +92,12 @@ def _compact_partition(transport: Transport, tagged: Tagged, partition: str, upt
             f" WHERE {of_partition} AND fold > {{upto:Int64}}",
             params,
         )
-        transport.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition}' FROM {staging}")
+        if transport.query(f"SELECT count() FROM {staging}").column(0)[0].as_py():
+            transport.command(
+                f"ALTER TABLE {table} REPLACE PARTITION ID '{partition}' FROM {staging}"
+            )
+        else:  # every row added up to nothing (ClickHouse refuses to replace with none)
+            transport.command(f"ALTER TABLE {table} DROP PARTITION ID '{partition}'")
     finally:
         transport.command(f"DROP TABLE IF EXISTS {staging}")
 

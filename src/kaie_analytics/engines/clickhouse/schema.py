@@ -34,6 +34,9 @@
   written by the writer just before the events that name a new workflow or
   a name, and when a name is set.
 
+The tables the fold tags rows of (``FOLD_TAGGED``) are partitioned by month,
+so that compaction (``compaction``) can rewrite one partition at a time.
+
 Every MergeTree fsyncs its parts and their directory before an insert
 returns, so an acknowledged event survives the process being killed.
 
