@@ -1,8 +1,9 @@
 """Facts of executions, nodes and messages (``ActivityQuery``) in ClickHouse SQL.
 
-Per ask, one aggregate over the tenant's executions (merged from their events,
-``sql.executions``), one over the node events they carry when nodes are asked, and one
-over messages and feedback; each row is put in every window its time is in.
+One aggregate over the tenant's executions (merged from their events,
+``sql.executions``) for the asks over the same windows (a grouping set each), one
+over the node events they carry when nodes are asked, and one over messages and
+feedback; each row is put in every window its time is in.
 Percentiles follow numpy's linear interpolation to the bit (the sorted
 durations of a cell, then numpy's own formula), so they equal the DuckDB
 engine's and the spec's reference exactly.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -134,59 +136,144 @@ def _aggregate(
     return f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
 
 
-def _statements(q: ActivityQuery, ask: Ask, pending: bool) -> list[tuple[str, tuple[str, ...]]]:
-    """(SQL, the fields of its values after the key columns) for one ask."""
-    out: list[tuple[str, tuple[str, ...]]] = []
-    exec_dims = {**_EXEC_DIMS, "customer_segment": "x.segment"}
+@dataclass(frozen=True)
+class _Part:
+    """Where one ask's cells are in the rows of a statement."""
+
+    ask: int
+    #: The fields of its values (``MEASURE_FIELDS``), one column each.
+    fields: tuple[str, ...]
+    #: Its columns: the key's (the window, then ``by``'s), then its values'.
+    columns: tuple[int, ...]
+    #: Only the rows whose first column is this (the ``grouping()`` of its set), if set.
+    grouping: int | None = None
+
+
+#: A statement, and where the cells of each of its asks are in its rows.
+_Statement = tuple[str, list[_Part]]
+#: The dimensions of executions as columns of their rows (the segment joined in).
+_EXEC_ROW_DIMS = {**_EXEC_DIMS, "customer_segment": "x.segment"}
+
+
+def _plain(i: int, ask: Ask, statement: str, fields: tuple[str, ...]) -> _Statement:
+    """A statement of one ask's cells alone: its key, then its values."""
+    return statement, [_Part(i, fields, tuple(range(1 + len(ask.by) + len(fields))))]
+
+
+def _executions(q: ActivityQuery, pending: bool) -> str:
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
-    executions = f"SELECT * FROM ({sql.executions(in_period, pending=pending)}) WHERE {in_period}"
-    m = ask.measures
-    if "nodes" in m:
-        # Each execution carries its node events (``schema.NODE``).
-        with_nodes = sql.executions(in_period, pending=pending, nodes=True)
-        nodes = f"""SELECT e.started_at AS started_at, e.channel AS channel,
-                e.workflow_id AS workflow_id, e.customer_id AS customer_id,
-                e.error_type AS error_type, n.2 AS node_id, n.3 AS node_type,
-                n.4 AS ts, n.5 = 1 AS ok, n.6 AS dur
-            FROM (SELECT * FROM ({with_nodes}) WHERE {in_period}) e ARRAY JOIN e.nodes AS n"""
-        out.append(
-            (
-                _aggregate(q, ask, nodes, "started_at", exec_dims, [_NODE_SUMS]),
-                MEASURE_FIELDS["nodes"],
+    return f"SELECT * FROM ({sql.executions(in_period, pending=pending)}) WHERE {in_period}"
+
+
+def _statements(q: ActivityQuery, pending: bool) -> list[tuple[Ask, _Statement]]:
+    """Each statement (with the ask whose windows it binds) and where the cells of
+    each ask are in its rows. The asks of executions over the same windows share one
+    statement, one grouping set each (each statement costs a read of the executions,
+    and on embedded chdb statements side by side take turns), except those counting
+    distinct customers: a distinct count per extra set costs as much as its own read."""
+    out: list[tuple[Ask, _Statement]] = []
+    shared: dict[tuple[int, ...], list[list[int]]] = {}
+    for i, ask in enumerate(q.asks):
+        m = ask.measures
+        if "nodes" in m:
+            out.append((ask, _plain(i, ask, _nodes(q, ask, pending), MEASURE_FIELDS["nodes"])))
+        if "messages" in m:
+            message_dims = {**_MESSAGE_DIMS, "customer_segment": "x.segment"}
+            statement = _aggregate(
+                q, ask, _messages(q, ask, pending), "ts", message_dims, [_MESSAGE_SUMS]
             )
-        )  # fmt: skip
+            out.append((ask, _plain(i, ask, statement, MEASURE_FIELDS["messages"])))
+        if "customers" in m:
+            out.append((ask, _execution_statement(q, [i], pending)))
+        elif m & {"executions", "durations"}:
+            groups = shared.setdefault(ask.windows, [])
+            # Asks by the same dimensions would share a grouping set: apart.
+            for group in groups:
+                if all(q.asks[j].by != ask.by for j in group):
+                    group.append(i)
+                    break
+            else:
+                groups.append([i])
+    for groups in shared.values():
+        for group in groups:
+            out.append((q.asks[group[0]], _execution_statement(q, group, pending)))
+    return out
+
+
+def _execution_statement(q: ActivityQuery, asks: list[int], pending: bool) -> _Statement:
+    """One statement over the executions for ``asks`` (the same windows); more than one:
+    a grouping set each, its rows told apart by ``grouping()`` in the first column."""
+    dims: list[Dimension] = []
+    for i in asks:
+        dims += [d for d in q.asks[i].by if d not in dims]
+    measures = frozenset().union(*(q.asks[i].measures for i in asks))
     values: list[str] = []
     fields: list[str] = []
-    if "executions" in m:
+    if "executions" in measures:
         values.append(_EXEC_SUMS)
         fields += MEASURE_FIELDS["executions"]
-    if "customers" in m:
+    if "customers" in measures:
         values.append("uniqExact(x.customer_id)")
         fields += MEASURE_FIELDS["customers"]
-    if "durations" in m:
+    if "durations" in measures:
         values.append(
             "arraySort(groupArrayIf(x.duration_ms, x.status > 0 AND x.duration_ms IS NOT NULL))"
             " AS d"
         )
-    if values:
-        statement = _aggregate(q, ask, executions, "started_at", exec_dims, values)
-        if "durations" in m:
-            # The sorted durations stay in the engine: only their percentiles come back.
-            statement = (
-                f"SELECT * EXCEPT (d), {_quantiles(q.quantiles or (0.5,))} FROM ({statement})"
-            )
-            fields += MEASURE_FIELDS["durations"]
-        out.append((statement, tuple(fields)))
-    if "messages" in m:
-        message_dims = {**_MESSAGE_DIMS, "customer_segment": "x.segment"}
-        out.append(
-            (
-                _aggregate(q, ask, _messages(q, ask, pending), "ts", message_dims, [_MESSAGE_SUMS]),
-                MEASURE_FIELDS["messages"],
-            )
+    first = q.asks[asks[0]]
+    union = Ask(first.windows, measures, tuple(dims))
+    rows, window = _in_windows(
+        q, union, _with_segments(_executions(q, pending), union), "started_at"
+    )
+    keys = [window, *(_EXEC_ROW_DIMS[d] for d in dims)]
+    named = ", ".join(f"{k} AS k{i}" for i, k in enumerate(keys))
+    if len(asks) == 1:
+        statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {_keys(len(keys))}"
+    else:
+        sets = ", ".join(
+            "(" + ", ".join(["k0", *(f"k{1 + dims.index(d)}" for d in q.asks[i].by)]) + ")"
+            for i in asks
         )
-    return out
+        statement = (
+            f"SELECT grouping({_keys(len(keys), 1)}) AS g, {named}, {', '.join(values)}"
+            f" FROM {rows} GROUP BY GROUPING SETS ({sets})"
+        )
+    if "durations" in measures:
+        # The sorted durations stay in the engine: only their percentiles come back.
+        statement = f"SELECT * EXCEPT (d), {_quantiles(q.quantiles or (0.5,))} FROM ({statement})"
+        fields += MEASURE_FIELDS["durations"]
+    if len(asks) == 1:
+        return _plain(asks[0], first, statement, tuple(fields))
+    parts = []
+    for i in asks:
+        ask = q.asks[i]
+        mine = [f for m in ("executions", "durations") if m in ask.measures
+                for f in MEASURE_FIELDS[m]]  # fmt: skip
+        # grouping(): a bit per dimension, the first the highest, set when not in the set.
+        grouping = sum(1 << (len(dims) - 1 - j) for j, d in enumerate(dims) if d not in ask.by)
+        columns = (1, *(2 + dims.index(d) for d in ask.by),
+                   *(2 + len(dims) + fields.index(f) for f in mine))  # fmt: skip
+        parts.append(_Part(i, tuple(mine), columns, grouping))
+    return statement, parts
+
+
+def _keys(n: int, start: int = 0) -> str:
+    return ", ".join(f"k{i}" for i in range(start, n))
+
+
+def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
+    """Node events per window and ``ask.by``: each execution carries its node events
+    (``schema.NODE``)."""
+    lo, hi = sql.time_param("lo"), sql.time_param("hi")
+    in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
+    with_nodes = sql.executions(in_period, pending=pending, nodes=True)
+    nodes = f"""SELECT e.started_at AS started_at, e.channel AS channel,
+            e.workflow_id AS workflow_id, e.customer_id AS customer_id,
+            e.error_type AS error_type, n.2 AS node_id, n.3 AS node_type,
+            n.4 AS ts, n.5 = 1 AS ok, n.6 AS dur
+        FROM (SELECT * FROM ({with_nodes}) WHERE {in_period}) e ARRAY JOIN e.nodes AS n"""
+    return _aggregate(q, ask, nodes, "started_at", _EXEC_ROW_DIMS, [_NODE_SUMS])
 
 
 def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
@@ -256,29 +343,33 @@ def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool)
         "folded": folded,
         **sql.filter_params(q.workflow_ids, q.channels),
     }
-    shapes: list[tuple[int, tuple[str, ...]]] = []
-    statements = []
-    for i, ask in enumerate(q.asks):
-        params = base | _window_params(q, ask)
-        for statement, fields in _statements(q, ask, pending):
-            shapes.append((i, fields))
-            statements.append((statement, params))
+    statements = _statements(q, pending)
+    tables = transport.query_all(
+        [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements]
+    )
     out: list[Cells] = [{} for _ in q.asks]
-    for (i, fields), table in zip(shapes, transport.query_all(statements), strict=True):
-        ask = q.asks[i]
-        hours = [1 + j for j, d in enumerate(ask.by) if d == "hour"]
-        quantiles = fields.index("quantiles") + 1 + len(ask.by) if "quantiles" in fields else -1
-        rows = []
-        for row in sql.rows(table):
-            values = list(row)
-            for at in hours:  # µs of the hour, as the naive UTC time it starts at
-                values[at] = sql.from_epoch_us(values[at])
-            if quantiles >= 0:  # ClickHouse's NaN over no duration is None
-                values[quantiles] = [
-                    None if math.isnan(v) else v for v in values[quantiles][: len(q.quantiles)]
-                ]
-            rows.append(values)
-        add_rows(out[i], rows, 1 + len(ask.by), fields)
+    for (_, (_, parts)), table in zip(statements, tables, strict=True):
+        found = sql.rows(table)
+        for part in parts:
+            ask = q.asks[part.ask]
+            n_keys = 1 + len(ask.by)
+            hours = [1 + j for j, d in enumerate(ask.by) if d == "hour"]
+            quantiles = (
+                part.fields.index("quantiles") + n_keys if "quantiles" in part.fields else -1
+            )
+            rows = []
+            for row in found:
+                if part.grouping is not None and row[0] != part.grouping:
+                    continue
+                values = [row[c] for c in part.columns]
+                for at in hours:  # µs of the hour, as the naive UTC time it starts at
+                    values[at] = sql.from_epoch_us(values[at])
+                if quantiles >= 0:  # ClickHouse's NaN over no duration is None
+                    values[quantiles] = [
+                        None if math.isnan(v) else v for v in values[quantiles][: len(q.quantiles)]
+                    ]
+                rows.append(values)
+            add_rows(out[part.ask], rows, n_keys, part.fields)
     for ask, cells in zip(q.asks, out, strict=True):
         if "durations" in ask.measures:
             fill_quantiles(cells, len(q.quantiles))
