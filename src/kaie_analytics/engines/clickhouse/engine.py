@@ -74,6 +74,8 @@ class ClickHouseEngine:
         # processes, the shared version in Redis covers the others' (``cache``).
         self._versions: dict[str, int] = defaultdict(int)
         self._versions_lock = threading.Lock()
+        #: Per tenant (embedded only): the data version and its workflows by id.
+        self._workflow_cache: dict[str, tuple[int, dict[str, Workflow]]] = {}
         #: Per tenant, µs of its last ingestion (embedded: this process is the only
         #: writer), so an answer knows whether any of its executions wait for a fold.
         self._ingested: dict[str, int] = {}
@@ -184,10 +186,26 @@ class ClickHouseEngine:
             for wf, named, name, name_ts, created in sql.rows(table)
         ]
 
+    def _known_workflows(self, tenant: str) -> dict[str, Workflow]:
+        """The tenant's workflows, kept per data version (embedded: this process writes
+        every workflow and bumps the version after, so a version's list stays right)."""
+        version = self._versions[tenant]  # before the read: a later write bumps it
+        cached = self._workflow_cache.get(tenant)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = {w.workflow_id: w for w in self._workflows(tenant, None)}
+        self._workflow_cache[tenant] = (version, found)
+        return found
+
     def workflows(self, tenant: str) -> list[Workflow]:
+        if self.transport.embedded:
+            return list(self._known_workflows(tenant).values())
         return self._workflows(tenant, None)
 
     def workflow(self, tenant: str, workflow_id: str) -> Workflow | None:
+        # Every answer about a workflow checks that it exists first: from memory here.
+        if self.transport.embedded:
+            return self._known_workflows(tenant).get(workflow_id)
         found = self._workflows(tenant, workflow_id)
         return found[0] if found else None
 
