@@ -241,7 +241,8 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
                 transport.command(ACTIVE_CUSTOMERS, params)
             if layout < 9:
                 transport.command(FIRSTS_FOLD, params)
-            transport.command(JOURNEY_FOLD, params)
+            if layout < 10:
+                transport.command(JOURNEY_FOLD, params)
     set_state(transport, "layout", LAYOUT)
 
 
