@@ -32,7 +32,8 @@ before step 4 are taken away by the next fold before it writes its own
 (queries read only rows tagged up to the watermark they use, and a fold
 builds on the rows as of the watermark before it; numbers given after the
 watermark are left out of answers). So a fold cut off at any point (a
-crash) is simply done again by the next one.
+crash) is simply done again by the next one. Every ``COMPACT_EVERY_S``, the
+rows of many folds are added up into one per key (``compaction``).
 
 The watermark is exact when one process writes (embedded chdb): the writer
 gives each insert a later ``ingested_at`` than the one before, and a fold
