@@ -170,7 +170,7 @@ def _statements(q: ActivityQuery, pending: bool) -> list[tuple[Ask, _Statement]]
     """Each statement (with the ask whose windows it binds) and where the cells of
     each ask are in its rows. The asks of executions over the same windows share one
     statement, one grouping set each (each statement costs a read of the executions,
-    and on embedded chdb statements side by side take turns), except those counting
+    and statements side by side share the machine's cores), except those counting
     distinct customers: a distinct count per extra set costs as much as its own read."""
     out: list[tuple[Ask, _Statement]] = []
     shared: dict[tuple[int, ...], list[list[int]]] = {}

@@ -28,8 +28,12 @@ from kaie_analytics.errors import QueryTimeout, StoreInUse, StoreUnavailable
 Params = Mapping[str, Any]
 
 #: Session settings every statement runs with: an outer join fills a missing
-#: side with NULL (as SQL does) rather than the type's default.
-SETTINGS: dict[str, int | str | float] = {"join_use_nulls": 1}
+#: side with NULL (as SQL does) rather than the type's default, and ``grouping()``
+#: sets a column's bit when it is not in the grouping set (as SQL does).
+SETTINGS: dict[str, int | str | float] = {
+    "join_use_nulls": 1,
+    "force_grouping_standard_compatibility": 1,
+}
 #: ClickHouse's error code for a statement stopped at ``max_execution_time``.
 TIMEOUT_EXCEEDED = 159
 
