@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/export.py
 	$(PY) bench/jobs.py
 	$(PY) bench/scale_out.py
+	$(PY) bench/stream_folds.py
 
 clean:
 	rm -rf $(VENV) kaie-data .pytest_cache .mypy_cache .ruff_cache
