@@ -9,7 +9,7 @@ the engine's 300 s). Prints, every ``--report-every`` rounds, the rows of
 ``message_slots``, ``session_slots`` and ``sessions`` and the p50 of a
 workflow's metrics and of engagement over the last day.
 
-    python bench/stream_folds.py [--rounds 600] [--events 400] [--runs 5]
+    python bench/stream_folds.py [--rounds 300] [--report-every 100] [--compact-every 150] [--events 400] [--runs 5]
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def run(args: argparse.Namespace, compact_every: int | None) -> list[tuple[int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--events", type=int, default=400)
-    parser.add_argument("--report-every", type=int, default=150)
+    parser.add_argument("--report-every", type=int, default=100)
     parser.add_argument("--compact-every", type=int, default=150)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
