@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,13 +31,13 @@ from common import machine
 from kaie_analytics.analytics import customers as cq
 from kaie_analytics.analytics import workflows as wq
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
-from kaie_analytics.ingest.validate import validate_event
+from kaie_analytics.ingest.validate import ValidEvent, validate_event
 
 TENANT = "acme"
 TABLES = ("message_slots", "session_slots", "sessions")
 
 
-def batch(r: int, n: int, start: datetime, now: datetime) -> list[object]:
+def batch(r: int, n: int, start: datetime, now: datetime) -> list[ValidEvent]:
     rng = random.Random(r)
     at = start + timedelta(seconds=2 * r)
     out = []
@@ -53,23 +54,23 @@ def batch(r: int, n: int, start: datetime, now: datetime) -> list[object]:
     return out
 
 
-def p50_ms(fn: object, runs: int) -> float:
+def p50_ms(fn: Callable[[], object], runs: int) -> float:
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
 
 
-def run(args: argparse.Namespace, compact_every: int | None) -> list[tuple[int, ...] | tuple]:
+def run(args: argparse.Namespace, compact_every: int | None) -> list[tuple[float, ...]]:
     now = datetime.now(UTC)
     start = now - timedelta(seconds=2 * args.rounds + 60)
     period = {
         "start_date": [(now - timedelta(days=1)).isoformat()],
         "end_date": [now.isoformat()],
     }
-    rows: list[tuple] = []
+    rows: list[tuple[float, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:
         store = ClickHouseEngine.open("chdb", Path(tmp), fold_idle_s=3600)
         assert store.folder is not None
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace, compact_every: int | None) -> list[tuple[int, 
         engagement = cq.EngagementRunner(store, cq.parse_engagement_query(TENANT, period))
         try:
             for r in range(1, args.rounds + 1):
-                store.append(TENANT, batch(r, args.events, start, now)).result()  # type: ignore[arg-type]
+                store.append(TENANT, batch(r, args.events, start, now)).result()
                 store.settle()
                 if compact_every and r % compact_every == 0:
                     store.folder.compact()
