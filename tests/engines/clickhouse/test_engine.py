@@ -638,3 +638,28 @@ def test_a_store_of_layout_10_gets_month_partitions(tmp_path: Path) -> None:
         assert (s.sessions, s.session_us, s.session_messages) == _session_sums(events, q.windows[0])
     finally:
         again.close()
+
+
+def test_what_answers_look_up_first_follows_every_commit(tmp_path: Path) -> None:
+    """Workflows and journey types are kept in memory per data version: a commit that
+    adds one is seen by the next lookup, folded or not."""
+    engine = ClickHouseEngine(ChdbTransport(tmp_path / "ch"), fold_idle_s=3600)
+    try:
+
+        def step(i: int, kind: str) -> dict[str, object]:
+            return {"id": f"j{i}", "type": "journey.step", "journey_id": f"j{i}",
+                    "journey_type": kind, "step": 1, "step_name": "s1", "customer_id": "c",
+                    "timestamp": iso(NOW - timedelta(hours=i))}  # fmt: skip
+
+        engine.append(
+            "acme", _valid([step(1, "a"), _started(1, NOW - timedelta(hours=1))])
+        ).result()
+        engine.settle()
+        assert (engine.journey_types("acme"), [w.workflow_id for w in engine.workflows("acme")]) \
+            == (["a"], ["wf"])  # fmt: skip
+        moved = {**_started(2, NOW - timedelta(hours=2)), "workflow_id": "wf-2"}
+        engine.append("acme", _valid([step(2, "b"), moved])).result()
+        assert sorted(engine.journey_types("acme")) == ["a", "b"]
+        assert engine.workflow("acme", "wf-2") is not None
+    finally:
+        engine.close()

@@ -12,10 +12,10 @@ import concurrent.futures
 import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pyarrow as pa
 
@@ -42,6 +42,8 @@ from kaie_analytics.errors import StoreUnavailable
 from kaie_analytics.ingest import columns
 from kaie_analytics.ingest.columns import PreparedBatch
 from kaie_analytics.ingest.validate import ValidEvent
+
+_T = TypeVar("_T")
 
 _WORKFLOWS = """
 SELECT workflow_id, max(named), argMaxMerge(name), max(name_ts), min(created_at)
@@ -74,8 +76,8 @@ class ClickHouseEngine:
         # processes, the shared version in Redis covers the others' (``cache``).
         self._versions: dict[str, int] = defaultdict(int)
         self._versions_lock = threading.Lock()
-        #: Per tenant (embedded only): the data version and its workflows by id.
-        self._workflow_cache: dict[str, tuple[int, dict[str, Workflow]]] = {}
+        #: Per (kind, tenant), embedded only: a data version and what ``_kept`` kept.
+        self._kept_answers: dict[tuple[str, str], tuple[int, object]] = {}
         #: Per tenant, µs of its last ingestion (embedded: this process is the only
         #: writer), so an answer knows whether any of its executions wait for a fold.
         self._ingested: dict[str, int] = {}
@@ -186,16 +188,24 @@ class ClickHouseEngine:
             for wf, named, name, name_ts, created in sql.rows(table)
         ]
 
-    def _known_workflows(self, tenant: str) -> dict[str, Workflow]:
-        """The tenant's workflows, kept per data version (embedded: this process writes
-        every workflow and bumps the version after, so a version's list stays right)."""
+    def _kept(self, kind: str, tenant: str, compute: Callable[[], _T]) -> _T:
+        """``compute()`` for the tenant, kept per data version (embedded: this process
+        writes every event and bumps the version after, so a version's answer stays
+        right; what answers look up first, on every request)."""
         version = self._versions[tenant]  # before the read: a later write bumps it
-        cached = self._workflow_cache.get(tenant)
+        cached = self._kept_answers.get((kind, tenant))
         if cached is not None and cached[0] == version:
-            return cached[1]
-        found = {w.workflow_id: w for w in self._workflows(tenant, None)}
-        self._workflow_cache[tenant] = (version, found)
-        return found
+            return cast(_T, cached[1])
+        value = compute()
+        self._kept_answers[(kind, tenant)] = (version, value)
+        return value
+
+    def _known_workflows(self, tenant: str) -> dict[str, Workflow]:
+        return self._kept(
+            "workflows",
+            tenant,
+            lambda: {w.workflow_id: w for w in self._workflows(tenant, None)},
+        )
 
     def workflows(self, tenant: str) -> list[Workflow]:
         if self.transport.embedded:
@@ -251,10 +261,16 @@ class ClickHouseEngine:
             return customers.customers(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def journey_types(self, tenant: str) -> list[str]:
-        with self._folded() as folded:
-            return customers.journey_types(
-                self.transport, tenant, folded, self._pending(tenant, folded)
-            )
+        def compute() -> list[str]:
+            with self._folded() as folded:
+                return customers.journey_types(
+                    self.transport, tenant, folded, self._pending(tenant, folded)
+                )
+
+        # A journey answer without a type looks up the tenant's first one.
+        if self.transport.embedded:
+            return list(self._kept("journey types", tenant, compute))
+        return compute()
 
     def journeys(self, q: JourneyQuery) -> JourneyFacts:
         with self._folded() as folded:
