@@ -31,14 +31,15 @@ _LAST_HOUR = sql.tenant_events(
 )
 _SUMS = f"""countIf(type LIKE 'execution.%'), countIf(type IN {sql.MESSAGE_TYPES}),
     uniqExactIf(customer_id, type IN {sql.MESSAGE_TYPES} AND ts >= {sql.time_param("half_hour_ago")})"""
-_NO_TEXT = "CAST(NULL, 'Nullable(String)')"
-#: Per row its scope (``facts.realtime_facts``): the total, a workflow's, a channel's.
+#: Per row its scope (``facts.realtime_facts``): the total, a workflow's, a channel's;
+#: one read of the hour, a grouping set per scope (``grouping()``: a bit per column,
+#: the first the highest, set when the column is not in the row's set).
 LAST_HOUR_SQL = f"""
-SELECT {TOTAL}, {_NO_TEXT}, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR})
-UNION ALL
-SELECT {BY_WORKFLOW}, workflow_id, {_NO_TEXT}, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY workflow_id
-UNION ALL
-SELECT {BY_CHANNEL}, {_NO_TEXT}, channel, {_SUMS} FROM ({_LAST_HOUR}) GROUP BY channel
+SELECT multiIf(grouping(workflow_id, channel) = 3, {TOTAL},
+               grouping(workflow_id, channel) = 1, {BY_WORKFLOW}, {BY_CHANNEL}),
+    workflow_id, channel, {_SUMS}
+FROM ({_LAST_HOUR})
+GROUP BY GROUPING SETS ((), (workflow_id), (channel))
 """
 _LAST_DAY = f"started_at BETWEEN {sql.time_param('day_ago')} AND {_NOW}"
 #: Running executions, by whether the tenant has executions waiting for a fold.
@@ -64,12 +65,11 @@ SELECT r.workflow_id AS workflow_id, {sql.us("s.ts")} - {sql.us("r.ts")} AS gap
 FROM ({_RECEIVED}) r ASOF JOIN ({_SENT}) s
 ON r.customer_id = s.customer_id AND r.channel = s.channel AND r.ts <= s.ts
 """
-#: Per row its scope: the total, a workflow's.
+#: Per row its scope: the total, a workflow's (one join, a grouping set each).
 REPLIES = f"""
-SELECT {TOTAL}, {_NO_TEXT}, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WITHIN_US}
-UNION ALL
-SELECT {BY_WORKFLOW}, workflow_id, sum(gap), count() FROM ({_GAPS}) WHERE gap <= {REPLY_WITHIN_US}
-GROUP BY workflow_id
+SELECT if(grouping(workflow_id) = 1, {TOTAL}, {BY_WORKFLOW}), workflow_id, sum(gap), count()
+FROM ({_GAPS}) WHERE gap <= {REPLY_WITHIN_US}
+GROUP BY GROUPING SETS ((), (workflow_id))
 """
 
 
