@@ -299,13 +299,15 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     in_cut = sql.in_slots("ts", cut)
     not_cut = f"NOT has({sql.ints(cut)}, {sql.slot_of('ts')})"
     after = sql.ingested("{folded:Int64}")
-    parts = []
+    # The events of the cut slots and those not folded yet, in one read.
+    raw = [f"({in_cut})"] if cut else []
     if pending:
+        raw.append(f"({after} AND {not_cut})")
+    parts = []
+    if raw:
         parts.append(
-            sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND {after} AND {not_cut}")
+            sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND ({' OR '.join(raw)})")
         )
-    if cut:
-        parts.append(sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND ({in_cut})"))
     parts.append(
         f"""SELECT ts, workflow_id, channel, customer_id, sent, received, csat_sum, csat_n
         FROM (
