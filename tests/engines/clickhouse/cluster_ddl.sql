@@ -128,13 +128,16 @@ CREATE TABLE IF NOT EXISTS executions_local ON CLUSTER `analytics` (
     error_type Nullable(String),
     version UInt64,
     deleted UInt8,
-    nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)))
+    nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64))),
+    customer_num UInt32
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/executions', '{replica}', version, deleted)
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, workflow_id, started_at, execution_id)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 ALTER TABLE executions_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
+
+ALTER TABLE executions_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS customer_num UInt32;
 
 CREATE TABLE IF NOT EXISTS execution_keys_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -335,3 +338,5 @@ CREATE TABLE IF NOT EXISTS journeys ON CLUSTER `analytics` AS journeys_local ENG
 ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
 ALTER TABLE executions ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
+
+ALTER TABLE executions ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS customer_num UInt32;

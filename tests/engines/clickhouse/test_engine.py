@@ -663,3 +663,45 @@ def test_what_answers_look_up_first_follows_every_commit(tmp_path: Path) -> None
         assert engine.workflow("acme", "wf-2") is not None
     finally:
         engine.close()
+
+
+def test_distinct_customers_count_numbers_folded_or_not(tmp_path: Path) -> None:
+    """Folded executions carry their customers' numbers; executions not folded yet look
+    theirs up as of the watermark, and customers without one are counted by id: each
+    customer once, before the fold, after it, and in a store of layout 11 (whose
+    folded executions get their numbers when it opens)."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+
+    def execution(i: int, customer: str) -> dict[str, object]:
+        return {**_started(i, t0 + timedelta(minutes=i)), "customer_id": customer}
+
+    window = Window(t0 - timedelta(hours=1), t0 + timedelta(hours=1))
+    q = ActivityQuery("acme", (window,), (Ask((0,), frozenset({"customers"})),))
+
+    def customers(store: ClickHouseEngine) -> int:
+        return int(store.activity(q)[0][(0,)].customers)
+
+    engine.append("acme", _valid([execution(i, f"c{i}") for i in range(5)])).result()
+    engine.settle()
+    later = [execution(5, "c3"), execution(6, "c4"), execution(7, "c5"), execution(8, "c6")]
+    engine.append("acme", _valid(later)).result()
+    assert customers(engine) == 7  # c3 and c4 by number on both sides, c5 and c6 by id
+    engine.settle()
+    assert customers(engine) == 7
+    t = engine.transport
+    t.command("ALTER TABLE executions UPDATE customer_num = 0 WHERE 1 SETTINGS mutations_sync = 1")
+    t.command("TRUNCATE TABLE customer_numbers")  # layout 11 numbered message senders only
+    folds.set_state(t, "layout", 11)
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        unnumbered = again.transport.query(
+            "SELECT count() FROM executions FINAL WHERE customer_id IS NOT NULL"
+            " AND customer_num = 0"
+        )
+        assert unnumbered.column(0)[0].as_py() == 0
+        assert customers(again) == 7
+    finally:
+        again.close()

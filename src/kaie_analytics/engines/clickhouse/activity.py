@@ -160,13 +160,14 @@ def _plain(i: int, ask: Ask, statement: str, fields: tuple[str, ...]) -> _Statem
     return statement, [_Part(i, fields, tuple(range(1 + len(ask.by) + len(fields))))]
 
 
-def _executions(q: ActivityQuery, pending: bool) -> str:
+def _executions(q: ActivityQuery, pending: bool, numbers: bool = False) -> str:
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
-    return f"SELECT * FROM ({sql.executions(in_period, pending=pending)}) WHERE {in_period}"
+    executions = sql.executions(in_period, pending=pending, numbers=numbers)
+    return f"SELECT * FROM ({executions}) WHERE {in_period}"
 
 
-def _statements(q: ActivityQuery, pending: bool) -> list[tuple[Ask, _Statement]]:
+def _statements(q: ActivityQuery, pending: bool, numbered: bool) -> list[tuple[Ask, _Statement]]:
     """Each statement (with the ask whose windows it binds) and where the cells of
     each ask are in its rows. The asks of executions over the same windows share one
     statement, one grouping set each (each statement costs a read of the executions,
@@ -185,7 +186,7 @@ def _statements(q: ActivityQuery, pending: bool) -> list[tuple[Ask, _Statement]]
             )
             out.append((ask, _plain(i, ask, statement, MEASURE_FIELDS["messages"])))
         if "customers" in m:
-            out.append((ask, _execution_statement(q, [i], pending)))
+            out.append((ask, _execution_statement(q, [i], pending, numbered)))
         elif m & {"executions", "durations"}:
             groups = shared.setdefault(ask.windows, [])
             # Asks by the same dimensions would share a grouping set: apart.
@@ -197,13 +198,16 @@ def _statements(q: ActivityQuery, pending: bool) -> list[tuple[Ask, _Statement]]
                 groups.append([i])
     for groups in shared.values():
         for group in groups:
-            out.append((q.asks[group[0]], _execution_statement(q, group, pending)))
+            out.append((q.asks[group[0]], _execution_statement(q, group, pending, numbered)))
     return out
 
 
-def _execution_statement(q: ActivityQuery, asks: list[int], pending: bool) -> _Statement:
+def _execution_statement(
+    q: ActivityQuery, asks: list[int], pending: bool, numbered: bool
+) -> _Statement:
     """One statement over the executions for ``asks`` (the same windows); more than one:
-    a grouping set each, its rows told apart by ``grouping()`` in the first column."""
+    a grouping set each, its rows told apart by ``grouping()`` in the first column.
+    ``numbered``: whether folded executions carry their customers' numbers (embedded)."""
     dims: list[Dimension] = []
     for i in asks:
         dims += [d for d in q.asks[i].by if d not in dims]
@@ -214,7 +218,8 @@ def _execution_statement(q: ActivityQuery, asks: list[int], pending: bool) -> _S
         values.append(_EXEC_SUMS)
         fields += MEASURE_FIELDS["executions"]
     if "customers" in measures:
-        values.append("uniqExact(x.customer_id)")
+        # Over customer numbers where the fold gave them (nothing folded: the ids).
+        values.append(sql.CUSTOMER_COUNT if numbered else "uniqExact(x.customer_id)")
         fields += MEASURE_FIELDS["customers"]
     if "durations" in measures:
         values.append(
@@ -223,9 +228,8 @@ def _execution_statement(q: ActivityQuery, asks: list[int], pending: bool) -> _S
         )
     first = q.asks[asks[0]]
     union = Ask(first.windows, measures, tuple(dims))
-    rows, window = _in_windows(
-        q, union, _with_segments(_executions(q, pending), union), "started_at"
-    )
+    source = _executions(q, pending, numbers=numbered and "customers" in measures)
+    rows, window = _in_windows(q, union, _with_segments(source, union), "started_at")
     keys = [window, *(_EXEC_ROW_DIMS[d] for d in dims)]
     named = ", ".join(f"{k} AS k{i}" for i, k in enumerate(keys))
     if len(asks) == 1:
@@ -345,7 +349,7 @@ def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool)
         "folded": folded,
         **sql.filter_params(q.workflow_ids, q.channels),
     }
-    statements = _statements(q, pending)
+    statements = _statements(q, pending, numbered=folded > 0)
     tables = transport.query_all(
         [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements]
     )

@@ -58,6 +58,7 @@ from kaie_analytics.engines.clickhouse.customers import (
 )
 from kaie_analytics.engines.clickhouse.schema import (
     CUSTOMER_STATES,
+    EXEC_TYPES,
     EXECUTION_STATES,
     FEED_TYPES,
     FOLD_TAGGED,
@@ -86,6 +87,12 @@ _TOUCHED = (
 )  # fmt: skip
 _MERGED = sql.merged_executions(
     "tenant = {tenant:String} AND execution_id IN (" + _TOUCHED + ")", with_tenant=True
+)
+#: The columns of a row of ``executions``, as the fold writes them (named: a store of an
+#: older layout has the later ones in the order they were added).
+_EXECUTION_ROW = (
+    "tenant, workflow_id, started_at, execution_id, channel, customer_id, status,"
+    " duration_ms, error_type, version, deleted, nodes, customer_num"
 )
 # The filter is a level down: at this level ``workflow_id`` is the alias, never NULL.
 _NEW_ROWS = f"""
@@ -119,15 +126,22 @@ _RECEIVED = (
     "SELECT assumeNotNull(customer_id) AS c, assumeNotNull(channel) AS ch, ts FROM events"
     " WHERE tenant = {tenant:String} AND type = 'message.received' AND " + _IN_FOLD
 )
-#: Numbers for the customers that sent their first message in (lo, hi], after the
-#: tenant's highest one, tagged with fold ``hi``.
+#: The customers of the messages received and execution events ingested in (lo, hi]
+#: (an execution's customer comes from its own events).
+_TO_NUMBER = (
+    "SELECT DISTINCT assumeNotNull(customer_id) AS c FROM events"
+    " WHERE tenant = {tenant:String} AND customer_id IS NOT NULL"
+    f" AND type IN ('message.received', {EXEC_TYPES[1:-1]}) AND " + _IN_FOLD
+)
+#: Numbers for those of them without one, after the tenant's highest, tagged with fold
+#: ``hi`` (before the executions are written, which carry them).
 NUMBER_CUSTOMERS = f"""
 INSERT INTO customer_numbers
 SELECT {{tenant:String}}, c,
     toUInt32((SELECT max(num) FROM customer_numbers WHERE tenant = {{tenant:String}})
              + row_number() OVER (ORDER BY c)),
     {{hi:Int64}}
-FROM (SELECT DISTINCT c FROM ({_RECEIVED}))
+FROM ({_TO_NUMBER})
 WHERE c NOT IN (SELECT customer_id FROM customer_numbers WHERE tenant = {{tenant:String}})
 """
 #: The numbers of the customers that sent the messages ingested in (lo, hi], in the
@@ -142,13 +156,18 @@ JOIN (SELECT customer_id, num FROM customer_numbers FINAL
 """
 FOLD_STATEMENTS = (
     # 1. deleted rows at the keys that changed, then the merged rows
-    f"""INSERT INTO executions
+    f"""INSERT INTO executions ({_EXECUTION_ROW})
     SELECT tenant, workflow_id, started_at, execution_id, NULL, NULL, 0, NULL, NULL,
-        {{hi:Int64}}, 1, []
+        {{hi:Int64}}, 1, [], 0
     FROM ({_OLD_KEYS})
     WHERE (tenant, workflow_id, started_at, execution_id) NOT IN (
         SELECT tenant, workflow_id, started_at, execution_id FROM ({_NEW_ROWS}))""",
-    f"INSERT INTO executions {_NEW_ROWS}",
+    f"""INSERT INTO executions ({_EXECUTION_ROW})
+    SELECT r.*, ifNull(n.num, 0) FROM ({_NEW_ROWS}) r
+    LEFT JOIN (SELECT customer_id, num FROM customer_numbers FINAL
+               WHERE tenant = {{tenant:String}}
+                 AND customer_id IN (SELECT customer_id FROM ({_NEW_ROWS}))) n
+      ON r.customer_id = n.customer_id""",
     # 2. the keys
     f"""INSERT INTO execution_keys
     SELECT tenant, execution_id, workflow_id, started_at, version FROM ({_NEW_ROWS})""",
@@ -173,8 +192,8 @@ FROM ({
     )
 })
 """
-#: What a fold adds up of messages, in order (numbers before the slots that use them).
-ROLLUP_STATEMENTS = (MESSAGE_ROLLUP, SESSION_FOLD, NUMBER_CUSTOMERS, ACTIVE_CUSTOMERS)
+#: What a fold adds up of messages, in order (after the numbers, which they use).
+ROLLUP_STATEMENTS = (MESSAGE_ROLLUP, SESSION_FOLD, ACTIVE_CUSTOMERS)
 
 
 def state(transport: Transport, key: str) -> int:
@@ -237,14 +256,38 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
                 transport.command(MESSAGE_ROLLUP, params)
             if layout < 7:
                 transport.command(SESSION_FOLD, params)
-            if layout < 8:
+            if layout < 12:  # since then, execution customers get numbers too
                 transport.command(NUMBER_CUSTOMERS, params)
+            if layout < 8:
                 transport.command(ACTIVE_CUSTOMERS, params)
             if layout < 9:
                 transport.command(FIRSTS_FOLD, params)
             if layout < 10:
                 transport.command(JOURNEY_FOLD, params)
+        if layout < 12 and transport.embedded:  # only the embedded engine folds
+            _number_folded_executions(transport)
     set_state(transport, "layout", LAYOUT)
+
+
+def _number_folded_executions(transport: Transport) -> None:
+    """Give the executions folded before layout 12 their customers' numbers (a mutation
+    that looks them up in a ``Join`` table; safe to run again if cut off)."""
+    database = str(transport.query("SELECT currentDatabase()").column(0)[0].as_py())
+    lookup = f"{database}.customer_numbers_join".replace("\\", "\\\\").replace("'", "\\'")
+    transport.command(
+        "CREATE TABLE IF NOT EXISTS customer_numbers_join"
+        " (tenant String, customer_id String, num UInt32)"
+        " ENGINE = Join(ANY, LEFT, tenant, customer_id)"
+    )
+    transport.command(
+        "INSERT INTO customer_numbers_join SELECT tenant, customer_id, num FROM customer_numbers"
+    )
+    transport.command(
+        "ALTER TABLE executions UPDATE customer_num = joinGet("
+        f"'{lookup}', 'num', toString(tenant), assumeNotNull(customer_id))"
+        " WHERE customer_id IS NOT NULL AND customer_num = 0 SETTINGS mutations_sync = 1"
+    )
+    transport.command("DROP TABLE customer_numbers_join")
 
 
 def repair(transport: Transport, after_us: int) -> None:
@@ -359,7 +402,9 @@ class Folder:
             for tenant, _, executions, messages, customers, journeys in tenants:
                 # Only what the tenant's new events can change (each statement has a cost).
                 statements = (
-                    (FOLD_STATEMENTS if executions else ())
+                    # Numbers first: the executions and active customers use them.
+                    ((NUMBER_CUSTOMERS,) if executions or messages else ())
+                    + (FOLD_STATEMENTS if executions else ())
                     + (ROLLUP_STATEMENTS if messages else ())
                     + ((FIRSTS_FOLD,) if customers else ())
                     + ((JOURNEY_FOLD,) if journeys else ())

@@ -25,10 +25,11 @@
   like ``sessions``; a view copies them ordered by time (``first_times``), so
   the customers first seen up to a time are a sum of signs over a range.
 - ``customer_numbers`` and ``active_customers``: every customer that sent a
-  message gets a number (dense per tenant, in order of the fold that first saw
-  it); per channel and 15-minute slot, the numbers of the customers that sent
-  a message in it, so that the customers active in a period are a bitmap of
-  small integers instead of a distinct count of the texts of messages.
+  message or had an execution gets a number (dense per tenant, in order of the
+  fold that first saw it); per channel and 15-minute slot, the numbers of the
+  customers that sent a message in it, so that the customers active in a period
+  are a bitmap of small integers instead of a distinct count of the texts of
+  messages. A folded execution carries its customer's number too.
 - ``workflows``: every workflow an event named, its latest name and when it
   was first seen, as aggregate states (exact whatever the merge state),
   written by the writer just before the events that name a new workflow or
@@ -84,7 +85,7 @@ SLOTS_FROM_US = -2_208_988_800_000_000
 #: The month of column ``slot`` (the partition of the tables kept per slot).
 SLOT_MONTH = f"toYYYYMM(fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC'))"
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 11
+LAYOUT = 12
 
 
 @dataclass(frozen=True)
@@ -280,12 +281,16 @@ AS {CUSTOMER_STATES.format(source=f"events{local}")}""",
     error_type Nullable(String),
     version UInt64,
     deleted UInt8,
-    nodes Array({NODE})
+    nodes Array({NODE}),
+    customer_num UInt32
 ) ENGINE = {_engine("ReplacingMergeTree", "executions", cluster, "version, deleted")}
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, workflow_id, started_at, execution_id)
 SETTINGS {_DURABLE}""",
         f"ALTER TABLE executions{local}{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
+        # Its customer's number (``customer_numbers``; 0: no customer), so that distinct
+        # customers are counted over integers.
+        f"ALTER TABLE executions{local}{on} ADD COLUMN IF NOT EXISTS customer_num UInt32",
         f"""CREATE TABLE IF NOT EXISTS execution_keys{local}{on} (
     tenant LowCardinality(String),
     execution_id String,
@@ -448,6 +453,7 @@ SETTINGS {_DURABLE}""",
             f"ALTER TABLE executions_state{on} ADD COLUMN IF NOT EXISTS"
             f" nodes AggregateFunction(groupUniqArray, {NODE})",
             f"ALTER TABLE executions{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
+            f"ALTER TABLE executions{on} ADD COLUMN IF NOT EXISTS customer_num UInt32",
         ]
     return out
 

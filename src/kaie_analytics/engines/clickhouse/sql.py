@@ -186,25 +186,46 @@ EXECUTION_COLUMNS = (
 PENDING = pending_ids(FEED_TYPES, "execution_id")
 
 
-def executions(where: str = "1", *, pending: bool = True, nodes: bool = False) -> str:
+def executions(
+    where: str = "1", *, pending: bool = True, nodes: bool = False, numbers: bool = False
+) -> str:
     """The current executions of ``{tenant}``: the folded ones (``executions``, those
     matching ``where`` there, an optimisation only), except the ones with events after
     the watermark ``{folded}``, which are merged from their states instead. Without
     ``pending`` (the tenant has no events after the watermark), the folded ones. With
-    ``nodes``, also the node events each carries (a column only read when needed)."""
+    ``nodes``, also the node events each carries (a column only read when needed); with
+    ``numbers``, also ``customer_num``, its customer's number as of the watermark (0:
+    none yet, or no customer; see ``customer_count``)."""
     columns = EXECUTION_COLUMNS + (", nodes" if nodes else "")
+    folded = columns + (", customer_num" if numbers else "")
     if not pending:
-        return (
-            f"SELECT {columns} FROM executions FINAL WHERE tenant = {{tenant:String}} AND {where}"
-        )
+        return f"SELECT {folded} FROM executions FINAL WHERE tenant = {{tenant:String}} AND {where}"
+    merged = f"""SELECT {columns} FROM ({
+        merged_executions("tenant = {tenant:String} AND execution_id IN (" + PENDING + ")")
+    })"""
+    if numbers:
+        merged = f"""SELECT m.*, ifNull(n.num, 0) AS customer_num FROM ({merged}) m
+        LEFT JOIN (SELECT customer_id, num FROM customer_numbers FINAL
+                   WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
+                     AND customer_id IN (SELECT customer_id FROM ({merged}))) n
+          ON m.customer_id = n.customer_id"""
     return f"""
-SELECT {columns} FROM executions FINAL
+SELECT {folded} FROM executions FINAL
 WHERE tenant = {{tenant:String}} AND {where} AND execution_id NOT IN ({PENDING})
 UNION ALL
-SELECT {columns} FROM ({
-        merged_executions("tenant = {tenant:String} AND execution_id IN (" + PENDING + ")")
-    })
+{merged}
 """
+
+
+#: The distinct customers of rows from ``executions(numbers=True)``: a folded execution
+#: carries its customer's number, given no later than the fold that wrote it, and one
+#: merged at query time the number its customer has as of the watermark; a customer
+#: without one as of the watermark has none on any row, so the two sets never meet.
+#: Integers are cheaper to count than the ids' text.
+CUSTOMER_COUNT = (
+    "uniqExactIf(x.customer_num, x.customer_num > 0)"
+    " + uniqExactIf(x.customer_id, x.customer_num = 0)"
+)
 
 
 #: Each customer's latest segment.
