@@ -72,19 +72,21 @@ def _ts(value: datetime) -> str:
 def generate_demo(
     *, days: int = 90, seed: int = 1, now: datetime | None = None
 ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """Yield ``(days done, events of that day)``, oldest day first."""
+    """Yield ``(days done, events of that day)``, oldest day first: the last ``days``
+    whole days, then today so far (counted with the last day, so that history just
+    after midnight is never empty)."""
     rng = random.Random(seed)
     now = (now or datetime.now(UTC)) - timedelta(minutes=1)
-    first_day = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    first_day = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
     customers = [f"+1555{n:07d}" for n in range(4000)]
     channel_of = {c: _pick(rng, CHANNELS) for c in customers}
     segmented: set[str] = set()
     counter = 0
-    for d in range(days):
+    for d in range(days + 1):
         day = first_day + timedelta(days=d)
         events: list[dict[str, Any]] = []
         weekday_factor = 0.65 if day.weekday() >= 5 else 1.0
-        growth = 0.8 + 0.4 * d / max(days - 1, 1)
+        growth = 0.8 + 0.4 * d / max(days, 1)
         for wf_id, wf in WORKFLOWS.items():
             n = int(wf["per_day"] * weekday_factor * growth * rng.uniform(0.85, 1.15))
             for _ in range(n):
@@ -137,7 +139,7 @@ def generate_demo(
                     )
                 )
         rng.shuffle(events)  # arrival order is not time order
-        yield d + 1, events
+        yield min(d + 1, days), events
 
 
 def _execution(
