@@ -195,7 +195,7 @@ def executions(
     ``pending`` (the tenant has no events after the watermark), the folded ones. With
     ``nodes``, also the node events each carries (a column only read when needed); with
     ``numbers``, also ``customer_num``, its customer's number as of the watermark (0:
-    none yet, or no customer; see ``customer_count``)."""
+    none yet, or no customer; see ``CUSTOMER_COUNT``)."""
     columns = EXECUTION_COLUMNS + (", nodes" if nodes else "")
     folded = columns + (", customer_num" if numbers else "")
     if not pending:
