@@ -705,3 +705,48 @@ def test_distinct_customers_count_numbers_folded_or_not(tmp_path: Path) -> None:
         assert customers(again) == 7
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("gap_us", [0, 1, -1])
+def test_a_period_and_its_parts_whether_or_not_they_tile_it(
+    transport: ChdbTransport, gap_us: int
+) -> None:
+    """A period's cells are its parts' grand totals only when the parts cover it
+    exactly; with a microsecond's gap between them (or an overlap), it is read on its
+    own. Expected: each window's executions counted here, one by one."""
+    engine = ClickHouseEngine(transport, fold_idle_s=3600)
+    a = datetime(2024, 5, 1)
+    b, m = a + timedelta(hours=6), a + timedelta(hours=3)
+    us = timedelta(microseconds=1)
+    starts = [a, b, m, m - us, m + us, *(a + timedelta(minutes=7 * i) for i in range(60))]
+    events = []
+    for i, t in enumerate(starts):
+        events.append({**_started(i, t), "customer_id": f"c{i % 7}",
+                       "channel": ("sms", "voice")[i % 2]})  # fmt: skip
+        events.append({"id": f"d{i}", "type": "execution.completed", "duration_ms": 10 * i,
+                       "timestamp": iso(t + timedelta(seconds=1)),
+                       "workflow_id": "wf", "execution_id": f"x{i}"})  # fmt: skip
+    engine.append("acme", _valid(events)).result()
+    whole = Window(a, b)
+    windows = (whole, Window(a, m - us), Window(m + gap_us * us, b))
+    all_three = (0, 1, 2)
+    q = ActivityQuery("acme", windows, (
+        Ask(all_three, frozenset({"customers"})),
+        Ask(all_three, frozenset({"executions", "durations"}), ("channel",)),
+        Ask(all_three, frozenset({"executions"})),
+    ), quantiles=(0.5,))  # fmt: skip
+    for settled in (False, True):
+        if settled:
+            engine.settle()
+        customers, by_channel, totals = engine.activity(q)
+        for w, window in enumerate(windows):
+            inside = [i for i, t in enumerate(starts) if window.start <= t <= window.end]
+            assert customers[(w,)].customers == len({i % 7 for i in inside})
+            assert totals[(w,)].executions == len(inside)
+            for c, channel in enumerate(("sms", "voice")):
+                mine = [i for i in inside if i % 2 == c]
+                assert by_channel[(w, channel)].executions == len(mine)
+                assert by_channel[(w, channel)].quantiles == (
+                    float(np.percentile([10 * i for i in mine], 50)),
+                )
+    engine.close()

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 from kaie_analytics.analytics.facts import (
@@ -80,22 +81,62 @@ def _layers(q: ActivityQuery, ask: Ask) -> list[list[int]]:
     return layers
 
 
-def _in_windows(q: ActivityQuery, ask: Ask, source: str, column: str) -> tuple[str, str]:
-    """``source`` (aliased ``x``) once for every window its ``column`` is in, and the SQL
-    of the window's index: per layer of disjoint windows, an as-of join on their starts
-    (a row is in one window of a layer at most)."""
+@dataclass(frozen=True)
+class _Plan:
+    """How an ask's rows are put in its windows."""
+
+    #: Layers of disjoint windows in time order, each a read of the rows.
+    layers: list[list[int]]
+    #: A window whose rows are exactly those of the one layer (a period and buckets
+    #: that tile it): its cells are the layer's grand totals, not another read.
+    total: int | None = None
+
+
+def _plan(q: ActivityQuery, ask: Ask) -> _Plan:
+    layers = _layers(q, ask)
+    if len(layers) == 2:
+        for whole, parts in (layers, layers[::-1]):
+            if len(whole) == 1 and _tiles(q, parts, whole[0]):
+                return _Plan([parts], whole[0])
+    return _Plan(layers)
+
+
+def _tiles(q: ActivityQuery, parts: list[int], whole: int) -> bool:
+    """Whether windows ``parts`` (in time order) cover window ``whole`` without gap or
+    overlap (both ends of a window are included; times are whole microseconds)."""
+    w = [q.windows[i] for i in parts]
+    return (
+        w[0].start == q.windows[whole].start
+        and w[-1].end == q.windows[whole].end
+        and all(b.start - a.end == sql.MICROSECOND for a, b in pairwise(w))
+    )
+
+
+def _in_windows(plan: _Plan, source: str, column: str) -> str:
+    """``source`` (aliased ``x``) once for every window of ``plan``'s layers its
+    ``column`` is in, with the window's index as ``x.window``: a window alone, a filter;
+    a layer of several, an as-of join on their starts (a row is in one window of a
+    layer at most)."""
     joins = []
-    for k in range(len(_layers(q, ask))):
+    for k, layer in enumerate(plan.layers):
+        lo = f"fromUnixTimestamp64Micro({{w_lo_{k}:Array(Int64)}}[1], 'UTC')"
+        hi = f"fromUnixTimestamp64Micro({{w_hi_{k}:Array(Int64)}}[1], 'UTC')"
+        if len(layer) == 1:
+            joins.append(
+                f"SELECT x.*, {{w_i_{k}:Array(Int64)}}[1] AS window FROM {source} x"
+                f" WHERE x.{column} BETWEEN {lo} AND {hi}"
+            )
+            continue
         windows = f"""(SELECT 0 AS k, z.1 AS i, fromUnixTimestamp64Micro(z.2, 'UTC') AS lo,
                 fromUnixTimestamp64Micro(z.3, 'UTC') AS hi
             FROM (SELECT arrayJoin(arrayZip({{w_i_{k}:Array(Int64)}}, {{w_lo_{k}:Array(Int64)}},
                 {{w_hi_{k}:Array(Int64)}})) AS z))"""
         joins.append(
-            f"SELECT x.*, w.i AS window FROM (SELECT *, 0 AS k FROM {source}) x"
+            f"SELECT x.* EXCEPT (k), w.i AS window FROM (SELECT *, 0 AS k FROM {source}) x"
             f" ASOF JOIN {windows} w ON x.k = w.k AND x.{column} >= w.lo"
             f" WHERE x.{column} <= w.hi"
         )
-    return f"({' UNION ALL '.join(joins)}) x", "x.window"
+    return f"({' UNION ALL '.join(joins)}) x"
 
 
 def _window_params(q: ActivityQuery, ask: Ask) -> dict[str, Any]:
@@ -103,11 +144,35 @@ def _window_params(q: ActivityQuery, ask: Ask) -> dict[str, Any]:
         "lo": min(sql.epoch_us(q.windows[w].start) for w in ask.windows),
         "hi": max(sql.epoch_us(q.windows[w].end) for w in ask.windows),
     }
-    for k, layer in enumerate(_layers(q, ask)):
+    for k, layer in enumerate(_plan(q, ask).layers):
         params[f"w_i_{k}"] = layer
         params[f"w_lo_{k}"] = [sql.epoch_us(q.windows[w].start) for w in layer]
         params[f"w_hi_{k}"] = [sql.epoch_us(q.windows[w].end) for w in layer]
     return params
+
+
+def _grouped(plan: _Plan, dims: list[str], sets: list[list[int]] | None = None) -> tuple[str, str]:
+    """The key columns (``k0`` the window, then ``dims`` as ``k1``...) and the GROUP BY
+    of an aggregate over ``_in_windows`` rows. ``sets``: a grouping set each (the
+    indexes into ``dims`` of its dimensions), ``grouping()`` of the dimensions in a
+    first column ``g``; None: one, of every dimension. A plan's total window is each
+    set again without the window."""
+    window = "x.window"
+    k0 = window if plan.total is None else f"if(grouping({window}) = 1, {plan.total}, {window})"
+    named = ", ".join([f"{k0} AS k0", *(f"{d} AS k{i}" for i, d in enumerate(dims, 1))])
+    if sets is None:
+        if plan.total is None:
+            return named, ", ".join(f"k{i}" for i in range(len(dims) + 1))
+        sets = [list(range(len(dims)))]
+    else:
+        named = f"grouping({', '.join(f'k{i}' for i in range(1, len(dims) + 1))}) AS g, {named}"
+    listed = []
+    for s in sets:
+        ks = [f"k{1 + j}" for j in s]
+        listed.append(f"({', '.join([window, *ks])})")
+        if plan.total is not None:
+            listed.append(f"({', '.join(ks)})")
+    return named, f"GROUPING SETS ({', '.join(listed)})"
 
 
 def _with_segments(base: str, ask: Ask) -> str:
@@ -129,10 +194,9 @@ def _aggregate(
     values: list[str],
 ) -> str:
     """Per window and combination of ``ask.by``: ``values`` over ``source``'s rows."""
-    rows, window = _in_windows(q, ask, _with_segments(source, ask), column)
-    keys = [window, *(dims[d] for d in ask.by)]
-    named = ", ".join(f"{k} AS k{i}" for i, k in enumerate(keys))
-    group = ", ".join(f"k{i}" for i in range(len(keys)))
+    plan = _plan(q, ask)
+    rows = _in_windows(plan, _with_segments(source, ask), column)
+    named, group = _grouped(plan, [dims[d] for d in ask.by])
     return f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
 
 
@@ -229,20 +293,11 @@ def _execution_statement(
     first = q.asks[asks[0]]
     union = Ask(first.windows, measures, tuple(dims))
     source = _executions(q, pending, numbers=numbered and "customers" in measures)
-    rows, window = _in_windows(q, union, _with_segments(source, union), "started_at")
-    keys = [window, *(_EXEC_ROW_DIMS[d] for d in dims)]
-    named = ", ".join(f"{k} AS k{i}" for i, k in enumerate(keys))
-    if len(asks) == 1:
-        statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {_keys(len(keys))}"
-    else:
-        sets = ", ".join(
-            "(" + ", ".join(["k0", *(f"k{1 + dims.index(d)}" for d in q.asks[i].by)]) + ")"
-            for i in asks
-        )
-        statement = (
-            f"SELECT grouping({_keys(len(keys), 1)}) AS g, {named}, {', '.join(values)}"
-            f" FROM {rows} GROUP BY GROUPING SETS ({sets})"
-        )
+    plan = _plan(q, union)
+    rows = _in_windows(plan, _with_segments(source, union), "started_at")
+    sets = None if len(asks) == 1 else [[dims.index(d) for d in q.asks[i].by] for i in asks]
+    named, group = _grouped(plan, [_EXEC_ROW_DIMS[d] for d in dims], sets)
+    statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
     if "durations" in measures:
         # The sorted durations stay in the engine: only their percentiles come back.
         statement = f"SELECT * EXCEPT (d), {_quantiles(q.quantiles or (0.5,))} FROM ({statement})"
@@ -260,10 +315,6 @@ def _execution_statement(
                    *(2 + len(dims) + fields.index(f) for f in mine))  # fmt: skip
         parts.append(_Part(i, tuple(mine), columns, grouping))
     return statement, parts
-
-
-def _keys(n: int, start: int = 0) -> str:
-    return ", ".join(f"k{i}" for i in range(start, n))
 
 
 def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:

@@ -8,7 +8,7 @@ bound as ``Int64`` microseconds (``time_param``) and read back as
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -20,20 +20,21 @@ EPOCH = datetime(1970, 1, 1)
 MESSAGE_TYPES = "('message.sent', 'message.received')"
 
 
-_US = datetime(1970, 1, 1, 0, 0, 0, 1) - EPOCH
+#: One microsecond, the resolution of every stored time.
+MICROSECOND = timedelta(microseconds=1)
 #: What ``DateTime64(6)`` holds (1900 to 2299); every stored time is inside it, so
 #: bounds beyond it are clamped to it without changing any answer.
-_MIN_US = (datetime(1900, 1, 1) - EPOCH) // _US
-_MAX_US = (datetime(2299, 12, 31) - EPOCH) // _US
+_MIN_US = (datetime(1900, 1, 1) - EPOCH) // MICROSECOND
+_MAX_US = (datetime(2299, 12, 31) - EPOCH) // MICROSECOND
 
 
 def epoch_us(t: datetime) -> int:
     """A naive UTC time as microseconds since the epoch (within ``DateTime64(6)``)."""
-    return min(max((t - EPOCH) // _US, _MIN_US), _MAX_US)
+    return min(max((t - EPOCH) // MICROSECOND, _MIN_US), _MAX_US)
 
 
 def from_epoch_us(us: int) -> datetime:
-    return EPOCH + us * _US
+    return EPOCH + us * MICROSECOND
 
 
 def time_param(name: str) -> str:
