@@ -164,6 +164,42 @@ PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000
 ORDER BY (tenant, workflow_id, slot, channel, fold)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
+CREATE TABLE IF NOT EXISTS execution_log_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    execution_id String,
+    workflow_id String,
+    started_at DateTime64(6, 'UTC'),
+    channel Nullable(String),
+    error_type Nullable(String),
+    status UInt8,
+    duration_ms Nullable(Int64),
+    fold Int64,
+    sign Int8
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/execution_log', '{replica}')
+PARTITION BY toYYYYMM(started_at)
+ORDER BY (tenant, execution_id, fold)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE TABLE IF NOT EXISTS execution_slots_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    workflow_id String,
+    slot Int64,
+    channel String,
+    error_type String,
+    fold Int64,
+    executions Int64, successful Int64, failed Int64, duration_sum Int64, durations Int64
+) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/execution_slots', '{replica}')
+PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
+ORDER BY (tenant, workflow_id, slot, channel, error_type, fold)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS execution_slots_mv ON CLUSTER `analytics` TO execution_slots_local
+AS SELECT tenant, workflow_id,
+    intDiv(toUnixTimestamp64Micro(started_at) - (-2208988800000000), 900000000) AS slot,
+    ifNull(channel, '') AS channel, ifNull(error_type, '') AS error_type, fold,
+    sum(toInt64(sign)) AS executions, sum(toInt64(sign) * (status = 1)) AS successful, sum(toInt64(sign) * (status = 2)) AS failed, sum(if(status > 0, toInt64(sign) * ifNull(duration_ms, 0), 0)) AS duration_sum, sum(if(status > 0 AND duration_ms IS NOT NULL, toInt64(sign), 0)) AS durations
+FROM execution_log_local GROUP BY tenant, workflow_id, slot, channel, error_type, fold;
+
 CREATE TABLE IF NOT EXISTS sessions_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
     customer_id String,
@@ -334,6 +370,10 @@ CREATE TABLE IF NOT EXISTS first_times ON CLUSTER `analytics` AS first_times_loc
 CREATE TABLE IF NOT EXISTS journeys_state ON CLUSTER `analytics` AS journeys_state_local ENGINE = Distributed(`analytics`, currentDatabase(), journeys_state_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS journeys ON CLUSTER `analytics` AS journeys_local ENGINE = Distributed(`analytics`, currentDatabase(), journeys_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS execution_log ON CLUSTER `analytics` AS execution_log_local ENGINE = Distributed(`analytics`, currentDatabase(), execution_log_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS execution_slots ON CLUSTER `analytics` AS execution_slots_local ENGINE = Distributed(`analytics`, currentDatabase(), execution_slots_local, sipHash64(tenant));
 
 ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 

@@ -135,9 +135,33 @@ def _executions(engine: ClickHouseEngine, tenant: str = "acme") -> list[dict[str
     return sorted((r for b in reader for r in b.to_pylist()), key=lambda r: str(r["execution_id"]))
 
 
+def _sums_by_workflow(engine: ClickHouseEngine) -> dict[object, tuple[int, int, int]]:
+    """Executions, successful and total duration per workflow and day, from the sums
+    per slot once folded (the rows of ``_executions`` are read otherwise)."""
+    start = datetime(2024, 5, 1, 0, 7)  # the day's first window edge cuts a slot
+    days = tuple(Window(start + timedelta(days=d), start + timedelta(days=d + 1)
+                        - timedelta(microseconds=1)) for d in range(-1, 1))  # fmt: skip
+    q = ActivityQuery("acme", days, (Ask((0, 1), frozenset({"executions"}), ("workflow_id",)),))
+    return {
+        k: (c.executions, c.successful, c.duration_sum) for k, c in engine.activity(q)[0].items()
+    }
+
+
+def _sums_of_rows(rows: list[dict[str, object]]) -> dict[object, tuple[int, int, int]]:
+    start = datetime(2024, 5, 1, 0, 7)
+    out: dict[object, tuple[int, int, int]] = {}
+    for r in rows:
+        day = 0 if r["started_at"] < start else 1  # type: ignore[operator]
+        n, ok, ms = out.get((day, r["workflow_id"]), (0, 0, 0))
+        done = r["status"] == "success"
+        out[(day, r["workflow_id"])] = (n + 1, ok + done, ms + (r["duration_ms"] or 0) * done)
+    return out
+
+
 def test_a_fold_moves_executions_whose_key_changed_and_survives_being_cut_off(
     transport: ChdbTransport,
 ) -> None:
+    """Also the sums per slot follow: the folded rows taken away, the new ones added."""
     engine = ClickHouseEngine(transport, fold_idle_s=3600)
     t0 = datetime(2024, 5, 1, 12)
     ended = {"type": "execution.completed", "workflow_id": "wf", "duration_ms": 60_000}
@@ -149,6 +173,7 @@ def test_a_fold_moves_executions_whose_key_changed_and_survives_being_cut_off(
     before = _executions(engine)
     engine.settle()
     assert _executions(engine) == before  # folded, the same
+    assert _sums_by_workflow(engine) == _sums_of_rows(before)
     assert [r["started_at"] for r in before[:2]] == [t0 - timedelta(minutes=1)] * 2
     # Late start events move x1 (earlier start) and x2 (another workflow, later start).
     engine.append("acme", _valid([
@@ -159,16 +184,20 @@ def test_a_fold_moves_executions_whose_key_changed_and_survives_being_cut_off(
     assert [(r["workflow_id"], r["started_at"]) for r in pending[:2]] == [
         ("wf", t0 - timedelta(hours=5)), ("wf-b", t0 - timedelta(seconds=30)),
     ]  # fmt: skip
-    # A fold cut off after its first statement, then a whole one: still exact.
+    assert _sums_by_workflow(engine) == _sums_of_rows(pending)  # folded sums taken away
+    # A fold cut off after its first statement and its log's, then a whole one: still exact.
     folder = engine.folder
     assert folder is not None
     hi = int(transport.query("SELECT max(toUnixTimestamp64Micro(ingested_at)) AS m FROM events")
              .column("m")[0].as_py())  # fmt: skip
-    transport.command(folds.FOLD_STATEMENTS[0],
-                      {"tenant": "acme", "lo": folder.watermark, "hi": hi})  # fmt: skip
+    for statement in (folds.FOLD_STATEMENTS[0], folds.EXECUTION_LOG_FOLD):
+        transport.command(statement, {"tenant": "acme", "lo": folder.watermark, "hi": hi})
+    folder._cut_off = True  # as a fold that failed half way leaves it
     assert _executions(engine) == pending
+    assert _sums_by_workflow(engine) == _sums_of_rows(pending)
     engine.settle()
     assert _executions(engine) == pending
+    assert _sums_by_workflow(engine) == _sums_of_rows(pending)
     rows = transport.query(
         "SELECT execution_id, workflow_id FROM executions FINAL ORDER BY execution_id"
     ).to_pylist()
@@ -314,7 +343,10 @@ def _session_sums(events: list[dict[str, object]], window: Window) -> tuple[int,
     """Sessions starting in the window, their µs and messages, counted plainly."""
     times: dict[object, list[datetime]] = {}
     for e in events:
-        times.setdefault(e["customer_id"], []).append(datetime.fromisoformat(str(e["timestamp"])))
+        if str(e["type"]).startswith("message."):
+            times.setdefault(e["customer_id"], []).append(
+                datetime.fromisoformat(str(e["timestamp"]))
+            )
     sessions = []
     for ts in times.values():
         ts.sort()
@@ -472,6 +504,13 @@ def _round_of_messages(r: int, t0: datetime) -> list[dict[str, object]]:
             kind = "message.received" if (m + r) % 2 else "message.sent"
             out.append({"id": f"r{r}-{k}-{m}", "type": kind,
                         "timestamp": iso(t0 + timedelta(minutes=m)), **who})  # fmt: skip
+        # An execution that starts, and the one of the round before completing.
+        started = t0 + timedelta(minutes=7 * k + r)
+        out.append({**_started(r * 100 + k, started), "customer_id": f"c{k}"})
+        if r:
+            out.append({"id": f"done{r}-{k}", "type": "execution.completed", "duration_ms": 5,
+                        "timestamp": iso(started), "workflow_id": "wf",
+                        "execution_id": f"x{(r - 1) * 100 + k}", "customer_id": f"c{k}"})  # fmt: skip
     return out
 
 
@@ -495,14 +534,16 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
     tmp_path: Path,
 ) -> None:
     """Five folds of messages in the same slots (across a month's edge), sessions they
-    extend and first-seen times they move earlier: compaction leaves one row per key
+    extend and first-seen times they move earlier, executions that start in one and
+    complete in the next: compaction leaves one row per key
     (no -1 rows) and every answer the same, also one reading with an older watermark
     while it runs (the rows of the folds after that one stay apart until it is done)."""
     engine = ClickHouseEngine(ChdbTransport(tmp_path / "ch"), fold_idle_s=3600)
     t0 = datetime(2024, 4, 30, 23, 10)
     windows = [Window(t0 - timedelta(days=1), t0 + timedelta(days=1)),
                Window(t0 + timedelta(minutes=7), t0 + timedelta(hours=2, minutes=1))]  # fmt: skip
-    activity_q = ActivityQuery("acme", tuple(windows), (Ask((0, 1), frozenset({"messages"}), ()),),
+    measures = frozenset({"messages", "executions"})
+    activity_q = ActivityQuery("acme", tuple(windows), (Ask((0, 1), measures, ()),),
                                workflow_ids=("wf",))  # fmt: skip
 
     def answers(folded: int | None = None) -> object:
@@ -514,7 +555,13 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
             cells = activity.activity(engine.transport, activity_q, folded, True)
             facts = [customer_facts.customers(engine.transport, q, folded, True)[0] for q in qs]
         return (
-            [sorted((k, (c.sent, c.received)) for k, c in cell.items()) for cell in cells],
+            [
+                sorted(
+                    (k, (c.sent, c.received, c.executions, c.successful, c.duration_sum))
+                    for k, c in cell.items()
+                )
+                for cell in cells
+            ],
             [((f.known, f.new), (s := f.by_channel["sms"]).sessions, s.session_us) for f in facts],
         )
 
@@ -522,8 +569,15 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
         def count(kind: str, w: Window) -> int:
             return sum(e["type"] == kind and w.start <= _naive(e) <= w.end for e in events)
 
+        done = {e["execution_id"] for e in events if e["type"] == "execution.completed"}
+
+        def completed(w: Window) -> int:
+            return sum(e["type"] == "execution.started" and e["execution_id"] in done
+                       and w.start <= _naive(e) <= w.end for e in events)  # fmt: skip
+
         return (
-            [[((i,), (count("message.sent", w), count("message.received", w)))
+            [[((i,), (count("message.sent", w), count("message.received", w),
+                      count("execution.started", w), completed(w), 5 * completed(w)))
               for i, w in enumerate(windows)]],
             [(_firsts(events, w), *_session_sums(events, w)[:2]) for w in windows],
         )  # fmt: skip
@@ -542,7 +596,8 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
             assert answers() == answers(older) == expected(events)
             before = _tagged_rows(engine)
             assert before["message_slots"][1] > 0 and before["sessions"][2] > 0
-            assert before["first_times"][2] > 0
+            assert before["first_times"][2] > 0 and before["execution_log"][2] > 0
+            assert before["execution_slots"][1] > 0
             engine.folder.compact()  # as of the fourth fold: the fifth's rows stay apart
             pinned = _tagged_rows(engine)
             assert 0 < pinned["message_slots"][1] < before["message_slots"][1]
@@ -559,7 +614,10 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
             partitions = f"SELECT DISTINCT _partition_id FROM {table}"
             assert "202401" not in engine.transport.query(partitions).column(0).to_pylist()
         for table, (rows, extra, negative) in after.items():
-            assert (extra, negative) == (0, 0), table
+            if table == "execution_log":  # the fifth fold's 10 -1 rows: under a quarter
+                assert (extra, negative) == (10, 10) and negative * 4 < rows
+            else:
+                assert (extra, negative) == (0, 0), table
             assert rows < before[table][0], table
         assert answers() == expected(events)
         assert (
@@ -669,7 +727,7 @@ def test_distinct_customers_count_numbers_folded_or_not(tmp_path: Path) -> None:
     """Folded executions carry their customers' numbers; executions not folded yet look
     theirs up as of the watermark, and customers without one are counted by id: each
     customer once, before the fold, after it, and in a store of layout 11 (whose
-    folded executions get their numbers when it opens)."""
+    folded executions get their numbers when it opens, and their sums per slot)."""
     path = tmp_path / "ch"
     engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
     t0 = datetime(2024, 5, 1, 12)
@@ -693,6 +751,8 @@ def test_distinct_customers_count_numbers_folded_or_not(tmp_path: Path) -> None:
     t = engine.transport
     t.command("ALTER TABLE executions UPDATE customer_num = 0 WHERE 1 SETTINGS mutations_sync = 1")
     t.command("TRUNCATE TABLE customer_numbers")  # layout 11 numbered message senders only
+    for table in ("execution_log", "execution_slots"):  # new in layout 13
+        t.command(f"TRUNCATE TABLE {table}")
     folds.set_state(t, "layout", 11)
     engine.close()
     again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
@@ -703,6 +763,7 @@ def test_distinct_customers_count_numbers_folded_or_not(tmp_path: Path) -> None:
         )
         assert unnumbered.column(0)[0].as_py() == 0
         assert customers(again) == 7
+        assert _sums_by_workflow(again) == _sums_of_rows(_executions(again)) != {}
     finally:
         again.close()
 

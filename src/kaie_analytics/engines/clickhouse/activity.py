@@ -28,7 +28,13 @@ from kaie_analytics.analytics.facts import (
     fill_quantiles,
 )
 from kaie_analytics.engines.clickhouse import sql
-from kaie_analytics.engines.clickhouse.schema import MESSAGE_ROLLUP_TYPES, SLOT_US, SLOTS_FROM_US
+from kaie_analytics.engines.clickhouse.schema import (
+    EXECUTION_SUMS,
+    MESSAGE_ROLLUP_TYPES,
+    SLOT_US,
+    SLOTS_FROM_US,
+    execution_sums,
+)
 from kaie_analytics.engines.clickhouse.transport import Transport
 
 _EXEC_DIMS: dict[Dimension, str] = {
@@ -46,6 +52,10 @@ _MESSAGE_DIMS: dict[Dimension, str] = {
 }
 _EXEC_SUMS = """count(), countIf(x.status = 1), countIf(x.status = 2),
     coalesce(sumIf(x.duration_ms, x.status > 0), 0), countIf(x.duration_ms IS NOT NULL AND x.status > 0)"""
+#: The same over rows of ``_slot_executions`` (each an execution or a slot's sums).
+_SLOT_SUMS = ", ".join(f"sum(x.{c})" for c in EXECUTION_SUMS)
+#: The dimensions ``execution_slots`` keeps.
+_SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
 _MESSAGE_SUMS = "sum(x.sent), sum(x.received), coalesce(sum(x.csat_sum), 0), sum(x.csat_n)"
 _NODE_SUMS = """argMax(x.node_type, x.ts), count(), countIf(x.ok), countIf(NOT x.ok),
     coalesce(sum(x.dur), 0), count(x.dur)"""
@@ -231,14 +241,16 @@ def _executions(q: ActivityQuery, pending: bool, numbers: bool = False) -> str:
     return f"SELECT * FROM ({executions}) WHERE {in_period}"
 
 
-def _statements(q: ActivityQuery, pending: bool, numbered: bool) -> list[tuple[Ask, _Statement]]:
+def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask, _Statement]]:
     """Each statement (with the ask whose windows it binds) and where the cells of
     each ask are in its rows. The asks of executions over the same windows share one
     statement, one grouping set each (each statement costs a read of the executions,
     and statements side by side share the machine's cores), except those counting
-    distinct customers: a distinct count per extra set costs as much as its own read."""
+    distinct customers: a distinct count per extra set costs as much as its own read.
+    ``folded``: whether the fold has run (embedded), which numbers the customers of
+    the executions it writes and keeps their sums per slot."""
     out: list[tuple[Ask, _Statement]] = []
-    shared: dict[tuple[int, ...], list[list[int]]] = {}
+    shared: dict[tuple[tuple[int, ...], bool], list[list[int]]] = {}
     for i, ask in enumerate(q.asks):
         m = ask.measures
         if "nodes" in m:
@@ -250,9 +262,10 @@ def _statements(q: ActivityQuery, pending: bool, numbered: bool) -> list[tuple[A
             )
             out.append((ask, _plain(i, ask, statement, MEASURE_FIELDS["messages"])))
         if "customers" in m:
-            out.append((ask, _execution_statement(q, [i], pending, numbered)))
+            out.append((ask, _execution_statement(q, [i], pending, folded)))
         elif m & {"executions", "durations"}:
-            groups = shared.setdefault(ask.windows, [])
+            slots = folded and "durations" not in m and set(ask.by) <= _SLOT_DIMS
+            groups = shared.setdefault((ask.windows, slots), [])
             # Asks by the same dimensions would share a grouping set: apart.
             for group in groups:
                 if all(q.asks[j].by != ask.by for j in group):
@@ -260,18 +273,20 @@ def _statements(q: ActivityQuery, pending: bool, numbered: bool) -> list[tuple[A
                     break
             else:
                 groups.append([i])
-    for groups in shared.values():
+    for (_, slots), groups in shared.items():
         for group in groups:
-            out.append((q.asks[group[0]], _execution_statement(q, group, pending, numbered)))
+            shared_statement = _execution_statement(q, group, pending, folded, slots)
+            out.append((q.asks[group[0]], shared_statement))
     return out
 
 
 def _execution_statement(
-    q: ActivityQuery, asks: list[int], pending: bool, numbered: bool
+    q: ActivityQuery, asks: list[int], pending: bool, folded: bool, slots: bool = False
 ) -> _Statement:
     """One statement over the executions for ``asks`` (the same windows); more than one:
     a grouping set each, its rows told apart by ``grouping()`` in the first column.
-    ``numbered``: whether folded executions carry their customers' numbers (embedded)."""
+    ``folded``: as for ``_statements``; ``slots``: from the sums per slot (executions
+    only, by dimensions the slots keep)."""
     dims: list[Dimension] = []
     for i in asks:
         dims += [d for d in q.asks[i].by if d not in dims]
@@ -279,11 +294,11 @@ def _execution_statement(
     values: list[str] = []
     fields: list[str] = []
     if "executions" in measures:
-        values.append(_EXEC_SUMS)
+        values.append(_SLOT_SUMS if slots else _EXEC_SUMS)
         fields += MEASURE_FIELDS["executions"]
     if "customers" in measures:
         # Over customer numbers where the fold gave them (nothing folded: the ids).
-        values.append(sql.CUSTOMER_COUNT if numbered else "uniqExact(x.customer_id)")
+        values.append(sql.CUSTOMER_COUNT if folded else "uniqExact(x.customer_id)")
         fields += MEASURE_FIELDS["customers"]
     if "durations" in measures:
         values.append(
@@ -292,7 +307,10 @@ def _execution_statement(
         )
     first = q.asks[asks[0]]
     union = Ask(first.windows, measures, tuple(dims))
-    source = _executions(q, pending, numbers=numbered and "customers" in measures)
+    if slots:
+        source = _slot_executions(q, union, pending)
+    else:
+        source = _executions(q, pending, numbers=folded and "customers" in measures)
     plan = _plan(q, union)
     rows = _in_windows(plan, _with_segments(source, union), "started_at")
     sets = None if len(asks) == 1 else [[dims.index(d) for d in q.asks[i].by] for i in asks]
@@ -315,6 +333,52 @@ def _execution_statement(
                    *(2 + len(dims) + fields.index(f) for f in mine))  # fmt: skip
         parts.append(_Part(i, tuple(mine), columns, grouping))
     return statement, parts
+
+
+def _sums(sign: str) -> str:
+    return ", ".join(
+        f"{e} AS {c}" for e, c in zip(execution_sums(sign), EXECUTION_SUMS, strict=True)
+    )
+
+
+def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
+    """The executions of the ask's span as rows of ``schema.EXECUTION_SUMS`` (with
+    started_at, workflow_id, channel and error_type): the slots no window edge cuts
+    from ``execution_slots`` (the folds up to the watermark ``{folded}``), one row per
+    slot and key; the executions of the cut slots, and those with events after the
+    watermark (merged, if the tenant has any: ``pending``), one row each, the slots'
+    rows of the latter as of the watermark taken away."""
+    lo, hi = sql.time_param("lo"), sql.time_param("hi")
+    in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
+    cut = sql.cut_slots(q.windows[w] for w in ask.windows)
+    whole = sql.whole_slots(*_span(q, ask), cut)
+    slot_start = f"fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC')"
+    sums = ", ".join(f"sum({c}) AS {c}" for c in EXECUTION_SUMS)
+    parts = [
+        f"""SELECT {slot_start} AS started_at, workflow_id, nullIf(channel, '') AS channel,
+            nullIf(error_type, '') AS error_type, {sums}
+        FROM execution_slots
+        WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
+          AND {whole}
+        GROUP BY slot, workflow_id, channel, error_type"""
+    ]
+    if cut or pending:
+        rows = sql.executions(
+            f"{in_period} AND ({sql.in_slots('started_at', cut)})", pending=pending
+        )
+        parts.append(
+            f"SELECT started_at, workflow_id, channel, error_type, {_sums('1')} FROM ({rows})"
+        )
+    if pending:
+        parts.append(
+            f"""SELECT {slot_start} AS started_at, workflow_id, channel, error_type, {_sums("-sign")}
+            FROM (SELECT *, {sql.slot_of("started_at")} AS slot FROM execution_log
+                  WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
+                    AND execution_id IN ({sql.PENDING}))
+            WHERE {whole}"""
+        )
+    union = " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts)
+    return f"(SELECT * FROM ({union}) WHERE {in_period})"
 
 
 def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
@@ -400,7 +464,7 @@ def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool)
         "folded": folded,
         **sql.filter_params(q.workflow_ids, q.channels),
     }
-    statements = _statements(q, pending, numbered=folded > 0)
+    statements = _statements(q, pending, folded=folded > 0)
     tables = transport.query_all(
         [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements]
     )

@@ -14,7 +14,9 @@ One fold, for the events ingested in (watermark, new watermark]:
    ``executions`` (version: the new watermark), and a deleted row at the old
    key of each whose key (workflow, start) changed, found in
    ``execution_keys``;
-2. their keys are written to ``execution_keys``;
+2. their keys are written to ``execution_keys``, and how they change to
+   ``execution_log`` (a view adds that up per slot in ``execution_slots``),
+   tagged with the new watermark;
 3. their messages and feedback, added up per workflow, channel and slot, are
    written to ``message_slots``, and how the sessions of their conversations
    change to ``sessions`` (views copy those to ``session_starts`` and add them
@@ -26,8 +28,8 @@ One fold, for the events ingested in (watermark, new watermark]:
    from their states into ``journeys`` (version: the new watermark);
 4. the new watermark is written to ``engine_state``.
 
-Steps 1 and 2, ``active_customers`` and ``journeys`` are idempotent, and a
-customer is given a number once; the other rows of step 3 of a fold cut off
+Steps 1 and 2 but the log, ``active_customers`` and ``journeys`` are idempotent, and a
+customer is given a number once; the other rows of steps 2 and 3 of a fold cut off
 before step 4 are taken away by the next fold before it writes its own
 (queries read only rows tagged up to the watermark they use, and a fold
 builds on the rows as of the watermark before it; numbers given after the
@@ -172,6 +174,27 @@ FOLD_STATEMENTS = (
     f"""INSERT INTO execution_keys
     SELECT tenant, execution_id, workflow_id, started_at, version FROM ({_NEW_ROWS})""",
 )
+_LOGGED = "tenant, execution_id, workflow_id, started_at, channel, error_type, status, duration_ms"
+#: How the executions the events ingested in (lo, hi] change, as of fold ``hi``: their rows
+#: as of fold ``lo`` taken away, their merged rows added (an unchanged row: neither).
+EXECUTION_LOG_FOLD = f"""
+INSERT INTO execution_log
+SELECT {_LOGGED}, {{hi:Int64}}, toInt8(sum(change)) AS total
+FROM (
+    SELECT {_LOGGED}, -toInt64(sign) AS change FROM execution_log
+    WHERE tenant = {{tenant:String}} AND fold <= {{lo:Int64}} AND execution_id IN ({_TOUCHED})
+    UNION ALL
+    SELECT {_LOGGED}, toInt64(1) FROM ({_NEW_ROWS})
+)
+GROUP BY {_LOGGED}
+HAVING total != 0
+"""
+#: The executions folded up to the watermark ``{hi}``, as rows of that fold (the log of a
+#: store of an older layout).
+EXECUTION_LOG_FILL = f"""
+INSERT INTO execution_log
+SELECT {_LOGGED}, {{hi:Int64}}, 1 FROM executions FINAL WHERE tenant = {{tenant:String}}
+"""
 
 
 #: How the customers' first-seen times change with the events ingested in (lo, hi].
@@ -266,6 +289,12 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
                 transport.command(JOURNEY_FOLD, params)
         if layout < 12 and transport.embedded:  # only the embedded engine folds
             _number_folded_executions(transport)
+        # The executions as a log, so that their sums are kept per slot.
+        if layout < 13 and transport.embedded:
+            for table in ("execution_log", "execution_slots"):  # a fill cut off
+                transport.command(f"TRUNCATE TABLE {table}")
+            for tenant in tenants:
+                transport.command(EXECUTION_LOG_FILL, {"tenant": tenant, "hi": folded})
     set_state(transport, "layout", LAYOUT)
 
 
@@ -404,7 +433,7 @@ class Folder:
                 statements = (
                     # Numbers first: the executions and active customers use them.
                     ((NUMBER_CUSTOMERS,) if executions or messages else ())
-                    + (FOLD_STATEMENTS if executions else ())
+                    + ((*FOLD_STATEMENTS, EXECUTION_LOG_FOLD) if executions else ())
                     + (ROLLUP_STATEMENTS if messages else ())
                     + ((FIRSTS_FOLD,) if customers else ())
                     + ((JOURNEY_FOLD,) if journeys else ())

@@ -85,7 +85,7 @@ SLOTS_FROM_US = -2_208_988_800_000_000
 #: The month of column ``slot`` (the partition of the tables kept per slot).
 SLOT_MONTH = f"toYYYYMM(fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC'))"
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 12
+LAYOUT = 13
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,23 @@ class Tagged:
     signed: bool = False
 
 
+#: What ``execution_slots`` adds up per slot: executions, successful, failed, the total
+#: duration (ms) of the finished ones with one, and how many those are.
+EXECUTION_SUMS = ("executions", "successful", "failed", "duration_sum", "durations")
+
+
+def execution_sums(sign: str) -> list[str]:
+    """``EXECUTION_SUMS`` of a row of ``executions`` or ``execution_log``, times ``sign``
+    (SQL: ``sign`` for a row of the log, 1 for an execution)."""
+    return [
+        f"toInt64({sign})",
+        f"toInt64({sign}) * (status = 1)",
+        f"toInt64({sign}) * (status = 2)",
+        f"if(status > 0, toInt64({sign}) * ifNull(duration_ms, 0), 0)",
+        f"if(status > 0 AND duration_ms IS NOT NULL, toInt64({sign}), 0)",
+    ]
+
+
 _SESSION_KEYS = ("tenant", "customer_id", "channel", "first_ts", "last_ts", "size")
 FOLD_TAGGED = (
     Tagged("message_slots", ("tenant", "workflow_id", "slot", "channel"),
@@ -114,6 +131,10 @@ FOLD_TAGGED = (
     Tagged("customer_firsts", ("tenant", "customer_id", "channel", "first_event", "first_received"),
            ("sign",), signed=True),
     Tagged("first_times", ("tenant", "channel", "kind", "t"), ("sign",), signed=True),
+    Tagged("execution_log", ("tenant", "execution_id", "workflow_id", "started_at", "channel",
+                             "error_type", "status", "duration_ms"), ("sign",), signed=True),
+    Tagged("execution_slots", ("tenant", "workflow_id", "slot", "channel", "error_type"),
+           EXECUTION_SUMS),
 )  # fmt: skip
 
 
@@ -318,6 +339,44 @@ SETTINGS {_DURABLE}""",
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, workflow_id, slot, channel, fold)
 SETTINGS {_DURABLE}""",
+        # Executions as of each fold, as signed rows like ``sessions``: a fold adds the
+        # rows of the executions it merges (+1) and takes away their rows before (-1).
+        # Ordered by execution, so that the fold finds the rows of those it merges.
+        f"""CREATE TABLE IF NOT EXISTS execution_log{local}{on} (
+    tenant LowCardinality(String),
+    execution_id String,
+    workflow_id String,
+    started_at {TIME},
+    channel Nullable(String),
+    error_type Nullable(String),
+    status UInt8,
+    duration_ms Nullable(Int64),
+    fold Int64,
+    sign Int8
+) ENGINE = {_engine("MergeTree", "execution_log", cluster)}
+PARTITION BY toYYYYMM(started_at)
+ORDER BY (tenant, execution_id, fold)
+SETTINGS {_DURABLE}""",
+        # Per workflow, channel, error type ('' for none) and slot of their start, as of
+        # each fold: what ``EXECUTION_SUMS`` names.
+        f"""CREATE TABLE IF NOT EXISTS execution_slots{local}{on} (
+    tenant LowCardinality(String),
+    workflow_id String,
+    slot Int64,
+    channel String,
+    error_type String,
+    fold Int64,
+    {", ".join(f"{c} Int64" for c in EXECUTION_SUMS)}
+) ENGINE = {_engine("SummingMergeTree", "execution_slots", cluster)}
+PARTITION BY {SLOT_MONTH}
+ORDER BY (tenant, workflow_id, slot, channel, error_type, fold)
+SETTINGS {_DURABLE}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS execution_slots_mv{on} TO execution_slots{local}
+AS SELECT tenant, workflow_id,
+    intDiv(toUnixTimestamp64Micro(started_at) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot,
+    ifNull(channel, '') AS channel, ifNull(error_type, '') AS error_type, fold,
+    {", ".join(f"sum({e}) AS {c}" for e, c in zip(execution_sums("sign"), EXECUTION_SUMS, strict=True))}
+FROM execution_log{local} GROUP BY tenant, workflow_id, slot, channel, error_type, fold""",
         # Sessions, written by the fold only; ordered by conversation, so that the fold
         # finds the sessions of the conversations new messages touch.
         f"""CREATE TABLE IF NOT EXISTS sessions{local}{on} (
@@ -441,7 +500,8 @@ SETTINGS {_DURABLE}""",
             "events", "event_ids", "workflows", "executions_state", "customers_state",
             "executions", "execution_keys", "engine_state", "message_slots", "sessions",
             "session_starts", "session_slots", "customer_numbers", "active_customers",
-            "customer_firsts", "first_times", "journeys_state", "journeys",
+            "customer_firsts", "first_times", "journeys_state", "journeys", "execution_log",
+            "execution_slots",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
