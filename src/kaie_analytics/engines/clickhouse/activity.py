@@ -248,9 +248,17 @@ def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask
     and statements side by side share the machine's cores), except those counting
     distinct customers: a distinct count per extra set costs as much as its own read.
     ``folded``: whether the fold has run (embedded), which numbers the customers of
-    the executions it writes and keeps their sums per slot."""
+    the executions it writes and keeps their sums per slot; asks of execution sums
+    alone over their windows read those slots."""
     out: list[tuple[Ask, _Statement]] = []
     shared: dict[tuple[tuple[int, ...], bool], list[list[int]]] = {}
+    # Windows whose executions are read one by one anyway (durations, or a dimension the
+    # sums per slot do not keep): their other asks are a grouping set more there.
+    rows_read = {
+        a.windows
+        for a in q.asks
+        if "durations" in a.measures or ("executions" in a.measures and not set(a.by) <= _SLOT_DIMS)
+    }
     for i, ask in enumerate(q.asks):
         m = ask.measures
         if "nodes" in m:
@@ -264,7 +272,7 @@ def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask
         if "customers" in m:
             out.append((ask, _execution_statement(q, [i], pending, folded)))
         elif m & {"executions", "durations"}:
-            slots = folded and "durations" not in m and set(ask.by) <= _SLOT_DIMS
+            slots = folded and ask.windows not in rows_read
             groups = shared.setdefault((ask.windows, slots), [])
             # Asks by the same dimensions would share a grouping set: apart.
             for group in groups:
@@ -344,8 +352,8 @@ def _sums(sign: str) -> str:
 def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     """The executions of the ask's span as rows of ``schema.EXECUTION_SUMS`` (with
     started_at, workflow_id, channel and error_type): the slots no window edge cuts
-    from ``execution_slots`` (the folds up to the watermark ``{folded}``), one row per
-    slot and key; the executions of the cut slots, and those with events after the
+    from ``execution_slots`` (the rows of the folds up to the watermark ``{folded}``);
+    the executions of the cut slots, and those with events after the
     watermark (merged, if the tenant has any: ``pending``), one row each, the slots'
     rows of the latter as of the watermark taken away."""
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
@@ -353,14 +361,13 @@ def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
     whole = sql.whole_slots(*_span(q, ask), cut)
     slot_start = f"fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC')"
-    sums = ", ".join(f"sum({c}) AS {c}" for c in EXECUTION_SUMS)
+    # Each part filters itself: a filter over their union cost more than the parts.
     parts = [
         f"""SELECT {slot_start} AS started_at, workflow_id, nullIf(channel, '') AS channel,
-            nullIf(error_type, '') AS error_type, {sums}
+            nullIf(error_type, '') AS error_type, {", ".join(EXECUTION_SUMS)}
         FROM execution_slots
         WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
-          AND {whole}
-        GROUP BY slot, workflow_id, channel, error_type"""
+          AND {whole}"""
     ]
     if cut or pending:
         rows = sql.executions(
@@ -368,17 +375,17 @@ def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
         )
         parts.append(
             f"SELECT started_at, workflow_id, channel, error_type, {_sums('1')} FROM ({rows})"
+            f" WHERE {in_period}"
         )
     if pending:
         parts.append(
             f"""SELECT {slot_start} AS started_at, workflow_id, channel, error_type, {_sums("-sign")}
             FROM (SELECT *, {sql.slot_of("started_at")} AS slot FROM execution_log
                   WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
-                    AND execution_id IN ({sql.PENDING}))
+                    AND execution_id IN ({sql.PENDING}) AND {sql.FILTERS})
             WHERE {whole}"""
         )
-    union = " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts)
-    return f"(SELECT * FROM ({union}) WHERE {in_period})"
+    return "(" + " UNION ALL ".join(parts) + ")"
 
 
 def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
