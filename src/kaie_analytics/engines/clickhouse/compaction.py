@@ -4,7 +4,7 @@ Every fold tags what it writes to the tables of ``schema.FOLD_TAGGED`` with
 its watermark, and an answer reads the rows tagged up to the watermark it
 uses (``folds``). Rows of different folds never merge, so under a steady
 stream a slot of ``message_slots`` gains a row per fold (every 2 seconds),
-and the session and first-seen logs keep every +1 a later fold took back
+and the session, first-seen and execution logs keep every +1 a later fold took back
 with a -1. Compaction rewrites them, one month partition at a time:
 
 - the rows of the folds up to ``upto`` are added up per key into one row

@@ -11,6 +11,10 @@
   dedupe lookup is a primary-key read.
 - ``message_slots``: messages and feedback per workflow, channel and 15-minute
   slot, added up by the fold (``folds``).
+- ``execution_log`` and ``execution_slots``: executions as of each fold, as
+  signed rows like ``sessions`` below, and their counts, successes, failures
+  and durations added up per workflow, channel, error type and 15-minute
+  slot of their start by a view.
 - ``sessions``: conversations (sessions) as of each fold, as signed rows: a
   fold adds the sessions it makes (+1) and takes away those they replace (-1),
   so the sessions as of a fold are the rows up to it that add up to +1.
