@@ -365,9 +365,9 @@ def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     parts = [
         f"""SELECT {slot_start} AS started_at, workflow_id, nullIf(channel, '') AS channel,
             nullIf(error_type, '') AS error_type, {", ".join(EXECUTION_SUMS)}
-        FROM execution_slots
-        WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
-          AND {whole}"""
+        FROM (SELECT * FROM execution_slots
+              WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
+                AND {whole})"""
     ]
     if cut or pending:
         rows = sql.executions(
@@ -434,23 +434,16 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
         parts.append(
             sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND ({' OR '.join(raw)})")
         )
+    # The rows of every fold up to the watermark, added up by the aggregate over them
+    # (each part filters itself: a filter over their union cost more than the parts).
     parts.append(
-        f"""SELECT ts, workflow_id, channel, customer_id, sent, received, csat_sum, csat_n
-        FROM (
-            SELECT fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC')
-                    AS ts,
-                nullIf(workflow_id, '') AS workflow_id, nullIf(channel, '') AS channel,
-                CAST(NULL, 'Nullable(String)') AS customer_id,
-                sum(sent) AS sent, sum(received) AS received,
-                toNullable(sum(csat_sum)) AS csat_sum, sum(csat_n) AS csat_n
-            FROM message_slots
-            WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
-              AND (empty({{workflows:Array(String)}})
-                   OR workflow_id IN {{workflows:Array(String)}})
-              AND {sql.whole_slots(*_span(q, ask), cut)}
-            GROUP BY slot, workflow_id, channel
-        )
-        WHERE {in_span}"""
+        f"""SELECT fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC') AS ts,
+            nullIf(workflow_id, '') AS workflow_id, nullIf(channel, '') AS channel,
+            CAST(NULL, 'Nullable(String)') AS customer_id, sent, received,
+            toNullable(csat_sum) AS csat_sum, csat_n
+        FROM (SELECT * FROM message_slots
+              WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
+                AND {sql.whole_slots(*_span(q, ask), cut)})"""
     )
     return "(" + " UNION ALL ".join(parts) + ")"
 
