@@ -274,9 +274,20 @@ CREATE TABLE IF NOT EXISTS journeys_local ON CLUSTER `analytics` (
     completed Nullable(DateTime64(6, 'UTC')),
     top_step Nullable(Int8),
     reasons Array(String),
-    steps Array(Tuple(Int8, DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), DateTime64(6, 'UTC'))),
+    steps Array(Tuple(Int8, DateTime64(6, 'UTC'), Nullable(Int64), Nullable(String), DateTime64(6, 'UTC'), UInt8, UInt8)),
+    version UInt64,
+    deleted UInt8
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/journeys', '{replica}', version, deleted)
+ORDER BY (tenant, journey_type, first_step, journey_id)
+SETTINGS allow_nullable_key = 1, fsync_after_insert = 1, fsync_part_directory = 1;
+
+CREATE TABLE IF NOT EXISTS journey_keys_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    journey_id String,
+    journey_type Nullable(String),
+    first_step Nullable(DateTime64(6, 'UTC')),
     version UInt64
-) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/journeys', '{replica}', version)
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/journey_keys', '{replica}', version)
 ORDER BY (tenant, journey_id)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
@@ -370,6 +381,8 @@ CREATE TABLE IF NOT EXISTS first_times ON CLUSTER `analytics` AS first_times_loc
 CREATE TABLE IF NOT EXISTS journeys_state ON CLUSTER `analytics` AS journeys_state_local ENGINE = Distributed(`analytics`, currentDatabase(), journeys_state_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS journeys ON CLUSTER `analytics` AS journeys_local ENGINE = Distributed(`analytics`, currentDatabase(), journeys_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS journey_keys ON CLUSTER `analytics` AS journey_keys_local ENGINE = Distributed(`analytics`, currentDatabase(), journey_keys_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS execution_log ON CLUSTER `analytics` AS execution_log_local ENGINE = Distributed(`analytics`, currentDatabase(), execution_log_local, sipHash64(tenant));
 

@@ -811,3 +811,39 @@ def test_a_period_and_its_parts_whether_or_not_they_tile_it(
                     float(np.percentile([10 * i for i in mine], 50)),
                 )
     engine.close()
+
+
+def test_a_journey_whose_type_or_first_step_changes_leaves_its_old_key(
+    transport: ChdbTransport,
+) -> None:
+    """Folded journeys are ordered by type and first step: late events that move a
+    journey's first step out of the period, or give it an earlier type, leave a deleted
+    row at its old key, so it is counted where it is now, before the fold and after."""
+    engine = ClickHouseEngine(transport, fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+
+    def step(journey: str, at: timedelta, kind: str = "onboarding") -> dict[str, object]:
+        return {"id": f"{journey}-{at}-{kind}", "type": "journey.step", "step": 1,
+                "step_name": "start", "journey_type": kind, "journey_id": journey, "customer_id": "c",
+                "timestamp": iso(t0 + at)}  # fmt: skip
+
+    window = Window(t0, t0 + timedelta(days=1))
+
+    def counted() -> dict[str, int]:
+        return {kind: engine.journeys(JourneyQuery("acme", kind, window, True)).journeys
+                for kind in ("onboarding", "sales")}  # fmt: skip
+
+    hour = timedelta(hours=1)
+    engine.append("acme", _valid([step("j1", 2 * hour), step("j2", 3 * hour)])).result()
+    engine.settle()
+    assert counted() == {"onboarding": 2, "sales": 0}
+    # j1 first stepped before the period; j2's earliest event is of another type.
+    late = [step("j1", -2 * hour), step("j2", hour, "sales"), step("j3", 4 * hour)]
+    engine.append("acme", _valid(late)).result()
+    assert counted() == {"onboarding": 1, "sales": 1}  # not folded yet
+    engine.settle()
+    assert counted() == {"onboarding": 1, "sales": 1}
+    assert sorted(engine.journey_types("acme")) == ["onboarding", "sales"]
+    live = transport.query("SELECT count() FROM journeys FINAL").column(0)[0].as_py()
+    assert live == 3
+    engine.close()

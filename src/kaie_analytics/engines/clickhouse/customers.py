@@ -377,7 +377,8 @@ def journeys_sql(where: str) -> str:
     """The journeys of ``{tenant}`` whose states match ``where`` (on ``journeys_state``):
     each with its type (its earliest event's that has one), first step, completion,
     highest step, drop reasons, and the steps it reached (each: when first, the time
-    to the journey's next event, the step's latest name and that name's time),
+    to the journey's next event, the step's latest name and that name's time,
+    whether the step before was reached, and whether the step after was not),
     worked out from the journey's events in time order (one pass, arrays)."""
 
     def first_ts(kind: str) -> str:
@@ -394,10 +395,14 @@ SELECT journey_id, journey_type, first_step, completed, top_step, reasons,
                - {sql.us(f"arrayFirst(e -> {_STEP_S}, evs).1")},
            NULL),
         arrayLast(e -> {_STEP_S} AND e.4 IS NOT NULL, evs).4,
-        arrayLast(e -> {_STEP_S}, evs).1
-    ), arraySort(arrayDistinct(arrayMap(e -> assumeNotNull(e.3),
-        arrayFilter(e -> e.2 = 'journey.step' AND e.3 IS NOT NULL, evs))))) AS steps
+        arrayLast(e -> {_STEP_S}, evs).1,
+        toUInt8(has(reached, s - 1)),
+        toUInt8(NOT has(reached, s + 1))
+    ), reached) AS steps
 FROM (
+    SELECT *, arraySort(arrayDistinct(arrayMap(e -> assumeNotNull(e.3),
+        arrayFilter(e -> e.2 = 'journey.step' AND e.3 IS NOT NULL, evs)))) AS reached
+    FROM (
     SELECT journey_id, arrayFirst(e -> e.4 IS NOT NULL, xs).4 AS journey_type,
         {first_ts("step")} AS first_step, {first_ts("completed")} AS completed,
         if(empty({steps_of}), NULL, arrayMax(arrayMap(e -> assumeNotNull(e.5), {steps_of})))
@@ -409,6 +414,7 @@ FROM (
         SELECT journey_id, arraySort(e -> (e.2, e.1), groupUniqArrayMerge(evs)) AS xs
         FROM journeys_state WHERE tenant = {{tenant:String}} AND {where}
         GROUP BY journey_id
+    )
     )
 )
 """
@@ -455,8 +461,7 @@ def journeys(transport: Transport, q: JourneyQuery, folded: int, pending: bool) 
         "('journey.step')", "journey_id", f"ts BETWEEN {_LO} AND {_HI} AND journey_id IS NOT NULL"
     )
     of_type = f"journey_type = {{jtype:String}} AND first_step BETWEEN {_LO} AND {_HI}"
-    chosen = f"""SELECT *, arrayMap(x -> x.1, steps) AS reached_steps
-        FROM ({_journeys(folded, pending, of_type, f"journey_id IN ({in_window})")})"""
+    chosen = _journeys(folded, pending, of_type, f"journey_id IN ({in_window})")
     # One statement, on one snapshot, the journeys read once: its totals (part 0); per
     # step (part 1), the journeys that reached it, those that also reached the step
     # before, and those that did not reach the next (its drop-offs); and the drop
@@ -469,9 +474,8 @@ def journeys(transport: Transport, q: JourneyQuery, folded: int, pending: bool) 
             toInt64(0) AS n4, toInt64(0) AS n5
         FROM chosen""",
         """SELECT 1, toNullable(toInt64(s.1)), argMax(s.4, s.5), toInt64(count()),
-            toInt64(countIf(has(reached_steps, s.1 - 1))),
-            toInt64(countIf(NOT has(reached_steps, s.1 + 1))),
-            toInt64(coalesce(sum(s.3), 0)), toInt64(count(s.3))
+            toInt64(sum(s.6)), toInt64(sum(s.7)), toInt64(coalesce(sum(s.3), 0)),
+            toInt64(count(s.3))
         FROM chosen ARRAY JOIN steps AS s GROUP BY s.1""",
     ]
     if q.reasons:

@@ -25,7 +25,9 @@ One fold, for the events ingested in (watermark, new watermark]:
    per slot and channel; and how the first-seen times of the customers of
    the new events change goes to ``customer_firsts`` (a view copies it to
    ``first_times``), tagged likewise; their journeys are worked out again
-   from their states into ``journeys`` (version: the new watermark);
+   from their states into ``journeys`` (version: the new watermark), with a
+   deleted row at the old key (type, first step) of each whose key changed,
+   found in ``journey_keys``, and their keys written there;
 4. the new watermark is written to ``engine_state``.
 
 Steps 1 and 2 but the log, ``active_customers`` and ``journeys`` are idempotent, and a
@@ -203,18 +205,33 @@ INSERT INTO customer_firsts
 SELECT {{tenant:String}}, customer_id, channel, first_event, first_received, {{hi:Int64}}, sign
 FROM ({first_changes("{lo:Int64}", "{hi:Int64}")})
 """
+_TOUCHED_JOURNEYS = (
+    "SELECT journey_id FROM events WHERE tenant = {tenant:String}"
+    f" AND type IN {JOURNEY_TYPES} AND journey_id IS NOT NULL AND {_IN_FOLD}"
+)
 #: The journeys with events ingested in (lo, hi], worked out again from their states.
-JOURNEY_FOLD = f"""
-INSERT INTO journeys
-SELECT {{tenant:String}}, journey_id, journey_type, first_step, completed, top_step, reasons,
-    steps, {{hi:Int64}}
-FROM ({
-    journeys_sql(
-        "journey_id IN (SELECT journey_id FROM events WHERE tenant = {tenant:String}"
-        f" AND type IN {JOURNEY_TYPES} AND journey_id IS NOT NULL AND {_IN_FOLD})"
-    )
-})
+_NEW_JOURNEYS = f"""
+SELECT {{tenant:String}} AS tenant, journey_id, journey_type, first_step, completed, top_step,
+    reasons, steps, {{hi:Int64}} AS version
+FROM ({journeys_sql(f"journey_id IN ({_TOUCHED_JOURNEYS})")})
 """
+_JOURNEY_ROW = "tenant, journey_id, journey_type, first_step, completed, top_step, reasons, steps"
+JOURNEY_STATEMENTS = (
+    # Deleted rows at the keys that changed (type or first step; NULL is a key as any).
+    f"""INSERT INTO journeys (tenant, journey_id, journey_type, first_step, version, deleted)
+    SELECT tenant, journey_id, journey_type, first_step, {{hi:Int64}}, 1
+    FROM journey_keys FINAL
+    WHERE tenant = {{tenant:String}} AND journey_id IN ({_TOUCHED_JOURNEYS})
+      AND (journey_id, journey_type, first_step) NOT IN (
+          SELECT journey_id, journey_type, first_step FROM ({_NEW_JOURNEYS}))
+    SETTINGS transform_null_in = 1""",
+    f"""INSERT INTO journeys ({_JOURNEY_ROW}, version, deleted)
+    SELECT {_JOURNEY_ROW}, version, 0 FROM ({_NEW_JOURNEYS})""",
+    f"""INSERT INTO journey_keys
+    SELECT tenant, journey_id, journey_type, first_step, version FROM ({_NEW_JOURNEYS})""",
+)
+
+
 #: What a fold adds up of messages, in order (after the numbers, which they use).
 ROLLUP_STATEMENTS = (MESSAGE_ROLLUP, SESSION_FOLD, ACTIVE_CUSTOMERS)
 
@@ -285,8 +302,6 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
                 transport.command(ACTIVE_CUSTOMERS, params)
             if layout < 9:
                 transport.command(FIRSTS_FOLD, params)
-            if layout < 10:
-                transport.command(JOURNEY_FOLD, params)
         if layout < 12 and transport.embedded:  # only the embedded engine folds
             _number_folded_executions(transport)
         # The executions as a log, so that their sums are kept per slot.
@@ -295,7 +310,26 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
                 transport.command(f"TRUNCATE TABLE {table}")
             for tenant in tenants:
                 transport.command(EXECUTION_LOG_FILL, {"tenant": tenant, "hi": folded})
+    if layout < 14:  # journeys ordered by type and first step: made again
+        _rebuild_journeys(transport, cluster, tenants)
     set_state(transport, "layout", LAYOUT)
+
+
+def _rebuild_journeys(transport: Transport, cluster: str | None, tenants: list[str]) -> None:
+    """Make ``journeys`` again in the order of layout 14, with its keys, from the states of
+    the journeys folded so far (safe to run again if cut off)."""
+    on = f" ON CLUSTER {schema.identifier(cluster)}" if cluster else ""
+    tables = ("journeys_local", "journeys") if cluster else ("journeys",)
+    for table in tables:  # on a cluster, the Distributed table copies the local one
+        transport.command(f"DROP TABLE IF EXISTS {table}{on} SYNC")
+    for statement in schema.ddl(cluster):
+        transport.command(statement)
+    transport.command(f"TRUNCATE TABLE IF EXISTS journey_keys{'_local' if cluster else ''}{on}")
+    folded = watermark(transport)
+    if transport.embedded and folded:  # only the embedded engine folds
+        for tenant in tenants:
+            for statement in JOURNEY_STATEMENTS:
+                transport.command(statement, {"tenant": tenant, "lo": 0, "hi": folded})
 
 
 def _number_folded_executions(transport: Transport) -> None:
@@ -436,7 +470,7 @@ class Folder:
                     + ((*FOLD_STATEMENTS, EXECUTION_LOG_FOLD) if executions else ())
                     + (ROLLUP_STATEMENTS if messages else ())
                     + ((FIRSTS_FOLD,) if customers else ())
-                    + ((JOURNEY_FOLD,) if journeys else ())
+                    + (JOURNEY_STATEMENTS if journeys else ())
                 )
                 for statement in statements:
                     t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})

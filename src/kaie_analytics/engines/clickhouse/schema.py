@@ -23,7 +23,9 @@
 - ``journeys_state`` and ``journeys``: every journey event, kept as a set per
   journey by a view (so a copy changes nothing), and each journey as of the
   last fold that changed it, its facts worked out (type, first step,
-  completion, highest step, drop reasons, steps reached).
+  completion, highest step, drop reasons, steps reached), ordered by type and
+  first step (``journey_keys`` keeps each journey's key, as
+  ``execution_keys`` does for executions).
 - ``customer_firsts``: each customer's first event and first message
   received, per channel and overall (''), as of each fold, as signed rows
   like ``sessions``; a view copies them ordered by time (``first_times``), so
@@ -89,7 +91,7 @@ SLOTS_FROM_US = -2_208_988_800_000_000
 #: The month of column ``slot`` (the partition of the tables kept per slot).
 SLOT_MONTH = f"toYYYYMM(fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC'))"
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 13
+LAYOUT = 14
 
 
 @dataclass(frozen=True)
@@ -427,7 +429,10 @@ ORDER BY (tenant, journey_id)
 SETTINGS {_DURABLE}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS journeys_state_mv{on} TO journeys_state{local}
 AS {JOURNEY_STATES.format(source=f"events{local}")}""",
-        # Journeys as of the last fold that changed them (``version``: its watermark).
+        # Journeys as of the last fold that changed them (``version``: its watermark),
+        # ordered so that the journeys of a type that began in a period are one range; a
+        # journey whose type or first step changed has a deleted row at its old key.
+        # ``journey_keys`` finds the current key by id.
         f"""CREATE TABLE IF NOT EXISTS journeys{local}{on} (
     tenant LowCardinality(String),
     journey_id String,
@@ -436,9 +441,19 @@ AS {JOURNEY_STATES.format(source=f"events{local}")}""",
     completed Nullable({TIME}),
     top_step Nullable(Int8),
     reasons Array(String),
-    steps Array(Tuple(Int8, {TIME}, Nullable(Int64), Nullable(String), {TIME})),
+    steps Array(Tuple(Int8, {TIME}, Nullable(Int64), Nullable(String), {TIME}, UInt8, UInt8)),
+    version UInt64,
+    deleted UInt8
+) ENGINE = {_engine("ReplacingMergeTree", "journeys", cluster, "version, deleted")}
+ORDER BY (tenant, journey_type, first_step, journey_id)
+SETTINGS allow_nullable_key = 1, {_DURABLE}""",
+        f"""CREATE TABLE IF NOT EXISTS journey_keys{local}{on} (
+    tenant LowCardinality(String),
+    journey_id String,
+    journey_type Nullable(String),
+    first_step Nullable({TIME}),
     version UInt64
-) ENGINE = {_engine("ReplacingMergeTree", "journeys", cluster, "version")}
+) ENGINE = {_engine("ReplacingMergeTree", "journey_keys", cluster, "version")}
 ORDER BY (tenant, journey_id)
 SETTINGS {_DURABLE}""",
         # Written by the fold only; ordered by customer, so that the fold finds the rows
@@ -504,8 +519,8 @@ SETTINGS {_DURABLE}""",
             "events", "event_ids", "workflows", "executions_state", "customers_state",
             "executions", "execution_keys", "engine_state", "message_slots", "sessions",
             "session_starts", "session_slots", "customer_numbers", "active_customers",
-            "customer_firsts", "first_times", "journeys_state", "journeys", "execution_log",
-            "execution_slots",
+            "customer_firsts", "first_times", "journeys_state", "journeys", "journey_keys",
+            "execution_log", "execution_slots",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
