@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS events_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/events', '{replica}')
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant, type, ts, event_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 ALTER TABLE events_local ON CLUSTER `analytics` ADD INDEX IF NOT EXISTS ingested ingested_at TYPE minmax GRANULARITY 1;
 
@@ -133,7 +133,7 @@ CREATE TABLE IF NOT EXISTS executions_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/executions', '{replica}', version, deleted)
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, workflow_id, started_at, execution_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 ALTER TABLE executions_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
@@ -162,7 +162,7 @@ CREATE TABLE IF NOT EXISTS message_slots_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/message_slots', '{replica}')
 PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, workflow_id, slot, channel, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE TABLE IF NOT EXISTS execution_log_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -178,7 +178,7 @@ CREATE TABLE IF NOT EXISTS execution_log_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/execution_log', '{replica}')
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, execution_id, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE TABLE IF NOT EXISTS execution_slots_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -191,7 +191,7 @@ CREATE TABLE IF NOT EXISTS execution_slots_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/execution_slots', '{replica}')
 PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, workflow_id, slot, channel, error_type, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS execution_slots_mv ON CLUSTER `analytics` TO execution_slots_local
 AS SELECT tenant, workflow_id,
@@ -212,7 +212,7 @@ CREATE TABLE IF NOT EXISTS sessions_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/sessions', '{replica}')
 PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, customer_id, channel, first_ts, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE TABLE IF NOT EXISTS session_starts_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -226,7 +226,7 @@ CREATE TABLE IF NOT EXISTS session_starts_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/session_starts', '{replica}')
 PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, first_ts, channel, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS session_starts_mv ON CLUSTER `analytics` TO session_starts_local
 AS SELECT * FROM sessions_local;
@@ -242,7 +242,7 @@ CREATE TABLE IF NOT EXISTS session_slots_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/session_slots', '{replica}')
 PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, slot, channel, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS session_slots_mv ON CLUSTER `analytics` TO session_slots_local
 AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - (-2208988800000000), 900000000) AS slot,
@@ -302,7 +302,7 @@ CREATE TABLE IF NOT EXISTS customer_firsts_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/customer_firsts', '{replica}')
 PARTITION BY toYYYYMM(first_event)
 ORDER BY (tenant, customer_id, channel, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE TABLE IF NOT EXISTS first_times_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -314,7 +314,7 @@ CREATE TABLE IF NOT EXISTS first_times_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/first_times', '{replica}')
 PARTITION BY toYYYYMM(t)
 ORDER BY (tenant, channel, kind, t)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS first_times_mv ON CLUSTER `analytics` TO first_times_local
 AS SELECT tenant, channel, x.1 AS kind, assumeNotNull(x.2) AS t, fold, sign
@@ -345,6 +345,26 @@ CREATE TABLE IF NOT EXISTS engine_state_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/engine_state', '{replica}', version)
 ORDER BY key
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+
+ALTER TABLE events_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE executions_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE message_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE execution_log_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE execution_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE sessions_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE session_starts_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE session_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE customer_firsts_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE first_times_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE TABLE IF NOT EXISTS events ON CLUSTER `analytics` AS events_local ENGINE = Distributed(`analytics`, currentDatabase(), events_local, sipHash64(tenant));
 

@@ -55,6 +55,7 @@ tenant's events, and the copies of one event, live on one shard).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from kaie_analytics.ingest.validate import FIELD_COLUMNS
@@ -72,6 +73,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("ingested_at", TIME),
 )
 _DURABLE = "fsync_after_insert = 1, fsync_part_directory = 1"
+#: A month partition becomes one part an hour after its last insert: every read plans
+#: over each part of the partitions it touches (a few ms for every 10 parts), and
+#: ClickHouse's own merges leave a month of events in 6 to 10.
+MERGED_WHEN_COLD = (
+    "min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1"
+)
 #: What an execution's start and terminal events carry, as one tuple shape:
 #: (ts, duration_ms, workflow_id, channel, customer_id, error_type).
 STATE = f"Tuple({TIME}, Nullable(Int64), Nullable(String), Nullable(String), Nullable(String), Nullable(String))"
@@ -238,7 +245,7 @@ def ddl(cluster: str | None = None) -> list[str]:
 ) ENGINE = {_engine("ReplacingMergeTree", "events", cluster)}
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant, type, ts, event_id)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         f"ALTER TABLE events{local}{on} ADD INDEX IF NOT EXISTS ingested ingested_at"
         " TYPE minmax GRANULARITY 1",
         f"""CREATE TABLE IF NOT EXISTS event_ids{local}{on} (
@@ -313,7 +320,7 @@ AS {CUSTOMER_STATES.format(source=f"events{local}")}""",
 ) ENGINE = {_engine("ReplacingMergeTree", "executions", cluster, "version, deleted")}
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, workflow_id, started_at, execution_id)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         f"ALTER TABLE executions{local}{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
         # Its customer's number (``customer_numbers``; 0: no customer), so that distinct
         # customers are counted over integers.
@@ -344,7 +351,7 @@ SETTINGS {_DURABLE}""",
 ) ENGINE = {_engine("SummingMergeTree", "message_slots", cluster)}
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, workflow_id, slot, channel, fold)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         # Executions as of each fold, as signed rows like ``sessions``: a fold adds the
         # rows of the executions it merges (+1) and takes away their rows before (-1).
         # Ordered by execution, so that the fold finds the rows of those it merges.
@@ -362,7 +369,7 @@ SETTINGS {_DURABLE}""",
 ) ENGINE = {_engine("MergeTree", "execution_log", cluster)}
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, execution_id, fold)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         # Per workflow, channel, error type ('' for none) and slot of their start, as of
         # each fold: what ``EXECUTION_SUMS`` names.
         f"""CREATE TABLE IF NOT EXISTS execution_slots{local}{on} (
@@ -376,7 +383,7 @@ SETTINGS {_DURABLE}""",
 ) ENGINE = {_engine("SummingMergeTree", "execution_slots", cluster)}
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, workflow_id, slot, channel, error_type, fold)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS execution_slots_mv{on} TO execution_slots{local}
 AS SELECT tenant, workflow_id,
     intDiv(toUnixTimestamp64Micro(started_at) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot,
@@ -390,14 +397,14 @@ FROM execution_log{local} GROUP BY tenant, workflow_id, slot, channel, error_typ
 ) ENGINE = {_engine("MergeTree", "sessions", cluster)}
 PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, customer_id, channel, first_ts, fold)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         # The same rows ordered by time, for the sessions that start in part of a slot.
         f"""CREATE TABLE IF NOT EXISTS session_starts{local}{on} (
     {_SESSION_COLUMNS}
 ) ENGINE = {_engine("MergeTree", "session_starts", cluster)}
 PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, first_ts, channel, fold)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS session_starts_mv{on} TO session_starts{local}
 AS SELECT * FROM sessions{local}""",
         # Per channel and slot of their first message, as of each fold: sessions, their
@@ -413,7 +420,7 @@ AS SELECT * FROM sessions{local}""",
 ) ENGINE = {_engine("SummingMergeTree", "session_slots", cluster)}
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, slot, channel, fold)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS session_slots_mv{on} TO session_slots{local}
 AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot,
     channel, fold, sum(sign) AS sessions,
@@ -469,7 +476,7 @@ SETTINGS {_DURABLE}""",
 ) ENGINE = {_engine("MergeTree", "customer_firsts", cluster)}
 PARTITION BY toYYYYMM(first_event)
 ORDER BY (tenant, customer_id, channel, fold)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         # Each of those times as a row of its kind (0: first event, 1: first message
         # received), ordered by time.
         f"""CREATE TABLE IF NOT EXISTS first_times{local}{on} (
@@ -482,7 +489,7 @@ SETTINGS {_DURABLE}""",
 ) ENGINE = {_engine("MergeTree", "first_times", cluster)}
 PARTITION BY toYYYYMM(t)
 ORDER BY (tenant, channel, kind, t)
-SETTINGS {_DURABLE}""",
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS first_times_mv{on} TO first_times{local}
 AS SELECT tenant, channel, x.1 AS kind, assumeNotNull(x.2) AS t, fold, sign
 FROM customer_firsts{local} ARRAY JOIN {FIRST_TIMES} AS x""",
@@ -514,6 +521,11 @@ SETTINGS {_DURABLE}""",
 ORDER BY key
 SETTINGS {_DURABLE}""",
     ]
+    # Stores made before a table had its merge settings get them.
+    for statement in list(out):
+        made = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", statement)
+        if made and "PARTITION BY" in statement:
+            out.append(f"ALTER TABLE {made.group(1)}{on} MODIFY SETTING {MERGED_WHEN_COLD}")
     if cluster:
         for table in (
             "events", "event_ids", "workflows", "executions_state", "customers_state",
