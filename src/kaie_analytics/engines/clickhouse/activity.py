@@ -353,9 +353,9 @@ def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     """The executions of the ask's span as rows of ``schema.EXECUTION_SUMS`` (with
     started_at, workflow_id, channel and error_type): the slots no window edge cuts
     from ``execution_slots`` (the rows of the folds up to the watermark ``{folded}``);
-    the executions of the cut slots, and those with events after the
-    watermark (merged, if the tenant has any: ``pending``), one row each, the slots'
-    rows of the latter as of the watermark taken away."""
+    the executions of the cut slots, and those with events after the watermark
+    (merged, if the tenant has any: ``pending``), one row each, with what the slots
+    hold of the latter taken away."""
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)

@@ -30,12 +30,12 @@ One fold, for the events ingested in (watermark, new watermark]:
    found in ``journey_keys``, and their keys written there;
 4. the new watermark is written to ``engine_state``.
 
-Steps 1 and 2 but the log, ``active_customers`` and ``journeys`` are idempotent, and a
-customer is given a number once; the other rows of steps 2 and 3 of a fold cut off
-before step 4 are taken away by the next fold before it writes its own
-(queries read only rows tagged up to the watermark they use, and a fold
-builds on the rows as of the watermark before it; numbers given after the
-watermark are left out of answers). So a fold cut off at any point (a
+Steps 1 and 2 (the log aside), ``active_customers`` and ``journeys`` are
+idempotent, and a customer is given a number once; the log and the other rows
+of step 3 of a fold cut off before step 4 are taken away by the next fold
+before it writes its own (queries read only rows tagged up to the watermark
+they use, and a fold builds on the rows as of the watermark before it;
+numbers given after the watermark are left out of answers). So a fold cut off at any point (a
 crash) is simply done again by the next one. Every ``COMPACT_EVERY_S``, the
 rows of many folds are added up into one per key (``compaction``).
 
