@@ -50,8 +50,8 @@ _MESSAGE_DIMS: dict[Dimension, str] = {
     "error_type": "CAST(NULL, 'Nullable(String)')",
     "hour": sql.local_hour("x.ts"),
 }
-_EXEC_SUMS = """count(), countIf(x.status = 1), countIf(x.status = 2),
-    coalesce(sumIf(x.duration_ms, x.status > 0), 0), countIf(x.duration_ms IS NOT NULL AND x.status > 0)"""
+#: ``schema.EXECUTION_SUMS`` over executions, one row each.
+_EXEC_SUMS = ", ".join(f"sum({e})" for e in execution_sums("1"))
 #: The same over rows of ``_slot_executions`` (each an execution or a slot's sums).
 _SLOT_SUMS = ", ".join(f"sum(x.{c})" for c in EXECUTION_SUMS)
 #: The dimensions ``execution_slots`` keeps.
