@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import random
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,6 +79,51 @@ def test_two_processes_racing_with_the_same_events_count_them_once(
     b.folder.close()
     b._writer.close()  # its transport is a's
     a.close()
+
+
+class _HeldInserts:
+    """Inserts that are written at once but return only when released: as an insert
+    still running, whose events are visible (ClickHouse commits table by table)."""
+
+    def __init__(self, transport: ChdbTransport) -> None:
+        self._insert = transport.insert
+        self.release = threading.Event()
+        self.written = threading.Semaphore(0)
+        transport.insert = self  # type: ignore[method-assign]
+
+    def __call__(self, table: str, rows: object) -> None:
+        self._insert(table, rows)  # type: ignore[arg-type]
+        self.written.release()
+        assert self.release.wait(30)
+
+
+def test_a_fold_leaves_out_the_events_of_an_insert_still_running(
+    transport: ChdbTransport,
+) -> None:
+    engine = ClickHouseEngine(transport, fold_idle_s=3600)
+    assert engine.folder is not None
+    t0 = datetime(2024, 5, 1)
+    engine.append("acme", _valid([_started(0, t0)])).result()
+    engine.settle()
+    before = engine.folder.watermark
+    held = _HeldInserts(transport)
+    running = engine.append("acme", _valid([_started(1, t0)]))
+    assert held.written.acquire(timeout=30)
+    # Its events are in ``events``, and a second insert may run beside it: a copy of
+    # them is a duplicate, not stored twice.
+    assert engine.count_events("acme") == 2
+    again = engine.append("acme", _valid([_started(1, t0)])).result(timeout=30)
+    assert (again.accepted, again.duplicates) == (0, 1)
+    engine.settle()
+    assert engine.folder.watermark == before  # nothing past the insert still running
+    held.release.set()
+    assert running.result(timeout=30).accepted == 1
+    engine.settle()
+    assert engine.folder.watermark > before
+    q = ActivityQuery("acme", (Window(t0, t0 + timedelta(days=1)),),
+                      (Ask((0,), frozenset({"executions"})),))  # fmt: skip
+    assert engine.activity(q)[0][(0,)].executions == 2
+    engine.close()
 
 
 def test_percentiles_equal_numpys_to_the_bit(transport: ChdbTransport) -> None:

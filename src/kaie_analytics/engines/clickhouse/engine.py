@@ -69,9 +69,6 @@ class ClickHouseEngine:
         folds.upgrade(transport, cluster)
         if transport.embedded:
             folds.repair(transport, cut_off_after)
-        # Only the embedded engine folds (see ``folds``); on a server, every answer
-        # merges the executions from their states.
-        self.folder = folds.Folder(transport, fold_idle_s) if transport.embedded else None
         # Data versions (for caches) count this process's commits; with several
         # processes, the shared version in Redis covers the others' (``cache``).
         self._versions: dict[str, int] = defaultdict(int)
@@ -90,6 +87,13 @@ class ClickHouseEngine:
             ):
                 self._ingested[tenant] = int(last)
         self._writer = Writer(transport, self._bump)
+        # Only the embedded engine folds (see ``folds``); on a server, every answer
+        # merges the executions from their states.
+        self.folder = (
+            folds.Folder(transport, fold_idle_s, self._writer.oldest_in_flight)
+            if transport.embedded
+            else None
+        )
         self._closed = False
 
     @classmethod
@@ -116,8 +120,8 @@ class ClickHouseEngine:
         with self._versions_lock:
             for tenant in tenants:
                 self._versions[tenant] += 1
-                if ingested_us is not None:
-                    self._ingested[tenant] = ingested_us
+                if ingested_us is not None:  # inserts side by side may return out of order
+                    self._ingested[tenant] = max(self._ingested.get(tenant, 0), ingested_us)
 
     def _pending(self, tenant: str, folded: int) -> bool:
         """Whether some of the tenant's events may not be folded as of watermark

@@ -41,8 +41,10 @@ rows of many folds are added up into one per key (``compaction``).
 
 The watermark is exact when one process writes (embedded chdb): the writer
 gives each insert a later ``ingested_at`` than the one before, and a fold
-takes only events already visible. With several API processes on one server,
-inserts of different processes interleave, so the fold runs only embedded.
+takes only events of inserts that have returned (an insert still running may
+have its events visible before what the views derive from them). With
+several API processes on one server, inserts of different processes
+interleave, so the fold runs only embedded.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from kaie_analytics.engines.clickhouse import compaction, schema, sql
 from kaie_analytics.engines.clickhouse.customers import (
@@ -400,9 +402,14 @@ class Folder:
     """Folds every ``idle_s`` seconds while new events have come in, and compacts what
     the folds wrote every ``COMPACT_EVERY_S`` (embedded only)."""
 
-    def __init__(self, transport: Transport, idle_s: float) -> None:
+    def __init__(
+        self, transport: Transport, idle_s: float, in_flight: Callable[[], int | None]
+    ) -> None:
         self._transport = transport
         self._idle_s = idle_s
+        #: µs of ``ingested_at`` of the oldest insert still running (``Writer``): its
+        #: events may be visible before all that views derive from them.
+        self._in_flight = in_flight
         #: The watermark of the last fold (this process is the only one that folds).
         self.watermark = watermark(transport)
         self._compacted = state(transport, COMPACTED)
@@ -447,13 +454,17 @@ class Folder:
         with self._lock:
             t = self._transport
             lo = self.watermark
+            # Only events of inserts that returned: one that started after this has a
+            # later ``ingested_at`` than any of them.
+            running = self._in_flight()
+            new = sql.ingested("{lo:Int64}", "{upto:Int64}" if running else None)
             found = t.query(
                 f"SELECT tenant, {sql.us('max(ingested_at)')}, countIf(type IN {FEED_TYPES}),"
                 f" countIf(type IN {MESSAGE_ROLLUP_TYPES}), countIf(customer_id IS NOT NULL),"
                 f" countIf(type IN {JOURNEY_TYPES})"
-                f" FROM events WHERE {sql.ingested('{lo:Int64}')}"
+                f" FROM events WHERE {new}"
                 " GROUP BY tenant",
-                {"lo": lo},
+                {"lo": lo, "upto": running - 1 if running else None},
             )
             if not found.num_rows:
                 return

@@ -1,11 +1,19 @@
-"""Appends to ClickHouse, in group commits: one thread, one insert per group.
+"""Appends to ClickHouse, in group commits: one insert per group, two at a time.
 
-The thread takes every batch waiting, drops the ids already stored (looked up
-in ``event_ids``) or repeated in the group (the first copy wins), and inserts
-the rest in one statement; each ``append`` future resolves once that insert
-has returned, and so once its parts are fsynced. Many concurrent requests
-share one insert (and one part per month they touch), which ClickHouse wants:
-a part per request would be too many parts.
+One thread takes every batch waiting, drops the ids already stored (looked up
+in ``event_ids``), in an insert still running, or repeated in the group (the
+first copy wins), and hands the rest to an insert of its own; each ``append``
+future resolves once that insert has returned, and so once its parts are
+fsynced. Many concurrent requests share one insert (and one part per month
+they touch), which ClickHouse wants: a part per request would be too many
+parts. An insert costs ClickHouse tens of milliseconds whatever its size, most
+of it on its own threads, so while one runs the next group is gathered and
+inserted beside it (``IN_FLIGHT``) instead of waiting.
+
+Until an insert returns, its events may be visible in ``events`` and not yet
+in what the views derive from them (ClickHouse commits each table's part on
+its own), so the fold takes up only events ingested before the oldest insert
+still running (``oldest_in_flight``).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -40,8 +49,24 @@ GROUP_EVENTS = 100_000
 #: about what one does. A lone client never waits (see ``_run``).
 GATHER_S = 0.02
 GATHER_EVENTS = 20_000
+#: Inserts that may run at once.
+IN_FLIGHT = 2
 
 Request = tuple[str, PreparedBatch, concurrent.futures.Future[AppendResult]]
+
+
+@dataclass
+class _Insert:
+    """A group's rows on their way into ClickHouse."""
+
+    group: list[Request]
+    results: list[AppendResult]
+    #: The rows to insert (None: every event of the group was stored already).
+    table: pa.Table | None
+    #: µs of the rows' ``ingested_at``; later than every insert's before it.
+    ingested_us: int
+    #: The ids being inserted, per tenant.
+    ids: dict[str, set[str]]
 
 
 class Writer:
@@ -55,8 +80,20 @@ class Writer:
             zip(known.column(0).to_pylist(), known.column(1).to_pylist(), strict=True)
         )
         self._requests: queue.Queue[Request | None] = queue.Queue()
+        #: The inserts running, by their ``ingested_at``.
+        self._in_flight: dict[int, _Insert] = {}
+        self._in_flight_lock = threading.Lock()
+        self._free = threading.Semaphore(IN_FLIGHT)
+        self._inserts = concurrent.futures.ThreadPoolExecutor(
+            IN_FLIGHT, thread_name_prefix="kaie-ch-insert"
+        )
         self._thread = threading.Thread(target=self._run, name="kaie-ch-writer", daemon=True)
         self._thread.start()
+
+    def oldest_in_flight(self) -> int | None:
+        """µs of ``ingested_at`` of the oldest insert still running (None: none is)."""
+        with self._in_flight_lock:
+            return min(self._in_flight, default=None)
 
     def append(self, tenant: str, batch: PreparedBatch) -> concurrent.futures.Future[AppendResult]:
         future: concurrent.futures.Future[AppendResult] = concurrent.futures.Future()
@@ -66,6 +103,7 @@ class Writer:
     def close(self) -> None:
         self._requests.put(None)
         self._thread.join()
+        self._inserts.shutdown(wait=True)
         while True:  # whatever came after the stop
             try:
                 item = self._requests.get_nowait()
@@ -79,8 +117,11 @@ class Writer:
         # side, a group waits (up to GATHER_S) until as many are in again.
         expected = 1
         while True:
+            # A group starts once an insert may: until then, requests wait together.
+            self._free.acquire()
             first = self._requests.get()
             if first is None:
+                self._free.release()
                 return
             group, size, stop = [first], first[1].table.num_rows, False
             gather_until = time.monotonic() + GATHER_S
@@ -100,48 +141,75 @@ class Writer:
                     break
                 group.append(item)
                 size += item[1].table.num_rows
-            self._commit(group)
-            # Requests that came in during the insert belong to the next group too.
+            try:
+                insert = self._prepare(group)
+            except Exception as exc:
+                self._free.release()
+                self._fail(group, exc)
+            else:
+                self._inserts.submit(self._commit, insert)
+            # Requests that came in meanwhile belong to the next group too.
             expected = max(len(group), self._requests.qsize() + 1)
             if stop:
                 return
 
-    def _commit(self, group: list[Request]) -> None:
+    def _prepare(self, group: list[Request]) -> _Insert:
+        """What of the group to insert, and when (in this thread, one group at a time)."""
+        results, parts, ids = self._dedupe(group)
+        # Each insert later than the one before, whatever the clock does (the fold's
+        # watermark relies on it).
+        self._last_us = max(epoch_us(utcnow()), self._last_us + 1)
+        table = None
+        if parts:
+            table = pa.concat_tables(parts)
+            now = pa.array(np.full(table.num_rows, self._last_us), pa.timestamp("us"))
+            table = table.append_column("ingested_at", now)
+        insert = _Insert(group, results, table, self._last_us, ids)
+        with self._in_flight_lock:
+            self._in_flight[insert.ingested_us] = insert
+        return insert
+
+    def _commit(self, insert: _Insert) -> None:
         try:
-            results, parts, tenants = self._dedupe(group)
-            if parts:
-                table = pa.concat_tables(parts)
-                # Each insert later than the one before, whatever the clock does (the
-                # fold's watermark relies on it).
-                self._last_us = max(epoch_us(utcnow()), self._last_us + 1)
-                now = pa.array(np.full(table.num_rows, self._last_us), pa.timestamp("us"))
-                table = table.append_column("ingested_at", now)
+            if insert.table is not None:
                 # The workflows first: a crash between the two leaves a workflow with no
                 # events, never events of a workflow that does not exist.
-                self._register_workflows(table)
-                self._transport.insert("events", table.select([n for n, _ in COLUMNS]))
+                self._register_workflows(insert.table, insert.ingested_us)
+                self._transport.insert("events", insert.table.select([n for n, _ in COLUMNS]))
         except Exception as exc:
-            log.exception("an insert of %d batches failed", len(group))
-            self._repair_after_failure()
-            error = StoreUnavailable("the event store could not store the events")
-            error.__cause__ = exc
-            for _, _, future in group:
-                future.set_exception(error)
+            log.exception("an insert of %d batches failed", len(insert.group))
+            self._repair_after_failure(insert.ingested_us)
+            self._done(insert)
+            self._fail(insert.group, exc)
             return
-        if tenants:
-            self._after_commit(tenants, self._last_us)
-        for (_, _, future), result in zip(group, results, strict=True):
+        if insert.ids:
+            self._after_commit(set(insert.ids), insert.ingested_us)
+        self._done(insert)
+        for (_, _, future), result in zip(insert.group, insert.results, strict=True):
             future.set_result(result)
 
-    def _repair_after_failure(self) -> None:
+    def _done(self, insert: _Insert) -> None:
+        with self._in_flight_lock:
+            del self._in_flight[insert.ingested_us]
+        self._free.release()
+
+    @staticmethod
+    def _fail(group: list[Request], exc: Exception) -> None:
+        error = StoreUnavailable("the event store could not store the events")
+        error.__cause__ = exc
+        for _, _, future in group:
+            future.set_exception(error)
+
+    def _repair_after_failure(self, ingested_us: int) -> None:
         """The failed insert may have written its events and not all that views keep
-        of them: add that, so a retry finds the events stored (``folds.repair``)."""
+        of them: add that, so a retry finds the events stored (``folds.repair``; what
+        it adds again of other inserts' events changes nothing)."""
         try:
-            repair(self._transport, self._last_us - 1)
+            repair(self._transport, ingested_us - 1)
         except Exception:  # the store is down: the next start repairs (embedded)
             log.exception("repairing after a failed insert failed")
 
-    def _register_workflows(self, table: pa.Table) -> None:
+    def _register_workflows(self, table: pa.Table, created: int) -> None:
         """Write the batch's workflows this process has not seen yet, and its names."""
         rows = table.select(["tenant", "workflow_id", "workflow_name", "ts", "ingested_at"])
         rows = rows.filter(pc.is_valid(rows["workflow_id"]))
@@ -157,7 +225,6 @@ class Writer:
         new = [key for key in seen if key not in self._workflows or key in names]
         if not new:
             return
-        created = self._last_us
         self._transport.command(
             "INSERT INTO workflows SELECT r.1, r.2, r.3, argMaxState(r.4, r.5), max(r.5), min(r.6)"
             " FROM (SELECT arrayJoin(arrayZip({tenants:Array(String)}, {workflows:Array(String)},"
@@ -175,17 +242,28 @@ class Writer:
                 "created_us": [created] * len(new),
             },
         )
-        self._workflows.update(new)
+        self._workflows.update(new)  # two inserts may both write one: it is the same row
 
-    def _dedupe(self, group: list[Request]) -> tuple[list[AppendResult], list[pa.Table], set[str]]:
-        """Per request: what it adds; the rows to insert; the tenants they touch."""
+    def _dedupe(
+        self, group: list[Request]
+    ) -> tuple[list[AppendResult], list[pa.Table], dict[str, set[str]]]:
+        """Per request: what it adds; the rows to insert; their ids per tenant."""
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for tenant, batch, _ in group:
             by_tenant[tenant].extend(batch.event_ids)
-        stored = {tenant: self._stored(tenant, ids) for tenant, ids in by_tenant.items()}
+        # The ids of inserts running, taken before the lookup: one that returns after
+        # it is in this copy, one that returned before it is in ``event_ids``.
+        with self._in_flight_lock:
+            running = [insert.ids for insert in self._in_flight.values()]
+        stored = {
+            tenant: self._stored(tenant, ids).union(
+                *(set(ids).intersection(r.get(tenant, ())) for r in running)
+            )
+            for tenant, ids in by_tenant.items()
+        }
         results: list[AppendResult] = []
         parts: list[pa.Table] = []
-        tenants: set[str] = set()
+        kept: dict[str, set[str]] = defaultdict(set)
         for tenant, batch, _ in group:
             seen = stored[tenant]
             keep: list[bool] = []
@@ -195,10 +273,10 @@ class Writer:
             accepted = sum(keep)
             results.append(AppendResult(accepted, len(keep) - accepted))
             if accepted:
-                tenants.add(tenant)
+                kept[tenant].update(i for i, k in zip(batch.event_ids, keep, strict=True) if k)
                 part = batch.table if accepted == len(keep) else batch.table.filter(pa.array(keep))
                 parts.append(part.drop_columns(["id_hash"]))
-        return results, parts, tenants
+        return results, parts, dict(kept)
 
     def _stored(self, tenant: str, ids: list[str]) -> set[str]:
         found = self._transport.query(
