@@ -21,7 +21,7 @@ from kaie_analytics.analytics.facts import (
     RowsQuery,
     Window,
 )
-from kaie_analytics.engines.clickhouse import activity, folds, sql
+from kaie_analytics.engines.clickhouse import activity, folds, sql, writer
 from kaie_analytics.engines.clickhouse import customers as customer_facts
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import FOLD_TAGGED, ddl
@@ -98,8 +98,10 @@ class _HeldInserts:
 
 
 def test_a_fold_leaves_out_the_events_of_an_insert_still_running(
-    transport: ChdbTransport,
+    transport: ChdbTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Embedded, as on a server: two inserts at a time."""
+    monkeypatch.setitem(writer.IN_FLIGHT, "embedded", 2)
     engine = ClickHouseEngine(transport, fold_idle_s=3600)
     assert engine.folder is not None
     t0 = datetime(2024, 5, 1)
