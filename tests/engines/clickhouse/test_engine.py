@@ -155,6 +155,16 @@ def test_query_time_limit(transport: ChdbTransport) -> None:
     with pytest.raises(QueryTimeout):
         transport.query("SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) = 1")
     assert transport.query("SELECT 42 AS x").column("x")[0].as_py() == 42
+    # The engine's own work (folds, upgrades) runs without the limit, on a connection
+    # made inside it too (one is after an error); after it, the limit holds again.
+    slow = "SELECT count() FROM numbers(50000000) WHERE sipHash64(number) = 1"  # > 0.3 s
+    with transport.unlimited():
+        assert transport.query(slow).column(0)[0].as_py() == 0
+        with pytest.raises(Exception, match="UNKNOWN_TABLE"):
+            transport.query("SELECT * FROM no_such_table")
+        assert transport.query(slow).column(0)[0].as_py() == 0
+    with pytest.raises(QueryTimeout):
+        transport.query(slow)
 
 
 def test_a_second_process_on_the_directory_is_refused(tmp_path: Path) -> None:

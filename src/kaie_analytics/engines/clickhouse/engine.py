@@ -66,9 +66,10 @@ class ClickHouseEngine:
         # Inserts that were cut off (embedded, this process is the only writer) all
         # came after the fold's watermark: what views keep of them is made whole.
         cut_off_after = folds.watermark(transport)
-        folds.upgrade(transport, cluster)
-        if transport.embedded:
-            folds.repair(transport, cut_off_after)
+        with transport.unlimited():
+            folds.upgrade(transport, cluster)
+            if transport.embedded:
+                folds.repair(transport, cut_off_after)
         # Data versions (for caches) count this process's commits; with several
         # processes, the shared version in Redis covers the others' (``cache``).
         self._versions: dict[str, int] = defaultdict(int)

@@ -451,7 +451,7 @@ class Folder:
 
     def fold(self) -> None:
         """Fold every execution with events ingested since the watermark."""
-        with self._lock:
+        with self._lock, self._transport.unlimited():
             t = self._transport
             lo = self.watermark
             # Only events of inserts that returned: one that started after this has a
@@ -493,7 +493,7 @@ class Folder:
     def compact(self) -> None:
         """Add up the rows the folds since the last compaction tagged (``compaction``),
         as of the oldest watermark an answer still reads with."""
-        with self._lock:
+        with self._lock, self._transport.unlimited():
             self._compacted_at = time.monotonic()
             if self._cut_off:  # the rows of a fold cut off go first
                 _drop_after(self._transport, self.watermark)

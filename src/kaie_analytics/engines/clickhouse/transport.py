@@ -73,6 +73,11 @@ class Transport(Protocol):
     def query_all(self, statements: Sequence[tuple[str, Params]]) -> list[pa.Table]:
         """Independent statements side by side (each on its own connection)."""
 
+    def unlimited(self) -> contextlib.AbstractContextManager[None]:
+        """Within it, this thread's statements run without the query time limit: the
+        engine's own work (folds, upgrades, repairs), which no request waits for and
+        which must finish however much has come in since it last ran."""
+
     def close(self) -> None: ...
 
 
@@ -145,7 +150,7 @@ class ChdbTransport(_SideBySide):
         if con is None:
             if self._closed:
                 raise StoreUnavailable("the store is shutting down")
-            con = self._open()
+            con = self._open(0 if getattr(self._local, "unlimited", False) else None)
             self._local.con = con
             with self._lock:
                 self._all.append(con)
@@ -157,6 +162,21 @@ class ChdbTransport(_SideBySide):
         for name, value in settings(limit).items():
             con.query(f"SET {name} = {value}")
         return con
+
+    @contextlib.contextmanager
+    def unlimited(self) -> Iterator[None]:
+        if getattr(self._local, "unlimited", False):
+            yield
+            return
+        self._local.unlimited = True
+        self._connection().query("SET max_execution_time = 0")
+        try:
+            yield
+        finally:
+            self._local.unlimited = False
+            con = getattr(self._local, "con", None)  # None: dropped after an error
+            if con is not None:
+                con.query(f"SET max_execution_time = {self.query_timeout_s}")
 
     @staticmethod
     def ensure_free(path: Path) -> None:
@@ -273,13 +293,27 @@ class ServerTransport(_SideBySide):
             client = self._local.client = self._connect(**self._options)
         return client
 
+    def _settings(self) -> dict[str, int]:
+        return {"max_execution_time": 0} if getattr(self._local, "unlimited", False) else {}
+
+    @contextlib.contextmanager
+    def unlimited(self) -> Iterator[None]:
+        before = getattr(self._local, "unlimited", False)
+        self._local.unlimited = True
+        try:
+            yield
+        finally:
+            self._local.unlimited = before
+
     def command(self, sql: str, params: Params | None = None) -> None:
         with translated(self.query_timeout_s):
-            self._client().command(sql, parameters=dict(params or {}))
+            self._client().command(sql, parameters=dict(params or {}), settings=self._settings())
 
     def query(self, sql: str, params: Params | None = None) -> pa.Table:
         with translated(self.query_timeout_s):
-            return self._client().query_arrow(sql, parameters=dict(params or {}))
+            return self._client().query_arrow(
+                sql, parameters=dict(params or {}), settings=self._settings()
+            )
 
     def stream(self, sql: str, params: Params | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
         with self._client().query_arrow_stream(
@@ -289,7 +323,7 @@ class ServerTransport(_SideBySide):
                 yield from pa.Table.from_batches([batch]).to_batches(batch_rows)
 
     def insert(self, table: str, rows: pa.Table) -> None:
-        self._client().insert_arrow(table, rows)
+        self._client().insert_arrow(table, rows, settings=self._settings())
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -209,7 +209,8 @@ class Writer:
         of them: add that, so a retry finds the events stored (``folds.repair``; what
         it adds again of other inserts' events changes nothing)."""
         try:
-            repair(self._transport, ingested_us - 1)
+            with self._transport.unlimited():
+                repair(self._transport, ingested_us - 1)
         except Exception:  # the store is down: the next start repairs (embedded)
             log.exception("repairing after a failed insert failed")
 
