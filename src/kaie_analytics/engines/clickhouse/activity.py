@@ -65,14 +65,16 @@ def _quantiles(qs: Sequence[float]) -> str:
     """numpy's ``percentile`` (linear) of the finished executions' durations, per cell:
     index h = (n - 1) q, then a + (b - a) g below g = 0.5 and b - (b - a)(1 - g) from it."""
     parts = []
-    for q in qs:
-        h = f"(length(d) - 1) * {float(q)!r}"
-        lo = f"d[toUInt64(floor({h})) + 1]"
-        hi = f"d[least(toUInt64(floor({h})) + 2, length(d))]"
-        g = f"({h} - floor({h}))"
+    for i, q in enumerate(qs):
+        # Each term is written once and named (ClickHouse aliases, which a statement can
+        # use anywhere in it): analysing a statement costs per expression.
+        h = f"((length(d) - 1) * {float(q)!r} AS _h{i})"
+        g = f"(({h} - floor(_h{i})) AS _g{i})"
+        lo = f"(d[(toUInt64(floor(_h{i})) AS _i{i}) + 1] AS _lo{i})"
+        hi = f"(d[least(_i{i} + 2, length(d))] AS _hi{i})"
         parts.append(
-            f"if(empty(d), nan, if({g} >= 0.5, {hi} - ({hi} - {lo}) * (1 - {g}),"
-            f" {lo} + ({hi} - {lo}) * {g}))"
+            f"if(empty(d), nan, if({g} >= 0.5, {hi} - (_hi{i} - {lo}) * (1 - _g{i}),"
+            f" _lo{i} + (_hi{i} - _lo{i}) * _g{i}))"
         )
     return "[" + ", ".join(parts) + "]"
 
@@ -234,11 +236,18 @@ def _plain(i: int, ask: Ask, statement: str, fields: tuple[str, ...]) -> _Statem
     return statement, [_Part(i, fields, tuple(range(1 + len(ask.by) + len(fields))))]
 
 
+def _in_period(rows: str, where: str, pending: bool) -> str:
+    """``rows`` from ``sql.executions(where, ...)`` that match ``where``: the folded ones
+    all do; those merged at query time (``pending``) are filtered here."""
+    return f"SELECT * FROM ({rows}) WHERE {where}" if pending else rows
+
+
 def _executions(q: ActivityQuery, pending: bool, numbers: bool = False) -> str:
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
-    executions = sql.executions(in_period, pending=pending, numbers=numbers)
-    return f"SELECT * FROM ({executions}) WHERE {in_period}"
+    return _in_period(
+        sql.executions(in_period, pending=pending, numbers=numbers), in_period, pending
+    )
 
 
 def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask, _Statement]]:
@@ -374,8 +383,8 @@ def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
             f"{in_period} AND ({sql.in_slots('started_at', cut)})", pending=pending
         )
         parts.append(
-            f"SELECT started_at, workflow_id, channel, error_type, {_sums('1')} FROM ({rows})"
-            f" WHERE {in_period}"
+            f"SELECT started_at, workflow_id, channel, error_type, {_sums('1')}"
+            f" FROM ({_in_period(rows, in_period, pending)})"
         )
     if pending:
         parts.append(
@@ -398,7 +407,7 @@ def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
             e.workflow_id AS workflow_id, e.customer_id AS customer_id,
             e.error_type AS error_type, n.2 AS node_id, n.3 AS node_type,
             n.4 AS ts, n.5 = 1 AS ok, n.6 AS dur
-        FROM (SELECT * FROM ({with_nodes}) WHERE {in_period}) e ARRAY JOIN e.nodes AS n"""
+        FROM ({_in_period(with_nodes, in_period, pending)}) e ARRAY JOIN e.nodes AS n"""
     return _aggregate(q, ask, nodes, "started_at", _EXEC_ROW_DIMS, [_NODE_SUMS])
 
 

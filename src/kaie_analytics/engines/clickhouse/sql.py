@@ -191,8 +191,9 @@ def executions(
     where: str = "1", *, pending: bool = True, nodes: bool = False, numbers: bool = False
 ) -> str:
     """The current executions of ``{tenant}``: the folded ones (``executions``, those
-    matching ``where`` there, an optimisation only), except the ones with events after
-    the watermark ``{folded}``, which are merged from their states instead. Without
+    matching ``where`` there), except the ones with events after the watermark
+    ``{folded}``, which are merged from their states instead (all of them: ``where``
+    is on the folded row, so the caller filters these). Without
     ``pending`` (the tenant has no events after the watermark), the folded ones. With
     ``nodes``, also the node events each carries (a column only read when needed); with
     ``numbers``, also ``customer_num``, its customer's number as of the watermark (0:
