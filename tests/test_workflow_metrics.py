@@ -84,6 +84,42 @@ def test_performance_matches_oracle(api: Api, loaded: list[dict[str, Any]], tz: 
     assert got["performance"] == want
 
 
+def test_a_node_whose_type_changed_has_its_latest_type(api: Api) -> None:
+    """A node's type is that of its latest event: one that changed type ("llm", then
+    "http", then "llm" again in a late event), one that never did; folded, pending
+    and both, as the oracle's."""
+    start, end = datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 6, 2, tzinfo=UTC)
+    sent: list[dict[str, Any]] = []
+
+    def execution(i: int, at: datetime, node_type: str) -> list[dict[str, Any]]:
+        base = {"workflow_id": "w", "execution_id": f"x{i}", "channel": "sms"}
+        return [
+            {**base, "id": f"s{i}", "type": "execution.started", "timestamp": iso(at)},
+            {**base, "id": f"n{i}", "type": "node.completed", "node_id": "changes",
+             "node_type": node_type, "duration_ms": 10 + i, "timestamp": iso(at + timedelta(seconds=1))},
+            {**base, "id": f"k{i}", "type": "node.failed", "node_id": "keeps", "node_type": "api",
+             "error_type": "timeout", "timestamp": iso(at + timedelta(seconds=2))},
+        ]  # fmt: skip
+
+    def check() -> dict[str, Any]:
+        got = _get(api, "/v1/analytics/workflows/w/performance", start_date=iso(start),
+                   end_date=iso(end))["performance"]  # fmt: skip
+        assert got == oracle.performance(sent, "w", start, end, ZoneInfo("UTC"))
+        return {n["node_id"]: n["type"] for n in got["node_performance"]}
+
+    for i, (hour, node_type) in enumerate([(3, "llm"), (9, "llm"), (15, "http")]):
+        sent += execution(i, start + timedelta(hours=hour, minutes=20), node_type)
+    api.send(sent)
+    api.compact()
+    assert check() == {"changes": "http", "keeps": "api"}
+    late = execution(3, start + timedelta(hours=20), "llm")
+    sent += late
+    api.send(late)
+    check()
+    api.compact()
+    check()
+
+
 def test_performance_flags(api: Api, loaded: list[dict[str, Any]]) -> None:
     got = _get(api, "/v1/analytics/workflows/wf-1/performance", start_date=iso(START),
                end_date=iso(END), include_nodes="false", include_channels="false")  # fmt: skip

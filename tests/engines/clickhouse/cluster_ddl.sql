@@ -174,11 +174,14 @@ CREATE TABLE IF NOT EXISTS execution_log_local ON CLUSTER `analytics` (
     status UInt8,
     duration_ms Nullable(Int64),
     fold Int64,
-    sign Int8
+    sign Int8,
+    nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)))
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/execution_log', '{replica}')
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, execution_id, fold)
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE execution_log_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
 CREATE TABLE IF NOT EXISTS execution_slots_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -199,6 +202,28 @@ AS SELECT tenant, workflow_id,
     ifNull(channel, '') AS channel, ifNull(error_type, '') AS error_type, fold,
     sum(toInt64(sign)) AS executions, sum(toInt64(sign) * (status = 1)) AS successful, sum(toInt64(sign) * (status = 2)) AS failed, sum(if(status > 0, toInt64(sign) * ifNull(duration_ms, 0), 0)) AS duration_sum, sum(if(status > 0 AND duration_ms IS NOT NULL, toInt64(sign), 0)) AS durations
 FROM execution_log_local GROUP BY tenant, workflow_id, slot, channel, error_type, fold;
+
+CREATE TABLE IF NOT EXISTS node_slots_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    workflow_id String,
+    slot Int64,
+    channel String,
+    node_id String,
+    node_type LowCardinality(String),
+    fold Int64,
+    events Int64, ok Int64, failed Int64, dur_sum Int64, durs Int64
+) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/node_slots', '{replica}')
+PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
+ORDER BY (tenant, workflow_id, slot, channel, node_id, node_type, fold)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS node_slots_mv ON CLUSTER `analytics` TO node_slots_local
+AS SELECT tenant, workflow_id,
+    intDiv(toUnixTimestamp64Micro(started_at) - (-2208988800000000), 900000000) AS slot,
+    ifNull(channel, '') AS channel, n.2 AS node_id, n.3 AS node_type, fold,
+    sum(toInt64(sign)) AS events, sum(toInt64(sign) * n.5) AS ok, sum(toInt64(sign) * (1 - n.5)) AS failed, sum(if(n.6 IS NULL, 0, toInt64(sign) * n.6)) AS dur_sum, sum(if(n.6 IS NULL, 0, toInt64(sign))) AS durs
+FROM execution_log_local ARRAY JOIN nodes AS n
+GROUP BY tenant, workflow_id, slot, channel, node_id, node_type, fold;
 
 CREATE TABLE IF NOT EXISTS sessions_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -356,6 +381,8 @@ ALTER TABLE execution_log_local ON CLUSTER `analytics` MODIFY SETTING min_age_to
 
 ALTER TABLE execution_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
+ALTER TABLE node_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
 ALTER TABLE sessions_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 ALTER TABLE session_starts_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
@@ -408,8 +435,12 @@ CREATE TABLE IF NOT EXISTS execution_log ON CLUSTER `analytics` AS execution_log
 
 CREATE TABLE IF NOT EXISTS execution_slots ON CLUSTER `analytics` AS execution_slots_local ENGINE = Distributed(`analytics`, currentDatabase(), execution_slots_local, sipHash64(tenant));
 
+CREATE TABLE IF NOT EXISTS node_slots ON CLUSTER `analytics` AS node_slots_local ENGINE = Distributed(`analytics`, currentDatabase(), node_slots_local, sipHash64(tenant));
+
 ALTER TABLE executions_state ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
 ALTER TABLE executions ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
 ALTER TABLE executions ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS customer_num UInt32;
+
+ALTER TABLE execution_log ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));

@@ -552,6 +552,46 @@ def test_a_store_of_layout_9_gets_its_journeys(tmp_path: Path) -> None:
         again.close()
 
 
+def test_a_store_of_layout_14_gets_its_node_events_per_slot(tmp_path: Path) -> None:
+    """Node events are kept per slot since layout 15: an older store's log gets its
+    executions' node events again, and its answers stay the same."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 8)
+    events = []
+    for i in range(12):
+        base = {"workflow_id": "wf", "execution_id": f"x{i}", "channel": "sms"}
+        at = t0 + timedelta(minutes=20 * i)
+        events += [{**base, "id": f"s{i}", "type": "execution.started", "timestamp": iso(at)},
+                   {**base, "id": f"n{i}", "type": "node.completed", "node_id": f"n{i % 3}",
+                    "node_type": "llm", "duration_ms": i, "timestamp": iso(at)}]  # fmt: skip
+    q = ActivityQuery("acme", (Window(t0, t0 + timedelta(hours=3, minutes=5)),),
+                      (Ask((0,), frozenset({"nodes"}), ("node_id",)),))  # fmt: skip
+
+    def nodes(e: ClickHouseEngine) -> list[tuple[object, ...]]:
+        return sorted((k, c.node_type, c.node_events, c.node_duration_sum)
+                      for k, c in e.activity(q)[0].items())  # fmt: skip
+
+    engine.append("acme", _valid(events)).result()
+    engine.settle()
+    # Executions 0 to 9 start in the window: n0 has 0, 3, 6, 9; n1 1, 4, 7; n2 2, 5, 8.
+    want = [((0, "n0"), "llm", 4, 18), ((0, "n1"), "llm", 3, 12), ((0, "n2"), "llm", 3, 15)]
+    assert nodes(engine) == want
+    # As layout 14 left a store: a log without node events, no sums per slot of them.
+    t = engine.transport
+    t.command("ALTER TABLE execution_log UPDATE nodes = [] WHERE 1 SETTINGS mutations_sync = 1")
+    t.command("TRUNCATE TABLE node_slots")
+    folds.set_state(t, "layout", 14)
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        assert nodes(again) == want
+        got = sql.rows(again.transport.query("SELECT sum(events) FROM node_slots"))
+        assert got == [(12,)]
+    finally:
+        again.close()
+
+
 def _round_of_messages(r: int, t0: datetime) -> list[dict[str, object]]:
     """Per customer, a message before any of the rounds before (its first-seen time and
     first session move earlier) and one that extends its later session."""
@@ -569,6 +609,15 @@ def _round_of_messages(r: int, t0: datetime) -> list[dict[str, object]]:
             out.append({"id": f"done{r}-{k}", "type": "execution.completed", "duration_ms": 5,
                         "timestamp": iso(started), "workflow_id": "wf",
                         "execution_id": f"x{(r - 1) * 100 + k}", "customer_id": f"c{k}"})  # fmt: skip
+            # Its node, and a node of the execution before that, which fails.
+            node = {"timestamp": iso(started), "workflow_id": "wf", "customer_id": f"c{k}"}
+            out.append({**node, "id": f"node{r}-{k}", "type": "node.completed",
+                        "node_id": f"n{k % 2}", "node_type": "llm", "duration_ms": 3,
+                        "execution_id": f"x{(r - 1) * 100 + k}"})  # fmt: skip
+            if r > 1:
+                out.append({**node, "id": f"nodefail{r}-{k}", "type": "node.failed",
+                            "node_id": "n2", "node_type": "http", "error_type": "timeout",
+                            "execution_id": f"x{(r - 2) * 100 + k}"})  # fmt: skip
     return out
 
 
@@ -601,7 +650,8 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
     windows = [Window(t0 - timedelta(days=1), t0 + timedelta(days=1)),
                Window(t0 + timedelta(minutes=7), t0 + timedelta(hours=2, minutes=1))]  # fmt: skip
     measures = frozenset({"messages", "executions"})
-    activity_q = ActivityQuery("acme", tuple(windows), (Ask((0, 1), measures, ()),),
+    activity_q = ActivityQuery("acme", tuple(windows), (Ask((0, 1), measures, ()),
+                               Ask((1,), frozenset({"nodes"}), ("node_id",))),
                                workflow_ids=("wf",))  # fmt: skip
 
     def answers(folded: int | None = None) -> object:
@@ -616,10 +666,23 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
             [
                 sorted(
                     (k, (c.sent, c.received, c.executions, c.successful, c.duration_sum))
-                    for k, c in cell.items()
+                    for k, c in cells[0].items()
                 )
-                for cell in cells
             ],
+            sorted(
+                (
+                    k,
+                    (
+                        c.node_type,
+                        c.node_events,
+                        c.node_ok,
+                        c.node_errors,
+                        c.node_duration_sum,
+                        c.node_durations,
+                    ),
+                )
+                for k, c in cells[1].items()
+            ),
             [((f.known, f.new), (s := f.by_channel["sms"]).sessions, s.session_us) for f in facts],
         )
 
@@ -633,10 +696,21 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
             return sum(e["type"] == "execution.started" and e["execution_id"] in done
                        and w.start <= _naive(e) <= w.end for e in events)  # fmt: skip
 
+        started = {e["execution_id"]: _naive(e) for e in events
+                   if e["type"] == "execution.started"}  # fmt: skip
+        nodes: dict[tuple[object, ...], list[object]] = {}
+        for e in events:
+            if str(e["type"]).startswith("node.") and windows[1].start <= started[
+                e["execution_id"]] <= windows[1].end:  # fmt: skip
+                n = nodes.setdefault((1, e["node_id"]), [e["node_type"], 0, 0, 0, 0, 0])
+                ok = e["type"] == "node.completed"
+                n[1:] = [n[1] + 1, n[2] + ok, n[3] + (not ok),
+                         n[4] + int(e.get("duration_ms") or 0), n[5] + ("duration_ms" in e)]  # fmt: skip
         return (
             [[((i,), (count("message.sent", w), count("message.received", w),
                       count("execution.started", w), completed(w), 5 * completed(w)))
               for i, w in enumerate(windows)]],
+            sorted((k, tuple(v)) for k, v in nodes.items()),
             [(_firsts(events, w), *_session_sums(events, w)[:2]) for w in windows],
         )  # fmt: skip
 
@@ -672,8 +746,10 @@ def test_compaction_adds_up_the_rows_of_many_folds_and_keeps_to_answers_reading(
             partitions = f"SELECT DISTINCT _partition_id FROM {table}"
             assert "202401" not in engine.transport.query(partitions).column(0).to_pylist()
         for table, (rows, extra, negative) in after.items():
-            if table == "execution_log":  # the fifth fold's 10 -1 rows: under a quarter
-                assert (extra, negative) == (10, 10) and negative * 4 < rows
+            # The fifth fold's 20 -1 rows (10 executions completed, 10 with a node that
+            # failed): under a quarter.
+            if table == "execution_log":
+                assert (extra, negative) == (20, 20) and negative * 4 < rows
             else:
                 assert (extra, negative) == (0, 0), table
             assert rows < before[table][0], table

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import pairwise
 from typing import Any
@@ -31,9 +31,11 @@ from kaie_analytics.engines.clickhouse import sql
 from kaie_analytics.engines.clickhouse.schema import (
     EXECUTION_SUMS,
     MESSAGE_ROLLUP_TYPES,
+    NODE_SUMS,
     SLOT_US,
     SLOTS_FROM_US,
     execution_sums,
+    node_sums,
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
 
@@ -56,6 +58,8 @@ _EXEC_SUMS = ", ".join(f"sum({e})" for e in execution_sums("1"))
 _SLOT_SUMS = ", ".join(f"sum(x.{c})" for c in EXECUTION_SUMS)
 #: The dimensions ``execution_slots`` keeps.
 _SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
+#: The dimensions ``node_slots`` keeps.
+_NODE_SLOT_DIMS = frozenset({"workflow_id", "channel", "node_id"})
 _MESSAGE_SUMS = "sum(x.sent), sum(x.received), coalesce(sum(x.csat_sum), 0), sum(x.csat_n)"
 _NODE_SUMS = """argMax(x.node_type, x.ts), count(), countIf(x.ok), countIf(NOT x.ok),
     coalesce(sum(x.dur), 0), count(x.dur)"""
@@ -223,6 +227,9 @@ class _Part:
     columns: tuple[int, ...]
     #: Only the rows whose first column is this (the ``grouping()`` of its set), if set.
     grouping: int | None = None
+    #: The statement to read the cells from instead when a row's last column is above 1
+    #: (a node of several types: ``_slot_nodes``).
+    fallback: str | None = None
 
 
 #: A statement, and where the cells of each of its asks are in its rows.
@@ -271,7 +278,13 @@ def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask
     for i, ask in enumerate(q.asks):
         m = ask.measures
         if "nodes" in m:
-            out.append((ask, _plain(i, ask, _nodes(q, ask, pending), MEASURE_FIELDS["nodes"])))
+            fields = MEASURE_FIELDS["nodes"]
+            if folded and set(ask.by) <= _NODE_SLOT_DIMS and _plan(q, ask).total is None:
+                statement, [part] = _plain(i, ask, _slot_nodes(q, ask, pending), fields)
+                fallback = replace(part, fallback=_nodes(q, ask, pending))
+                out.append((ask, (statement, [fallback])))
+            else:
+                out.append((ask, _plain(i, ask, _nodes(q, ask, pending), fields)))
         if "messages" in m:
             message_dims = {**_MESSAGE_DIMS, "customer_segment": "x.segment"}
             statement = _aggregate(
@@ -411,6 +424,60 @@ def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     return _aggregate(q, ask, nodes, "started_at", _EXEC_ROW_DIMS, [_NODE_SUMS])
 
 
+def _slot_nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
+    """Node events per window and ``ask.by`` (dimensions ``node_slots`` keeps) from the
+    sums per slot, put together as ``_slot_executions`` does: the slots no window edge
+    cuts from ``node_slots``; the node events of the executions of the cut slots and of
+    those with events after the watermark, with what the slots hold of the latter taken
+    away. A cell's type is its node's one type; the last column, how many types the
+    node has there (more than one: its latest is the type of its latest event, which
+    the sums do not keep, and ``_nodes`` answers instead)."""
+    lo, hi = sql.time_param("lo"), sql.time_param("hi")
+    in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
+    cut = sql.cut_slots(q.windows[w] for w in ask.windows)
+    whole = sql.whole_slots(*_span(q, ask), cut)
+    slot_start = f"fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC')"
+    sums = ", ".join(NODE_SUMS)
+    parts = [
+        f"""SELECT {slot_start} AS started_at, workflow_id, nullIf(channel, '') AS channel,
+            node_id, node_type, {sums}
+        FROM (SELECT * FROM node_slots
+              WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
+                AND {whole})"""
+    ]
+    if cut or pending:
+        rows = sql.executions(
+            f"{in_period} AND ({sql.in_slots('started_at', cut)})", pending=pending, nodes=True
+        )
+        parts.append(
+            f"SELECT e.started_at, e.workflow_id, e.channel, n.2, n.3, {_node_sums('1')}"
+            f" FROM ({_in_period(rows, in_period, pending)}) e ARRAY JOIN e.nodes AS n"
+        )
+    if pending:
+        parts.append(
+            f"""SELECT {slot_start}, workflow_id, channel, n.2, n.3, {_node_sums("-sign")}
+            FROM (SELECT *, {sql.slot_of("started_at")} AS slot FROM execution_log
+                  WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
+                    AND execution_id IN ({sql.PENDING}) AND {sql.FILTERS})
+            ARRAY JOIN nodes AS n
+            WHERE {whole}"""
+        )
+    plan = _plan(q, ask)
+    rows = _in_windows(plan, "(" + " UNION ALL ".join(parts) + ")", "started_at")
+    named, group = _grouped(plan, [_EXEC_ROW_DIMS[d] for d in ask.by])
+    keys = ", ".join(f"k{i}" for i in range(len(ask.by) + 1))
+    per_type = ", ".join(f"sum(x.{c}) AS t_{c}" for c in NODE_SUMS)
+    # A type whose events all were taken away is no type of the node's.
+    return f"""SELECT {keys}, any(t), {", ".join(f"sum(t_{c})" for c in NODE_SUMS)}, count()
+    FROM (SELECT {named}, x.node_type AS t, {per_type} FROM {rows}
+          GROUP BY {group}, t HAVING t_events != 0)
+    GROUP BY {keys}"""
+
+
+def _node_sums(sign: str) -> str:
+    return ", ".join(f"{e} AS {c}" for e, c in zip(node_sums(sign, "n"), NODE_SUMS, strict=True))
+
+
 def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     """The messages and feedback of the ask's span, as rows (ts, workflow_id, channel,
     customer_id, sent, received, csat_sum, csat_n).
@@ -478,8 +545,11 @@ def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool)
         [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements]
     )
     out: list[Cells] = [{} for _ in q.asks]
-    for (_, (_, parts)), table in zip(statements, tables, strict=True):
+    for (ask, (_, parts)), table in zip(statements, tables, strict=True):
         found = sql.rows(table)
+        fallback = parts[0].fallback
+        if fallback is not None and any(row[-1] > 1 for row in found):
+            found = sql.rows(transport.query(fallback, base | _window_params(q, ask)))
         for part in parts:
             ask = q.asks[part.ask]
             n_keys = 1 + len(ask.by)

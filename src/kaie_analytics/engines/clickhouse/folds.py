@@ -178,17 +178,21 @@ FOLD_STATEMENTS = (
     f"""INSERT INTO execution_keys
     SELECT tenant, execution_id, workflow_id, started_at, version FROM ({_NEW_ROWS})""",
 )
-_LOGGED = "tenant, execution_id, workflow_id, started_at, channel, error_type, status, duration_ms"
+_LOGGED = (
+    "tenant, execution_id, workflow_id, started_at, channel, error_type, status, duration_ms, nodes"
+)
+#: An execution's row of the log, from one of ``executions``: its node events sorted.
+_TO_LOG = _LOGGED.replace("nodes", "arraySort(nodes)")
 #: How the executions the events ingested in (lo, hi] change, as of fold ``hi``: their rows
 #: as of fold ``lo`` taken away, their merged rows added (an unchanged row: neither).
 EXECUTION_LOG_FOLD = f"""
-INSERT INTO execution_log
+INSERT INTO execution_log ({_LOGGED}, fold, sign)
 SELECT {_LOGGED}, {{hi:Int64}}, toInt8(sum(change)) AS total
 FROM (
     SELECT {_LOGGED}, -toInt64(sign) AS change FROM execution_log
     WHERE tenant = {{tenant:String}} AND fold <= {{lo:Int64}} AND execution_id IN ({_TOUCHED})
     UNION ALL
-    SELECT {_LOGGED}, toInt64(1) FROM ({_NEW_ROWS})
+    SELECT {_TO_LOG}, toInt64(1) FROM ({_NEW_ROWS})
 )
 GROUP BY {_LOGGED}
 HAVING total != 0
@@ -196,8 +200,8 @@ HAVING total != 0
 #: The executions folded up to the watermark ``{hi}``, as rows of that fold (the log of a
 #: store of an older layout).
 EXECUTION_LOG_FILL = f"""
-INSERT INTO execution_log
-SELECT {_LOGGED}, {{hi:Int64}}, 1 FROM executions FINAL WHERE tenant = {{tenant:String}}
+INSERT INTO execution_log ({_LOGGED}, fold, sign)
+SELECT {_TO_LOG}, {{hi:Int64}}, 1 FROM executions FINAL WHERE tenant = {{tenant:String}}
 """
 
 
@@ -306,9 +310,10 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
                 transport.command(FIRSTS_FOLD, params)
         if layout < 12 and transport.embedded:  # only the embedded engine folds
             _number_folded_executions(transport)
-        # The executions as a log, so that their sums are kept per slot.
-        if layout < 13 and transport.embedded:
-            for table in ("execution_log", "execution_slots"):  # a fill cut off
+        # The executions as a log, so that their sums (since layout 15, also their node
+        # events') are kept per slot.
+        if layout < 15 and transport.embedded:
+            for table in ("execution_log", "execution_slots", "node_slots"):  # a fill cut off
                 transport.command(f"TRUNCATE TABLE {table}")
             for tenant in tenants:
                 transport.command(EXECUTION_LOG_FILL, {"tenant": tenant, "hi": folded})

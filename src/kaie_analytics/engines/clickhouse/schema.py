@@ -98,7 +98,7 @@ SLOTS_FROM_US = -2_208_988_800_000_000
 #: The month of column ``slot`` (the partition of the tables kept per slot).
 SLOT_MONTH = f"toYYYYMM(fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC'))"
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 14
+LAYOUT = 15
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,23 @@ class Tagged:
 #: What ``execution_slots`` adds up per slot: executions, successful, failed, the total
 #: duration (ms) of the finished ones with one, and how many those are.
 EXECUTION_SUMS = ("executions", "successful", "failed", "duration_sum", "durations")
+
+
+#: What ``node_slots`` adds up per slot of their executions' start: node events,
+#: completed, failed, the total duration (ms) of those with one, and how many those are.
+NODE_SUMS = ("events", "ok", "failed", "dur_sum", "durs")
+
+
+def node_sums(sign: str, node: str) -> list[str]:
+    """``NODE_SUMS`` of node event ``node`` (SQL of a ``NODE``), times ``sign``."""
+    s = f"toInt64({sign})"
+    return [
+        s,
+        f"{s} * {node}.5",
+        f"{s} * (1 - {node}.5)",
+        f"if({node}.6 IS NULL, 0, {s} * {node}.6)",
+        f"if({node}.6 IS NULL, 0, {s})",
+    ]
 
 
 def execution_sums(sign: str) -> list[str]:
@@ -145,9 +162,12 @@ FOLD_TAGGED = (
            ("sign",), signed=True),
     Tagged("first_times", ("tenant", "channel", "kind", "t"), ("sign",), signed=True),
     Tagged("execution_log", ("tenant", "execution_id", "workflow_id", "started_at", "channel",
-                             "error_type", "status", "duration_ms"), ("sign",), signed=True),
+                             "error_type", "status", "duration_ms", "nodes"), ("sign",),
+           signed=True),
     Tagged("execution_slots", ("tenant", "workflow_id", "slot", "channel", "error_type"),
            EXECUTION_SUMS),
+    Tagged("node_slots", ("tenant", "workflow_id", "slot", "channel", "node_id", "node_type"),
+           NODE_SUMS),
 )  # fmt: skip
 
 
@@ -365,11 +385,15 @@ SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
     status UInt8,
     duration_ms Nullable(Int64),
     fold Int64,
-    sign Int8
+    sign Int8,
+    nodes Array({NODE})
 ) ENGINE = {_engine("MergeTree", "execution_log", cluster)}
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, execution_id, fold)
 SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
+        # Its node events, sorted (so that a -1 row and the +1 row of an execution that
+        # did not change cancel out when compacted).
+        f"ALTER TABLE execution_log{local}{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
         # Per workflow, channel, error type ('' for none) and slot of their start, as of
         # each fold: what ``EXECUTION_SUMS`` names.
         f"""CREATE TABLE IF NOT EXISTS execution_slots{local}{on} (
@@ -390,6 +414,28 @@ AS SELECT tenant, workflow_id,
     ifNull(channel, '') AS channel, ifNull(error_type, '') AS error_type, fold,
     {", ".join(f"sum({e}) AS {c}" for e, c in zip(execution_sums("sign"), EXECUTION_SUMS, strict=True))}
 FROM execution_log{local} GROUP BY tenant, workflow_id, slot, channel, error_type, fold""",
+        # Their node events per workflow, channel, node and type, and slot of the start of
+        # their execution, as of each fold: what ``NODE_SUMS`` names.
+        f"""CREATE TABLE IF NOT EXISTS node_slots{local}{on} (
+    tenant LowCardinality(String),
+    workflow_id String,
+    slot Int64,
+    channel String,
+    node_id String,
+    node_type LowCardinality(String),
+    fold Int64,
+    {", ".join(f"{c} Int64" for c in NODE_SUMS)}
+) ENGINE = {_engine("SummingMergeTree", "node_slots", cluster)}
+PARTITION BY {SLOT_MONTH}
+ORDER BY (tenant, workflow_id, slot, channel, node_id, node_type, fold)
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS node_slots_mv{on} TO node_slots{local}
+AS SELECT tenant, workflow_id,
+    intDiv(toUnixTimestamp64Micro(started_at) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot,
+    ifNull(channel, '') AS channel, n.2 AS node_id, n.3 AS node_type, fold,
+    {", ".join(f"sum({e}) AS {c}" for e, c in zip(node_sums("sign", "n"), NODE_SUMS, strict=True))}
+FROM execution_log{local} ARRAY JOIN nodes AS n
+GROUP BY tenant, workflow_id, slot, channel, node_id, node_type, fold""",
         # Sessions, written by the fold only; ordered by conversation, so that the fold
         # finds the sessions of the conversations new messages touch.
         f"""CREATE TABLE IF NOT EXISTS sessions{local}{on} (
@@ -532,7 +578,7 @@ SETTINGS {_DURABLE}""",
             "executions", "execution_keys", "engine_state", "message_slots", "sessions",
             "session_starts", "session_slots", "customer_numbers", "active_customers",
             "customer_firsts", "first_times", "journeys_state", "journeys", "journey_keys",
-            "execution_log", "execution_slots",
+            "execution_log", "execution_slots", "node_slots",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
@@ -545,6 +591,7 @@ SETTINGS {_DURABLE}""",
             f" nodes AggregateFunction(groupUniqArray, {NODE})",
             f"ALTER TABLE executions{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
             f"ALTER TABLE executions{on} ADD COLUMN IF NOT EXISTS customer_num UInt32",
+            f"ALTER TABLE execution_log{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
         ]
     return out
 
