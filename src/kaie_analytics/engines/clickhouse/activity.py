@@ -12,7 +12,7 @@ engine's and the spec's reference exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import pairwise
@@ -373,11 +373,32 @@ def _sums(sign: str) -> str:
 
 def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     """The executions of the ask's span as rows of ``schema.EXECUTION_SUMS`` (with
-    started_at, workflow_id, channel and error_type): the slots no window edge cuts
-    from ``execution_slots`` (the rows of the folds up to the watermark ``{folded}``);
-    the executions of the cut slots, and those with events after the watermark
-    (merged, if the tenant has any: ``pending``), one row each, with what the slots
-    hold of the latter taken away."""
+    started_at, workflow_id, channel and error_type), from ``execution_slots``
+    (``_from_slots``)."""
+    return _from_slots(
+        q, ask, pending, "execution_slots",
+        f"nullIf(error_type, '') AS error_type, {', '.join(EXECUTION_SUMS)}",
+        lambda sign: f"e.error_type, {_sums(sign)}",
+    )  # fmt: skip
+
+
+def _from_slots(
+    q: ActivityQuery,
+    ask: Ask,
+    pending: bool,
+    table: str,
+    kept: str,
+    of_execution: Callable[[str], str],
+    join: str = "",
+) -> str:
+    """The rows of the ask's span (started_at, workflow_id, channel, then ``kept``) from
+    sums per slot of the executions' start: the slots no window edge cuts from
+    ``table`` (the rows of the folds up to the watermark ``{folded}``); the
+    executions of the cut slots, and those with events after the watermark (merged,
+    if the tenant has any: ``pending``), as rows of ``of_execution("1")``; and what
+    the slots hold of the latter taken away, their rows of ``execution_log`` as
+    ``of_execution("-sign")``. ``join``: an ARRAY JOIN of an execution (``e``) into
+    rows (its node events)."""
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
@@ -386,25 +407,27 @@ def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     # Each part filters itself: a filter over their union cost more than the parts.
     parts = [
         f"""SELECT {slot_start} AS started_at, workflow_id, nullIf(channel, '') AS channel,
-            nullIf(error_type, '') AS error_type, {", ".join(EXECUTION_SUMS)}
-        FROM (SELECT * FROM execution_slots
+            {kept}
+        FROM (SELECT * FROM {table}
               WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
                 AND {whole})"""
     ]
     if cut or pending:
         rows = sql.executions(
-            f"{in_period} AND ({sql.in_slots('started_at', cut)})", pending=pending
+            f"{in_period} AND ({sql.in_slots('started_at', cut)})",
+            pending=pending,
+            nodes=bool(join),
         )
         parts.append(
-            f"SELECT started_at, workflow_id, channel, error_type, {_sums('1')}"
-            f" FROM ({_in_period(rows, in_period, pending)})"
+            f"SELECT e.started_at, e.workflow_id, e.channel, {of_execution('1')}"
+            f" FROM ({_in_period(rows, in_period, pending)}) e{join}"
         )
     if pending:
         parts.append(
-            f"""SELECT {slot_start} AS started_at, workflow_id, channel, error_type, {_sums("-sign")}
+            f"""SELECT {slot_start}, e.workflow_id, e.channel, {of_execution("-sign")}
             FROM (SELECT *, {sql.slot_of("started_at")} AS slot FROM execution_log
                   WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
-                    AND execution_id IN ({sql.PENDING}) AND {sql.FILTERS})
+                    AND execution_id IN ({sql.PENDING}) AND {sql.FILTERS}) e{join}
             WHERE {whole}"""
         )
     return "(" + " UNION ALL ".join(parts) + ")"
@@ -425,45 +448,16 @@ def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
 
 
 def _slot_nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
-    """Node events per window and ``ask.by`` (dimensions ``node_slots`` keeps) from the
-    sums per slot, put together as ``_slot_executions`` does: the slots no window edge
-    cuts from ``node_slots``; the node events of the executions of the cut slots and of
-    those with events after the watermark, with what the slots hold of the latter taken
-    away. A cell's type is its node's one type; the last column, how many types the
-    node has there (more than one: its latest is the type of its latest event, which
-    the sums do not keep, and ``_nodes`` answers instead)."""
-    lo, hi = sql.time_param("lo"), sql.time_param("hi")
-    in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
-    cut = sql.cut_slots(q.windows[w] for w in ask.windows)
-    whole = sql.whole_slots(*_span(q, ask), cut)
-    slot_start = f"fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC')"
-    sums = ", ".join(NODE_SUMS)
-    parts = [
-        f"""SELECT {slot_start} AS started_at, workflow_id, nullIf(channel, '') AS channel,
-            node_id, node_type, {sums}
-        FROM (SELECT * FROM node_slots
-              WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
-                AND {whole})"""
-    ]
-    if cut or pending:
-        rows = sql.executions(
-            f"{in_period} AND ({sql.in_slots('started_at', cut)})", pending=pending, nodes=True
-        )
-        parts.append(
-            f"SELECT e.started_at, e.workflow_id, e.channel, n.2, n.3, {_node_sums('1')}"
-            f" FROM ({_in_period(rows, in_period, pending)}) e ARRAY JOIN e.nodes AS n"
-        )
-    if pending:
-        parts.append(
-            f"""SELECT {slot_start}, workflow_id, channel, n.2, n.3, {_node_sums("-sign")}
-            FROM (SELECT *, {sql.slot_of("started_at")} AS slot FROM execution_log
-                  WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
-                    AND execution_id IN ({sql.PENDING}) AND {sql.FILTERS})
-            ARRAY JOIN nodes AS n
-            WHERE {whole}"""
-        )
+    """Node events per window and ``ask.by`` (dimensions ``node_slots`` keeps) from their
+    sums per slot (``_from_slots``). A cell's type is its node's one type; the last
+    column, how many types the node has there (more than one: its latest is the type
+    of its latest event, which the sums do not keep, and ``_nodes`` answers instead)."""
+    parts = _from_slots(
+        q, ask, pending, "node_slots", f"node_id, node_type, {', '.join(NODE_SUMS)}",
+        lambda sign: f"n.2, n.3, {_node_sums(sign)}", " ARRAY JOIN e.nodes AS n",
+    )  # fmt: skip
     plan = _plan(q, ask)
-    rows = _in_windows(plan, "(" + " UNION ALL ".join(parts) + ")", "started_at")
+    rows = _in_windows(plan, parts, "started_at")
     named, group = _grouped(plan, [_EXEC_ROW_DIMS[d] for d in ask.by])
     keys = ", ".join(f"k{i}" for i in range(len(ask.by) + 1))
     per_type = ", ".join(f"sum(x.{c}) AS t_{c}" for c in NODE_SUMS)

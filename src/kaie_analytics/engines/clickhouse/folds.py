@@ -15,7 +15,8 @@ One fold, for the events ingested in (watermark, new watermark]:
    key of each whose key (workflow, start) changed, found in
    ``execution_keys``;
 2. their keys are written to ``execution_keys``, and how they change to
-   ``execution_log`` (a view adds that up per slot in ``execution_slots``),
+   ``execution_log`` (views add that up per slot in ``execution_slots`` and, of
+   their node events, ``node_slots``),
    tagged with the new watermark;
 3. their messages and feedback, added up per workflow, channel and slot, are
    written to ``message_slots``, and how the sessions of their conversations
