@@ -539,11 +539,11 @@ def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool)
         [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements]
     )
     out: list[Cells] = [{} for _ in q.asks]
-    for (ask, (_, parts)), table in zip(statements, tables, strict=True):
+    for (bound, (_, parts)), table in zip(statements, tables, strict=True):
         found = sql.rows(table)
         fallback = parts[0].fallback
         if fallback is not None and any(row[-1] > 1 for row in found):
-            found = sql.rows(transport.query(fallback, base | _window_params(q, ask)))
+            found = sql.rows(transport.query(fallback, base | _window_params(q, bound)))
         for part in parts:
             ask = q.asks[part.ask]
             n_keys = 1 + len(ask.by)
