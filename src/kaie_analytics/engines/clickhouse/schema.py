@@ -97,6 +97,8 @@ SLOT_US = 15 * 60 * 1_000_000
 SLOTS_FROM_US = -2_208_988_800_000_000
 #: The month of column ``slot`` (the partition of the tables kept per slot).
 SLOT_MONTH = f"toYYYYMM(fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC'))"
+#: The slot of an execution's start, for the views over ``execution_log``.
+_START_SLOT = f"intDiv(toUnixTimestamp64Micro(started_at) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot"
 #: The layout the tables below have; a store of an older one is brought up to it.
 LAYOUT = 15
 
@@ -410,7 +412,7 @@ ORDER BY (tenant, workflow_id, slot, channel, error_type, fold)
 SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS execution_slots_mv{on} TO execution_slots{local}
 AS SELECT tenant, workflow_id,
-    intDiv(toUnixTimestamp64Micro(started_at) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot,
+    {_START_SLOT},
     ifNull(channel, '') AS channel, ifNull(error_type, '') AS error_type, fold,
     {", ".join(f"sum({e}) AS {c}" for e, c in zip(execution_sums("sign"), EXECUTION_SUMS, strict=True))}
 FROM execution_log{local} GROUP BY tenant, workflow_id, slot, channel, error_type, fold""",
@@ -431,7 +433,7 @@ ORDER BY (tenant, workflow_id, slot, channel, node_id, node_type, fold)
 SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS node_slots_mv{on} TO node_slots{local}
 AS SELECT tenant, workflow_id,
-    intDiv(toUnixTimestamp64Micro(started_at) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot,
+    {_START_SLOT},
     ifNull(channel, '') AS channel, n.2 AS node_id, n.3 AS node_type, fold,
     {", ".join(f"sum({e}) AS {c}" for e, c in zip(node_sums("sign", "n"), NODE_SUMS, strict=True))}
 FROM execution_log{local} ARRAY JOIN nodes AS n
