@@ -41,6 +41,7 @@ def open_engine(settings: Settings) -> EventEngine:
             cluster=settings.clickhouse_cluster,
             query_timeout_s=settings.query_timeout_s,
             fold_idle_s=settings.compact_idle_s,
+            rollup_cache_bytes=settings.rollup_cache_mb << 20,
         )
     from kaie_analytics.engines.duckdb.engine import DuckDBEngine
 

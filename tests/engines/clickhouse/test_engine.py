@@ -21,7 +21,7 @@ from kaie_analytics.analytics.facts import (
     RowsQuery,
     Window,
 )
-from kaie_analytics.engines.clickhouse import activity, folds, sql, writer
+from kaie_analytics.engines.clickhouse import activity, folds, slot_cache, sql, writer
 from kaie_analytics.engines.clickhouse import customers as customer_facts
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import FOLD_TAGGED, ddl
@@ -980,4 +980,94 @@ def test_a_journey_whose_type_or_first_step_changes_leaves_its_old_key(
     assert sorted(engine.journey_types("acme")) == ["onboarding", "sales"]
     live = transport.query("SELECT count() FROM journeys FINAL").column(0)[0].as_py()
     assert live == 3
+    engine.close()
+
+
+def test_sums_per_slot_held_in_memory_follow_every_fold(tmp_path: Path) -> None:
+    """A workflow's sums per slot are held in memory per day once read; a fold drops the
+    days it changed (a late completion changes the day its execution started), and an
+    answer with an earlier watermark reads the sums of that watermark without keeping
+    them. Expected: the events counted here, one by one."""
+    engine = ClickHouseEngine(ChdbTransport(tmp_path / "ch"), fold_idle_s=3600)
+    d0 = datetime(2024, 5, 1)
+    window = Window(d0 + timedelta(minutes=7), d0 + timedelta(days=2, hours=20, minutes=53))
+    q = ActivityQuery("acme", (window,), (
+        Ask((0,), frozenset({"executions"}), ("channel",)),
+        Ask((0,), frozenset({"messages"})),
+        Ask((0,), frozenset({"nodes"}), ("node_id",)),
+    ), workflow_ids=("wf",))  # fmt: skip
+    starts: dict[int, tuple[datetime, str]] = {}
+    ended: dict[int, tuple[str, int]] = {}
+    messages: list[datetime] = []
+    nodes: list[tuple[datetime, str, int]] = []  # start of the execution, node, duration
+
+    def execution(i: int, t: datetime, channel: str) -> list[dict[str, object]]:
+        starts[i] = (t, channel)
+        ended[i] = ("completed", i)
+        nodes.append((t, f"n{i % 2}", i))
+        base = {"workflow_id": "wf", "execution_id": f"x{i}", "channel": channel}
+        return [{**base, "id": f"s{i}", "type": "execution.started", "timestamp": iso(t)},
+                {**base, "id": f"c{i}", "type": "execution.completed", "duration_ms": i,
+                 "timestamp": iso(t + timedelta(seconds=1))},
+                {**base, "id": f"n{i}", "type": "node.completed", "node_id": f"n{i % 2}",
+                 "node_type": "llm", "duration_ms": i, "timestamp": iso(t)}]  # fmt: skip
+
+    def message(k: int, t: datetime) -> dict[str, object]:
+        messages.append(t)
+        return {"id": f"m{k}", "type": "message.sent", "timestamp": iso(t),
+                "workflow_id": "wf", "customer_id": "c", "channel": "sms"}  # fmt: skip
+
+    def want() -> tuple[dict[object, tuple[int, int, int, int]], int, dict[object, int]]:
+        inside = {i for i, (t, _) in starts.items() if window.start <= t <= window.end}
+        by_channel: dict[object, tuple[int, int, int, int]] = {}
+        for ch in {starts[i][1] for i in inside}:
+            mine = [i for i in inside if starts[i][1] == ch]
+            ok = [i for i in mine if ended[i][0] == "completed"]
+            by_channel[(0, ch)] = (len(mine), len(ok), len(mine) - len(ok),
+                                   sum(ended[i][1] for i in mine))  # fmt: skip
+        sent = sum(window.start <= t <= window.end for t in messages)
+        per_node: dict[object, int] = {}
+        for t, node, _ in nodes:
+            if window.start <= t <= window.end:
+                per_node[(0, node)] = per_node.get((0, node), 0) + 1
+        return by_channel, sent, per_node
+
+    def got() -> tuple[dict[object, tuple[int, int, int, int]], int, dict[object, int]]:
+        execs, msgs, per_node = engine.activity(q)
+        return (
+            {k: (c.executions, c.successful, c.failed, c.duration_sum)
+             for k, c in execs.items() if c.executions},
+            sum(c.sent for c in msgs.values()),
+            {k: c.node_events for k, c in per_node.items()},
+        )  # fmt: skip
+
+    events = []
+    for i in range(60):  # every 70 minutes over three days, the window's edges cut slots
+        events += execution(i, d0 + timedelta(minutes=70 * i + 3), ("sms", "voice")[i % 2])
+        events.append(message(i, d0 + timedelta(minutes=70 * i + 11)))
+    engine.append("acme", _valid(events)).result()
+    engine.settle()
+    assert got() == want()
+    cache = engine.slot_cache
+    assert cache is not None and cache.nbytes > 0
+    assert got() == want()  # from the days held
+    first_fold = engine.folder.watermark if engine.folder else 0
+    # The second day gains executions and messages; an execution of the first day fails
+    # later than it completed (the later terminal event wins).
+    late = []
+    for i in range(60, 70):
+        late += execution(i, d0 + timedelta(days=1, minutes=50 * (i - 60) + 5), "voice")
+        late.append(message(i, d0 + timedelta(days=1, minutes=50 * (i - 60) + 9)))
+    late.append({"id": "f1", "type": "execution.failed", "error_type": "timeout",
+                 "timestamp": iso(starts[1][0] + timedelta(seconds=5)),
+                 "workflow_id": "wf", "execution_id": "x1", "channel": "voice"})  # fmt: skip
+    ended[1] = ("failed", 5000)  # its duration from the timestamps: 5 s
+    engine.append("acme", _valid(late)).result()
+    assert got() == want()  # not folded yet: read from the events
+    engine.settle()
+    assert got() == want()
+    # The first fold's sums, as an answer that began before the second fold reads them.
+    rows = cache.sums("acme", "wf", 0, 10**8, first_fold).rows(slot_cache.EXECUTIONS)
+    assert int(rows.sums[:, 0].sum()) == 60
+    assert got() == want()
     engine.close()

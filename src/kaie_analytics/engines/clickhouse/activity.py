@@ -12,11 +12,13 @@ engine's and the spec's reference exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import pairwise
 from typing import Any
+
+import numpy as np
 
 from kaie_analytics.analytics.facts import (
     MEASURE_FIELDS,
@@ -24,6 +26,7 @@ from kaie_analytics.analytics.facts import (
     Ask,
     Cells,
     Dimension,
+    Sums,
     add_rows,
     fill_quantiles,
 )
@@ -37,7 +40,15 @@ from kaie_analytics.engines.clickhouse.schema import (
     execution_sums,
     node_sums,
 )
+from kaie_analytics.engines.clickhouse.slot_cache import (
+    EXECUTIONS,
+    MESSAGES,
+    NODES,
+    SlotSums,
+    Table,
+)
 from kaie_analytics.engines.clickhouse.transport import Transport
+from kaie_analytics.engines.sums import group
 
 _EXEC_DIMS: dict[Dimension, str] = {
     "workflow_id": "x.workflow_id",
@@ -60,6 +71,8 @@ _SLOT_SUMS = ", ".join(f"sum(x.{c})" for c in EXECUTION_SUMS)
 _SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
 #: The dimensions ``node_slots`` keeps.
 _NODE_SLOT_DIMS = frozenset({"workflow_id", "channel", "node_id"})
+#: The dimensions ``message_slots`` keeps (messages have no error type: all NULL).
+_MESSAGE_SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
 _MESSAGE_SUMS = "sum(x.sent), sum(x.received), coalesce(sum(x.csat_sum), 0), sum(x.csat_n)"
 _NODE_SUMS = """argMax(x.node_type, x.ts), count(), countIf(x.ok), countIf(NOT x.ok),
     coalesce(sum(x.dur), 0), count(x.dur)"""
@@ -227,20 +240,27 @@ class _Part:
     columns: tuple[int, ...]
     #: Only the rows whose first column is this (the ``grouping()`` of its set), if set.
     grouping: int | None = None
-    #: The statement to read the cells from instead when a row's last column is above 1
-    #: (a node of several types: ``_slot_nodes``).
+    #: Rows are per cell and node type (``_slot_nodes``); the statement to read the
+    #: cells from instead when a cell has more than one type.
     fallback: str | None = None
+    #: The table of sums per slot held in memory whose slots no window edge cuts add
+    #: to these cells (the statement reads only the rest).
+    memory: Table | None = None
 
 
-#: A statement, and where the cells of each of its asks are in its rows.
-_Statement = tuple[str, list[_Part]]
+#: A statement (None: nothing to read beyond the sums in memory), and where the cells
+#: of each of its asks are in its rows.
+_Statement = tuple[str | None, list[_Part]]
 #: The dimensions of executions as columns of their rows (the segment joined in).
 _EXEC_ROW_DIMS = {**_EXEC_DIMS, "customer_segment": "x.segment"}
 
 
-def _plain(i: int, ask: Ask, statement: str, fields: tuple[str, ...]) -> _Statement:
+def _plain(
+    i: int, ask: Ask, statement: str | None, fields: tuple[str, ...], memory: Table | None = None
+) -> _Statement:
     """A statement of one ask's cells alone: its key, then its values."""
-    return statement, [_Part(i, fields, tuple(range(1 + len(ask.by) + len(fields))))]
+    columns = tuple(range(1 + len(ask.by) + len(fields)))
+    return statement, [_Part(i, fields, columns, memory=memory)]
 
 
 def _in_period(rows: str, where: str, pending: bool) -> str:
@@ -257,7 +277,9 @@ def _executions(q: ActivityQuery, pending: bool, numbers: bool = False) -> str:
     )
 
 
-def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask, _Statement]]:
+def _statements(
+    q: ActivityQuery, pending: bool, folded: bool, memory: bool = False
+) -> list[tuple[Ask, _Statement]]:
     """Each statement (with the ask whose windows it binds) and where the cells of
     each ask are in its rows. The asks of executions over the same windows share one
     statement, one grouping set each (each statement costs a read of the executions,
@@ -265,7 +287,8 @@ def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask
     distinct customers: a distinct count per extra set costs as much as its own read.
     ``folded``: whether the fold has run (embedded), which numbers the customers of
     the executions it writes and keeps their sums per slot; asks of execution sums
-    alone over their windows read those slots."""
+    alone over their windows read those slots. ``memory``: the slots no window edge
+    cuts are added up from memory (``slot_cache``), not read."""
     out: list[tuple[Ask, _Statement]] = []
     shared: dict[tuple[tuple[int, ...], bool], list[list[int]]] = {}
     # Windows whose executions are read one by one anyway (durations, or a dimension the
@@ -280,17 +303,23 @@ def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask
         if "nodes" in m:
             fields = MEASURE_FIELDS["nodes"]
             if folded and set(ask.by) <= _NODE_SLOT_DIMS and _plan(q, ask).total is None:
-                statement, [part] = _plain(i, ask, _slot_nodes(q, ask, pending), fields)
+                nodes = _slot_nodes(q, ask, pending, memory)
+                statement, [part] = _plain(i, ask, nodes, fields, NODES if memory else None)
                 fallback = replace(part, fallback=_nodes(q, ask, pending))
                 out.append((ask, (statement, [fallback])))
             else:
                 out.append((ask, _plain(i, ask, _nodes(q, ask, pending), fields)))
         if "messages" in m:
             message_dims = {**_MESSAGE_DIMS, "customer_segment": "x.segment"}
-            statement = _aggregate(
-                q, ask, _messages(q, ask, pending), "ts", message_dims, [_MESSAGE_SUMS]
+            rolled = memory and set(ask.by) <= _MESSAGE_SLOT_DIMS
+            messages = _messages(q, ask, pending, rolled)
+            statement = (
+                None
+                if messages is None
+                else _aggregate(q, ask, messages, "ts", message_dims, [_MESSAGE_SUMS])
             )
-            out.append((ask, _plain(i, ask, statement, MEASURE_FIELDS["messages"])))
+            fields = MEASURE_FIELDS["messages"]
+            out.append((ask, _plain(i, ask, statement, fields, MESSAGES if rolled else None)))
         if "customers" in m:
             out.append((ask, _execution_statement(q, [i], pending, folded)))
         elif m & {"executions", "durations"}:
@@ -305,18 +334,23 @@ def _statements(q: ActivityQuery, pending: bool, folded: bool) -> list[tuple[Ask
                 groups.append([i])
     for (_, slots), groups in shared.items():
         for group in groups:
-            shared_statement = _execution_statement(q, group, pending, folded, slots)
+            shared_statement = _execution_statement(q, group, pending, folded, slots, memory)
             out.append((q.asks[group[0]], shared_statement))
     return out
 
 
 def _execution_statement(
-    q: ActivityQuery, asks: list[int], pending: bool, folded: bool, slots: bool = False
+    q: ActivityQuery,
+    asks: list[int],
+    pending: bool,
+    folded: bool,
+    slots: bool = False,
+    memory: bool = False,
 ) -> _Statement:
     """One statement over the executions for ``asks`` (the same windows); more than one:
     a grouping set each, its rows told apart by ``grouping()`` in the first column.
-    ``folded``: as for ``_statements``; ``slots``: from the sums per slot (executions
-    only, by dimensions the slots keep)."""
+    ``folded``, ``memory``: as for ``_statements``; ``slots``: from the sums per slot
+    (executions only, by dimensions the slots keep)."""
     dims: list[Dimension] = []
     for i in asks:
         dims += [d for d in q.asks[i].by if d not in dims]
@@ -337,21 +371,26 @@ def _execution_statement(
         )
     first = q.asks[asks[0]]
     union = Ask(first.windows, measures, tuple(dims))
+    memory = memory and slots
+    source: str | None
     if slots:
-        source = _slot_executions(q, union, pending)
+        source = _slot_executions(q, union, pending, memory)
     else:
         source = _executions(q, pending, numbers=folded and "customers" in measures)
     plan = _plan(q, union)
-    rows = _in_windows(plan, _with_segments(source, union), "started_at")
     sets = None if len(asks) == 1 else [[dims.index(d) for d in q.asks[i].by] for i in asks]
     named, group = _grouped(plan, [_EXEC_ROW_DIMS[d] for d in dims], sets)
-    statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
-    if "durations" in measures:
+    statement: str | None = None
+    if source is not None:
+        rows = _in_windows(plan, _with_segments(source, union), "started_at")
+        statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
+    if "durations" in measures:  # read row by row, never from slots
         # The sorted durations stay in the engine: only their percentiles come back.
         statement = f"SELECT * EXCEPT (d), {_quantiles(q.quantiles or (0.5,))} FROM ({statement})"
         fields += MEASURE_FIELDS["durations"]
+    table = EXECUTIONS if memory else None
     if len(asks) == 1:
-        return _plain(asks[0], first, statement, tuple(fields))
+        return _plain(asks[0], first, statement, tuple(fields), table)
     parts = []
     for i in asks:
         ask = q.asks[i]
@@ -361,7 +400,7 @@ def _execution_statement(
         grouping = sum(1 << (len(dims) - 1 - j) for j, d in enumerate(dims) if d not in ask.by)
         columns = (1, *(2 + dims.index(d) for d in ask.by),
                    *(2 + len(dims) + fields.index(f) for f in mine))  # fmt: skip
-        parts.append(_Part(i, tuple(mine), columns, grouping))
+        parts.append(_Part(i, tuple(mine), columns, grouping, memory=table))
     return statement, parts
 
 
@@ -371,14 +410,14 @@ def _sums(sign: str) -> str:
     )
 
 
-def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
+def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool, memory: bool) -> str | None:
     """The executions of the ask's span as rows of ``schema.EXECUTION_SUMS`` (with
     started_at, workflow_id, channel and error_type), from ``execution_slots``
     (``_from_slots``)."""
     return _from_slots(
-        q, ask, pending, "execution_slots",
+        q, ask, pending, memory, "execution_slots",
         f"nullIf(error_type, '') AS error_type, {', '.join(EXECUTION_SUMS)}",
-        lambda sign: f"e.error_type, {_sums(sign)}",
+        lambda sign: f"e.error_type AS error_type, {_sums(sign)}",
     )  # fmt: skip
 
 
@@ -386,11 +425,12 @@ def _from_slots(
     q: ActivityQuery,
     ask: Ask,
     pending: bool,
+    memory: bool,
     table: str,
     kept: str,
     of_execution: Callable[[str], str],
     join: str = "",
-) -> str:
+) -> str | None:
     """The rows of the ask's span (started_at, workflow_id, channel, then ``kept``) from
     sums per slot of the executions' start: the slots no window edge cuts from
     ``table`` (the rows of the folds up to the watermark ``{folded}``); the
@@ -398,20 +438,23 @@ def _from_slots(
     if the tenant has any: ``pending``), as rows of ``of_execution("1")``; and what
     the slots hold of the latter taken away, their rows of ``execution_log`` as
     ``of_execution("-sign")``. ``join``: an ARRAY JOIN of an execution (``e``) into
-    rows (its node events)."""
+    rows (its node events). ``memory``: the slots no edge cuts are not read (they are
+    added up from memory); None if nothing else is to be read."""
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
     whole = sql.whole_slots(*_span(q, ask), cut)
     slot_start = f"fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC')"
     # Each part filters itself: a filter over their union cost more than the parts.
-    parts = [
-        f"""SELECT {slot_start} AS started_at, workflow_id, nullIf(channel, '') AS channel,
-            {kept}
-        FROM (SELECT * FROM {table}
-              WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}} AND {sql.FILTERS}
-                AND {whole})"""
-    ]
+    parts = []
+    if not memory:
+        parts.append(
+            f"""SELECT {slot_start} AS started_at, workflow_id,
+                nullIf(channel, '') AS channel, {kept}
+            FROM (SELECT * FROM {table}
+                  WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
+                    AND {sql.FILTERS} AND {whole})"""
+        )
     if cut or pending:
         rows = sql.executions(
             f"{in_period} AND ({sql.in_slots('started_at', cut)})",
@@ -419,17 +462,21 @@ def _from_slots(
             nodes=bool(join),
         )
         parts.append(
-            f"SELECT e.started_at, e.workflow_id, e.channel, {of_execution('1')}"
+            "SELECT e.started_at AS started_at, e.workflow_id AS workflow_id,"
+            f" e.channel AS channel, {of_execution('1')}"
             f" FROM ({_in_period(rows, in_period, pending)}) e{join}"
         )
     if pending:
         parts.append(
-            f"""SELECT {slot_start}, e.workflow_id, e.channel, {of_execution("-sign")}
+            f"""SELECT {slot_start} AS started_at, e.workflow_id AS workflow_id,
+                e.channel AS channel, {of_execution("-sign")}
             FROM (SELECT *, {sql.slot_of("started_at")} AS slot FROM execution_log
                   WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
                     AND execution_id IN ({sql.PENDING}) AND {sql.FILTERS}) e{join}
             WHERE {whole}"""
         )
+    if not parts:
+        return None
     return "(" + " UNION ALL ".join(parts) + ")"
 
 
@@ -447,32 +494,29 @@ def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     return _aggregate(q, ask, nodes, "started_at", _EXEC_ROW_DIMS, [_NODE_SUMS])
 
 
-def _slot_nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
-    """Node events per window and ``ask.by`` (dimensions ``node_slots`` keeps) from their
-    sums per slot (``_from_slots``). A cell's type is its node's one type; the last
-    column, how many types the node has there (more than one: its latest is the type
-    of its latest event, which the sums do not keep, and ``_nodes`` answers instead)."""
+def _slot_nodes(q: ActivityQuery, ask: Ask, pending: bool, memory: bool) -> str | None:
+    """Node events per window, ``ask.by`` (dimensions ``node_slots`` keeps) and node
+    type, from their sums per slot (``_from_slots``): a row per type, put together
+    per cell by ``_node_cells``."""
     parts = _from_slots(
-        q, ask, pending, "node_slots", f"node_id, node_type, {', '.join(NODE_SUMS)}",
-        lambda sign: f"n.2, n.3, {_node_sums(sign)}", " ARRAY JOIN e.nodes AS n",
+        q, ask, pending, memory, "node_slots", f"node_id, node_type, {', '.join(NODE_SUMS)}",
+        lambda sign: f"n.2 AS node_id, n.3 AS node_type, {_node_sums(sign)}",
+        " ARRAY JOIN e.nodes AS n",
     )  # fmt: skip
+    if parts is None:
+        return None
     plan = _plan(q, ask)
     rows = _in_windows(plan, parts, "started_at")
     named, group = _grouped(plan, [_EXEC_ROW_DIMS[d] for d in ask.by])
-    keys = ", ".join(f"k{i}" for i in range(len(ask.by) + 1))
-    per_type = ", ".join(f"sum(x.{c}) AS t_{c}" for c in NODE_SUMS)
-    # A type whose events all were taken away is no type of the node's.
-    return f"""SELECT {keys}, any(t), {", ".join(f"sum(t_{c})" for c in NODE_SUMS)}, count()
-    FROM (SELECT {named}, x.node_type AS t, {per_type} FROM {rows}
-          GROUP BY {group}, t HAVING t_events != 0)
-    GROUP BY {keys}"""
+    per_type = ", ".join(f"sum(x.{c})" for c in NODE_SUMS)
+    return f"SELECT {named}, x.node_type AS t, {per_type} FROM {rows} GROUP BY {group}, t"
 
 
 def _node_sums(sign: str) -> str:
     return ", ".join(f"{e} AS {c}" for e, c in zip(node_sums(sign, "n"), NODE_SUMS, strict=True))
 
 
-def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
+def _messages(q: ActivityQuery, ask: Ask, pending: bool, memory: bool = False) -> str | None:
     """The messages and feedback of the ask's span, as rows (ts, workflow_id, channel,
     customer_id, sent, received, csat_sum, csat_n).
 
@@ -481,7 +525,8 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     the slots no window edge cuts come from ``message_slots`` (the folds up to the
     watermark ``{folded}``), one row per slot; the events of the cut slots and those
     ingested after the watermark (if the tenant has any: ``pending``) come from the
-    events themselves.
+    events themselves. ``memory``: the slots are added up from memory, not read
+    (None: nothing else is to be read).
     """
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     columns = """ts, workflow_id, channel, customer_id,
@@ -489,7 +534,7 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
         if(type = 'feedback.submitted', toInt64(csat), NULL) AS csat_sum,
         toUInt64(type = 'feedback.submitted' AND csat IS NOT NULL) AS csat_n"""
     in_span = f"ts BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
-    if not set(ask.by) <= {"channel", "workflow_id", "error_type"}:
+    if not set(ask.by) <= _MESSAGE_SLOT_DIMS:
         return f"({sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, in_span)})"
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
     in_cut = sql.in_slots("ts", cut)
@@ -504,6 +549,8 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool) -> str:
         parts.append(
             sql.tenant_events(MESSAGE_ROLLUP_TYPES, columns, f"{in_span} AND ({' OR '.join(raw)})")
         )
+    if memory:
+        return "(" + " UNION ALL ".join(parts) + ")" if parts else None
     # The rows of every fold up to the watermark, added up by the aggregate over them
     # (each part filters itself: a filter over their union cost more than the parts).
     parts.append(
@@ -525,25 +572,144 @@ def _span(q: ActivityQuery, ask: Ask) -> tuple[datetime, datetime]:
     )
 
 
-def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool) -> list[Cells]:
+#: Reads the sums per slot of the one workflow asked about, over slots first..last,
+#: from memory (``slot_cache``).
+SlotReader = Callable[[int, int], SlotSums]
+
+
+def _memory_rows(
+    q: ActivityQuery, ask: Ask, table: Table, sums: SlotSums, by_type: bool = False
+) -> list[list[Any]]:
+    """Rows (window, ``ask.by``'s values, then the table's sums) of the slots of the
+    ask's span that no window edge cuts, from memory; ``by_type``: per node type too,
+    after the key (``_slot_nodes``'s rows)."""
+    rows = sums.rows(table)
+    cut = sql.cut_slots(q.windows[w] for w in ask.windows)
+    start, end = _span(q, ask)
+    first, last = sql.slot_of_us(sql.epoch_us(start)), sql.slot_of_us(sql.epoch_us(end))
+    keep = (rows.slot >= first) & (rows.slot <= last) & ~np.isin(rows.slot, cut)
+    if q.channels:
+        codes = [sums.codes[c] for c in q.channels if c in sums.codes]
+        keep &= np.isin(rows.keys[:, table.keys.index("channel")], codes)
+    columns: list[str] = [d for d in ask.by if d in table.keys]
+    if by_type:
+        columns.append("node_type")
+    index = [table.keys.index(c) for c in columns]
+    starts = SLOTS_FROM_US + rows.slot * SLOT_US
+    out: list[list[Any]] = []
+    for w in ask.windows:
+        window = q.windows[w]
+        mask = keep & (starts >= sql.epoch_us(window.start)) & (starts <= sql.epoch_us(window.end))
+        if not mask.any():
+            continue
+        keys, totals = group(
+            [rows.keys[mask, i] for i in index] or [np.zeros(int(mask.sum()), np.int64)],
+            rows.sums[mask],
+        )
+        texts = [[sums.values[c] for c in k.tolist()] for k in keys[: len(index)]] if index else []
+        by_column = dict(zip(columns, texts, strict=True))
+        for j, values in enumerate(totals.tolist()):
+            key: list[Any] = [w]
+            for d in ask.by:
+                if d == "workflow_id":
+                    key.append(q.workflow_ids[0])
+                elif d in by_column:
+                    v = by_column[d][j]
+                    key.append(v if d == "node_id" or v else None)  # '' is NULL but a node id
+                else:  # a dimension the table does not keep (messages' error type)
+                    key.append(None)
+            if by_type:
+                key.append(by_column["node_type"][j])
+            out.append(key + values)
+    return out
+
+
+def _node_cells(rows: Sequence[Sequence[Any]], n_keys: int) -> list[list[Any]] | None:
+    """Cells of node events from rows per cell and type (key, type, ``NODE_SUMS``): a
+    cell's type is its node's one type there; None if a node has more than one in a
+    cell (its latest is the type of its latest event, which the sums do not keep)."""
+    per_cell: dict[tuple[Any, ...], dict[str, list[int]]] = {}
+    for row in rows:
+        types = per_cell.setdefault(tuple(row[:n_keys]), {})
+        total = types.setdefault(row[n_keys], [0] * len(NODE_SUMS))
+        for j, v in enumerate(row[n_keys + 1 :]):
+            total[j] += v
+    out = []
+    for key, types in per_cell.items():
+        # A type whose events all were taken away is no type of the node's.
+        kept = [(t, v) for t, v in types.items() if v[0] != 0]
+        if len(kept) > 1:
+            return None
+        if kept:
+            out.append([*key, kept[0][0], *kept[0][1]])
+    return out
+
+
+def _add_sums(
+    cells: Cells, rows: Iterable[Sequence[Any]], n_keys: int, fields: Sequence[str]
+) -> None:
+    """Add ``fields`` (after the key) of each row to its cell's."""
+    for row in rows:
+        key = tuple(row[:n_keys])
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = Sums()
+        for name, value in zip(fields, row[n_keys:], strict=True):
+            setattr(cell, name, getattr(cell, name) + value)
+
+
+def activity(
+    transport: Transport,
+    q: ActivityQuery,
+    folded: int,
+    pending: bool,
+    slot_sums: SlotReader | None = None,
+) -> list[Cells]:
     """The cells of every ask of ``q`` (``folded``: the fold's watermark; ``pending``:
-    whether the tenant has events after it), every statement side by side."""
+    whether the tenant has events after it), every statement side by side.
+    ``slot_sums``: where the query is about one workflow and the fold has run, its
+    sums per slot from memory."""
     base = {
         "tenant": q.tenant,
         "tz": q.timezone,
         "folded": folded,
         **sql.filter_params(q.workflow_ids, q.channels),
     }
-    statements = _statements(q, pending, folded=folded > 0)
-    tables = transport.query_all(
-        [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements]
+    memory = slot_sums is not None and folded > 0 and len(q.workflow_ids) == 1
+    statements = _statements(q, pending, folded=folded > 0, memory=memory)
+    asked = [(ask, statement) for ask, (statement, _) in statements if statement is not None]
+    tables = iter(
+        transport.query_all(
+            [(statement, base | _window_params(q, ask)) for ask, statement in asked]
+        )
     )
+    in_memory: SlotSums | None = None
+    if memory and any(p.memory for _, (_, parts) in statements for p in parts):
+        assert slot_sums is not None
+        spans = [_span(q, q.asks[p.ask]) for _, (_, parts) in statements for p in parts if p.memory]
+        in_memory = slot_sums(
+            sql.slot_of_us(sql.epoch_us(min(a for a, _ in spans))),
+            sql.slot_of_us(sql.epoch_us(max(b for _, b in spans))),
+        )
     out: list[Cells] = [{} for _ in q.asks]
-    for (bound, (_, parts)), table in zip(statements, tables, strict=True):
-        found = sql.rows(table)
+    for bound, (statement, parts) in statements:
+        found = sql.rows(next(tables)) if statement is not None else []
         fallback = parts[0].fallback
-        if fallback is not None and any(row[-1] > 1 for row in found):
+        if fallback is not None:  # nodes per type
+            part = parts[0]
+            ask = q.asks[part.ask]
+            n_keys = 1 + len(ask.by)
+            if part.memory is not None:
+                assert in_memory is not None
+                found = found + [
+                    tuple(r) for r in _memory_rows(q, ask, part.memory, in_memory, by_type=True)
+                ]
+            per_cell = _node_cells(found, n_keys)
+            if per_cell is not None:
+                add_rows(out[part.ask], per_cell, n_keys, part.fields)
+                continue
             found = sql.rows(transport.query(fallback, base | _window_params(q, bound)))
+            parts = [replace(part, memory=None)]
         for part in parts:
             ask = q.asks[part.ask]
             n_keys = 1 + len(ask.by)
@@ -564,6 +730,11 @@ def activity(transport: Transport, q: ActivityQuery, folded: int, pending: bool)
                     ]
                 rows.append(values)
             add_rows(out[part.ask], rows, n_keys, part.fields)
+            if part.memory is not None and part.fallback is None:
+                assert in_memory is not None
+                _add_sums(
+                    out[part.ask], _memory_rows(q, ask, part.memory, in_memory), n_keys, part.fields
+                )
     for ask, cells in zip(q.asks, out, strict=True):
         if "durations" in ask.measures:
             fill_quantiles(cells, len(q.quantiles))

@@ -36,6 +36,7 @@ from kaie_analytics.analytics.facts import (
 )
 from kaie_analytics.engines.clickhouse import activity, customers, exports, folds, realtime, sql
 from kaie_analytics.engines.clickhouse.schema import ddl
+from kaie_analytics.engines.clickhouse.slot_cache import SlotCache, SlotSums
 from kaie_analytics.engines.clickhouse.transport import Transport, open_transport
 from kaie_analytics.engines.clickhouse.writer import Writer
 from kaie_analytics.errors import StoreUnavailable
@@ -58,7 +59,12 @@ class ClickHouseEngine:
     prepare = staticmethod(columns.prepare)
 
     def __init__(
-        self, transport: Transport, *, cluster: str | None = None, fold_idle_s: float = 2.0
+        self,
+        transport: Transport,
+        *,
+        cluster: str | None = None,
+        fold_idle_s: float = 2.0,
+        rollup_cache_bytes: int = 256 << 20,
     ) -> None:
         self.transport = transport
         for statement in ddl(cluster):
@@ -90,8 +96,15 @@ class ClickHouseEngine:
         self._writer = Writer(transport, self._bump)
         # Only the embedded engine folds (see ``folds``); on a server, every answer
         # merges the executions from their states.
+        #: Workflows' sums per slot in memory, kept current by the fold (embedded only).
+        self.slot_cache = SlotCache(transport, rollup_cache_bytes) if transport.embedded else None
         self.folder = (
-            folds.Folder(transport, fold_idle_s, self._writer.oldest_in_flight)
+            folds.Folder(
+                transport,
+                fold_idle_s,
+                self._writer.oldest_in_flight,
+                self.slot_cache.changed if self.slot_cache else None,
+            )
             if transport.embedded
             else None
         )
@@ -101,11 +114,17 @@ class ClickHouseEngine:
     def open(
         cls, backend: str, data_dir: Path, *, cluster: str | None = None,
         query_timeout_s: float = 10.0, fold_idle_s: float = 2.0,
+        rollup_cache_bytes: int = 256 << 20,
     ) -> ClickHouseEngine:  # fmt: skip
         transport = open_transport(
             backend, data_dir, query_timeout_s=query_timeout_s, cluster=cluster
         )
-        return cls(transport, cluster=cluster, fold_idle_s=fold_idle_s)
+        return cls(
+            transport,
+            cluster=cluster,
+            fold_idle_s=fold_idle_s,
+            rollup_cache_bytes=rollup_cache_bytes,
+        )
 
     @contextlib.contextmanager
     def _folded(self) -> Iterator[int]:
@@ -259,7 +278,17 @@ class ClickHouseEngine:
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
         with self._folded() as folded:
-            return activity.activity(self.transport, q, folded, self._pending(q.tenant, folded))
+            cache = self.slot_cache
+            slot_sums = None
+            if cache is not None and len(q.workflow_ids) == 1:
+                workflow_id = q.workflow_ids[0]
+
+                def slot_sums(first: int, last: int) -> SlotSums:
+                    assert cache is not None
+                    return cache.sums(q.tenant, workflow_id, first, last, folded)
+
+            pending = self._pending(q.tenant, folded)
+            return activity.activity(self.transport, q, folded, pending, slot_sums)
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
         with self._folded() as folded:

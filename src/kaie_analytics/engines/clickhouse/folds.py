@@ -74,6 +74,7 @@ from kaie_analytics.engines.clickhouse.schema import (
     LAYOUT,
     MESSAGE_ROLLUP_TYPES,
     NODE_TYPES,
+    SLOTS_PER_DAY,
     executions_state_view,
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
@@ -237,6 +238,20 @@ JOURNEY_STATEMENTS = (
     f"""INSERT INTO journey_keys
     SELECT tenant, journey_id, journey_type, first_step, version FROM ({_NEW_JOURNEYS})""",
 )
+
+
+#: The workflows and UTC days whose sums per slot the fold ``hi`` wrote
+#: rows for: the starts of the executions whose log rows it wrote (before and after),
+#: and the messages it added up (``slot_cache``).
+CHANGED_DAYS = f"""
+SELECT DISTINCT workflow_id, intDiv(slot, {SLOTS_PER_DAY}) FROM (
+    SELECT workflow_id, {sql.slot_of("started_at")} AS slot FROM execution_log
+    WHERE tenant = {{tenant:String}} AND fold = {{hi:Int64}} AND execution_id IN ({_TOUCHED})
+    UNION ALL
+    SELECT ifNull(workflow_id, ''), {sql.slot_of("ts")} FROM events
+    WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES} AND {_IN_FOLD}
+)
+"""
 
 
 #: What a fold adds up of messages, in order (after the numbers, which they use).
@@ -409,9 +424,16 @@ class Folder:
     the folds wrote every ``COMPACT_EVERY_S`` (embedded only)."""
 
     def __init__(
-        self, transport: Transport, idle_s: float, in_flight: Callable[[], int | None]
+        self,
+        transport: Transport,
+        idle_s: float,
+        in_flight: Callable[[], int | None],
+        changed: Callable[[int, int, set[tuple[str, str, int]]], None] | None = None,
     ) -> None:
         self._transport = transport
+        #: Told, before answers read with a fold's watermark, the (tenant, workflow,
+        #: UTC day) whose sums per slot it changed (``slot_cache``).
+        self._changed = changed
         self._idle_s = idle_s
         #: µs of ``ingested_at`` of the oldest insert still running (``Writer``): its
         #: events may be visible before all that views derive from them.
@@ -479,7 +501,9 @@ class Folder:
             if self._cut_off:
                 _drop_after(t, lo)
             self._cut_off = True  # until this fold has written its watermark
+            changed: set[tuple[str, str, int]] = set()
             for tenant, _, executions, messages, customers, journeys in tenants:
+                params = {"tenant": tenant, "lo": lo, "hi": hi}
                 # Only what the tenant's new events can change (each statement has a cost).
                 statements = (
                     # Numbers first: the executions and active customers use them.
@@ -490,8 +514,13 @@ class Folder:
                     + (JOURNEY_STATEMENTS if journeys else ())
                 )
                 for statement in statements:
-                    t.command(statement, {"tenant": tenant, "lo": lo, "hi": hi})
+                    t.command(statement, params)
+                if self._changed is not None and (executions or messages):
+                    found_days = t.query(CHANGED_DAYS, params)
+                    changed |= {(tenant, w, int(d)) for w, d in sql.rows(found_days)}
             set_state(t, WATERMARK, hi)  # 4. the watermark, last
+            if self._changed is not None:
+                self._changed(lo, hi, changed)
             with self._readers_lock:
                 self.watermark = hi
             self._cut_off = False

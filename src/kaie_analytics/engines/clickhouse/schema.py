@@ -95,6 +95,8 @@ MESSAGE_ROLLUP_TYPES = "('message.sent', 'message.received', 'feedback.submitted
 #: from a time on the grid before any stored time (1900-01-01, as DateTime64(6) begins).
 SLOT_US = 15 * 60 * 1_000_000
 SLOTS_FROM_US = -2_208_988_800_000_000
+#: Slots per UTC day (``SLOTS_FROM_US`` is a midnight, so a day's slots are slot // this).
+SLOTS_PER_DAY = 24 * 3600 * 1_000_000 // SLOT_US
 #: The month of column ``slot`` (the partition of the tables kept per slot).
 SLOT_MONTH = f"toYYYYMM(fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_US}, 'UTC'))"
 #: The slot of an execution's start, for the views over ``execution_log``.

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from kaie_analytics.engines.duckdb import rollups
-from kaie_analytics.engines.duckdb.rollup_cache import Rollups, runs
+from kaie_analytics.engines.duckdb.rollup_cache import Rollups
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
 from kaie_analytics.engines.duckdb.times import SLOT_US, epoch_us, from_epoch_us
+from kaie_analytics.engines.sums import runs
 
 #: More raw ranges than this are read with one range and a slot filter.
 MAX_RANGES = 8

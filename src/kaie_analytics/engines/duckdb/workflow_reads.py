@@ -25,6 +25,7 @@ from kaie_analytics.engines.duckdb.rollups import SLOTS_PER_DAY
 from kaie_analytics.engines.duckdb.slots import Intervals, RawExecutions, SlotPlan
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
 from kaie_analytics.engines.duckdb.times import SLOT_US, epoch_us
+from kaie_analytics.engines.sums import group
 
 #: Where each dimension is among the keys of the execution rollups.
 _KEYS = {"channel": 0, "error_type": 1}
@@ -220,7 +221,7 @@ class _Reader:
                     columns.append(np.zeros(len(rows.slot), np.int64))  # messages have none
                 else:
                     columns.append(rows.keys[:, _KEYS[d]])
-            (pieces, *codes), sums = rollup_cache.group(columns, rows.sums)
+            (pieces, *codes), sums = group(columns, rows.sums)
             decoded = [
                 [None] * len(pieces)
                 if d == "error_type" and table is MESSAGES
@@ -237,7 +238,7 @@ class _Reader:
                 distinct, coded = slots.factorize(getattr(raw, d)[keep])
                 columns.append(coded)
                 distinct_values.append(distinct)
-            (pieces, *codes), sums = rollup_cache.group(columns, raw.sums()[keep])
+            (pieces, *codes), sums = group(columns, raw.sums()[keep])
             decoded = [
                 [distinct_values[i][c] for c in column.tolist()] for i, column in enumerate(codes)
             ]
@@ -343,7 +344,7 @@ class _Reader:
         local_us = distinct * SLOT_US + _utc_offsets_us(distinct, ZoneInfo(self.q.timezone))
         hour_start = distinct * SLOT_US - local_us % 3_600_000_000
         hours, per_slot = np.unique(hour_start, return_inverse=True)
-        (hour,), sums = rollup_cache.group([per_slot[index]], np.concatenate(parts_sums))
+        (hour,), sums = group([per_slot[index]], np.concatenate(parts_sums))
         starts = hours[hour].astype("datetime64[us]").tolist()  # datetimes, in C
         return {(w, t): Sums(*v) for t, v in zip(starts, sums.tolist(), strict=True)}
 
@@ -358,7 +359,7 @@ class _Reader:
         if first <= last:
             x = self.rolled.rows(NODES, first, last, self.p.raw, _EMPTY)
             node, type_code, type_ts = x.keys[:, 0], x.keys[:, 1], x.keys[:, 2]
-            (ids,), sums = rollup_cache.group([node], x.sums)
+            (ids,), sums = group([node], x.sums)
             at = rollup_cache.latest(node, type_ts)
             for n, i, v in zip(ids.tolist(), at.tolist(), sums.tolist(), strict=True):
                 latest[values[n]] = (int(type_ts[i]), values[int(type_code[i])])
