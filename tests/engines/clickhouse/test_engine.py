@@ -16,12 +16,13 @@ from factories import iso
 from kaie_analytics.analytics.facts import (
     ActivityQuery,
     Ask,
+    Cells,
     CustomerQuery,
     JourneyQuery,
     RowsQuery,
     Window,
 )
-from kaie_analytics.engines.clickhouse import activity, folds, slot_cache, sql, writer
+from kaie_analytics.engines.clickhouse import activity, folds, sql, workflow_days, writer
 from kaie_analytics.engines.clickhouse import customers as customer_facts
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import FOLD_TAGGED, ddl
@@ -983,11 +984,12 @@ def test_a_journey_whose_type_or_first_step_changes_leaves_its_old_key(
     engine.close()
 
 
-def test_sums_per_slot_held_in_memory_follow_every_fold(tmp_path: Path) -> None:
-    """A workflow's sums per slot are held in memory per day once read; a fold drops the
-    days it changed (a late completion changes the day its execution started), and an
-    answer with an earlier watermark reads the sums of that watermark without keeping
-    them. Expected: the events counted here, one by one."""
+def test_a_workflows_days_held_in_memory_follow_every_fold(tmp_path: Path) -> None:
+    """A workflow's folded executions and sums per slot are held in memory per day once
+    read; a fold drops the days it changed (a late failure changes the day its
+    execution started), and an answer with an earlier watermark reads the days as of
+    that watermark without keeping them. Expected: the events counted here, one by
+    one."""
     engine = ClickHouseEngine(ChdbTransport(tmp_path / "ch"), fold_idle_s=3600)
     d0 = datetime(2024, 5, 1)
     window = Window(d0 + timedelta(minutes=7), d0 + timedelta(days=2, hours=20, minutes=53))
@@ -995,17 +997,21 @@ def test_sums_per_slot_held_in_memory_follow_every_fold(tmp_path: Path) -> None:
         Ask((0,), frozenset({"executions"}), ("channel",)),
         Ask((0,), frozenset({"messages"})),
         Ask((0,), frozenset({"nodes"}), ("node_id",)),
-    ), workflow_ids=("wf",))  # fmt: skip
+        Ask((0,), frozenset({"customers", "durations"})),
+    ), workflow_ids=("wf",), quantiles=(0.5, 0.9))  # fmt: skip
     starts: dict[int, tuple[datetime, str]] = {}
     ended: dict[int, tuple[str, int]] = {}
+    customer: dict[int, str] = {}
     messages: list[datetime] = []
     nodes: list[tuple[datetime, str, int]] = []  # start of the execution, node, duration
 
     def execution(i: int, t: datetime, channel: str) -> list[dict[str, object]]:
         starts[i] = (t, channel)
         ended[i] = ("completed", i)
+        customer[i] = f"c{i % 7}"
         nodes.append((t, f"n{i % 2}", i))
-        base = {"workflow_id": "wf", "execution_id": f"x{i}", "channel": channel}
+        base = {"workflow_id": "wf", "execution_id": f"x{i}", "channel": channel,
+                "customer_id": f"c{i % 7}"}  # fmt: skip
         return [{**base, "id": f"s{i}", "type": "execution.started", "timestamp": iso(t)},
                 {**base, "id": f"c{i}", "type": "execution.completed", "duration_ms": i,
                  "timestamp": iso(t + timedelta(seconds=1))},
@@ -1017,7 +1023,9 @@ def test_sums_per_slot_held_in_memory_follow_every_fold(tmp_path: Path) -> None:
         return {"id": f"m{k}", "type": "message.sent", "timestamp": iso(t),
                 "workflow_id": "wf", "customer_id": "c", "channel": "sms"}  # fmt: skip
 
-    def want() -> tuple[dict[object, tuple[int, int, int, int]], int, dict[object, int]]:
+    Facts = tuple[dict[object, tuple[int, int, int, int]], int, dict[object, int], object]
+
+    def want() -> Facts:
         inside = {i for i, (t, _) in starts.items() if window.start <= t <= window.end}
         by_channel: dict[object, tuple[int, int, int, int]] = {}
         for ch in {starts[i][1] for i in inside}:
@@ -1030,25 +1038,38 @@ def test_sums_per_slot_held_in_memory_follow_every_fold(tmp_path: Path) -> None:
         for t, node, _ in nodes:
             if window.start <= t <= window.end:
                 per_node[(0, node)] = per_node.get((0, node), 0) + 1
-        return by_channel, sent, per_node
+        durations = [ended[i][1] for i in inside]
+        quantiles = tuple(float(np.percentile(durations, p)) for p in (50, 90))
+        return by_channel, sent, per_node, (len({customer[i] for i in inside}), quantiles)
 
-    def got() -> tuple[dict[object, tuple[int, int, int, int]], int, dict[object, int]]:
-        execs, msgs, per_node = engine.activity(q)
+    def got(cells: list[Cells] | None = None) -> Facts:
+        execs, msgs, per_node, overall = cells or engine.activity(q)
         return (
             {k: (c.executions, c.successful, c.failed, c.duration_sum)
              for k, c in execs.items() if c.executions},
             sum(c.sent for c in msgs.values()),
             {k: c.node_events for k, c in per_node.items()},
+            (overall[(0,)].customers, overall[(0,)].quantiles),
         )  # fmt: skip
 
     events = []
     for i in range(60):  # every 70 minutes over three days, the window's edges cut slots
         events += execution(i, d0 + timedelta(minutes=70 * i + 3), ("sms", "voice")[i % 2])
         events.append(message(i, d0 + timedelta(minutes=70 * i + 11)))
+    # An execution known from its completion alone: it started 1 s before, for "cz".
+    done = d0 + timedelta(days=2, hours=3)  # a day nothing else of the late events is on
+    lone = {"workflow_id": "wf", "execution_id": "y", "channel": "sms"}
+    events.append({**lone, "id": "yc", "type": "execution.completed", "duration_ms": 1000,
+                   "timestamp": iso(done), "customer_id": "cz"})  # fmt: skip
+    starts[100], ended[100], customer[100] = (
+        (done - timedelta(seconds=1), "sms"),
+        ("completed", 1000),
+        "cz",
+    )
     engine.append("acme", _valid(events)).result()
     engine.settle()
     assert got() == want()
-    cache = engine.slot_cache
+    cache = engine.workflow_days
     assert cache is not None and cache.nbytes > 0
     assert got() == want()  # from the days held
     first_fold = engine.folder.watermark if engine.folder else 0
@@ -1062,12 +1083,21 @@ def test_sums_per_slot_held_in_memory_follow_every_fold(tmp_path: Path) -> None:
                  "timestamp": iso(starts[1][0] + timedelta(seconds=5)),
                  "workflow_id": "wf", "execution_id": "x1", "channel": "voice"})  # fmt: skip
     ended[1] = ("failed", 5000)  # its duration from the timestamps: 5 s
+    # The lone execution's start arrives, for another customer: only its customer
+    # changes (a fold that writes nothing else for its day).
+    late.append({**lone, "id": "ys", "type": "execution.started",
+                 "timestamp": iso(starts[100][0]), "customer_id": "c0"})  # fmt: skip
+    customer[100] = "c0"
     engine.append("acme", _valid(late)).result()
     assert got() == want()  # not folded yet: read from the events
     engine.settle()
     assert got() == want()
-    # The first fold's sums, as an answer that began before the second fold reads them.
-    rows = cache.sums("acme", "wf", 0, 10**8, first_fold).rows(slot_cache.EXECUTIONS)
-    assert int(rows.sums[:, 0].sum()) == 60
+
+    # An answer that began before the second fold finished: as of the first fold's
+    # watermark, with the late events merged (the days it reads are not kept).
+    def days(first: int, last: int) -> workflow_days.Days:
+        return cache.days("acme", "wf", first, last, first_fold)
+
+    assert got(activity.activity(engine.transport, q, first_fold, True, days)) == want()
     assert got() == want()
     engine.close()

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
+import pyarrow as pa
 
 from kaie_analytics.analytics.facts import (
     MEASURE_FIELDS,
@@ -26,6 +28,7 @@ from kaie_analytics.analytics.facts import (
     Ask,
     Cells,
     Dimension,
+    Measure,
     Sums,
     add_rows,
     fill_quantiles,
@@ -37,17 +40,18 @@ from kaie_analytics.engines.clickhouse.schema import (
     NODE_SUMS,
     SLOT_US,
     SLOTS_FROM_US,
+    SLOTS_PER_DAY,
     execution_sums,
     node_sums,
 )
-from kaie_analytics.engines.clickhouse.slot_cache import (
-    EXECUTIONS,
+from kaie_analytics.engines.clickhouse.transport import Transport
+from kaie_analytics.engines.clickhouse.workflow_days import (
     MESSAGES,
     NODES,
-    SlotSums,
+    Days,
+    Executions,
     Table,
 )
-from kaie_analytics.engines.clickhouse.transport import Transport
 from kaie_analytics.engines.sums import group
 
 _EXEC_DIMS: dict[Dimension, str] = {
@@ -73,6 +77,24 @@ _SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
 _NODE_SLOT_DIMS = frozenset({"workflow_id", "channel", "node_id"})
 #: The dimensions ``message_slots`` keeps (messages have no error type: all NULL).
 _MESSAGE_SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
+#: The measures of executions, in the order of their fields in a cell's row.
+_EXEC_MEASURES: tuple[Measure, ...] = ("executions", "customers", "durations")
+_HOUR_US = 3_600_000_000
+_DAY_US = SLOTS_PER_DAY * SLOT_US
+#: The dimensions of executions worked out from those held in memory.
+_MEMORY_EXEC_DIMS = frozenset({"workflow_id", "channel", "error_type", "hour"})
+#: The executions waiting for a fold, as ``workflow_days.Executions``'s columns, then
+#: the customer's id where it has no number yet, and whether the execution is one
+#: asked about (of the workflow, started in ``{lo}``..``{hi}``). Their folded rows,
+#: wherever those were, are left out of those held in memory.
+_WAITING = f"""
+SELECT {sql.us("started_at")}, ifNull(channel, ''), ifNull(error_type, ''), status,
+    ifNull(duration_ms, -1), customer_num, cityHash64(execution_id), execution_id,
+    if(customer_num = 0, customer_id, NULL),
+    ifNull(started_at BETWEEN {sql.time_param("lo")} AND {sql.time_param("hi")}
+           AND {sql.FILTERS}, 0)
+FROM ({sql.waiting_executions(numbers=True)})
+"""
 _MESSAGE_SUMS = "sum(x.sent), sum(x.received), coalesce(sum(x.csat_sum), 0), sum(x.csat_n)"
 _NODE_SUMS = """argMax(x.node_type, x.ts), count(), countIf(x.ok), countIf(NOT x.ok),
     coalesce(sum(x.dur), 0), count(x.dur)"""
@@ -246,6 +268,9 @@ class _Part:
     #: The table of sums per slot held in memory whose slots no window edge cuts add
     #: to these cells (the statement reads only the rest).
     memory: Table | None = None
+    #: The cells are worked out from the executions held in memory and those waiting
+    #: for a fold (``_WAITING``), with no statement of their own.
+    executions: bool = False
 
 
 #: A statement (None: nothing to read beyond the sums in memory), and where the cells
@@ -287,8 +312,10 @@ def _statements(
     distinct customers: a distinct count per extra set costs as much as its own read.
     ``folded``: whether the fold has run (embedded), which numbers the customers of
     the executions it writes and keeps their sums per slot; asks of execution sums
-    alone over their windows read those slots. ``memory``: the slots no window edge
-    cuts are added up from memory (``slot_cache``), not read."""
+    alone over their windows read those slots. ``memory``: the query is about one
+    workflow, whose folded facts are in memory (``workflow_days``): the sums of the
+    slots no window edge cuts are added up there, and executions by dimensions it
+    keeps are worked out there."""
     out: list[tuple[Ask, _Statement]] = []
     shared: dict[tuple[tuple[int, ...], bool], list[list[int]]] = {}
     # Windows whose executions are read one by one anyway (durations, or a dimension the
@@ -320,7 +347,10 @@ def _statements(
             )
             fields = MEASURE_FIELDS["messages"]
             out.append((ask, _plain(i, ask, statement, fields, MESSAGES if rolled else None)))
-        if "customers" in m:
+        if memory and m & set(_EXEC_MEASURES) and set(ask.by) <= _MEMORY_EXEC_DIMS:
+            fields = tuple(f for e in _EXEC_MEASURES if e in m for f in MEASURE_FIELDS[e])
+            out.append((ask, (None, [_Part(i, fields, (), executions=True)])))
+        elif "customers" in m:
             out.append((ask, _execution_statement(q, [i], pending, folded)))
         elif m & {"executions", "durations"}:
             slots = folded and ask.windows not in rows_read
@@ -334,23 +364,18 @@ def _statements(
                 groups.append([i])
     for (_, slots), groups in shared.items():
         for group in groups:
-            shared_statement = _execution_statement(q, group, pending, folded, slots, memory)
+            shared_statement = _execution_statement(q, group, pending, folded, slots)
             out.append((q.asks[group[0]], shared_statement))
     return out
 
 
 def _execution_statement(
-    q: ActivityQuery,
-    asks: list[int],
-    pending: bool,
-    folded: bool,
-    slots: bool = False,
-    memory: bool = False,
+    q: ActivityQuery, asks: list[int], pending: bool, folded: bool, slots: bool = False
 ) -> _Statement:
     """One statement over the executions for ``asks`` (the same windows); more than one:
     a grouping set each, its rows told apart by ``grouping()`` in the first column.
-    ``folded``, ``memory``: as for ``_statements``; ``slots``: from the sums per slot
-    (executions only, by dimensions the slots keep)."""
+    ``folded``: as for ``_statements``; ``slots``: from the sums per slot (executions
+    only, by dimensions the slots keep)."""
     dims: list[Dimension] = []
     for i in asks:
         dims += [d for d in q.asks[i].by if d not in dims]
@@ -371,26 +396,21 @@ def _execution_statement(
         )
     first = q.asks[asks[0]]
     union = Ask(first.windows, measures, tuple(dims))
-    memory = memory and slots
-    source: str | None
     if slots:
-        source = _slot_executions(q, union, pending, memory)
+        source = _slot_executions(q, union, pending)
     else:
         source = _executions(q, pending, numbers=folded and "customers" in measures)
     plan = _plan(q, union)
+    rows = _in_windows(plan, _with_segments(source, union), "started_at")
     sets = None if len(asks) == 1 else [[dims.index(d) for d in q.asks[i].by] for i in asks]
     named, group = _grouped(plan, [_EXEC_ROW_DIMS[d] for d in dims], sets)
-    statement: str | None = None
-    if source is not None:
-        rows = _in_windows(plan, _with_segments(source, union), "started_at")
-        statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
-    if "durations" in measures:  # read row by row, never from slots
+    statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
+    if "durations" in measures:
         # The sorted durations stay in the engine: only their percentiles come back.
         statement = f"SELECT * EXCEPT (d), {_quantiles(q.quantiles or (0.5,))} FROM ({statement})"
         fields += MEASURE_FIELDS["durations"]
-    table = EXECUTIONS if memory else None
     if len(asks) == 1:
-        return _plain(asks[0], first, statement, tuple(fields), table)
+        return _plain(asks[0], first, statement, tuple(fields))
     parts = []
     for i in asks:
         ask = q.asks[i]
@@ -400,7 +420,7 @@ def _execution_statement(
         grouping = sum(1 << (len(dims) - 1 - j) for j, d in enumerate(dims) if d not in ask.by)
         columns = (1, *(2 + dims.index(d) for d in ask.by),
                    *(2 + len(dims) + fields.index(f) for f in mine))  # fmt: skip
-        parts.append(_Part(i, tuple(mine), columns, grouping, memory=table))
+        parts.append(_Part(i, tuple(mine), columns, grouping))
     return statement, parts
 
 
@@ -410,15 +430,17 @@ def _sums(sign: str) -> str:
     )
 
 
-def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool, memory: bool) -> str | None:
+def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     """The executions of the ask's span as rows of ``schema.EXECUTION_SUMS`` (with
     started_at, workflow_id, channel and error_type), from ``execution_slots``
     (``_from_slots``)."""
-    return _from_slots(
-        q, ask, pending, memory, "execution_slots",
+    statement = _from_slots(
+        q, ask, pending, False, "execution_slots",
         f"nullIf(error_type, '') AS error_type, {', '.join(EXECUTION_SUMS)}",
         lambda sign: f"e.error_type AS error_type, {_sums(sign)}",
     )  # fmt: skip
+    assert statement is not None  # the slots are read
+    return statement
 
 
 def _from_slots(
@@ -572,25 +594,24 @@ def _span(q: ActivityQuery, ask: Ask) -> tuple[datetime, datetime]:
     )
 
 
-#: Reads the sums per slot of the one workflow asked about, over slots first..last,
-#: from memory (``slot_cache``).
-SlotReader = Callable[[int, int], SlotSums]
+#: Reads the folded facts of the one workflow asked about, over slots first..last
+#: (whole UTC days), from memory (``workflow_days``).
+DayReader = Callable[[int, int], Days]
 
 
 def _memory_rows(
-    q: ActivityQuery, ask: Ask, table: Table, sums: SlotSums, by_type: bool = False
+    q: ActivityQuery, ask: Ask, table: Table, days: Days, by_type: bool = False
 ) -> list[list[Any]]:
     """Rows (window, ``ask.by``'s values, then the table's sums) of the slots of the
     ask's span that no window edge cuts, from memory; ``by_type``: per node type too,
     after the key (``_slot_nodes``'s rows)."""
-    rows = sums.rows(table)
+    rows = days.rows(table)
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
     start, end = _span(q, ask)
     first, last = sql.slot_of_us(sql.epoch_us(start)), sql.slot_of_us(sql.epoch_us(end))
     keep = (rows.slot >= first) & (rows.slot <= last) & ~np.isin(rows.slot, cut)
     if q.channels:
-        codes = [sums.codes[c] for c in q.channels if c in sums.codes]
-        keep &= np.isin(rows.keys[:, table.keys.index("channel")], codes)
+        keep &= np.isin(rows.keys[:, table.keys.index("channel")], days.cache.code(q.channels))
     columns: list[str] = [d for d in ask.by if d in table.keys]
     if by_type:
         columns.append("node_type")
@@ -606,20 +627,123 @@ def _memory_rows(
             [rows.keys[mask, i] for i in index] or [np.zeros(int(mask.sum()), np.int64)],
             rows.sums[mask],
         )
-        texts = [[sums.values[c] for c in k.tolist()] for k in keys[: len(index)]] if index else []
-        by_column = dict(zip(columns, texts, strict=True))
+        texts = {
+            c: [days.values[v] for v in k.tolist()] for c, k in zip(columns, keys, strict=False)
+        }
         for j, values in enumerate(totals.tolist()):
             key: list[Any] = [w]
             for d in ask.by:
                 if d == "workflow_id":
                     key.append(q.workflow_ids[0])
-                elif d in by_column:
-                    v = by_column[d][j]
+                elif d in texts:
+                    v = texts[d][j]
                     key.append(v if d == "node_id" or v else None)  # '' is NULL but a node id
                 else:  # a dimension the table does not keep (messages' error type)
                     key.append(None)
             if by_type:
-                key.append(by_column["node_type"][j])
+                key.append(texts["node_type"][j])
+            out.append(key + values)
+    return out
+
+
+def _local_hours(starts: np.ndarray, timezone: str) -> np.ndarray:
+    """µs of the UTC instant at which each start's clock hour in ``timezone`` began (as
+    ``sql.local_hour``). A zone's offset is looked up once per UTC day, and per start
+    on a day whose offset changes (no zone changes twice in a day)."""
+    zone = ZoneInfo(timezone)
+
+    def offset_us(t: int) -> int:
+        offset = sql.from_epoch_us(t).replace(tzinfo=UTC).astimezone(zone).utcoffset()
+        return (offset or timedelta(0)) // sql.MICROSECOND
+
+    days, inverse = np.unique((starts - SLOTS_FROM_US) // _DAY_US, return_inverse=True)
+    first = SLOTS_FROM_US + days * _DAY_US
+    at_start = np.array([offset_us(int(t)) for t in first], np.int64)
+    at_end = np.array([offset_us(int(t) + _DAY_US - 1) for t in first], np.int64)
+    offsets = at_start[inverse]
+    for i in np.flatnonzero((at_start != at_end)[inverse]):
+        offsets[i] = offset_us(int(starts[i]))
+    return starts - (starts + offsets) % _HOUR_US
+
+
+def _execution_cells(
+    q: ActivityQuery, ask: Ask, execs: Executions, ids: list[str | None], days: Days
+) -> list[list[Any]]:
+    """Rows (window, ``ask.by``'s values, then the fields of its measures in the order of
+    ``_EXEC_MEASURES``) over executions: those held in memory, then those waiting for a
+    fold, whose customers without a number yet are ``ids`` (one per waiting one)."""
+    keep = np.ones(len(execs.started_us), bool)
+    if q.channels:
+        keep &= np.isin(execs.channel, days.cache.code(q.channels))
+    columns: dict[Dimension, np.ndarray] = {
+        d: execs.channel if d == "channel" else execs.error_type
+        for d in ask.by if d in ("channel", "error_type")
+    }  # fmt: skip
+    hours: np.ndarray | None = None
+    if "hour" in ask.by:
+        local = _local_hours(execs.started_us, q.timezone)
+        hours, columns["hour"] = np.unique(local, return_inverse=True)
+    finished = (execs.status > 0) & (execs.duration_ms >= 0)
+    sums = np.column_stack([
+        np.ones(len(keep), np.int64), execs.status == 1, execs.status == 2,
+        np.where(execs.status > 0, np.maximum(execs.duration_ms, 0), 0), finished,
+    ]).astype(np.int64)  # fmt: skip
+    waiting_from = len(execs.started_us) - len(ids)
+    out: list[list[Any]] = []
+    for w in ask.windows:
+        window = q.windows[w]
+        t = execs.started_us
+        mine = np.flatnonzero(
+            keep & (t >= sql.epoch_us(window.start)) & (t <= sql.epoch_us(window.end))
+        )
+        if not len(mine):
+            continue
+        by = [columns[d][mine] for d in ask.by if d in columns]
+        if by:
+            flat = np.ravel_multi_index(by, [int(c.max()) + 1 for c in by])
+            _, first, cell = np.unique(flat, return_index=True, return_inverse=True)
+        else:
+            first, cell = np.zeros(1, np.int64), np.zeros(len(mine), np.int64)
+        _, totals = group([cell], sums[mine])  # cells 0, 1, ... in order
+        n_cells = len(totals)
+        customers = quantiles = None
+        if "customers" in ask.measures:
+            nums = execs.customer_num[mine]
+            numbered = nums > 0
+            pairs = np.unique(cell[numbered] * (int(nums.max()) + 1) + nums[numbered])
+            customers = np.bincount(pairs // (int(nums.max()) + 1), minlength=n_cells)
+            by_id: dict[int, set[str]] = {}
+            for row, c in zip(mine.tolist(), cell.tolist(), strict=True):
+                if row >= waiting_from and ids[row - waiting_from] is not None:
+                    by_id.setdefault(c, set()).add(ids[row - waiting_from] or "")
+            for c, found in by_id.items():
+                customers[c] += len(found)
+        if "durations" in ask.measures:
+            durations = execs.duration_ms[mine]
+            timed = finished[mine]
+            quantiles = [
+                list(np.quantile(durations[timed & (cell == c)], q.quantiles).tolist())
+                if (timed & (cell == c)).any() else [None] * len(q.quantiles)
+                for c in range(n_cells)
+            ]  # fmt: skip
+        for c in range(n_cells):
+            row = int(mine[first[c]])  # the cell's key, from its first execution
+            key: list[Any] = [w]
+            for d in ask.by:
+                if d == "workflow_id":
+                    key.append(q.workflow_ids[0])
+                elif d == "hour":
+                    assert hours is not None
+                    key.append(sql.from_epoch_us(int(hours[columns["hour"][row]])))
+                else:
+                    key.append(days.values[int(columns[d][row])] or None)
+            values: list[Any] = []
+            if "executions" in ask.measures:
+                values += totals[c].tolist()
+            if customers is not None:
+                values.append(int(customers[c]))
+            if quantiles is not None:
+                values.append(quantiles[c])
             out.append(key + values)
     return out
 
@@ -663,56 +787,57 @@ def activity(
     q: ActivityQuery,
     folded: int,
     pending: bool,
-    slot_sums: SlotReader | None = None,
+    workflow_days: DayReader | None = None,
 ) -> list[Cells]:
     """The cells of every ask of ``q`` (``folded``: the fold's watermark; ``pending``:
     whether the tenant has events after it), every statement side by side.
-    ``slot_sums``: where the query is about one workflow and the fold has run, its
-    sums per slot from memory."""
+    ``workflow_days``: where the query is about one workflow, its folded facts in
+    memory."""
     base = {
         "tenant": q.tenant,
         "tz": q.timezone,
         "folded": folded,
         **sql.filter_params(q.workflow_ids, q.channels),
     }
-    memory = slot_sums is not None and folded > 0 and len(q.workflow_ids) == 1
+    memory = workflow_days is not None and folded > 0 and len(q.workflow_ids) == 1
     statements = _statements(q, pending, folded=folded > 0, memory=memory)
-    asked = [(ask, statement) for ask, (statement, _) in statements if statement is not None]
-    tables = iter(
-        transport.query_all(
-            [(statement, base | _window_params(q, ask)) for ask, statement in asked]
-        )
-    )
-    in_memory: SlotSums | None = None
-    if memory and any(p.memory for _, (_, parts) in statements for p in parts):
-        assert slot_sums is not None
-        spans = [_span(q, q.asks[p.ask]) for _, (_, parts) in statements for p in parts if p.memory]
-        in_memory = slot_sums(
+    from_memory = [p for _, (_, parts) in statements for p in parts if p.memory or p.executions]
+    batch = [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements
+             if statement is not None]  # fmt: skip
+    executions_asked = [p.ask for p in from_memory if p.executions]
+    if pending and executions_asked:  # the executions waiting for a fold, once for all
+        span = tuple(sorted({w for i in executions_asked for w in q.asks[i].windows}))
+        batch.append((_WAITING, base | _window_params(q, Ask(span, frozenset()))))
+    tables = iter(transport.query_all(batch))
+    days: Days | None = None
+    if from_memory:
+        assert workflow_days is not None
+        spans = [_span(q, q.asks[p.ask]) for p in from_memory]
+        days = workflow_days(
             sql.slot_of_us(sql.epoch_us(min(a for a, _ in spans))),
             sql.slot_of_us(sql.epoch_us(max(b for _, b in spans))),
         )
     out: list[Cells] = [{} for _ in q.asks]
     for bound, (statement, parts) in statements:
         found = sql.rows(next(tables)) if statement is not None else []
-        fallback = parts[0].fallback
-        if fallback is not None:  # nodes per type
-            part = parts[0]
+        part = parts[0]
+        if part.fallback is not None:  # nodes per type
             ask = q.asks[part.ask]
             n_keys = 1 + len(ask.by)
             if part.memory is not None:
-                assert in_memory is not None
-                found = found + [
-                    tuple(r) for r in _memory_rows(q, ask, part.memory, in_memory, by_type=True)
-                ]
+                assert days is not None
+                found += [tuple(r) for r in _memory_rows(q, ask, part.memory, days, by_type=True)]
             per_cell = _node_cells(found, n_keys)
             if per_cell is not None:
                 add_rows(out[part.ask], per_cell, n_keys, part.fields)
                 continue
-            found = sql.rows(transport.query(fallback, base | _window_params(q, bound)))
+            found = sql.rows(transport.query(part.fallback, base | _window_params(q, bound)))
             parts = [replace(part, memory=None)]
         for part in parts:
             ask = q.asks[part.ask]
             n_keys = 1 + len(ask.by)
+            if part.executions:
+                continue  # below, with the executions waiting for a fold
             hours = [1 + j for j, d in enumerate(ask.by) if d == "hour"]
             quantiles = (
                 part.fields.index("quantiles") + n_keys if "quantiles" in part.fields else -1
@@ -731,11 +856,52 @@ def activity(
                 rows.append(values)
             add_rows(out[part.ask], rows, n_keys, part.fields)
             if part.memory is not None and part.fallback is None:
-                assert in_memory is not None
-                _add_sums(
-                    out[part.ask], _memory_rows(q, ask, part.memory, in_memory), n_keys, part.fields
-                )
+                assert days is not None
+                memory_rows = _memory_rows(q, ask, part.memory, days)
+                _add_sums(out[part.ask], memory_rows, n_keys, part.fields)
+    if executions_asked:
+        assert days is not None
+        execs, ids = days.executions, list[str | None]()
+        if pending:
+            execs, ids = _with_waiting(execs, next(tables), days)
+        for i in executions_asked:
+            ask = q.asks[i]
+            fields = [f for e in _EXEC_MEASURES if e in ask.measures for f in MEASURE_FIELDS[e]]
+            add_rows(out[i], _execution_cells(q, ask, execs, ids, days), 1 + len(ask.by), fields)
     for ask, cells in zip(q.asks, out, strict=True):
         if "durations" in ask.measures:
             fill_quantiles(cells, len(q.quantiles))
     return out
+
+
+def _with_waiting(
+    execs: Executions, waiting: pa.Table, days: Days
+) -> tuple[Executions, list[str | None]]:
+    """The executions held in memory less those waiting for a fold (by id: their hash,
+    then the id itself), then the latter as merged now where asked about (``_WAITING``'s
+    rows), and the ids of their customers without a number yet."""
+    columns = [waiting.column(i) for i in range(waiting.num_columns)]
+    hashes = np.asarray(columns[6], np.uint64)
+    held = np.ones(len(execs.started_us), bool)
+    candidates = np.flatnonzero(np.isin(execs.id_hash, hashes))
+    if len(candidates):
+        ids = set(columns[7].to_pylist())
+        for i in candidates.tolist():
+            held[i] = execs.execution_id[i] not in ids
+    asked = pa.array(np.asarray(columns[9], bool))
+    mask = np.asarray(asked, bool)
+    more = Executions(
+        np.asarray(columns[0].filter(asked), np.int64),
+        days.cache.code(columns[1].filter(asked).to_pylist()),
+        days.cache.code(columns[2].filter(asked).to_pylist()),
+        np.asarray(columns[3], np.int64)[mask],
+        np.asarray(columns[4], np.int64)[mask],
+        np.asarray(columns[5], np.int64)[mask],
+        hashes[mask],
+        np.array(columns[7].filter(asked).to_pylist(), object),
+    )
+    merged = Executions(
+        *(np.concatenate([getattr(execs, f.name)[held], getattr(more, f.name)])
+          for f in fields(Executions))
+    )  # fmt: skip
+    return merged, columns[8].filter(asked).to_pylist()

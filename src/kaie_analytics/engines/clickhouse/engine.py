@@ -36,8 +36,8 @@ from kaie_analytics.analytics.facts import (
 )
 from kaie_analytics.engines.clickhouse import activity, customers, exports, folds, realtime, sql
 from kaie_analytics.engines.clickhouse.schema import ddl
-from kaie_analytics.engines.clickhouse.slot_cache import SlotCache, SlotSums
 from kaie_analytics.engines.clickhouse.transport import Transport, open_transport
+from kaie_analytics.engines.clickhouse.workflow_days import Days, WorkflowDays
 from kaie_analytics.engines.clickhouse.writer import Writer
 from kaie_analytics.errors import StoreUnavailable
 from kaie_analytics.ingest import columns
@@ -96,14 +96,16 @@ class ClickHouseEngine:
         self._writer = Writer(transport, self._bump)
         # Only the embedded engine folds (see ``folds``); on a server, every answer
         # merges the executions from their states.
-        #: Workflows' sums per slot in memory, kept current by the fold (embedded only).
-        self.slot_cache = SlotCache(transport, rollup_cache_bytes) if transport.embedded else None
+        #: Workflows' folded facts in memory, kept current by the fold (embedded only).
+        self.workflow_days = (
+            WorkflowDays(transport, rollup_cache_bytes) if transport.embedded else None
+        )
         self.folder = (
             folds.Folder(
                 transport,
                 fold_idle_s,
                 self._writer.oldest_in_flight,
-                self.slot_cache.changed if self.slot_cache else None,
+                self.workflow_days.changed if self.workflow_days else None,
             )
             if transport.embedded
             else None
@@ -278,17 +280,17 @@ class ClickHouseEngine:
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
         with self._folded() as folded:
-            cache = self.slot_cache
-            slot_sums = None
+            cache = self.workflow_days
+            days = None
             if cache is not None and len(q.workflow_ids) == 1:
                 workflow_id = q.workflow_ids[0]
 
-                def slot_sums(first: int, last: int) -> SlotSums:
+                def days(first: int, last: int) -> Days:
                     assert cache is not None
-                    return cache.sums(q.tenant, workflow_id, first, last, folded)
+                    return cache.days(q.tenant, workflow_id, first, last, folded)
 
             pending = self._pending(q.tenant, folded)
-            return activity.activity(self.transport, q, folded, pending, slot_sums)
+            return activity.activity(self.transport, q, folded, pending, days)
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
         with self._folded() as folded:

@@ -240,13 +240,17 @@ JOURNEY_STATEMENTS = (
 )
 
 
-#: The workflows and UTC days whose sums per slot the fold ``hi`` wrote
-#: rows for: the starts of the executions whose log rows it wrote (before and after),
-#: and the messages it added up (``slot_cache``).
+#: The workflows and UTC days the fold ``hi`` wrote anything for (``workflow_days``):
+#: the start, before and after, of every execution whose log rows it wrote, the start
+#: of every execution it took up (changed or not: it is no longer one waiting for a
+#: fold), and the days of the messages it added up.
 CHANGED_DAYS = f"""
 SELECT DISTINCT workflow_id, intDiv(slot, {SLOTS_PER_DAY}) FROM (
     SELECT workflow_id, {sql.slot_of("started_at")} AS slot FROM execution_log
     WHERE tenant = {{tenant:String}} AND fold = {{hi:Int64}} AND execution_id IN ({_TOUCHED})
+    UNION ALL
+    SELECT workflow_id, {sql.slot_of("started_at")} FROM execution_keys
+    WHERE tenant = {{tenant:String}} AND version = {{hi:Int64}} AND execution_id IN ({_TOUCHED})
     UNION ALL
     SELECT ifNull(workflow_id, ''), {sql.slot_of("ts")} FROM events
     WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES} AND {_IN_FOLD}
@@ -432,7 +436,7 @@ class Folder:
     ) -> None:
         self._transport = transport
         #: Told, before answers read with a fold's watermark, the (tenant, workflow,
-        #: UTC day) whose sums per slot it changed (``slot_cache``).
+        #: UTC day) it wrote anything for (``workflow_days``).
         self._changed = changed
         self._idle_s = idle_s
         #: µs of ``ingested_at`` of the oldest insert still running (``Writer``): its

@@ -202,21 +202,28 @@ def executions(
     folded = columns + (", customer_num" if numbers else "")
     if not pending:
         return f"SELECT {folded} FROM executions FINAL WHERE tenant = {{tenant:String}} AND {where}"
-    merged = f"""SELECT {columns} FROM ({
-        merged_executions("tenant = {tenant:String} AND execution_id IN (" + PENDING + ")")
-    })"""
-    if numbers:
-        merged = f"""SELECT m.*, ifNull(n.num, 0) AS customer_num FROM ({merged}) m
-        LEFT JOIN (SELECT customer_id, num FROM customer_numbers FINAL
-                   WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
-                     AND customer_id IN (SELECT customer_id FROM ({merged}))) n
-          ON m.customer_id = n.customer_id"""
     return f"""
 SELECT {folded} FROM executions FINAL
 WHERE tenant = {{tenant:String}} AND {where} AND execution_id NOT IN ({PENDING})
 UNION ALL
-{merged}
+{waiting_executions(columns, numbers)}
 """
+
+
+def waiting_executions(columns: str = EXECUTION_COLUMNS, numbers: bool = False) -> str:
+    """The executions of ``{tenant}`` with events after the watermark ``{folded}``,
+    merged from their states (``columns`` of them); with ``numbers``, also
+    ``customer_num`` (as for ``executions``)."""
+    merged = f"""SELECT {columns} FROM ({
+        merged_executions("tenant = {tenant:String} AND execution_id IN (" + PENDING + ")")
+    })"""
+    if not numbers:
+        return merged
+    return f"""SELECT m.*, ifNull(n.num, 0) AS customer_num FROM ({merged}) m
+        LEFT JOIN (SELECT customer_id, num FROM customer_numbers FINAL
+                   WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
+                     AND customer_id IN (SELECT customer_id FROM ({merged}))) n
+          ON m.customer_id = n.customer_id"""
 
 
 #: The distinct customers of rows from ``executions(numbers=True)``: a folded execution

@@ -1,0 +1,339 @@
+"""A workflow's folded facts in memory, one UTC day at a time (embedded only).
+
+Each ClickHouse statement costs 10-20 ms of analysis and planning however few
+rows it reads, and a workflow answer was three or four of them. Held here as
+numpy columns, the same facts add up in a few milliseconds, and ClickHouse is
+left with what memory cannot have right: the rows of the slots a window edge
+cuts, for sums per slot, and whatever waits for a fold. The DuckDB engine keeps
+its own rollups the same way (``engines.duckdb.rollup_cache``).
+
+Kept per (tenant, workflow, UTC day), as of a fold's watermark:
+
+- the day's folded executions, one row each (start, channel, error type,
+  status, duration, customer number, id): exact in any window, so counts,
+  percentiles, hours and distinct customers need no statement of their own.
+  An answer leaves out those with events after its watermark, by id, and
+  merges them itself;
+- its rows of ``message_slots`` and ``node_slots``, added up per slot and key.
+
+Loaded when an answer first needs the day; evicted least recently used
+beyond a byte budget (``KAIE_ROLLUP_CACHE_MB``).
+
+Staying exact: only a fold changes these (compaction adds rows up without
+changing any sum as of a watermark an answer can read with). Each fold
+reports the days it wrote anything for (``changed``: the old and new start of
+every execution it took up, changed or not, and the days of the messages it
+added up) before any answer can read with its watermark, and the days held
+are current for one watermark (``_mark``): an answer with a later one first
+drops the days the folds in between changed; an answer with an earlier one
+(a fold finished while it started) reads the days it needs without keeping
+them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from kaie_analytics.engines.clickhouse import sql
+from kaie_analytics.engines.clickhouse.schema import (
+    NODE_SUMS,
+    SLOT_US,
+    SLOTS_FROM_US,
+    SLOTS_PER_DAY,
+)
+from kaie_analytics.engines.clickhouse.transport import Transport
+from kaie_analytics.engines.sums import runs
+
+#: Folds remembered; a cache further behind than this starts afresh.
+LOG_FOLDS = 4096
+#: (tenant, workflow, UTC day as slot // ``SLOTS_PER_DAY``).
+DayKey = tuple[str, str, int]
+_DAY_US = SLOTS_PER_DAY * SLOT_US
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One table of sums per slot, as held: text keys (as codes), then sums."""
+
+    name: str
+    keys: tuple[str, ...]
+    sums: tuple[str, ...]
+
+
+MESSAGES = Table("message_slots", ("channel",), ("sent", "received", "csat_sum", "csat_n"))
+NODES = Table("node_slots", ("channel", "node_id", "node_type"), NODE_SUMS)
+TABLES = (MESSAGES, NODES)
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Sums per slot as columns, ascending by slot: ``keys`` (n × keys, text as codes)."""
+
+    slot: np.ndarray
+    keys: np.ndarray
+    sums: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Executions:
+    """Executions as columns, ascending by start: µs of the start, channel and error
+    type (codes; '' for none), status (0 running, 1 success, 2 failed), duration in
+    ms (-1 for none), customer number (0: none; a folded execution with a customer
+    has one), and the id (its ``cityHash64``, then the id itself)."""
+
+    started_us: np.ndarray
+    channel: np.ndarray
+    error_type: np.ndarray
+    status: np.ndarray
+    duration_ms: np.ndarray
+    customer_num: np.ndarray
+    id_hash: np.ndarray
+    execution_id: np.ndarray
+
+
+def _concat(parts: Sequence[Any], empty: Any) -> Any:
+    """Rows or executions of several days as one."""
+    parts = [p for p in parts if len(getattr(p, fields(p)[0].name))]
+    if not parts:
+        return empty
+    if len(parts) == 1:
+        return parts[0]
+    return type(empty)(
+        *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(empty))
+    )
+
+
+def _nbytes(value: Any) -> int:
+    """About the memory of rows or executions (an id: some 64 bytes)."""
+    return sum(
+        getattr(value, f.name).nbytes * (9 if f.name == "execution_id" else 1)
+        for f in fields(value)
+    )
+
+
+def _empty_rows(table: Table) -> Rows:
+    return Rows(
+        np.empty(0, np.int64),
+        np.empty((0, len(table.keys)), np.int64),
+        np.empty((0, len(table.sums)), np.int64),
+    )
+
+
+_NO_INTS = np.empty(0, np.int64)
+_NO_EXECUTIONS = Executions(
+    _NO_INTS, _NO_INTS, _NO_INTS, _NO_INTS, _NO_INTS, _NO_INTS,
+    np.empty(0, np.uint64), np.empty(0, object),
+)  # fmt: skip
+
+
+@dataclass
+class _Day:
+    tables: dict[str, Rows]
+    executions: Executions
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(r) for r in self.tables.values()) + _nbytes(self.executions) + 512
+
+
+@dataclass(frozen=True, slots=True)
+class Days:
+    """A run of days of one workflow, as one answer reads them."""
+
+    tables: dict[str, Rows]
+    executions: Executions
+    #: Code → text value of the key columns, and a way to code more (``WorkflowDays.code``).
+    values: list[str]
+    cache: WorkflowDays
+
+    def rows(self, table: Table) -> Rows:
+        return self.tables[table.name]
+
+
+class WorkflowDays:
+    """The days held, least recently used first, and the days each fold changed."""
+
+    def __init__(self, transport: Transport, budget_bytes: int) -> None:
+        self._transport = transport
+        self._budget = budget_bytes
+        self._lock = threading.Lock()
+        #: Guards the log only, so a fold never waits for a load.
+        self._log_lock = threading.Lock()
+        #: Guards the codes (coded under the cache's lock while loading, by answers
+        #: for the executions they merge).
+        self._codes_lock = threading.Lock()
+        self._days: OrderedDict[DayKey, _Day] = OrderedDict()
+        self._bytes = 0
+        #: The watermark the days held are current for.
+        self._mark = 0
+        #: (watermark before, watermark after, days changed) of each fold.
+        self._log: deque[tuple[int, int, frozenset[DayKey]]] = deque(maxlen=LOG_FOLDS)
+        self._codes: dict[str, int] = {}
+        self._values: list[str] = []
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def changed(self, before: int, after: int, days: Iterable[DayKey]) -> None:
+        """The fold from watermark ``before`` to ``after`` wrote rows for ``days`` (the
+        fold calls this before any answer reads with ``after``)."""
+        with self._log_lock:
+            self._log.append((before, after, frozenset(days)))
+
+    def code(self, values: Iterable[str | None]) -> np.ndarray:
+        """Codes of text values (None: as '')."""
+        with self._codes_lock:
+            return np.fromiter((self._code(v or "") for v in values), np.int64)
+
+    def days(self, tenant: str, workflow_id: str, first: int, last: int, folded: int) -> Days:
+        """The workflow's facts of slots ``first``..``last`` (whole days) as of watermark
+        ``folded``."""
+        keys = [
+            (tenant, workflow_id, d)
+            for d in range(first // SLOTS_PER_DAY, last // SLOTS_PER_DAY + 1)
+        ]
+        with self._lock:
+            keep = self._catch_up(folded)
+            held = {k: self._days[k] for k in keys if keep and k in self._days}
+            missing = [k[2] for k in keys if k not in held]
+            if missing:
+                for d, day in self._load(tenant, workflow_id, missing, folded).items():
+                    held[(tenant, workflow_id, d)] = day
+                    if keep:
+                        self._days[(tenant, workflow_id, d)] = day
+                        self._bytes += day.nbytes
+            if keep:
+                for k in keys:
+                    self._days.move_to_end(k)
+                while self._bytes > self._budget and self._days:
+                    self._bytes -= self._days.popitem(last=False)[1].nbytes
+        days = [held[k] for k in keys]
+        return Days(
+            {t.name: _concat([d.tables[t.name] for d in days], _empty_rows(t)) for t in TABLES},
+            _concat([d.executions for d in days], _NO_EXECUTIONS),
+            self._values,
+            self,
+        )
+
+    def _catch_up(self, folded: int) -> bool:
+        """Drop the days the folds up to watermark ``folded`` changed; False if the days
+        held are of a later watermark (the caller keeps nothing)."""
+        if folded < self._mark:
+            return False
+        if folded == self._mark:
+            return True
+        with self._log_lock:
+            log = list(self._log)
+        chain = []
+        at = self._mark
+        for before, after, days in log:  # in order, each fold from the one before's mark
+            if before == at and after <= folded:
+                chain.append(days)
+                at = after
+        if at == folded:
+            for days in chain:
+                for k in days:
+                    day = self._days.pop(k, None)
+                    if day is not None:
+                        self._bytes -= day.nbytes
+        else:  # more folds than the log remembers
+            self._days.clear()
+            self._bytes = 0
+        self._mark = folded
+        return True
+
+    def _code(self, value: str) -> int:
+        code = self._codes.get(value)
+        if code is None:
+            code = self._codes[value] = len(self._values)
+            self._values.append(value)
+        return code
+
+    def _load(
+        self, tenant: str, workflow_id: str, days: Sequence[int], folded: int
+    ) -> dict[int, _Day]:
+        """Read ``days`` of the workflow as of ``folded``: per run of consecutive days, a
+        statement per table and one for the executions, side by side."""
+        params = {"tenant": tenant, "workflow": workflow_id, "folded": folded}
+        where = "tenant = {tenant:String} AND workflow_id = {workflow:String}"
+        statements = []
+        day_runs = runs(days)
+        for a, b in day_runs:
+            for t in TABLES:
+                keys = ", ".join(t.keys)
+                sums = ", ".join(f"sum({c})" for c in t.sums)
+                statements.append((
+                    f"""SELECT slot, {keys}, {sums} FROM {t.name}
+                    WHERE {where} AND fold <= {{folded:Int64}}
+                      AND slot BETWEEN {a * SLOTS_PER_DAY} AND {(b + 1) * SLOTS_PER_DAY - 1}
+                    GROUP BY slot, {keys} ORDER BY slot""",
+                    params,
+                ))  # fmt: skip
+            lo, hi = SLOTS_FROM_US + a * _DAY_US, SLOTS_FROM_US + (b + 1) * _DAY_US
+            statements.append((
+                f"""SELECT {sql.us("started_at")} AS t, ifNull(channel, ''),
+                    ifNull(error_type, ''), status, ifNull(duration_ms, -1), customer_num,
+                    cityHash64(execution_id), execution_id
+                FROM executions FINAL
+                WHERE {where} AND started_at >= fromUnixTimestamp64Micro({lo}, 'UTC')
+                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC')
+                ORDER BY t""",
+                params,
+            ))  # fmt: skip
+        results = iter(self._transport.query_all(statements))
+        out: dict[int, _Day] = {d: _Day({}, _NO_EXECUTIONS) for d in days}
+        for a, b in day_runs:
+            edges = np.arange(a, b + 2) * SLOTS_PER_DAY
+            for t in TABLES:
+                rows = self._rows(t, next(results))
+                bounds = np.searchsorted(rows.slot, edges)
+                for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
+                    out[d].tables[t.name] = Rows(
+                        rows.slot[i0:i1].copy(), rows.keys[i0:i1].copy(), rows.sums[i0:i1].copy()
+                    )
+            execs = self._executions(next(results))
+            bounds = np.searchsorted(execs.started_us, SLOTS_FROM_US + edges * SLOT_US)
+            for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
+                out[d].executions = Executions(
+                    *(getattr(execs, f.name)[i0:i1].copy() for f in fields(execs))
+                )
+        return out
+
+    def _rows(self, table: Table, result: pa.Table) -> Rows:
+        """Rows of a load statement (slot, keys, sums); keys whose sums all come to zero
+        (every change taken back) are no rows."""
+        n, k = result.num_rows, len(table.keys)
+        columns = [result.column(i) for i in range(result.num_columns)]
+        sums = np.column_stack([np.asarray(c, np.int64) for c in columns[1 + k :]])
+        keys = np.column_stack([self._coded(c) for c in columns[1 : 1 + k]]).reshape(n, k)
+        present = sums.reshape(n, len(table.sums)).any(axis=1)
+        return Rows(
+            np.asarray(columns[0], np.int64)[present],
+            keys[present],
+            sums.reshape(n, len(table.sums))[present],
+        )
+
+    def _executions(self, result: pa.Table) -> Executions:
+        columns = [result.column(i) for i in range(result.num_columns)]
+        return Executions(
+            np.asarray(columns[0], np.int64),
+            self._coded(columns[1]),
+            self._coded(columns[2]),
+            np.asarray(columns[3], np.int64),
+            np.asarray(columns[4], np.int64),
+            np.asarray(columns[5], np.int64),
+            np.asarray(columns[6], np.uint64),
+            np.array(columns[7].to_pylist(), object),
+        )
+
+    def _coded(self, column: pa.ChunkedArray) -> np.ndarray:
+        with self._codes_lock:
+            return np.fromiter(map(self._code, column.to_pylist()), np.int64, len(column))
