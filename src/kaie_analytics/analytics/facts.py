@@ -141,16 +141,24 @@ Cells = dict[tuple[Any, ...], Sums]
 
 
 def add_rows(
-    cells: Cells, rows: Iterable[Sequence[Any]], n_keys: int, fields: Sequence[str]
+    cells: Cells,
+    rows: Iterable[Sequence[Any]],
+    n_keys: int,
+    fields: Sequence[str],
+    *,
+    to_sums: bool = False,
 ) -> None:
     """Set ``fields`` (in order, after the key) of the cell keyed by each row's first
-    ``n_keys`` values; ``quantiles`` is a list (None: no duration)."""
+    ``n_keys`` values; ``quantiles`` is a list (None: no duration). ``to_sums``: add the
+    values to the cell's instead (sums read in parts)."""
     for row in rows:
         key = tuple(row[:n_keys])
         cell = cells.get(key)
         if cell is None:
             cell = cells[key] = Sums()
         for name, value in zip(fields, row[n_keys:], strict=True):
+            if to_sums:
+                value += getattr(cell, name)
             setattr(cell, name, tuple(value or ()) if name == "quantiles" else value)
 
 

@@ -1,10 +1,23 @@
-"""Integer sums grouped by keys in numpy: what the engines' in-memory rollups share."""
+"""What the engines' rollups held in memory share: integer sums grouped by keys in
+numpy, text values as codes, and days held within a byte budget."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
+
+
+class _Sized(Protocol):
+    @property
+    def nbytes(self) -> int: ...
+
+
+K = TypeVar("K")
+D = TypeVar("D", bound=_Sized)
 
 #: Sums whose total stays below this are exact in float64 (``np.bincount``).
 _EXACT_FLOAT = 2**53
@@ -43,3 +56,58 @@ def runs(values: Sequence[int]) -> list[tuple[int, int]]:
         else:
             out.append([v, v])
     return [(a, b) for a, b in out]
+
+
+class Codes:
+    """Text values as dense integer codes, so that numpy can group by them."""
+
+    def __init__(self) -> None:
+        self._codes: dict[Any, int] = {}
+        #: Code → value.
+        self.values: list[Any] = []
+        self._lock = threading.Lock()
+
+    def codes(self, values: Iterable[Any]) -> np.ndarray:
+        """The codes of ``values`` (new values get the next ones)."""
+        values = list(values)
+        with self._lock:
+            for v in set(values) - self._codes.keys():
+                self._codes[v] = len(self.values)
+                self.values.append(v)
+            return np.fromiter(map(self._codes.__getitem__, values), np.int64, len(values))
+
+
+class HeldDays(Generic[K, D]):
+    """Days held in memory within a byte budget (each day's ``nbytes``), least recently
+    used first. Not thread-safe: its cache guards it."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self._budget = budget_bytes
+        self._days: OrderedDict[K, D] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key: K) -> D | None:
+        return self._days.get(key)
+
+    def put(self, key: K, day: D) -> None:
+        self.drop([key])
+        self._days[key] = day
+        self.nbytes += day.nbytes
+
+    def used(self, keys: Iterable[K]) -> None:
+        """``keys`` were just read: the least recently used beyond the budget go."""
+        for k in keys:
+            if k in self._days:
+                self._days.move_to_end(k)
+        while self.nbytes > self._budget and self._days:
+            self.nbytes -= self._days.popitem(last=False)[1].nbytes
+
+    def drop(self, keys: Iterable[K]) -> None:
+        for k in keys:
+            day = self._days.pop(k, None)
+            if day is not None:
+                self.nbytes -= day.nbytes
+
+    def clear(self) -> None:
+        self._days.clear()
+        self.nbytes = 0

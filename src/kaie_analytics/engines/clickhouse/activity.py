@@ -12,7 +12,7 @@ engine's and the spec's reference exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -29,7 +29,6 @@ from kaie_analytics.analytics.facts import (
     Cells,
     Dimension,
     Measure,
-    Sums,
     add_rows,
     fill_quantiles,
 )
@@ -670,81 +669,90 @@ def _execution_cells(
     q: ActivityQuery, ask: Ask, execs: Executions, ids: list[str | None], days: Days
 ) -> list[list[Any]]:
     """Rows (window, ``ask.by``'s values, then the fields of its measures in the order of
-    ``_EXEC_MEASURES``) over executions: those held in memory, then those waiting for a
-    fold, whose customers without a number yet are ``ids`` (one per waiting one)."""
-    keep = np.ones(len(execs.started_us), bool)
+    ``_EXEC_MEASURES``) over executions: those held in memory (in order of their start),
+    then those waiting for a fold, whose customers without a number yet are ``ids``
+    (one each)."""
+    start, end = (sql.epoch_us(t) for t in _span(q, ask))
+    held = len(execs.started_us) - len(ids)
+    t = execs.started_us
+    first, last = np.searchsorted(t[:held], start), np.searchsorted(t[:held], end, "right")
+    waiting = held + np.flatnonzero((t[held:] >= start) & (t[held:] <= end))
+    rows = np.concatenate([np.arange(first, last), waiting])
+    if len(waiting):  # in order of their start, as the held ones are
+        rows = rows[np.argsort(t[rows], kind="stable")]
     if q.channels:
-        keep &= np.isin(execs.channel, days.cache.code(q.channels))
+        rows = rows[np.isin(execs.channel[rows], days.cache.code(q.channels))]
+    t = t[rows]
     columns: dict[Dimension, np.ndarray] = {
-        d: execs.channel if d == "channel" else execs.error_type
+        d: (execs.channel if d == "channel" else execs.error_type)[rows]
         for d in ask.by if d in ("channel", "error_type")
     }  # fmt: skip
-    hours: np.ndarray | None = None
+    hours = np.empty(0, np.int64)
     if "hour" in ask.by:
-        local = _local_hours(execs.started_us, q.timezone)
-        hours, columns["hour"] = np.unique(local, return_inverse=True)
-    finished = (execs.status > 0) & (execs.duration_ms >= 0)
+        hours, columns["hour"] = np.unique(_local_hours(t, q.timezone), return_inverse=True)
+    status, duration = execs.status[rows], execs.duration_ms[rows]
+    timed = (status > 0) & (duration >= 0)
     sums = np.column_stack([
-        np.ones(len(keep), np.int64), execs.status == 1, execs.status == 2,
-        np.where(execs.status > 0, np.maximum(execs.duration_ms, 0), 0), finished,
+        np.ones(len(rows), np.int64), status == 1, status == 2,
+        np.where(status > 0, np.maximum(duration, 0), 0), timed,
     ]).astype(np.int64)  # fmt: skip
-    waiting_from = len(execs.started_us) - len(ids)
     out: list[list[Any]] = []
     for w in ask.windows:
         window = q.windows[w]
-        t = execs.started_us
-        mine = np.flatnonzero(
-            keep & (t >= sql.epoch_us(window.start)) & (t <= sql.epoch_us(window.end))
-        )
-        if not len(mine):
+        a = int(np.searchsorted(t, sql.epoch_us(window.start)))
+        b = int(np.searchsorted(t, sql.epoch_us(window.end), "right"))
+        if a == b:
             continue
-        by = [columns[d][mine] for d in ask.by if d in columns]
+        by = [columns[d][a:b] for d in ask.by if d in columns]
         if by:
             flat = np.ravel_multi_index(by, [int(c.max()) + 1 for c in by])
-            _, first, cell = np.unique(flat, return_index=True, return_inverse=True)
+            _, firsts, cell = np.unique(flat, return_index=True, return_inverse=True)
         else:
-            first, cell = np.zeros(1, np.int64), np.zeros(len(mine), np.int64)
-        _, totals = group([cell], sums[mine])  # cells 0, 1, ... in order
+            firsts, cell = np.zeros(1, np.int64), np.zeros(b - a, np.int64)
+        _, totals = group([cell], sums[a:b])  # cells 0, 1, ... in order
         n_cells = len(totals)
-        customers = quantiles = None
+        customers = np.zeros(n_cells, np.int64)
         if "customers" in ask.measures:
-            nums = execs.customer_num[mine]
+            nums = execs.customer_num[rows[a:b]]
             numbered = nums > 0
             pairs = np.unique(cell[numbered] * (int(nums.max()) + 1) + nums[numbered])
-            customers = np.bincount(pairs // (int(nums.max()) + 1), minlength=n_cells)
+            customers += np.bincount(pairs // (int(nums.max()) + 1), minlength=n_cells)
             by_id: dict[int, set[str]] = {}
-            for row, c in zip(mine.tolist(), cell.tolist(), strict=True):
-                if row >= waiting_from and ids[row - waiting_from] is not None:
-                    by_id.setdefault(c, set()).add(ids[row - waiting_from] or "")
+            for k in np.flatnonzero(rows[a:b] >= held).tolist():
+                who = ids[int(rows[a + k]) - held]
+                if who is not None:
+                    by_id.setdefault(int(cell[k]), set()).add(who)
             for c, found in by_id.items():
                 customers[c] += len(found)
+        quantiles: list[list[float | None]] = []
         if "durations" in ask.measures:
-            durations = execs.duration_ms[mine]
-            timed = finished[mine]
-            quantiles = [
-                list(np.quantile(durations[timed & (cell == c)], q.quantiles).tolist())
-                if (timed & (cell == c)).any() else [None] * len(q.quantiles)
-                for c in range(n_cells)
-            ]  # fmt: skip
+            mine = np.flatnonzero(timed[a:b])
+            order = mine[np.argsort(cell[mine], kind="stable")]
+            bounds = np.searchsorted(cell[order], np.arange(n_cells + 1))
+            for c in range(n_cells):
+                values = duration[a:b][order[bounds[c] : bounds[c + 1]]]
+                quantiles.append(
+                    np.quantile(values, q.quantiles).tolist() if len(values)
+                    else [None] * len(q.quantiles)
+                )  # fmt: skip
         for c in range(n_cells):
-            row = int(mine[first[c]])  # the cell's key, from its first execution
+            at = a + int(firsts[c])  # the cell's key, from its first execution
             key: list[Any] = [w]
             for d in ask.by:
                 if d == "workflow_id":
                     key.append(q.workflow_ids[0])
                 elif d == "hour":
-                    assert hours is not None
-                    key.append(sql.from_epoch_us(int(hours[columns["hour"][row]])))
+                    key.append(sql.from_epoch_us(int(hours[columns["hour"][at]])))
                 else:
-                    key.append(days.values[int(columns[d][row])] or None)
-            values: list[Any] = []
+                    key.append(days.values[int(columns[d][at])] or None)
+            values_of: list[Any] = []
             if "executions" in ask.measures:
-                values += totals[c].tolist()
-            if customers is not None:
-                values.append(int(customers[c]))
-            if quantiles is not None:
-                values.append(quantiles[c])
-            out.append(key + values)
+                values_of += totals[c].tolist()
+            if "customers" in ask.measures:
+                values_of.append(int(customers[c]))
+            if "durations" in ask.measures:
+                values_of.append(quantiles[c])
+            out.append(key + values_of)
     return out
 
 
@@ -767,19 +775,6 @@ def _node_cells(rows: Sequence[Sequence[Any]], n_keys: int) -> list[list[Any]] |
         if kept:
             out.append([*key, kept[0][0], *kept[0][1]])
     return out
-
-
-def _add_sums(
-    cells: Cells, rows: Iterable[Sequence[Any]], n_keys: int, fields: Sequence[str]
-) -> None:
-    """Add ``fields`` (after the key) of each row to its cell's."""
-    for row in rows:
-        key = tuple(row[:n_keys])
-        cell = cells.get(key)
-        if cell is None:
-            cell = cells[key] = Sums()
-        for name, value in zip(fields, row[n_keys:], strict=True):
-            setattr(cell, name, getattr(cell, name) + value)
 
 
 def activity(
@@ -858,7 +853,7 @@ def activity(
             if part.memory is not None and part.fallback is None:
                 assert days is not None
                 memory_rows = _memory_rows(q, ask, part.memory, days)
-                _add_sums(out[part.ask], memory_rows, n_keys, part.fields)
+                add_rows(out[part.ask], memory_rows, n_keys, part.fields, to_sums=True)
     if executions_asked:
         assert days is not None
         execs, ids = days.executions, list[str | None]()

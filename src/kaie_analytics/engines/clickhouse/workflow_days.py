@@ -33,7 +33,7 @@ them.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -49,7 +49,7 @@ from kaie_analytics.engines.clickhouse.schema import (
     SLOTS_PER_DAY,
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
-from kaie_analytics.engines.sums import runs
+from kaie_analytics.engines.sums import Codes, HeldDays, runs
 
 #: Folds remembered; a cache further behind than this starts afresh.
 LOG_FOLDS = 4096
@@ -162,25 +162,20 @@ class WorkflowDays:
 
     def __init__(self, transport: Transport, budget_bytes: int) -> None:
         self._transport = transport
-        self._budget = budget_bytes
         self._lock = threading.Lock()
         #: Guards the log only, so a fold never waits for a load.
         self._log_lock = threading.Lock()
-        #: Guards the codes (coded under the cache's lock while loading, by answers
-        #: for the executions they merge).
-        self._codes_lock = threading.Lock()
-        self._days: OrderedDict[DayKey, _Day] = OrderedDict()
-        self._bytes = 0
+        self._days: HeldDays[DayKey, _Day] = HeldDays(budget_bytes)
         #: The watermark the days held are current for.
         self._mark = 0
         #: (watermark before, watermark after, days changed) of each fold.
         self._log: deque[tuple[int, int, frozenset[DayKey]]] = deque(maxlen=LOG_FOLDS)
-        self._codes: dict[str, int] = {}
-        self._values: list[str] = []
+        #: The codes of the text keys ('' for none), of every day held.
+        self.codes = Codes()
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self._days.nbytes
 
     def changed(self, before: int, after: int, days: Iterable[DayKey]) -> None:
         """The fold from watermark ``before`` to ``after`` wrote rows for ``days`` (the
@@ -190,8 +185,7 @@ class WorkflowDays:
 
     def code(self, values: Iterable[str | None]) -> np.ndarray:
         """Codes of text values (None: as '')."""
-        with self._codes_lock:
-            return np.fromiter((self._code(v or "") for v in values), np.int64)
+        return self.codes.codes(v or "" for v in values)
 
     def days(self, tenant: str, workflow_id: str, first: int, last: int, folded: int) -> Days:
         """The workflow's facts of slots ``first``..``last`` (whole days) as of watermark
@@ -202,24 +196,20 @@ class WorkflowDays:
         ]
         with self._lock:
             keep = self._catch_up(folded)
-            held = {k: self._days[k] for k in keys if keep and k in self._days}
+            held = {k: day for k in keys if keep and (day := self._days.get(k)) is not None}
             missing = [k[2] for k in keys if k not in held]
             if missing:
                 for d, day in self._load(tenant, workflow_id, missing, folded).items():
                     held[(tenant, workflow_id, d)] = day
                     if keep:
-                        self._days[(tenant, workflow_id, d)] = day
-                        self._bytes += day.nbytes
+                        self._days.put((tenant, workflow_id, d), day)
             if keep:
-                for k in keys:
-                    self._days.move_to_end(k)
-                while self._bytes > self._budget and self._days:
-                    self._bytes -= self._days.popitem(last=False)[1].nbytes
+                self._days.used(keys)
         days = [held[k] for k in keys]
         return Days(
             {t.name: _concat([d.tables[t.name] for d in days], _empty_rows(t)) for t in TABLES},
             _concat([d.executions for d in days], _NO_EXECUTIONS),
-            self._values,
+            self.codes.values,
             self,
         )
 
@@ -240,22 +230,11 @@ class WorkflowDays:
                 at = after
         if at == folded:
             for days in chain:
-                for k in days:
-                    day = self._days.pop(k, None)
-                    if day is not None:
-                        self._bytes -= day.nbytes
+                self._days.drop(days)
         else:  # more folds than the log remembers
             self._days.clear()
-            self._bytes = 0
         self._mark = folded
         return True
-
-    def _code(self, value: str) -> int:
-        code = self._codes.get(value)
-        if code is None:
-            code = self._codes[value] = len(self._values)
-            self._values.append(value)
-        return code
 
     def _load(
         self, tenant: str, workflow_id: str, days: Sequence[int], folded: int
@@ -335,5 +314,4 @@ class WorkflowDays:
         )
 
     def _coded(self, column: pa.ChunkedArray) -> np.ndarray:
-        with self._codes_lock:
-            return np.fromiter(map(self._code, column.to_pylist()), np.int64, len(column))
+        return self.codes.codes(column.to_pylist())

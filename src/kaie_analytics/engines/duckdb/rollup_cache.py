@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,7 +39,7 @@ from pyroaring import AbstractBitMap, BitMap, FrozenBitMap
 
 from kaie_analytics.engines.duckdb.rollups import SLOTS_PER_DAY, DayKey, slot_of
 from kaie_analytics.engines.duckdb.times import DAY_US
-from kaie_analytics.engines.sums import group, runs
+from kaie_analytics.engines.sums import Codes, HeldDays, group, runs
 from kaie_analytics.errors import QueryTimeout
 
 if TYPE_CHECKING:
@@ -283,22 +283,19 @@ class RollupCache:
 
     def __init__(self, store: DuckDBEventStore, budget_bytes: int) -> None:
         self._store = store
-        self._budget = budget_bytes
         self._lock = threading.Lock()
         #: Guards the log only, so the writer never waits for a load.
         self._log_lock = threading.Lock()
-        self._days: OrderedDict[DayKey, Day] = OrderedDict()
-        self._bytes = 0
+        self._days: HeldDays[DayKey, Day] = HeldDays(budget_bytes)
         #: The generation the days held are current for.
         self._gen = 0
         self._log: deque[tuple[int, frozenset[DayKey]]] = deque(maxlen=LOG_FOLDS)
-        self._codes: dict[Any, int] = {}
-        self._values: list[Any] = []
+        self._codes = Codes()
 
     @property
     def nbytes(self) -> int:
         """About how much memory the days held take."""
-        return self._bytes
+        return self._days.nbytes
 
     def changed(self, gen: int, days: Iterable[DayKey]) -> None:
         """The fold that makes generation ``gen`` changed the rollups of ``days`` (writer)."""
@@ -314,21 +311,17 @@ class RollupCache:
             if not self._catch_up(gen):
                 return None
             keys = [(tenant, workflow_id, d) for d in range(first, last + 1)]
-            missing = [k[2] for k in keys if k not in self._days]
+            held = {k: day for k in keys if (day := self._days.get(k)) is not None}
+            missing = [k[2] for k in keys if k not in held]
             if missing:
                 loaded = self._load(tenant, workflow_id, missing)
                 if self._store.rollup_gen != gen:
                     return None
                 for d, day in loaded.items():
-                    self._days[(tenant, workflow_id, d)] = day
-                    self._bytes += day.nbytes
-            days = []
-            for k in keys:
-                self._days.move_to_end(k)
-                days.append(self._days[k])
-            while self._bytes > self._budget and self._days:
-                self._bytes -= self._days.popitem(last=False)[1].nbytes
-            return Rollups(first, days, self._values)
+                    held[(tenant, workflow_id, d)] = day
+                    self._days.put((tenant, workflow_id, d), day)
+            self._days.used(keys)
+            return Rollups(first, [held[k] for k in keys], self._codes.values)
 
     def _catch_up(self, gen: int) -> bool:
         """Drop the days changed by folds up to ``gen``; False if the cache is past it."""
@@ -340,22 +333,11 @@ class RollupCache:
             folds = [keys for g, keys in self._log if self._gen < g <= gen]
         if len(folds) == (gen - self._gen) // 2:
             for keys in folds:
-                for k in keys:
-                    day = self._days.pop(k, None)
-                    if day is not None:
-                        self._bytes -= day.nbytes
+                self._days.drop(keys)
         else:  # more folds than the log remembers
             self._days.clear()
-            self._bytes = 0
         self._gen = gen
         return True
-
-    def _code(self, value: Any) -> int:
-        code = self._codes.get(value)
-        if code is None:
-            code = self._codes[value] = len(self._values)
-            self._values.append(value)
-        return code
 
     def _load(self, tenant: str, workflow_id: str, days: list[int]) -> dict[int, Day]:
         """Read ``days`` of the workflow, one statement per table and run of days."""
@@ -448,10 +430,7 @@ class RollupCache:
         n_text, n_keys = len(table.text), len(table.text) + len(table.ints)
         keys = []
         for name in names[1 : 1 + n_text]:
-            values = columns[name].tolist()  # None where NULL
-            for v in set(values):
-                self._code(v)
-            keys.append(np.fromiter(map(self._codes.__getitem__, values), np.int64, len(values)))
+            keys.append(self._codes.codes(columns[name].tolist()))  # None where NULL
         keys += [np.asarray(columns[name], np.int64) for name in names[1 + n_text : 1 + n_keys]]
         return Rows(
             np.asarray(columns[names[0]], np.int64),
