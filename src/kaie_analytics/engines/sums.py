@@ -1,11 +1,13 @@
 """What the engines' rollups held in memory share: integer sums grouped by keys in
-numpy, text values as codes, and days held within a byte budget."""
+numpy, text values as codes, days held within a byte budget, and a zone's UTC
+offsets at many times."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -111,3 +113,27 @@ class HeldDays(Generic[K, D]):
     def clear(self) -> None:
         self._days.clear()
         self.nbytes = 0
+
+
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_US = 86_400_000_000
+
+
+def utc_offsets_us(times_us: np.ndarray, tz: tzinfo) -> np.ndarray:
+    """The UTC offset of ``tz`` (µs) at each time (µs since the epoch, UTC).
+
+    Looked up once per UTC day, and per time only on days whose offset at the
+    start and the end differ (no zone changes its offset twice in one day).
+    """
+
+    def offset_us(at: datetime) -> int:
+        return (at.astimezone(tz).utcoffset() or timedelta(0)) // timedelta(microseconds=1)
+
+    days, inverse = np.unique(times_us // _DAY_US, return_inverse=True)
+    starts = [_EPOCH_UTC + timedelta(days=d) for d in days.tolist()]
+    first = np.array([offset_us(s) for s in starts], np.int64)
+    last = np.array([offset_us(s + timedelta(days=1, microseconds=-1)) for s in starts], np.int64)
+    out = first[inverse]
+    for i in np.flatnonzero((first != last)[inverse]).tolist():
+        out[i] = offset_us(_EPOCH_UTC + timedelta(microseconds=int(times_us[i])))
+    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,7 +39,6 @@ from kaie_analytics.engines.clickhouse.schema import (
     NODE_SUMS,
     SLOT_US,
     SLOTS_FROM_US,
-    SLOTS_PER_DAY,
     execution_sums,
     node_sums,
 )
@@ -51,7 +50,7 @@ from kaie_analytics.engines.clickhouse.workflow_days import (
     Executions,
     Table,
 )
-from kaie_analytics.engines.sums import group
+from kaie_analytics.engines.sums import group, utc_offsets_us
 
 _EXEC_DIMS: dict[Dimension, str] = {
     "workflow_id": "x.workflow_id",
@@ -79,7 +78,6 @@ _MESSAGE_SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
 #: The measures of executions, in the order of their fields in a cell's row.
 _EXEC_MEASURES: tuple[Measure, ...] = ("executions", "customers", "durations")
 _HOUR_US = 3_600_000_000
-_DAY_US = SLOTS_PER_DAY * SLOT_US
 #: The dimensions of executions worked out from those held in memory.
 _MEMORY_EXEC_DIMS = frozenset({"workflow_id", "channel", "error_type", "hour"})
 #: The executions waiting for a fold, as ``workflow_days.Executions``'s columns, then
@@ -647,22 +645,8 @@ def _memory_rows(
 
 def _local_hours(starts: np.ndarray, timezone: str) -> np.ndarray:
     """µs of the UTC instant at which each start's clock hour in ``timezone`` began (as
-    ``sql.local_hour``). A zone's offset is looked up once per UTC day, and per start
-    on a day whose offset changes (no zone changes twice in a day)."""
-    zone = ZoneInfo(timezone)
-
-    def offset_us(t: int) -> int:
-        offset = sql.from_epoch_us(t).replace(tzinfo=UTC).astimezone(zone).utcoffset()
-        return (offset or timedelta(0)) // sql.MICROSECOND
-
-    days, inverse = np.unique((starts - SLOTS_FROM_US) // _DAY_US, return_inverse=True)
-    first = SLOTS_FROM_US + days * _DAY_US
-    at_start = np.array([offset_us(int(t)) for t in first], np.int64)
-    at_end = np.array([offset_us(int(t) + _DAY_US - 1) for t in first], np.int64)
-    offsets = at_start[inverse]
-    for i in np.flatnonzero((at_start != at_end)[inverse]):
-        offsets[i] = offset_us(int(starts[i]))
-    return starts - (starts + offsets) % _HOUR_US
+    ``sql.local_hour``)."""
+    return starts - (starts + utc_offsets_us(starts, ZoneInfo(timezone))) % _HOUR_US
 
 
 def _execution_cells(

@@ -11,7 +11,7 @@ cannot serve go to ``sql_reads``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,11 +21,10 @@ from pyroaring import AbstractBitMap, BitMap
 from kaie_analytics.analytics.facts import ActivityQuery, Ask, Cells, Sums
 from kaie_analytics.engines.duckdb import rollup_cache, slots
 from kaie_analytics.engines.duckdb.rollup_cache import EXEC, MESSAGES, NODES, Rollups
-from kaie_analytics.engines.duckdb.rollups import SLOTS_PER_DAY
 from kaie_analytics.engines.duckdb.slots import Intervals, RawExecutions, SlotPlan
 from kaie_analytics.engines.duckdb.store import Columns, DuckDBEventStore
 from kaie_analytics.engines.duckdb.times import SLOT_US, epoch_us
-from kaie_analytics.engines.sums import group
+from kaie_analytics.engines.sums import group, utc_offsets_us
 
 #: Where each dimension is among the keys of the execution rollups.
 _KEYS = {"channel": 0, "error_type": 1}
@@ -40,28 +39,6 @@ _WIDTH = len(_EXEC_FIELDS) + len(_MESSAGE_FIELDS)
 _NODE_FIELDS = ("node_events", "node_ok", "node_duration_sum", "node_durations", "node_errors")
 _EMPTY = np.empty(0, np.int64)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _utc_offsets_us(slots_: np.ndarray, tz: tzinfo) -> np.ndarray:
-    """The UTC offset of ``tz`` (µs) at the start of each slot.
-
-    Looked up once per UTC day and per slot only on days whose offset at the
-    start and the end differ (no zone changes its offset twice in one day).
-    """
-    days = slots_ // SLOTS_PER_DAY
-    out = np.empty(len(slots_), np.int64)
-    for day in np.unique(days).tolist():
-        start = _EPOCH_UTC + timedelta(days=day)
-        first = start.astimezone(tz).utcoffset() or timedelta(0)
-        end = (start + timedelta(days=1, microseconds=-1)).astimezone(tz).utcoffset()
-        on_day = days == day
-        if first == (end or timedelta(0)):
-            out[on_day] = first // timedelta(microseconds=1)
-            continue
-        for i in np.flatnonzero(on_day).tolist():
-            at = _EPOCH_UTC + timedelta(microseconds=int(slots_[i]) * SLOT_US)
-            out[i] = (at.astimezone(tz).utcoffset() or timedelta(0)) // timedelta(microseconds=1)
-    return out
 
 
 def _sums_of(fields: Sequence[str], vector: Sequence[int], node_type: Any = None) -> Sums:
@@ -341,7 +318,9 @@ class _Reader:
             return {}
         slot = np.concatenate(parts_slot)
         distinct, index = np.unique(slot, return_inverse=True)
-        local_us = distinct * SLOT_US + _utc_offsets_us(distinct, ZoneInfo(self.q.timezone))
+        local_us = distinct * SLOT_US + utc_offsets_us(
+            distinct * SLOT_US, ZoneInfo(self.q.timezone)
+        )
         hour_start = distinct * SLOT_US - local_us % 3_600_000_000
         hours, per_slot = np.unique(hour_start, return_inverse=True)
         (hour,), sums = group([per_slot[index]], np.concatenate(parts_sums))
