@@ -559,10 +559,11 @@ def _messages(q: ActivityQuery, ask: Ask, pending: bool, memory: bool = False) -
     in_cut = sql.in_slots("ts", cut)
     not_cut = f"NOT has({sql.ints(cut)}, {sql.slot_of('ts')})"
     after = sql.ingested("{folded:Int64}")
-    # The events of the cut slots and those not folded yet, in one read.
-    raw = [f"({in_cut})"] if cut else []
+    # The events of the cut slots and those not folded yet, in one read (in memory, the
+    # cut slots' events folded up to the watermark are held too).
+    raw = [f"({in_cut})"] if cut and not memory else []
     if pending:
-        raw.append(f"({after} AND {not_cut})")
+        raw.append(f"({after} AND {not_cut})" if raw else f"({after})")
     parts = []
     if raw:
         parts.append(
@@ -600,32 +601,56 @@ def _memory_rows(
     q: ActivityQuery, ask: Ask, table: Table, days: Days, by_type: bool = False
 ) -> list[list[Any]]:
     """Rows (window, ``ask.by``'s values, then the table's sums) of the slots of the
-    ask's span that no window edge cuts, from memory; ``by_type``: per node type too,
-    after the key (``_slot_nodes``'s rows)."""
+    ask's span that no window edge cuts, from memory, and for messages, of the events
+    of the slots edges cut (held too); ``by_type``: per node type too, after the key
+    (``_slot_nodes``'s rows)."""
     rows = days.rows(table)
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
     start, end = _span(q, ask)
     first, last = sql.slot_of_us(sql.epoch_us(start)), sql.slot_of_us(sql.epoch_us(end))
     keep = (rows.slot >= first) & (rows.slot <= last) & ~np.isin(rows.slot, cut)
+    out = _in_windows_of(
+        q, ask, SLOTS_FROM_US + rows.slot[keep] * SLOT_US, rows.keys[keep], rows.sums[keep],
+        table.keys, days, by_type,
+    )  # fmt: skip
+    if table is MESSAGES and cut:
+        events = days.cut_messages(cut)
+        keys = events.channel.reshape(-1, 1)
+        out += _in_windows_of(q, ask, events.ts_us, keys, events.sums, table.keys, days)
+    return out
+
+
+def _in_windows_of(
+    q: ActivityQuery,
+    ask: Ask,
+    times: np.ndarray,
+    keys: np.ndarray,
+    sums: np.ndarray,
+    names: Sequence[str],
+    days: Days,
+    by_type: bool = False,
+) -> list[list[Any]]:
+    """Rows (window, ``ask.by``'s values, then sums) of rows at ``times`` (µs) with
+    ``keys`` (codes of the text columns ``names``) and ``sums``, each in every window
+    of the ask its time is in (and of the query's channels)."""
     if q.channels:
-        keep &= np.isin(rows.keys[:, table.keys.index("channel")], days.cache.code(q.channels))
-    columns: list[str] = [d for d in ask.by if d in table.keys]
+        mine = np.isin(keys[:, names.index("channel")], days.cache.code(q.channels))
+        times, keys, sums = times[mine], keys[mine], sums[mine]
+    columns: list[str] = [d for d in ask.by if d in names]
     if by_type:
         columns.append("node_type")
-    index = [table.keys.index(c) for c in columns]
-    starts = SLOTS_FROM_US + rows.slot * SLOT_US
+    index = [names.index(c) for c in columns]
     out: list[list[Any]] = []
     for w in ask.windows:
         window = q.windows[w]
-        mask = keep & (starts >= sql.epoch_us(window.start)) & (starts <= sql.epoch_us(window.end))
+        mask = (times >= sql.epoch_us(window.start)) & (times <= sql.epoch_us(window.end))
         if not mask.any():
             continue
-        keys, totals = group(
-            [rows.keys[mask, i] for i in index] or [np.zeros(int(mask.sum()), np.int64)],
-            rows.sums[mask],
+        grouped, totals = group(
+            [keys[mask, i] for i in index] or [np.zeros(int(mask.sum()), np.int64)], sums[mask]
         )
         texts = {
-            c: [days.values[v] for v in k.tolist()] for c, k in zip(columns, keys, strict=False)
+            c: [days.values[v] for v in k.tolist()] for c, k in zip(columns, grouped, strict=False)
         }
         for j, values in enumerate(totals.tolist()):
             key: list[Any] = [w]

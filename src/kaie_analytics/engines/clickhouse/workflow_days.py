@@ -14,7 +14,10 @@ Kept per (tenant, workflow, UTC day), as of a fold's watermark:
   percentiles, hours and distinct customers need no statement of their own.
   An answer leaves out those with events after its watermark, by id, and
   merges them itself;
-- its rows of ``message_slots`` and ``node_slots``, added up per slot and key.
+- its rows of ``message_slots`` and ``node_slots``, added up per slot and key;
+- the message and feedback events of the slots a window edge cut in an answer
+  (read when first needed: the start of a dashboard's period cuts the same
+  slot every time it is asked).
 
 Loaded when an answer first needs the day; evicted least recently used
 beyond a byte budget (``KAIE_ROLLUP_CACHE_MB``).
@@ -35,7 +38,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -43,6 +46,7 @@ import pyarrow as pa
 
 from kaie_analytics.engines.clickhouse import sql
 from kaie_analytics.engines.clickhouse.schema import (
+    MESSAGE_ROLLUP_TYPES,
     NODE_SUMS,
     SLOT_US,
     SLOTS_FROM_US,
@@ -98,6 +102,18 @@ class Executions:
     execution_id: np.ndarray
 
 
+@dataclass(frozen=True, slots=True)
+class Messages:
+    """Message and feedback events as columns, ascending by time: µs of their time, the
+    slot of it, channel (code; '' for none), and ``MESSAGES``' sums of each (sent,
+    received, its score, whether it has one)."""
+
+    ts_us: np.ndarray
+    slot: np.ndarray
+    channel: np.ndarray
+    sums: np.ndarray
+
+
 def _concat(parts: Sequence[Any], empty: Any) -> Any:
     """Rows or executions of several days as one."""
     parts = [p for p in parts if len(getattr(p, fields(p)[0].name))]
@@ -137,10 +153,13 @@ _NO_EXECUTIONS = Executions(
 class _Day:
     tables: dict[str, Rows]
     executions: Executions
+    #: The message events of some of its slots (read when an edge cut them).
+    cut_messages: dict[int, Messages] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return sum(_nbytes(r) for r in self.tables.values()) + _nbytes(self.executions) + 512
+        held = [*self.tables.values(), self.executions, *self.cut_messages.values()]
+        return sum(_nbytes(r) for r in held) + 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +171,17 @@ class Days:
     #: Code → text value of the key columns, and a way to code more (``WorkflowDays.code``).
     values: list[str]
     cache: WorkflowDays
+    #: Whose days, as of which watermark.
+    tenant: str
+    workflow_id: str
+    folded: int
 
     def rows(self, table: Table) -> Rows:
         return self.tables[table.name]
+
+    def cut_messages(self, slots: Sequence[int]) -> Messages:
+        """The message events of ``slots`` (ascending, in these days) as of the watermark."""
+        return self.cache.cut_messages(self.tenant, self.workflow_id, slots, self.folded)
 
 
 class WorkflowDays:
@@ -211,6 +238,61 @@ class WorkflowDays:
             _concat([d.executions for d in days], _NO_EXECUTIONS),
             self.codes.values,
             self,
+            tenant,
+            workflow_id,
+            folded,
+        )
+
+    def cut_messages(
+        self, tenant: str, workflow_id: str, slots: Sequence[int], folded: int
+    ) -> Messages:
+        """The workflow's message and feedback events of ``slots`` (ascending) as of
+        watermark ``folded``, kept with their days (when those are held)."""
+        with self._lock:
+            keep = self._catch_up(folded)
+            found: dict[int, Messages] = {}
+            for s in slots:
+                day = self._days.get((tenant, workflow_id, s // SLOTS_PER_DAY)) if keep else None
+                if day is not None and s in day.cut_messages:
+                    found[s] = day.cut_messages[s]
+            missing = [s for s in slots if s not in found]
+            if missing:
+                loaded = self._messages(tenant, workflow_id, missing, folded)
+                bounds = np.searchsorted(loaded.slot, [*missing, missing[-1] + 1])
+                for s, i0, i1 in zip(missing, bounds[:-1], bounds[1:], strict=True):
+                    found[s] = Messages(*(getattr(loaded, f.name)[i0:i1] for f in fields(loaded)))
+                    key = (tenant, workflow_id, s // SLOTS_PER_DAY)
+                    day = self._days.get(key) if keep else None
+                    if day is not None:  # held again, to count its bytes
+                        day.cut_messages[s] = found[s]
+                        self._days.put(key, day)
+        parts = [found[s] for s in slots]
+        return Messages(*(np.concatenate([getattr(p, f.name) for p in parts])
+                          for f in fields(Messages)))  # fmt: skip
+
+    def _messages(
+        self, tenant: str, workflow_id: str, slots: Sequence[int], folded: int
+    ) -> Messages:
+        """Read the message events of ``slots`` (ascending) ingested up to ``folded``."""
+        result = self._transport.query(
+            f"""SELECT {sql.us("ts")} AS t, {sql.slot_of("ts")} AS s, ifNull(channel, ''),
+                type = 'message.sent', type = 'message.received',
+                if(type = 'feedback.submitted', ifNull(csat, 0), 0),
+                type = 'feedback.submitted' AND csat IS NOT NULL
+            FROM events FINAL
+            WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES}
+              AND workflow_id = {{workflow:String}} AND ({sql.in_slots("ts", slots)})
+              AND {sql.ingested(None, "{folded:Int64}")}
+            ORDER BY s, t""",
+            {"tenant": tenant, "workflow": workflow_id, "folded": folded},
+        )
+        columns = [result.column(i) for i in range(result.num_columns)]
+        n = result.num_rows
+        return Messages(
+            np.asarray(columns[0], np.int64),
+            np.asarray(columns[1], np.int64),
+            self._coded(columns[2]),
+            np.column_stack([np.asarray(c, np.int64) for c in columns[3:]]).reshape(n, 4),
         )
 
     def _catch_up(self, folded: int) -> bool:
