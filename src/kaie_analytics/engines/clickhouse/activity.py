@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from functools import partial
 from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -44,13 +45,14 @@ from kaie_analytics.engines.clickhouse.schema import (
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
 from kaie_analytics.engines.clickhouse.workflow_days import (
+    EXECUTIONS,
     MESSAGES,
     NODES,
     Days,
     Executions,
     Table,
 )
-from kaie_analytics.engines.sums import group, utc_offsets_us
+from kaie_analytics.engines.sums import distinct, group, utc_offsets_us
 
 _EXEC_DIMS: dict[Dimension, str] = {
     "workflow_id": "x.workflow_id",
@@ -78,6 +80,11 @@ _MESSAGE_SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
 #: The measures of executions, in the order of their fields in a cell's row.
 _EXEC_MEASURES: tuple[Measure, ...] = ("executions", "customers", "durations")
 _HOUR_US = 3_600_000_000
+#: Executions in an answer's span up to which they are worked out from those held in
+#: memory. Beyond, ClickHouse's own aggregate (compiled, on every core) is faster than
+#: numpy's passes over them here: the busiest workflow's 147k executions of a month
+#: took 70–100 ms in numpy against 55–65 ms in ClickHouse (bench/RESULTS.md).
+MEMORY_EXECUTIONS = 50_000
 #: The dimensions of executions worked out from those held in memory.
 _MEMORY_EXEC_DIMS = frozenset({"workflow_id", "channel", "error_type", "hour"})
 #: The executions waiting for a fold, as ``workflow_days.Executions``'s columns, then
@@ -300,7 +307,7 @@ def _executions(q: ActivityQuery, pending: bool, numbers: bool = False) -> str:
 
 
 def _statements(
-    q: ActivityQuery, pending: bool, folded: bool, memory: bool = False
+    q: ActivityQuery, pending: bool, folded: bool, memory: bool = False, executions: bool = False
 ) -> list[tuple[Ask, _Statement]]:
     """Each statement (with the ask whose windows it binds) and where the cells of
     each ask are in its rows. The asks of executions over the same windows share one
@@ -312,7 +319,7 @@ def _statements(
     alone over their windows read those slots. ``memory``: the query is about one
     workflow, whose folded facts are in memory (``workflow_days``): the sums of the
     slots no window edge cuts are added up there, and executions by dimensions it
-    keeps are worked out there."""
+    keeps are worked out there if ``executions`` (few enough of them)."""
     out: list[tuple[Ask, _Statement]] = []
     shared: dict[tuple[tuple[int, ...], bool], list[list[int]]] = {}
     # Windows whose executions are read one by one anyway (durations, or a dimension the
@@ -344,7 +351,7 @@ def _statements(
             )
             fields = MEASURE_FIELDS["messages"]
             out.append((ask, _plain(i, ask, statement, fields, MESSAGES if rolled else None)))
-        if memory and m & set(_EXEC_MEASURES) and set(ask.by) <= _MEMORY_EXEC_DIMS:
+        if executions and m & set(_EXEC_MEASURES) and set(ask.by) <= _MEMORY_EXEC_DIMS:
             fields = tuple(f for e in _EXEC_MEASURES if e in m for f in MEASURE_FIELDS[e])
             out.append((ask, (None, [_Part(i, fields, (), executions=True)])))
         elif "customers" in m:
@@ -361,18 +368,23 @@ def _statements(
                 groups.append([i])
     for (_, slots), groups in shared.items():
         for group in groups:
-            shared_statement = _execution_statement(q, group, pending, folded, slots)
+            shared_statement = _execution_statement(q, group, pending, folded, slots, memory)
             out.append((q.asks[group[0]], shared_statement))
     return out
 
 
 def _execution_statement(
-    q: ActivityQuery, asks: list[int], pending: bool, folded: bool, slots: bool = False
+    q: ActivityQuery,
+    asks: list[int],
+    pending: bool,
+    folded: bool,
+    slots: bool = False,
+    memory: bool = False,
 ) -> _Statement:
     """One statement over the executions for ``asks`` (the same windows); more than one:
     a grouping set each, its rows told apart by ``grouping()`` in the first column.
-    ``folded``: as for ``_statements``; ``slots``: from the sums per slot (executions
-    only, by dimensions the slots keep)."""
+    ``folded``, ``memory``: as for ``_statements``; ``slots``: from the sums per slot
+    (executions only, by dimensions the slots keep)."""
     dims: list[Dimension] = []
     for i in asks:
         dims += [d for d in q.asks[i].by if d not in dims]
@@ -393,21 +405,26 @@ def _execution_statement(
         )
     first = q.asks[asks[0]]
     union = Ask(first.windows, measures, tuple(dims))
+    memory = memory and slots
+    source: str | None
     if slots:
-        source = _slot_executions(q, union, pending)
+        source = _slot_executions(q, union, pending, memory)
     else:
         source = _executions(q, pending, numbers=folded and "customers" in measures)
     plan = _plan(q, union)
-    rows = _in_windows(plan, _with_segments(source, union), "started_at")
     sets = None if len(asks) == 1 else [[dims.index(d) for d in q.asks[i].by] for i in asks]
     named, group = _grouped(plan, [_EXEC_ROW_DIMS[d] for d in dims], sets)
-    statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
-    if "durations" in measures:
+    statement: str | None = None
+    if source is not None:
+        rows = _in_windows(plan, _with_segments(source, union), "started_at")
+        statement = f"SELECT {named}, {', '.join(values)} FROM {rows} GROUP BY {group}"
+    if "durations" in measures:  # never from slots: a statement
         # The sorted durations stay in the engine: only their percentiles come back.
         statement = f"SELECT * EXCEPT (d), {_quantiles(q.quantiles or (0.5,))} FROM ({statement})"
         fields += MEASURE_FIELDS["durations"]
+    table = EXECUTIONS if memory else None
     if len(asks) == 1:
-        return _plain(asks[0], first, statement, tuple(fields))
+        return _plain(asks[0], first, statement, tuple(fields), table)
     parts = []
     for i in asks:
         ask = q.asks[i]
@@ -417,7 +434,7 @@ def _execution_statement(
         grouping = sum(1 << (len(dims) - 1 - j) for j, d in enumerate(dims) if d not in ask.by)
         columns = (1, *(2 + dims.index(d) for d in ask.by),
                    *(2 + len(dims) + fields.index(f) for f in mine))  # fmt: skip
-        parts.append(_Part(i, tuple(mine), columns, grouping))
+        parts.append(_Part(i, tuple(mine), columns, grouping, memory=table))
     return statement, parts
 
 
@@ -427,17 +444,15 @@ def _sums(sign: str) -> str:
     )
 
 
-def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool) -> str:
+def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool, memory: bool) -> str | None:
     """The executions of the ask's span as rows of ``schema.EXECUTION_SUMS`` (with
     started_at, workflow_id, channel and error_type), from ``execution_slots``
     (``_from_slots``)."""
-    statement = _from_slots(
-        q, ask, pending, False, "execution_slots",
+    return _from_slots(
+        q, ask, pending, memory, "execution_slots",
         f"nullIf(error_type, '') AS error_type, {', '.join(EXECUTION_SUMS)}",
         lambda sign: f"e.error_type AS error_type, {_sums(sign)}",
     )  # fmt: skip
-    assert statement is not None  # the slots are read
-    return statement
 
 
 def _from_slots(
@@ -449,6 +464,7 @@ def _from_slots(
     kept: str,
     of_execution: Callable[[str], str],
     join: str = "",
+    cut_held: bool = False,
 ) -> str | None:
     """The rows of the ask's span (started_at, workflow_id, channel, then ``kept``) from
     sums per slot of the executions' start: the slots no window edge cuts from
@@ -458,7 +474,9 @@ def _from_slots(
     the slots hold of the latter taken away, their rows of ``execution_log`` as
     ``of_execution("-sign")``. ``join``: an ARRAY JOIN of an execution (``e``) into
     rows (its node events). ``memory``: the slots no edge cuts are not read (they are
-    added up from memory); None if nothing else is to be read."""
+    added up from memory); ``cut_held``: nor the cut slots' executions while nothing
+    waits for a fold (their rows are held in memory too). None if nothing else is to
+    be read."""
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
@@ -474,7 +492,7 @@ def _from_slots(
                   WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
                     AND {sql.FILTERS} AND {whole})"""
         )
-    if cut or pending:
+    if pending or (cut and not cut_held):
         rows = sql.executions(
             f"{in_period} AND ({sql.in_slots('started_at', cut)})",
             pending=pending,
@@ -520,7 +538,7 @@ def _slot_nodes(q: ActivityQuery, ask: Ask, pending: bool, memory: bool) -> str 
     parts = _from_slots(
         q, ask, pending, memory, "node_slots", f"node_id, node_type, {', '.join(NODE_SUMS)}",
         lambda sign: f"n.2 AS node_id, n.3 AS node_type, {_node_sums(sign)}",
-        " ARRAY JOIN e.nodes AS n",
+        " ARRAY JOIN e.nodes AS n", cut_held=memory,
     )  # fmt: skip
     if parts is None:
         return None
@@ -598,12 +616,13 @@ DayReader = Callable[[int, int], Days]
 
 
 def _memory_rows(
-    q: ActivityQuery, ask: Ask, table: Table, days: Days, by_type: bool = False
+    q: ActivityQuery, ask: Ask, table: Table, days: Days, pending: bool, by_type: bool = False
 ) -> list[list[Any]]:
     """Rows (window, ``ask.by``'s values, then the table's sums) of the slots of the
-    ask's span that no window edge cuts, from memory, and for messages, of the events
-    of the slots edges cut (held too); ``by_type``: per node type too, after the key
-    (``_slot_nodes``'s rows)."""
+    ask's span that no window edge cuts, from memory, and of the message and node
+    events of the slots edges cut, held too (node events only while nothing waits for
+    a fold: ``pending``);
+    ``by_type``: per node type too, after the key (``_slot_nodes``'s rows)."""
     rows = days.rows(table)
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
     start, end = _span(q, ask)
@@ -613,11 +632,44 @@ def _memory_rows(
         q, ask, SLOTS_FROM_US + rows.slot[keep] * SLOT_US, rows.keys[keep], rows.sums[keep],
         table.keys, days, by_type,
     )  # fmt: skip
-    if table is MESSAGES and cut:
-        events = days.cut_messages(cut)
-        keys = events.channel.reshape(-1, 1)
-        out += _in_windows_of(q, ask, events.ts_us, keys, events.sums, table.keys, days)
+    if cut and (table is MESSAGES or (table is NODES and not pending)):
+        events = days.cut_events(table, cut)
+        out += _in_windows_of(
+            q, ask, events.ts_us, events.keys, events.sums, table.keys, days, by_type
+        )
     return out
+
+
+def _memberships(q: ActivityQuery, ask: Ask, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (row, window) of the ask whose window the row's time (µs) is in: the rows'
+    indexes and the windows', found per layer of disjoint windows by a binary search
+    among its starts (as ``_in_windows``'s as-of join)."""
+    rows, windows = [], []
+    for layer in _layers(q, ask):
+        starts = np.array([sql.epoch_us(q.windows[w].start) for w in layer], np.int64)
+        ends = np.array([sql.epoch_us(q.windows[w].end) for w in layer], np.int64)
+        at = np.searchsorted(starts, times, "right") - 1
+        inside = np.flatnonzero(at >= 0)
+        inside = inside[times[inside] <= ends[at[inside]]]
+        rows.append(inside)
+        windows.append(np.asarray(layer, np.int64)[at[inside]])
+    return np.concatenate(rows), np.concatenate(windows)
+
+
+def _cells_of(windows: np.ndarray, keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The cell (window, then ``keys``: codes) of each row: a number per row (0, 1, ...
+    in the cells' order), and the first row of each cell."""
+    if not len(windows):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    keys = [windows, *keys]
+    _, cell, first = distinct(np.ravel_multi_index(keys, [int(c.max()) + 1 for c in keys]))
+    return cell, first
+
+
+def _key(q: ActivityQuery, ask: Ask, window: int, value: Callable[[str], Any]) -> list[Any]:
+    """A cell's key: its window, then ``ask.by``'s values (``value`` of each but the
+    workflow's, which is the query's one)."""
+    return [window, *(q.workflow_ids[0] if d == "workflow_id" else value(d) for d in ask.by)]
 
 
 def _in_windows_of(
@@ -636,35 +688,28 @@ def _in_windows_of(
     if q.channels:
         mine = np.isin(keys[:, names.index("channel")], days.cache.code(q.channels))
         times, keys, sums = times[mine], keys[mine], sums[mine]
-    columns: list[str] = [d for d in ask.by if d in names]
+    rows, windows = _memberships(q, ask, times)
+    columns: dict[str, np.ndarray] = {c: keys[rows, names.index(c)] for c in ask.by if c in names}
     if by_type:
-        columns.append("node_type")
-    index = [names.index(c) for c in columns]
-    out: list[list[Any]] = []
-    for w in ask.windows:
-        window = q.windows[w]
-        mask = (times >= sql.epoch_us(window.start)) & (times <= sql.epoch_us(window.end))
-        if not mask.any():
-            continue
-        grouped, totals = group(
-            [keys[mask, i] for i in index] or [np.zeros(int(mask.sum()), np.int64)], sums[mask]
-        )
-        texts = {
-            c: [days.values[v] for v in k.tolist()] for c, k in zip(columns, grouped, strict=False)
-        }
-        for j, values in enumerate(totals.tolist()):
-            key: list[Any] = [w]
-            for d in ask.by:
-                if d == "workflow_id":
-                    key.append(q.workflow_ids[0])
-                elif d in texts:
-                    v = texts[d][j]
-                    key.append(v if d == "node_id" or v else None)  # '' is NULL but a node id
-                else:  # a dimension the table does not keep (messages' error type)
-                    key.append(None)
-            if by_type:
-                key.append(texts["node_type"][j])
-            out.append(key + values)
+        columns["node_type"] = keys[rows, names.index("node_type")]
+    cell, first = _cells_of(windows, [columns[d] for d in (*ask.by, "node_type") if d in columns])
+    if not len(cell):
+        return []
+    _, totals = group([cell], sums[rows])
+
+    def text(d: str, at: int) -> Any:
+        if d not in columns:  # a dimension the table does not keep (messages' error type)
+            return None
+        v = days.values[int(columns[d][at])]
+        return v if d == "node_id" or v else None  # '' is NULL but a node id
+
+    out = []
+    for c, values in enumerate(totals.tolist()):
+        at = int(first[c])
+        key = _key(q, ask, int(windows[at]), partial(text, at=at))
+        if by_type:
+            key.append(days.values[int(columns["node_type"][at])])
+        out.append(key + values)
     return out
 
 
@@ -686,82 +731,71 @@ def _execution_cells(
     t = execs.started_us
     first, last = np.searchsorted(t[:held], start), np.searchsorted(t[:held], end, "right")
     waiting = held + np.flatnonzero((t[held:] >= start) & (t[held:] <= end))
-    rows = np.concatenate([np.arange(first, last), waiting])
-    if len(waiting):  # in order of their start, as the held ones are
-        rows = rows[np.argsort(t[rows], kind="stable")]
+    span = np.concatenate([np.arange(first, last), waiting])
     if q.channels:
-        rows = rows[np.isin(execs.channel[rows], days.cache.code(q.channels))]
-    t = t[rows]
-    columns: dict[Dimension, np.ndarray] = {
+        span = span[np.isin(execs.channel[span], days.cache.code(q.channels))]
+    member, windows = _memberships(q, ask, t[span])
+    rows = span[member]  # an execution once per window it is in
+    columns: dict[str, np.ndarray] = {
         d: (execs.channel if d == "channel" else execs.error_type)[rows]
         for d in ask.by if d in ("channel", "error_type")
     }  # fmt: skip
     hours = np.empty(0, np.int64)
     if "hour" in ask.by:
-        hours, columns["hour"] = np.unique(_local_hours(t, q.timezone), return_inverse=True)
+        hours, columns["hour"], _ = distinct(_local_hours(t[rows], q.timezone))
+    cell, firsts = _cells_of(windows, [columns[d] for d in ask.by if d in columns])
+    if not len(cell):
+        return []
     status, duration = execs.status[rows], execs.duration_ms[rows]
     timed = (status > 0) & (duration >= 0)
     sums = np.column_stack([
         np.ones(len(rows), np.int64), status == 1, status == 2,
         np.where(status > 0, np.maximum(duration, 0), 0), timed,
     ]).astype(np.int64)  # fmt: skip
-    out: list[list[Any]] = []
-    for w in ask.windows:
-        window = q.windows[w]
-        a = int(np.searchsorted(t, sql.epoch_us(window.start)))
-        b = int(np.searchsorted(t, sql.epoch_us(window.end), "right"))
-        if a == b:
-            continue
-        by = [columns[d][a:b] for d in ask.by if d in columns]
-        if by:
-            flat = np.ravel_multi_index(by, [int(c.max()) + 1 for c in by])
-            _, firsts, cell = np.unique(flat, return_index=True, return_inverse=True)
-        else:
-            firsts, cell = np.zeros(1, np.int64), np.zeros(b - a, np.int64)
-        _, totals = group([cell], sums[a:b])  # cells 0, 1, ... in order
-        n_cells = len(totals)
-        customers = np.zeros(n_cells, np.int64)
-        if "customers" in ask.measures:
-            nums = execs.customer_num[rows[a:b]]
-            numbered = nums > 0
-            pairs = np.unique(cell[numbered] * (int(nums.max()) + 1) + nums[numbered])
-            customers += np.bincount(pairs // (int(nums.max()) + 1), minlength=n_cells)
-            by_id: dict[int, set[str]] = {}
-            for k in np.flatnonzero(rows[a:b] >= held).tolist():
-                who = ids[int(rows[a + k]) - held]
-                if who is not None:
-                    by_id.setdefault(int(cell[k]), set()).add(who)
-            for c, found in by_id.items():
-                customers[c] += len(found)
-        quantiles: list[list[float | None]] = []
-        if "durations" in ask.measures:
-            mine = np.flatnonzero(timed[a:b])
-            order = mine[np.argsort(cell[mine], kind="stable")]
-            bounds = np.searchsorted(cell[order], np.arange(n_cells + 1))
-            for c in range(n_cells):
-                values = duration[a:b][order[bounds[c] : bounds[c + 1]]]
-                quantiles.append(
-                    np.quantile(values, q.quantiles).tolist() if len(values)
-                    else [None] * len(q.quantiles)
-                )  # fmt: skip
+    _, totals = group([cell], sums)  # cells 0, 1, ... in order
+    n_cells = len(totals)
+    customers = np.zeros(n_cells, np.int64)
+    if "customers" in ask.measures:
+        nums = execs.customer_num[rows]
+        numbered = nums > 0
+        base = int(nums.max()) + 1
+        pairs, _, _ = distinct(cell[numbered] * base + nums[numbered])
+        customers += np.bincount(pairs // base, minlength=n_cells)
+        by_id: dict[int, set[str]] = {}
+        for k in np.flatnonzero(rows >= held).tolist():
+            who = ids[int(rows[k]) - held]
+            if who is not None:
+                by_id.setdefault(int(cell[k]), set()).add(who)
+        for c, found in by_id.items():
+            customers[c] += len(found)
+    quantiles: list[list[float | None]] = []
+    if "durations" in ask.measures:
+        mine = np.flatnonzero(timed)
+        order = mine[np.argsort(cell[mine], kind="stable")]
+        bounds = np.searchsorted(cell[order], np.arange(n_cells + 1))
         for c in range(n_cells):
-            at = a + int(firsts[c])  # the cell's key, from its first execution
-            key: list[Any] = [w]
-            for d in ask.by:
-                if d == "workflow_id":
-                    key.append(q.workflow_ids[0])
-                elif d == "hour":
-                    key.append(sql.from_epoch_us(int(hours[columns["hour"][at]])))
-                else:
-                    key.append(days.values[int(columns[d][at])] or None)
-            values_of: list[Any] = []
-            if "executions" in ask.measures:
-                values_of += totals[c].tolist()
-            if "customers" in ask.measures:
-                values_of.append(int(customers[c]))
-            if "durations" in ask.measures:
-                values_of.append(quantiles[c])
-            out.append(key + values_of)
+            values = duration[order[bounds[c] : bounds[c + 1]]]
+            quantiles.append(
+                np.quantile(values, q.quantiles).tolist() if len(values)
+                else [None] * len(q.quantiles)
+            )  # fmt: skip
+
+    def value(d: str, at: int) -> Any:
+        if d == "hour":
+            return sql.from_epoch_us(int(hours[columns["hour"][at]]))
+        return days.values[int(columns[d][at])] or None
+
+    out: list[list[Any]] = []
+    for c in range(n_cells):
+        at = int(firsts[c])  # the cell's key, from its first execution
+        row = _key(q, ask, int(windows[at]), partial(value, at=at))
+        if "executions" in ask.measures:
+            row += totals[c].tolist()
+        if "customers" in ask.measures:
+            row.append(int(customers[c]))
+        if "durations" in ask.measures:
+            row.append(quantiles[c])
+        out.append(row)
     return out
 
 
@@ -804,7 +838,17 @@ def activity(
         **sql.filter_params(q.workflow_ids, q.channels),
     }
     memory = workflow_days is not None and folded > 0 and len(q.workflow_ids) == 1
-    statements = _statements(q, pending, folded=folded > 0, memory=memory)
+    days: Days | None = None
+    few = False
+    if memory:
+        assert workflow_days is not None
+        spans = [_span(q, ask) for ask in q.asks]
+        lo, hi = (sql.epoch_us(min(a for a, _ in spans)), sql.epoch_us(max(b for _, b in spans)))
+        days = workflow_days(sql.slot_of_us(lo), sql.slot_of_us(hi))
+        slots = days.rows(EXECUTIONS)
+        inside = (slots.slot >= sql.slot_of_us(lo)) & (slots.slot <= sql.slot_of_us(hi))
+        few = int(slots.sums[inside, 0].sum()) <= MEMORY_EXECUTIONS
+    statements = _statements(q, pending, folded=folded > 0, memory=memory, executions=few)
     from_memory = [p for _, (_, parts) in statements for p in parts if p.memory or p.executions]
     batch = [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements
              if statement is not None]  # fmt: skip
@@ -813,14 +857,6 @@ def activity(
         span = tuple(sorted({w for i in executions_asked for w in q.asks[i].windows}))
         batch.append((_WAITING, base | _window_params(q, Ask(span, frozenset()))))
     tables = iter(transport.query_all(batch))
-    days: Days | None = None
-    if from_memory:
-        assert workflow_days is not None
-        spans = [_span(q, q.asks[p.ask]) for p in from_memory]
-        days = workflow_days(
-            sql.slot_of_us(sql.epoch_us(min(a for a, _ in spans))),
-            sql.slot_of_us(sql.epoch_us(max(b for _, b in spans))),
-        )
     out: list[Cells] = [{} for _ in q.asks]
     for bound, (statement, parts) in statements:
         found = sql.rows(next(tables)) if statement is not None else []
@@ -830,7 +866,8 @@ def activity(
             n_keys = 1 + len(ask.by)
             if part.memory is not None:
                 assert days is not None
-                found += [tuple(r) for r in _memory_rows(q, ask, part.memory, days, by_type=True)]
+                held = _memory_rows(q, ask, part.memory, days, pending, by_type=True)
+                found += [tuple(r) for r in held]
             per_cell = _node_cells(found, n_keys)
             if per_cell is not None:
                 add_rows(out[part.ask], per_cell, n_keys, part.fields)
@@ -861,11 +898,11 @@ def activity(
             add_rows(out[part.ask], rows, n_keys, part.fields)
             if part.memory is not None and part.fallback is None:
                 assert days is not None
-                memory_rows = _memory_rows(q, ask, part.memory, days)
+                memory_rows = _memory_rows(q, ask, part.memory, days, pending)
                 add_rows(out[part.ask], memory_rows, n_keys, part.fields, to_sums=True)
     if executions_asked:
         assert days is not None
-        execs, ids = days.executions, list[str | None]()
+        execs, ids = days.executions(), list[str | None]()
         if pending:
             execs, ids = _with_waiting(execs, next(tables), days)
         for i in executions_asked:

@@ -15,9 +15,11 @@ Kept per (tenant, workflow, UTC day), as of a fold's watermark:
   An answer leaves out those with events after its watermark, by id, and
   merges them itself;
 - its rows of ``message_slots`` and ``node_slots``, added up per slot and key;
-- the message and feedback events of the slots a window edge cut in an answer
-  (read when first needed: the start of a dashboard's period cuts the same
-  slot every time it is asked).
+- the message and feedback events, and the node events, of the slots a
+  window edge cut in an answer (read when first needed: the start of a
+  dashboard's period cuts the same slot every time it is asked). Node events
+  come with their folded executions, so answers use them only when nothing
+  of the tenant waits for a fold.
 
 Loaded when an answer first needs the day; evicted least recently used
 beyond a byte budget (``KAIE_ROLLUP_CACHE_MB``).
@@ -46,11 +48,13 @@ import pyarrow as pa
 
 from kaie_analytics.engines.clickhouse import sql
 from kaie_analytics.engines.clickhouse.schema import (
+    EXECUTION_SUMS,
     MESSAGE_ROLLUP_TYPES,
     NODE_SUMS,
     SLOT_US,
     SLOTS_FROM_US,
     SLOTS_PER_DAY,
+    node_sums,
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
 from kaie_analytics.engines.sums import Codes, HeldDays, runs
@@ -71,9 +75,10 @@ class Table:
     sums: tuple[str, ...]
 
 
+EXECUTIONS = Table("execution_slots", ("channel", "error_type"), EXECUTION_SUMS)
 MESSAGES = Table("message_slots", ("channel",), ("sent", "received", "csat_sum", "csat_n"))
 NODES = Table("node_slots", ("channel", "node_id", "node_type"), NODE_SUMS)
-TABLES = (MESSAGES, NODES)
+TABLES = (EXECUTIONS, MESSAGES, NODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +108,38 @@ class Executions:
 
 
 @dataclass(frozen=True, slots=True)
-class Messages:
-    """Message and feedback events as columns, ascending by time: µs of their time, the
-    slot of it, channel (code; '' for none), and ``MESSAGES``' sums of each (sent,
-    received, its score, whether it has one)."""
+class Events:
+    """Events of a table's kind (``MESSAGES``: message and feedback events; ``NODES``:
+    node events) as columns, ascending by slot: the µs of each (a node event: of its
+    execution's start), its slot, its keys (codes of the table's), and its sums (the
+    table's, for this one event)."""
 
     ts_us: np.ndarray
     slot: np.ndarray
-    channel: np.ndarray
+    keys: np.ndarray
     sums: np.ndarray
+
+
+#: How the events of some slots are read, per table: their columns, and where from.
+_EVENTS = {
+    MESSAGES.name: (
+        f"""{sql.us("ts")} AS t, {sql.slot_of("ts")} AS s, ifNull(channel, ''),
+            type = 'message.sent', type = 'message.received',
+            if(type = 'feedback.submitted', ifNull(csat, 0), 0),
+            type = 'feedback.submitted' AND csat IS NOT NULL
+        FROM events FINAL
+        WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES}
+          AND workflow_id = {{workflow:String}} AND ({{slots}}) AND {sql.ingested(None, "{folded:Int64}")}""",
+        "ts",
+    ),
+    NODES.name: (
+        f"""{sql.us("started_at")} AS t, {sql.slot_of("started_at")} AS s, ifNull(channel, ''),
+            n.2, n.3, {", ".join(node_sums("1", "n"))}
+        FROM executions FINAL ARRAY JOIN nodes AS n
+        WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}} AND ({{slots}})""",
+        "started_at",
+    ),
+}
 
 
 def _concat(parts: Sequence[Any], empty: Any) -> Any:
@@ -152,13 +180,16 @@ _NO_EXECUTIONS = Executions(
 @dataclass
 class _Day:
     tables: dict[str, Rows]
-    executions: Executions
-    #: The message events of some of its slots (read when an edge cut them).
-    cut_messages: dict[int, Messages] = field(default_factory=dict)
+    #: Its executions, one row each (read when first needed: for a workflow with few).
+    executions: Executions | None = None
+    #: The events of some of its slots (read when an edge cut them), per (table, slot).
+    cut: dict[tuple[str, int], Events] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        held = [*self.tables.values(), self.executions, *self.cut_messages.values()]
+        held = [*self.tables.values(), *self.cut.values()]
+        if self.executions is not None:
+            held.append(self.executions)
         return sum(_nbytes(r) for r in held) + 512
 
 
@@ -167,7 +198,6 @@ class Days:
     """A run of days of one workflow, as one answer reads them."""
 
     tables: dict[str, Rows]
-    executions: Executions
     #: Code → text value of the key columns, and a way to code more (``WorkflowDays.code``).
     values: list[str]
     cache: WorkflowDays
@@ -179,9 +209,19 @@ class Days:
     def rows(self, table: Table) -> Rows:
         return self.tables[table.name]
 
-    def cut_messages(self, slots: Sequence[int]) -> Messages:
-        """The message events of ``slots`` (ascending, in these days) as of the watermark."""
-        return self.cache.cut_messages(self.tenant, self.workflow_id, slots, self.folded)
+    first: int
+    last: int
+
+    def cut_events(self, table: Table, slots: Sequence[int]) -> Events:
+        """The events of ``table``'s kind of ``slots`` (ascending, in these days) as of
+        the watermark."""
+        return self.cache.cut_events(self.tenant, self.workflow_id, table, slots, self.folded)
+
+    def executions(self) -> Executions:
+        """The executions of these days (in order of their start), as of the watermark."""
+        return self.cache.executions(
+            self.tenant, self.workflow_id, self.first, self.last, self.folded
+        )
 
 
 class WorkflowDays:
@@ -235,64 +275,84 @@ class WorkflowDays:
         days = [held[k] for k in keys]
         return Days(
             {t.name: _concat([d.tables[t.name] for d in days], _empty_rows(t)) for t in TABLES},
-            _concat([d.executions for d in days], _NO_EXECUTIONS),
             self.codes.values,
             self,
             tenant,
             workflow_id,
             folded,
+            first,
+            last,
         )
 
-    def cut_messages(
-        self, tenant: str, workflow_id: str, slots: Sequence[int], folded: int
-    ) -> Messages:
-        """The workflow's message and feedback events of ``slots`` (ascending) as of
+    def executions(
+        self, tenant: str, workflow_id: str, first: int, last: int, folded: int
+    ) -> Executions:
+        """The workflow's executions of the days of slots ``first``..``last`` as of
+        watermark ``folded``, kept with their days (when those are held)."""
+        days = range(first // SLOTS_PER_DAY, last // SLOTS_PER_DAY + 1)
+        with self._lock:
+            keep = self._catch_up(folded)
+            found: dict[int, Executions] = {}
+            for d in days:
+                day = self._days.get((tenant, workflow_id, d)) if keep else None
+                if day is not None and day.executions is not None:
+                    found[d] = day.executions
+            missing = [d for d in days if d not in found]
+            if missing:
+                for d, execs in self._load_executions(tenant, workflow_id, missing).items():
+                    found[d] = execs
+                    key = (tenant, workflow_id, d)
+                    day = self._days.get(key) if keep else None
+                    if day is not None:  # held again, to count its bytes
+                        day.executions = execs
+                        self._days.put(key, day)
+        return _concat([found[d] for d in days], _NO_EXECUTIONS)
+
+    def cut_events(
+        self, tenant: str, workflow_id: str, table: Table, slots: Sequence[int], folded: int
+    ) -> Events:
+        """The workflow's events of ``table``'s kind of ``slots`` (ascending) as of
         watermark ``folded``, kept with their days (when those are held)."""
         with self._lock:
             keep = self._catch_up(folded)
-            found: dict[int, Messages] = {}
+            found: dict[int, Events] = {}
             for s in slots:
                 day = self._days.get((tenant, workflow_id, s // SLOTS_PER_DAY)) if keep else None
-                if day is not None and s in day.cut_messages:
-                    found[s] = day.cut_messages[s]
+                if day is not None and (table.name, s) in day.cut:
+                    found[s] = day.cut[(table.name, s)]
             missing = [s for s in slots if s not in found]
             if missing:
-                loaded = self._messages(tenant, workflow_id, missing, folded)
+                loaded = self._events(tenant, workflow_id, table, missing, folded)
                 bounds = np.searchsorted(loaded.slot, [*missing, missing[-1] + 1])
                 for s, i0, i1 in zip(missing, bounds[:-1], bounds[1:], strict=True):
-                    found[s] = Messages(*(getattr(loaded, f.name)[i0:i1] for f in fields(loaded)))
+                    found[s] = Events(*(getattr(loaded, f.name)[i0:i1] for f in fields(loaded)))
                     key = (tenant, workflow_id, s // SLOTS_PER_DAY)
                     day = self._days.get(key) if keep else None
                     if day is not None:  # held again, to count its bytes
-                        day.cut_messages[s] = found[s]
+                        day.cut[(table.name, s)] = found[s]
                         self._days.put(key, day)
         parts = [found[s] for s in slots]
-        return Messages(*(np.concatenate([getattr(p, f.name) for p in parts])
-                          for f in fields(Messages)))  # fmt: skip
+        return Events(*(np.concatenate([getattr(p, f.name) for p in parts])
+                        for f in fields(Events)))  # fmt: skip
 
-    def _messages(
-        self, tenant: str, workflow_id: str, slots: Sequence[int], folded: int
-    ) -> Messages:
-        """Read the message events of ``slots`` (ascending) ingested up to ``folded``."""
+    def _events(
+        self, tenant: str, workflow_id: str, table: Table, slots: Sequence[int], folded: int
+    ) -> Events:
+        """Read the events of ``table``'s kind of ``slots`` (ascending) as of ``folded``."""
+        columns_from, time = _EVENTS[table.name]
         result = self._transport.query(
-            f"""SELECT {sql.us("ts")} AS t, {sql.slot_of("ts")} AS s, ifNull(channel, ''),
-                type = 'message.sent', type = 'message.received',
-                if(type = 'feedback.submitted', ifNull(csat, 0), 0),
-                type = 'feedback.submitted' AND csat IS NOT NULL
-            FROM events FINAL
-            WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES}
-              AND workflow_id = {{workflow:String}} AND ({sql.in_slots("ts", slots)})
-              AND {sql.ingested(None, "{folded:Int64}")}
-            ORDER BY s, t""",
+            f"SELECT {columns_from.replace('{slots}', sql.in_slots(time, slots))} ORDER BY s, t",
             {"tenant": tenant, "workflow": workflow_id, "folded": folded},
         )
         columns = [result.column(i) for i in range(result.num_columns)]
-        n = result.num_rows
-        return Messages(
+        n, k = result.num_rows, len(table.keys)
+        return Events(
             np.asarray(columns[0], np.int64),
             np.asarray(columns[1], np.int64),
-            self._coded(columns[2]),
-            np.column_stack([np.asarray(c, np.int64) for c in columns[3:]]).reshape(n, 4),
+            np.column_stack([self._coded(c) for c in columns[2 : 2 + k]]).reshape(n, k),
+            np.column_stack([np.asarray(c, np.int64) for c in columns[2 + k :]]).reshape(
+                n, len(table.sums)
+            ),
         )
 
     def _catch_up(self, folded: int) -> bool:
@@ -321,10 +381,9 @@ class WorkflowDays:
     def _load(
         self, tenant: str, workflow_id: str, days: Sequence[int], folded: int
     ) -> dict[int, _Day]:
-        """Read ``days`` of the workflow as of ``folded``: per run of consecutive days, a
-        statement per table and one for the executions, side by side."""
+        """Read the sums per slot of ``days`` of the workflow as of ``folded``: per run of
+        consecutive days, a statement per table, side by side."""
         params = {"tenant": tenant, "workflow": workflow_id, "folded": folded}
-        where = "tenant = {tenant:String} AND workflow_id = {workflow:String}"
         statements = []
         day_runs = runs(days)
         for a, b in day_runs:
@@ -333,24 +392,14 @@ class WorkflowDays:
                 sums = ", ".join(f"sum({c})" for c in t.sums)
                 statements.append((
                     f"""SELECT slot, {keys}, {sums} FROM {t.name}
-                    WHERE {where} AND fold <= {{folded:Int64}}
+                    WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}}
+                      AND fold <= {{folded:Int64}}
                       AND slot BETWEEN {a * SLOTS_PER_DAY} AND {(b + 1) * SLOTS_PER_DAY - 1}
                     GROUP BY slot, {keys} ORDER BY slot""",
                     params,
                 ))  # fmt: skip
-            lo, hi = SLOTS_FROM_US + a * _DAY_US, SLOTS_FROM_US + (b + 1) * _DAY_US
-            statements.append((
-                f"""SELECT {sql.us("started_at")} AS t, ifNull(channel, ''),
-                    ifNull(error_type, ''), status, ifNull(duration_ms, -1), customer_num,
-                    cityHash64(execution_id), execution_id
-                FROM executions FINAL
-                WHERE {where} AND started_at >= fromUnixTimestamp64Micro({lo}, 'UTC')
-                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC')
-                ORDER BY t""",
-                params,
-            ))  # fmt: skip
         results = iter(self._transport.query_all(statements))
-        out: dict[int, _Day] = {d: _Day({}, _NO_EXECUTIONS) for d in days}
+        out: dict[int, _Day] = {d: _Day({}) for d in days}
         for a, b in day_runs:
             edges = np.arange(a, b + 2) * SLOTS_PER_DAY
             for t in TABLES:
@@ -360,12 +409,37 @@ class WorkflowDays:
                     out[d].tables[t.name] = Rows(
                         rows.slot[i0:i1].copy(), rows.keys[i0:i1].copy(), rows.sums[i0:i1].copy()
                     )
-            execs = self._executions(next(results))
-            bounds = np.searchsorted(execs.started_us, SLOTS_FROM_US + edges * SLOT_US)
+        return out
+
+    def _load_executions(
+        self, tenant: str, workflow_id: str, days: Sequence[int]
+    ) -> dict[int, Executions]:
+        """Read the folded executions of ``days`` of the workflow, one statement per run of
+        consecutive days, side by side (those with events after a watermark are left out
+        by the answers that read with it)."""
+        params = {"tenant": tenant, "workflow": workflow_id}
+        statements = []
+        day_runs = runs(days)
+        for a, b in day_runs:
+            lo, hi = SLOTS_FROM_US + a * _DAY_US, SLOTS_FROM_US + (b + 1) * _DAY_US
+            statements.append((
+                f"""SELECT {sql.us("started_at")} AS t, ifNull(channel, ''),
+                    ifNull(error_type, ''), status, ifNull(duration_ms, -1), customer_num,
+                    cityHash64(execution_id), execution_id
+                FROM executions FINAL
+                WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}}
+                  AND started_at >= fromUnixTimestamp64Micro({lo}, 'UTC')
+                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC')
+                ORDER BY t""",
+                params,
+            ))  # fmt: skip
+        out: dict[int, Executions] = {}
+        for (a, b), result in zip(day_runs, self._transport.query_all(statements), strict=True):
+            execs = self._executions(result)
+            edges = SLOTS_FROM_US + np.arange(a, b + 2) * _DAY_US
+            bounds = np.searchsorted(execs.started_us, edges)
             for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
-                out[d].executions = Executions(
-                    *(getattr(execs, f.name)[i0:i1].copy() for f in fields(execs))
-                )
+                out[d] = Executions(*(getattr(execs, f.name)[i0:i1].copy() for f in fields(execs)))
         return out
 
     def _rows(self, table: Table, result: pa.Table) -> Rows:
