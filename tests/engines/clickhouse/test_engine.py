@@ -984,12 +984,17 @@ def test_a_journey_whose_type_or_first_step_changes_leaves_its_old_key(
     engine.close()
 
 
-def test_a_workflows_days_held_in_memory_follow_every_fold(tmp_path: Path) -> None:
-    """A workflow's folded executions and sums per slot are held in memory per day once
-    read; a fold drops the days it changed (a late failure changes the day its
-    execution started), and an answer with an earlier watermark reads the days as of
-    that watermark without keeping them. Expected: the events counted here, one by
-    one."""
+@pytest.mark.parametrize("few", [True, False])
+def test_a_workflows_days_held_in_memory_follow_every_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, few: bool
+) -> None:
+    """A workflow's folded executions (``few``: or, for a busy workflow, their sums per
+    slot) and its other sums per slot are held in memory per day once read; a fold
+    drops the days it changed (a late failure changes the day its execution started),
+    and an answer with an earlier watermark reads the days as of that watermark
+    without keeping them. Expected: the events counted here, one by one."""
+    if not few:
+        monkeypatch.setattr(activity, "MEMORY_EXECUTIONS", 0)
     engine = ClickHouseEngine(ChdbTransport(tmp_path / "ch"), fold_idle_s=3600)
     d0 = datetime(2024, 5, 1)
     window = Window(d0 + timedelta(minutes=7), d0 + timedelta(days=2, hours=20, minutes=53))

@@ -7,6 +7,12 @@ feedback; each row is put in every window its time is in.
 Percentiles follow numpy's linear interpolation to the bit (the sorted
 durations of a cell, then numpy's own formula), so they equal the DuckDB
 engine's and the spec's reference exactly.
+
+A query about one workflow, once the fold has run, adds up much of this from
+the workflow's days held in memory instead (``workflow_days``): sums per slot,
+the events of cut slots, and a workflow with few executions its executions
+themselves (numpy's ``quantile`` is the percentile there); its statements then
+read only the rest.
 """
 
 from __future__ import annotations

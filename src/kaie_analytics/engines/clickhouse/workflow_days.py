@@ -3,23 +3,26 @@
 Each ClickHouse statement costs 10-20 ms of analysis and planning however few
 rows it reads, and a workflow answer was three or four of them. Held here as
 numpy columns, the same facts add up in a few milliseconds, and ClickHouse is
-left with what memory cannot have right: the rows of the slots a window edge
-cuts, for sums per slot, and whatever waits for a fold. The DuckDB engine keeps
-its own rollups the same way (``engines.duckdb.rollup_cache``).
+left with what memory does not have: the executions of a busy workflow, the
+slots a window edge cuts where their rows are not held, and whatever waits for
+a fold. The DuckDB engine keeps its own rollups the same way
+(``engines.duckdb.rollup_cache``).
 
 Kept per (tenant, workflow, UTC day), as of a fold's watermark:
 
-- the day's folded executions, one row each (start, channel, error type,
-  status, duration, customer number, id): exact in any window, so counts,
+- its rows of ``execution_slots``, ``message_slots`` and ``node_slots``, added
+  up per slot and key;
+- when first needed (``executions``: a workflow with few in an answer's span),
+  its folded executions, one row each (start, channel, error type, status,
+  duration, customer number, id): exact in any window, so counts,
   percentiles, hours and distinct customers need no statement of their own.
   An answer leaves out those with events after its watermark, by id, and
   merges them itself;
-- its rows of ``message_slots`` and ``node_slots``, added up per slot and key;
-- the message and feedback events, and the node events, of the slots a
-  window edge cut in an answer (read when first needed: the start of a
-  dashboard's period cuts the same slot every time it is asked). Node events
-  come with their folded executions, so answers use them only when nothing
-  of the tenant waits for a fold.
+- when first needed, the message and feedback events, and the node events, of
+  the slots a window edge cut in an answer (the start of a dashboard's period
+  cuts the same slot every time it is asked). Node events come with their
+  folded executions, so answers use them only when nothing of the tenant waits
+  for a fold.
 
 Loaded when an answer first needs the day; evicted least recently used
 beyond a byte budget (``KAIE_ROLLUP_CACHE_MB``).
