@@ -855,10 +855,9 @@ def activity(
         inside = (slots.slot >= sql.slot_of_us(lo)) & (slots.slot <= sql.slot_of_us(hi))
         few = int(slots.sums[inside, 0].sum()) <= MEMORY_EXECUTIONS
     statements = _statements(q, pending, folded=folded > 0, memory=memory, executions=few)
-    from_memory = [p for _, (_, parts) in statements for p in parts if p.memory or p.executions]
     batch = [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements
              if statement is not None]  # fmt: skip
-    executions_asked = [p.ask for p in from_memory if p.executions]
+    executions_asked = [p.ask for _, (_, parts) in statements for p in parts if p.executions]
     if pending and executions_asked:  # the executions waiting for a fold, once for all
         span = tuple(sorted({w for i in executions_asked for w in q.asks[i].windows}))
         batch.append((_WAITING, base | _window_params(q, Ask(span, frozenset()))))

@@ -204,16 +204,15 @@ class Days:
     #: Code → text value of the key columns, and a way to code more (``WorkflowDays.code``).
     values: list[str]
     cache: WorkflowDays
-    #: Whose days, as of which watermark.
+    #: Whose days, as of which watermark, and the slots they were asked for.
     tenant: str
     workflow_id: str
     folded: int
+    first: int
+    last: int
 
     def rows(self, table: Table) -> Rows:
         return self.tables[table.name]
-
-    first: int
-    last: int
 
     def cut_events(self, table: Table, slots: Sequence[int]) -> Events:
         """The events of ``table``'s kind of ``slots`` (ascending, in these days) as of
@@ -290,8 +289,9 @@ class WorkflowDays:
     def executions(
         self, tenant: str, workflow_id: str, first: int, last: int, folded: int
     ) -> Executions:
-        """The workflow's executions of the days of slots ``first``..``last`` as of
-        watermark ``folded``, kept with their days (when those are held)."""
+        """The workflow's folded executions of the days of slots ``first``..``last``,
+        kept with their days when those are held as of watermark ``folded`` (an answer
+        leaves out, by id, those with events after its watermark)."""
         days = range(first // SLOTS_PER_DAY, last // SLOTS_PER_DAY + 1)
         with self._lock:
             keep = self._catch_up(folded)
