@@ -1003,6 +1003,8 @@ def test_a_workflows_days_held_in_memory_follow_every_fold(
         Ask((0,), frozenset({"messages"})),
         Ask((0,), frozenset({"nodes"}), ("node_id",)),
         Ask((0,), frozenset({"customers", "durations"})),
+        Ask((0,), frozenset({"durations"})),
+        Ask((0,), frozenset({"executions"}), ("hour",)),
     ), workflow_ids=("wf",), quantiles=(0.5, 0.9))  # fmt: skip
     starts: dict[int, tuple[datetime, str]] = {}
     ended: dict[int, tuple[str, int]] = {}
@@ -1028,7 +1030,9 @@ def test_a_workflows_days_held_in_memory_follow_every_fold(
         return {"id": f"m{k}", "type": "message.sent", "timestamp": iso(t),
                 "workflow_id": "wf", "customer_id": "c", "channel": "sms"}  # fmt: skip
 
-    Facts = tuple[dict[object, tuple[int, int, int, int]], int, dict[object, int], object]
+    Facts = tuple[
+        dict[object, tuple[int, int, int, int]], int, dict[object, int], object, object, object
+    ]
 
     def want() -> Facts:
         inside = {i for i, (t, _) in starts.items() if window.start <= t <= window.end}
@@ -1045,16 +1049,23 @@ def test_a_workflows_days_held_in_memory_follow_every_fold(
                 per_node[(0, node)] = per_node.get((0, node), 0) + 1
         durations = [ended[i][1] for i in inside]
         quantiles = tuple(float(np.percentile(durations, p)) for p in (50, 90))
-        return by_channel, sent, per_node, (len({customer[i] for i in inside}), quantiles)
+        hours: dict[object, int] = {}
+        for i in inside:
+            at = starts[i][0].replace(minute=0, second=0, microsecond=0)
+            hours[(0, at)] = hours.get((0, at), 0) + 1
+        overall = (len({customer[i] for i in inside}), quantiles)
+        return by_channel, sent, per_node, overall, quantiles, hours
 
     def got(cells: list[Cells] | None = None) -> Facts:
-        execs, msgs, per_node, overall = cells or engine.activity(q)
+        execs, msgs, per_node, overall, durations, per_hour = cells or engine.activity(q)
         return (
             {k: (c.executions, c.successful, c.failed, c.duration_sum)
              for k, c in execs.items() if c.executions},
             sum(c.sent for c in msgs.values()),
             {k: c.node_events for k, c in per_node.items()},
             (overall[(0,)].customers, overall[(0,)].quantiles),
+            durations[(0,)].quantiles,
+            {k: c.executions for k, c in per_hour.items() if c.executions},
         )  # fmt: skip
 
     events = []

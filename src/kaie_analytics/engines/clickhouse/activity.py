@@ -86,6 +86,7 @@ _MESSAGE_SLOT_DIMS = frozenset({"workflow_id", "channel", "error_type"})
 #: The measures of executions, in the order of their fields in a cell's row.
 _EXEC_MEASURES: tuple[Measure, ...] = ("executions", "customers", "durations")
 _HOUR_US = 3_600_000_000
+_DAY_US = 24 * _HOUR_US
 #: Executions in an answer's span up to which they are worked out from those held in
 #: memory. Beyond, ClickHouse's own aggregate (compiled, on every core) is faster than
 #: numpy's passes over them here: the busiest workflow's 147k executions of a month
@@ -281,6 +282,9 @@ class _Part:
     #: The cells are worked out from the executions held in memory and those waiting
     #: for a fold (``_WAITING``), with no statement of their own.
     executions: bool = False
+    #: The cells are added up from memory alone: execution sums per slot, the
+    #: executions of the cut slots, the durations (nothing waits for a fold).
+    held: bool = False
 
 
 #: A statement (None: nothing to read beyond the sums in memory), and where the cells
@@ -313,7 +317,12 @@ def _executions(q: ActivityQuery, pending: bool, numbers: bool = False) -> str:
 
 
 def _statements(
-    q: ActivityQuery, pending: bool, folded: bool, memory: bool = False, executions: bool = False
+    q: ActivityQuery,
+    pending: bool,
+    folded: bool,
+    memory: bool = False,
+    executions: bool = False,
+    hours_on_slots: bool = False,
 ) -> list[tuple[Ask, _Statement]]:
     """Each statement (with the ask whose windows it binds) and where the cells of
     each ask are in its rows. The asks of executions over the same windows share one
@@ -325,7 +334,9 @@ def _statements(
     alone over their windows read those slots. ``memory``: the query is about one
     workflow, whose folded facts are in memory (``workflow_days``): the sums of the
     slots no window edge cuts are added up there, and executions by dimensions it
-    keeps are worked out there if ``executions`` (few enough of them)."""
+    keeps are worked out there if ``executions`` (few enough of them); else, while
+    nothing waits for a fold, execution sums and durations are added up there, by
+    local hour too if the zone's offset keeps to the slots (``hours_on_slots``)."""
     out: list[tuple[Ask, _Statement]] = []
     shared: dict[tuple[tuple[int, ...], bool], list[list[int]]] = {}
     # Windows whose executions are read one by one anyway (durations, or a dimension the
@@ -360,6 +371,9 @@ def _statements(
         if executions and m & set(_EXEC_MEASURES) and set(ask.by) <= _MEMORY_EXEC_DIMS:
             fields = tuple(f for e in _EXEC_MEASURES if e in m for f in MEASURE_FIELDS[e])
             out.append((ask, (None, [_Part(i, fields, (), executions=True)])))
+        elif memory and not pending and _held(ask, hours_on_slots):
+            fields = tuple(f for e in _EXEC_MEASURES if e in m for f in MEASURE_FIELDS[e])
+            out.append((ask, (None, [_Part(i, fields, (), held=True)])))
         elif "customers" in m:
             out.append((ask, _execution_statement(q, [i], pending, folded)))
         elif m & {"executions", "durations"}:
@@ -377,6 +391,20 @@ def _statements(
             shared_statement = _execution_statement(q, group, pending, folded, slots, memory)
             out.append((q.asks[group[0]], shared_statement))
     return out
+
+
+def _held(ask: Ask, hours_on_slots: bool) -> bool:
+    """Whether memory alone answers an ask of executions while nothing waits for a
+    fold: sums by what the slots keep (and the local hour on the slots' grid), and
+    durations of the whole window."""
+    m = ask.measures & set(_EXEC_MEASURES)
+    by = set(ask.by)
+    return (
+        bool(m)
+        and "customers" not in m
+        and by <= _SLOT_DIMS | ({"hour"} if hours_on_slots else set())
+        and ("durations" not in m or by <= {"workflow_id"})
+    )
 
 
 def _execution_statement(
@@ -625,9 +653,9 @@ def _memory_rows(
     q: ActivityQuery, ask: Ask, table: Table, days: Days, pending: bool, by_type: bool = False
 ) -> list[list[Any]]:
     """Rows (window, ``ask.by``'s values, then the table's sums) of the slots of the
-    ask's span that no window edge cuts, from memory, and of the message and node
-    events of the slots edges cut, held too (node events only while nothing waits for
-    a fold: ``pending``);
+    ask's span that no window edge cuts, from memory, and of the events of the slots
+    edges cut, held too (node events and executions only while nothing waits for a
+    fold: ``pending``);
     ``by_type``: per node type too, after the key (``_slot_nodes``'s rows)."""
     rows = days.rows(table)
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
@@ -638,7 +666,7 @@ def _memory_rows(
         q, ask, SLOTS_FROM_US + rows.slot[keep] * SLOT_US, rows.keys[keep], rows.sums[keep],
         table.keys, days, by_type,
     )  # fmt: skip
-    if cut and (table is MESSAGES or (table is NODES and not pending)):
+    if cut and (table is MESSAGES or not pending):
         events = days.cut_events(table, cut)
         out += _in_windows_of(
             q, ask, events.ts_us, events.keys, events.sums, table.keys, days, by_type
@@ -696,6 +724,9 @@ def _in_windows_of(
         times, keys, sums = times[mine], keys[mine], sums[mine]
     rows, windows = _memberships(q, ask, times)
     columns: dict[str, np.ndarray] = {c: keys[rows, names.index(c)] for c in ask.by if c in names}
+    hours = np.empty(0, np.int64)
+    if "hour" in ask.by:  # of a slot's start: every time in it has its hour (on the grid)
+        hours, columns["hour"], _ = distinct(_local_hours(times[rows], q.timezone))
     if by_type:
         columns["node_type"] = keys[rows, names.index("node_type")]
     cell, first = _cells_of(windows, [columns[d] for d in (*ask.by, "node_type") if d in columns])
@@ -704,6 +735,8 @@ def _in_windows_of(
     _, totals = group([cell], sums[rows])
 
     def text(d: str, at: int) -> Any:
+        if d == "hour":
+            return sql.from_epoch_us(int(hours[columns["hour"][at]]))
         if d not in columns:  # a dimension the table does not keep (messages' error type)
             return None
         v = days.values[int(columns[d][at])]
@@ -805,6 +838,35 @@ def _execution_cells(
     return out
 
 
+def _on_slot_grid(timezone: str, lo: int, hi: int) -> bool:
+    """Whether ``timezone``'s offset stays one multiple of a slot from µs ``lo`` to
+    ``hi`` (checked at each UTC day's start and end): every time in a slot then has
+    the local hour of the slot's start."""
+    days = np.arange(lo // _DAY_US, hi // _DAY_US + 1) * _DAY_US
+    offsets = utc_offsets_us(np.concatenate([days, days + _DAY_US - 1]), ZoneInfo(timezone))
+    return bool((offsets == offsets[0]).all() and offsets[0] % SLOT_US == 0)
+
+
+def _add_held(cells: Cells, q: ActivityQuery, ask: Ask, days: Days) -> None:
+    """The cells of an ask ``_held`` answers: execution sums per slot and of the cut
+    slots' executions, and numpy's percentiles of each window's durations."""
+    n_keys = 1 + len(ask.by)
+    if "executions" in ask.measures:
+        rows = _memory_rows(q, ask, EXECUTIONS, days, pending=False)
+        add_rows(cells, rows, n_keys, MEASURE_FIELDS["executions"], to_sums=True)
+    if "durations" in ask.measures:
+        durations = days.durations()
+        rows = []
+        for w in ask.windows:
+            window = q.windows[w]
+            a = np.searchsorted(durations.started_us, sql.epoch_us(window.start))
+            b = np.searchsorted(durations.started_us, sql.epoch_us(window.end), "right")
+            if a < b:
+                quantiles = np.quantile(durations.duration_ms[a:b], q.quantiles).tolist()
+                rows.append([*_key(q, ask, w, lambda _: None), quantiles])
+        add_rows(cells, rows, n_keys, MEASURE_FIELDS["durations"])
+
+
 def _node_cells(rows: Sequence[Sequence[Any]], n_keys: int) -> list[list[Any]] | None:
     """Cells of node events from rows per cell and type (key, type, ``NODE_SUMS``): a
     cell's type is its node's one type there; None if a node has more than one in a
@@ -854,7 +916,10 @@ def activity(
         slots = days.rows(EXECUTIONS)
         inside = (slots.slot >= sql.slot_of_us(lo)) & (slots.slot <= sql.slot_of_us(hi))
         few = int(slots.sums[inside, 0].sum()) <= MEMORY_EXECUTIONS
-    statements = _statements(q, pending, folded=folded > 0, memory=memory, executions=few)
+    on_slots = memory and _on_slot_grid(q.timezone, lo, hi)
+    statements = _statements(
+        q, pending, folded=folded > 0, memory=memory, executions=few, hours_on_slots=on_slots
+    )
     batch = [(statement, base | _window_params(q, ask)) for ask, (statement, _) in statements
              if statement is not None]  # fmt: skip
     executions_asked = [p.ask for _, (_, parts) in statements for p in parts if p.executions]
@@ -884,6 +949,10 @@ def activity(
             n_keys = 1 + len(ask.by)
             if part.executions:
                 continue  # below, with the executions waiting for a fold
+            if part.held:
+                assert days is not None
+                _add_held(out[part.ask], q, ask, days)
+                continue
             hours = [1 + j for j, d in enumerate(ask.by) if d == "hour"]
             quantiles = (
                 part.fields.index("quantiles") + n_keys if "quantiles" in part.fields else -1

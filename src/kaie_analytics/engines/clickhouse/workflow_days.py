@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -57,6 +57,7 @@ from kaie_analytics.engines.clickhouse.schema import (
     SLOT_US,
     SLOTS_FROM_US,
     SLOTS_PER_DAY,
+    execution_sums,
     node_sums,
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
@@ -125,6 +126,13 @@ class Events:
 
 #: How the events of some slots are read, per table: their columns, and where from.
 _EVENTS = {
+    EXECUTIONS.name: (
+        f"""{sql.us("started_at")} AS t, {sql.slot_of("started_at")} AS s,
+            ifNull(channel, ''), ifNull(error_type, ''), {", ".join(execution_sums("1"))}
+        FROM executions FINAL
+        WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}} AND ({{slots}})""",
+        "started_at",
+    ),
     MESSAGES.name: (
         f"""{sql.us("ts")} AS t, {sql.slot_of("ts")} AS s, ifNull(channel, ''),
             type = 'message.sent', type = 'message.received',
@@ -143,6 +151,15 @@ _EVENTS = {
         "started_at",
     ),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Durations:
+    """The durations (ms) of finished executions that have one, and the µs of their
+    start, ascending by start."""
+
+    started_us: np.ndarray
+    duration_ms: np.ndarray
 
 
 def _concat(parts: Sequence[Any], empty: Any) -> Any:
@@ -174,6 +191,7 @@ def _empty_rows(table: Table) -> Rows:
 
 
 _NO_INTS = np.empty(0, np.int64)
+_NO_DURATIONS = Durations(_NO_INTS, _NO_INTS)
 _NO_EXECUTIONS = Executions(
     _NO_INTS, _NO_INTS, _NO_INTS, _NO_INTS, _NO_INTS, _NO_INTS,
     np.empty(0, np.uint64), np.empty(0, object),
@@ -183,16 +201,14 @@ _NO_EXECUTIONS = Executions(
 @dataclass
 class _Day:
     tables: dict[str, Rows]
-    #: Its executions, one row each (read when first needed: for a workflow with few).
-    executions: Executions | None = None
-    #: The events of some of its slots (read when an edge cut them), per (table, slot).
-    cut: dict[tuple[str, int], Events] = field(default_factory=dict)
+    #: What else was read of it when first needed, per (kind, day or slot): its
+    #: executions (``"executions"``), the durations of those finished
+    #: (``"durations"``), the events of a slot an edge cut (a table's name).
+    parts: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        held = [*self.tables.values(), *self.cut.values()]
-        if self.executions is not None:
-            held.append(self.executions)
+        held = [*self.tables.values(), *self.parts.values()]
         return sum(_nbytes(r) for r in held) + 512
 
 
@@ -222,6 +238,12 @@ class Days:
     def executions(self) -> Executions:
         """The executions of these days (in order of their start), as of the watermark."""
         return self.cache.executions(
+            self.tenant, self.workflow_id, self.first, self.last, self.folded
+        )
+
+    def durations(self) -> Durations:
+        """The durations of these days' finished executions (in order of their start)."""
+        return self.cache.durations(
             self.tenant, self.workflow_id, self.first, self.last, self.folded
         )
 
@@ -292,51 +314,78 @@ class WorkflowDays:
         """The workflow's folded executions of the days of slots ``first``..``last``,
         kept with their days when those are held as of watermark ``folded`` (an answer
         leaves out, by id, those with events after its watermark)."""
-        days = range(first // SLOTS_PER_DAY, last // SLOTS_PER_DAY + 1)
-        with self._lock:
-            keep = self._catch_up(folded)
-            found: dict[int, Executions] = {}
-            for d in days:
-                day = self._days.get((tenant, workflow_id, d)) if keep else None
-                if day is not None and day.executions is not None:
-                    found[d] = day.executions
-            missing = [d for d in days if d not in found]
-            if missing:
-                for d, execs in self._load_executions(tenant, workflow_id, missing).items():
-                    found[d] = execs
-                    key = (tenant, workflow_id, d)
-                    day = self._days.get(key) if keep else None
-                    if day is not None:  # held again, to count its bytes
-                        day.executions = execs
-                        self._days.put(key, day)
+        days = list(range(first // SLOTS_PER_DAY, last // SLOTS_PER_DAY + 1))
+        found = self._parts(
+            tenant, workflow_id, folded, "executions", days, days,
+            lambda missing: self._load_executions(tenant, workflow_id, missing),
+        )  # fmt: skip
         return _concat([found[d] for d in days], _NO_EXECUTIONS)
+
+    def durations(
+        self, tenant: str, workflow_id: str, first: int, last: int, folded: int
+    ) -> Durations:
+        """The durations of the workflow's folded executions of the days of slots
+        ``first``..``last``, kept likewise (exact only while none waits for a fold)."""
+        days = list(range(first // SLOTS_PER_DAY, last // SLOTS_PER_DAY + 1))
+        found = self._parts(
+            tenant, workflow_id, folded, "durations", days, days,
+            lambda missing: self._load_durations(tenant, workflow_id, missing),
+        )  # fmt: skip
+        return _concat([found[d] for d in days], _NO_DURATIONS)
 
     def cut_events(
         self, tenant: str, workflow_id: str, table: Table, slots: Sequence[int], folded: int
     ) -> Events:
         """The workflow's events of ``table``'s kind of ``slots`` (ascending) as of
         watermark ``folded``, kept with their days (when those are held)."""
-        with self._lock:
-            keep = self._catch_up(folded)
-            found: dict[int, Events] = {}
-            for s in slots:
-                day = self._days.get((tenant, workflow_id, s // SLOTS_PER_DAY)) if keep else None
-                if day is not None and (table.name, s) in day.cut:
-                    found[s] = day.cut[(table.name, s)]
-            missing = [s for s in slots if s not in found]
-            if missing:
-                loaded = self._events(tenant, workflow_id, table, missing, folded)
-                bounds = np.searchsorted(loaded.slot, [*missing, missing[-1] + 1])
-                for s, i0, i1 in zip(missing, bounds[:-1], bounds[1:], strict=True):
-                    found[s] = Events(*(getattr(loaded, f.name)[i0:i1] for f in fields(loaded)))
-                    key = (tenant, workflow_id, s // SLOTS_PER_DAY)
-                    day = self._days.get(key) if keep else None
-                    if day is not None:  # held again, to count its bytes
-                        day.cut[(table.name, s)] = found[s]
-                        self._days.put(key, day)
+
+        def load(missing: list[int]) -> dict[int, Events]:
+            loaded = self._events(tenant, workflow_id, table, missing, folded)
+            bounds = np.searchsorted(loaded.slot, [*missing, missing[-1] + 1])
+            return {
+                s: Events(*(getattr(loaded, f.name)[i0:i1] for f in fields(loaded)))
+                for s, i0, i1 in zip(missing, bounds[:-1], bounds[1:], strict=True)
+            }
+
+        days = [s // SLOTS_PER_DAY for s in slots]
+        found = self._parts(tenant, workflow_id, folded, table.name, list(slots), days, load)
         parts = [found[s] for s in slots]
         return Events(*(np.concatenate([getattr(p, f.name) for p in parts])
                         for f in fields(Events)))  # fmt: skip
+
+    def _parts(
+        self,
+        tenant: str,
+        workflow_id: str,
+        folded: int,
+        kind: str,
+        keys: list[int],
+        days: list[int],
+        load: Callable[[list[int]], dict[int, Any]],
+    ) -> dict[int, Any]:
+        """Parts ``kind`` of the days (``keys``: days or slots, each in its day of
+        ``days``) as of ``folded``: those held, and those ``load`` reads, kept with
+        their day when it is held."""
+        with self._lock:
+            keep = self._catch_up(folded)
+            held = {d: self._days.get((tenant, workflow_id, d)) if keep else None for d in days}
+            found: dict[int, Any] = {}
+            for k, d in zip(keys, days, strict=True):
+                day = held[d]
+                if day is not None and (kind, k) in day.parts:
+                    found[k] = day.parts[(kind, k)]
+            missing = [k for k in keys if k not in found]
+            if missing:
+                for k, part in load(missing).items():
+                    found[k] = part
+                    day = held[days[keys.index(k)]]
+                    if day is not None:
+                        day.parts[(kind, k)] = part
+            for d in {days[keys.index(k)] for k in missing}:
+                day = held[d]
+                if day is not None:  # held again, to count its bytes
+                    self._days.put((tenant, workflow_id, d), day)
+        return found
 
     def _events(
         self, tenant: str, workflow_id: str, table: Table, slots: Sequence[int], folded: int
@@ -443,6 +492,33 @@ class WorkflowDays:
             bounds = np.searchsorted(execs.started_us, edges)
             for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
                 out[d] = Executions(*(getattr(execs, f.name)[i0:i1].copy() for f in fields(execs)))
+        return out
+
+    def _load_durations(
+        self, tenant: str, workflow_id: str, days: Sequence[int]
+    ) -> dict[int, Durations]:
+        """Read the durations of the folded, finished executions of ``days``."""
+        params = {"tenant": tenant, "workflow": workflow_id}
+        statements = []
+        day_runs = runs(days)
+        for a, b in day_runs:
+            lo, hi = SLOTS_FROM_US + a * _DAY_US, SLOTS_FROM_US + (b + 1) * _DAY_US
+            statements.append((
+                f"""SELECT {sql.us("started_at")} AS t, assumeNotNull(duration_ms)
+                FROM executions FINAL
+                WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}}
+                  AND started_at >= fromUnixTimestamp64Micro({lo}, 'UTC')
+                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC')
+                  AND status > 0 AND duration_ms IS NOT NULL
+                ORDER BY t""",
+                params,
+            ))  # fmt: skip
+        out: dict[int, Durations] = {}
+        for (a, b), result in zip(day_runs, self._transport.query_all(statements), strict=True):
+            started, durations = (np.asarray(result.column(i), np.int64) for i in (0, 1))
+            bounds = np.searchsorted(started, SLOTS_FROM_US + np.arange(a, b + 2) * _DAY_US)
+            for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
+                out[d] = Durations(started[i0:i1].copy(), durations[i0:i1].copy())
         return out
 
     def _rows(self, table: Table, result: pa.Table) -> Rows:
