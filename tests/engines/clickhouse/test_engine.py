@@ -1012,13 +1012,15 @@ def test_a_workflows_days_held_in_memory_follow_every_fold(
     messages: list[datetime] = []
     nodes: list[tuple[datetime, str, int]] = []  # start of the execution, node, duration
 
-    def execution(i: int, t: datetime, channel: str) -> list[dict[str, object]]:
+    def execution(
+        i: int, t: datetime, channel: str, who: str | None = None
+    ) -> list[dict[str, object]]:
         starts[i] = (t, channel)
         ended[i] = ("completed", i)
-        customer[i] = f"c{i % 7}"
+        customer[i] = who or f"c{i % 7}"
         nodes.append((t, f"n{i % 2}", i))
         base = {"workflow_id": "wf", "execution_id": f"x{i}", "channel": channel,
-                "customer_id": f"c{i % 7}"}  # fmt: skip
+                "customer_id": customer[i]}  # fmt: skip
         return [{**base, "id": f"s{i}", "type": "execution.started", "timestamp": iso(t)},
                 {**base, "id": f"c{i}", "type": "execution.completed", "duration_ms": i,
                  "timestamp": iso(t + timedelta(seconds=1))},
@@ -1072,6 +1074,12 @@ def test_a_workflows_days_held_in_memory_follow_every_fold(
     for i in range(60):  # every 70 minutes over three days, the window's edges cut slots
         events += execution(i, d0 + timedelta(minutes=70 * i + 3), ("sms", "voice")[i % 2])
         events.append(message(i, d0 + timedelta(minutes=70 * i + 11)))
+    # Customers seen only in the slots the window's edges cut, inside it and outside.
+    end = window.end
+    for i, (t, who) in enumerate([(window.start + timedelta(minutes=3), "edge"),
+                                  (end - timedelta(minutes=3), "edge2"),
+                                  (end + timedelta(minutes=2), "outside")], start=200):  # fmt: skip
+        events += execution(i, t, "sms", who)
     # An execution known from its completion alone: it started 1 s before, for "cz".
     done = d0 + timedelta(days=2, hours=3)  # a day nothing else of the late events is on
     lone = {"workflow_id": "wf", "execution_id": "y", "channel": "sms"}

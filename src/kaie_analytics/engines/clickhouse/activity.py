@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
+from pyroaring import AbstractBitMap, BitMap
 
 from kaie_analytics.analytics.facts import (
     MEASURE_FIELDS,
@@ -51,6 +52,7 @@ from kaie_analytics.engines.clickhouse.schema import (
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
 from kaie_analytics.engines.clickhouse.workflow_days import (
+    CUSTOMERS,
     EXECUTIONS,
     MESSAGES,
     NODES,
@@ -396,14 +398,13 @@ def _statements(
 def _held(ask: Ask, hours_on_slots: bool) -> bool:
     """Whether memory alone answers an ask of executions while nothing waits for a
     fold: sums by what the slots keep (and the local hour on the slots' grid), and
-    durations of the whole window."""
+    distinct customers and durations of the whole window."""
     m = ask.measures & set(_EXEC_MEASURES)
     by = set(ask.by)
     return (
         bool(m)
-        and "customers" not in m
         and by <= _SLOT_DIMS | ({"hour"} if hours_on_slots else set())
-        and ("durations" not in m or by <= {"workflow_id"})
+        and (not m & {"customers", "durations"} or by <= {"workflow_id"})
     )
 
 
@@ -849,11 +850,14 @@ def _on_slot_grid(timezone: str, lo: int, hi: int) -> bool:
 
 def _add_held(cells: Cells, q: ActivityQuery, ask: Ask, days: Days) -> None:
     """The cells of an ask ``_held`` answers: execution sums per slot and of the cut
-    slots' executions, and numpy's percentiles of each window's durations."""
+    slots' executions, the union of the customers of each window's whole slots and of
+    its cut slots' executions, and numpy's percentiles of each window's durations."""
     n_keys = 1 + len(ask.by)
     if "executions" in ask.measures:
         rows = _memory_rows(q, ask, EXECUTIONS, days, pending=False)
         add_rows(cells, rows, n_keys, MEASURE_FIELDS["executions"], to_sums=True)
+    if "customers" in ask.measures:
+        add_rows(cells, _held_customers(q, ask, days), n_keys, MEASURE_FIELDS["customers"])
     if "durations" in ask.measures:
         durations = days.durations()
         rows = []
@@ -865,6 +869,28 @@ def _add_held(cells: Cells, q: ActivityQuery, ask: Ask, days: Days) -> None:
                 quantiles = np.quantile(durations.duration_ms[a:b], q.quantiles).tolist()
                 rows.append([*_key(q, ask, w, lambda _: None), quantiles])
         add_rows(cells, rows, n_keys, MEASURE_FIELDS["durations"])
+
+
+def _held_customers(q: ActivityQuery, ask: Ask, days: Days) -> list[list[Any]]:
+    """Per window of the ask: its distinct customers, from the customers of its whole
+    slots and those of its cut slots' executions (nothing waits for a fold)."""
+    held = days.customer_sets()
+    cut = sql.cut_slots(q.windows[w] for w in ask.windows)
+    events = days.cut_events(CUSTOMERS, cut) if cut else None
+    starts = SLOTS_FROM_US + held.slots * SLOT_US
+    out = []
+    for w in ask.windows:
+        window = q.windows[w]
+        lo, hi = sql.epoch_us(window.start), sql.epoch_us(window.end)
+        a, b = np.searchsorted(starts, lo), np.searchsorted(starts, hi, "right")
+        parts: list[AbstractBitMap] = [
+            held.sets[i] for i in range(a, b) if int(held.slots[i]) not in cut
+        ]
+        if events is not None:
+            inside = (events.ts_us >= lo) & (events.ts_us <= hi)
+            parts.append(BitMap(events.sums[inside, 0].tolist()))
+        out.append([*_key(q, ask, w, lambda _: None), len(BitMap.union(*parts)) if parts else 0])
+    return out
 
 
 def _node_cells(rows: Sequence[Sequence[Any]], n_keys: int) -> list[list[Any]] | None:

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pyroaring import FrozenBitMap
 
 from kaie_analytics.engines.clickhouse import sql
 from kaie_analytics.engines.clickhouse.schema import (
@@ -83,6 +84,8 @@ EXECUTIONS = Table("execution_slots", ("channel", "error_type"), EXECUTION_SUMS)
 MESSAGES = Table("message_slots", ("channel",), ("sent", "received", "csat_sum", "csat_n"))
 NODES = Table("node_slots", ("channel", "node_id", "node_type"), NODE_SUMS)
 TABLES = (EXECUTIONS, MESSAGES, NODES)
+#: The customer numbers of executions, one row each (as events of a slot; not a table).
+CUSTOMERS = Table("customers", (), ("customer_num",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,13 @@ _EVENTS = {
           AND workflow_id = {{workflow:String}} AND ({{slots}}) AND {sql.ingested(None, "{folded:Int64}")}""",
         "ts",
     ),
+    CUSTOMERS.name: (
+        f"""{sql.us("started_at")} AS t, {sql.slot_of("started_at")} AS s, customer_num
+        FROM executions FINAL
+        WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}} AND ({{slots}})
+          AND customer_num > 0""",
+        "started_at",
+    ),
     NODES.name: (
         f"""{sql.us("started_at")} AS t, {sql.slot_of("started_at")} AS s, ifNull(channel, ''),
             n.2, n.3, {", ".join(node_sums("1", "n"))}
@@ -198,6 +208,22 @@ _NO_EXECUTIONS = Executions(
 )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerSets:
+    """The numbers of the customers of the folded executions of each slot that has any
+    (ascending)."""
+
+    slots: np.ndarray
+    sets: list[FrozenBitMap]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.slots.nbytes) + sum(4 * len(b) + 64 for b in self.sets)
+
+
+_NO_CUSTOMERS = CustomerSets(np.empty(0, np.int64), [])
+
+
 @dataclass
 class _Day:
     tables: dict[str, Rows]
@@ -209,7 +235,7 @@ class _Day:
     @property
     def nbytes(self) -> int:
         held = [*self.tables.values(), *self.parts.values()]
-        return sum(_nbytes(r) for r in held) + 512
+        return sum(r.nbytes if isinstance(r, CustomerSets) else _nbytes(r) for r in held) + 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +264,12 @@ class Days:
     def executions(self) -> Executions:
         """The executions of these days (in order of their start), as of the watermark."""
         return self.cache.executions(
+            self.tenant, self.workflow_id, self.first, self.last, self.folded
+        )
+
+    def customer_sets(self) -> CustomerSets:
+        """The customers of the executions of each slot of these days."""
+        return self.cache.customer_sets(
             self.tenant, self.workflow_id, self.first, self.last, self.folded
         )
 
@@ -333,6 +365,22 @@ class WorkflowDays:
         )  # fmt: skip
         return _concat([found[d] for d in days], _NO_DURATIONS)
 
+    def customer_sets(
+        self, tenant: str, workflow_id: str, first: int, last: int, folded: int
+    ) -> CustomerSets:
+        """The customers of the workflow's folded executions of each slot of the days of
+        slots ``first``..``last``, kept likewise (exact only while none waits for a fold)."""
+        days = list(range(first // SLOTS_PER_DAY, last // SLOTS_PER_DAY + 1))
+        found = self._parts(
+            tenant, workflow_id, folded, "customers", days, days,
+            lambda missing: self._load_customer_sets(tenant, workflow_id, missing),
+        )  # fmt: skip
+        parts = [found[d] for d in days]
+        return CustomerSets(
+            np.concatenate([_NO_CUSTOMERS.slots, *(p.slots for p in parts)]),
+            [b for p in parts for b in p.sets],
+        )
+
     def cut_events(
         self, tenant: str, workflow_id: str, table: Table, slots: Sequence[int], folded: int
     ) -> Events:
@@ -401,7 +449,9 @@ class WorkflowDays:
         return Events(
             np.asarray(columns[0], np.int64),
             np.asarray(columns[1], np.int64),
-            np.column_stack([self._coded(c) for c in columns[2 : 2 + k]]).reshape(n, k),
+            np.column_stack(
+                [self._coded(c) for c in columns[2 : 2 + k]] or [np.empty((n, 0), np.int64)]
+            ),
             np.column_stack([np.asarray(c, np.int64) for c in columns[2 + k :]]).reshape(
                 n, len(table.sums)
             ),
@@ -492,6 +542,34 @@ class WorkflowDays:
             bounds = np.searchsorted(execs.started_us, edges)
             for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
                 out[d] = Executions(*(getattr(execs, f.name)[i0:i1].copy() for f in fields(execs)))
+        return out
+
+    def _load_customer_sets(
+        self, tenant: str, workflow_id: str, days: Sequence[int]
+    ) -> dict[int, CustomerSets]:
+        """Read the customers of the folded executions of each slot of ``days``."""
+        params = {"tenant": tenant, "workflow": workflow_id}
+        statements = []
+        day_runs = runs(days)
+        for a, b in day_runs:
+            lo, hi = SLOTS_FROM_US + a * _DAY_US, SLOTS_FROM_US + (b + 1) * _DAY_US
+            statements.append((
+                f"""SELECT {sql.slot_of("started_at")} AS s, groupUniqArray(customer_num)
+                FROM executions FINAL
+                WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}}
+                  AND started_at >= fromUnixTimestamp64Micro({lo}, 'UTC')
+                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC')
+                  AND customer_num > 0
+                GROUP BY s ORDER BY s""",
+                params,
+            ))  # fmt: skip
+        out: dict[int, CustomerSets] = {}
+        for (a, b), result in zip(day_runs, self._transport.query_all(statements), strict=True):
+            slots = np.asarray(result.column(0), np.int64)
+            sets = [FrozenBitMap(v) for v in result.column(1).to_pylist()]
+            bounds = np.searchsorted(slots, np.arange(a, b + 2) * SLOTS_PER_DAY)
+            for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
+                out[d] = CustomerSets(slots[i0:i1].copy(), sets[i0:i1])
         return out
 
     def _load_durations(
