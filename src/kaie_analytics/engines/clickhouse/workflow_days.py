@@ -18,11 +18,13 @@ Kept per (tenant, workflow, UTC day), as of a fold's watermark:
   percentiles, hours and distinct customers need no statement of their own.
   An answer leaves out those with events after its watermark, by id, and
   merges them itself;
-- when first needed, the message and feedback events, and the node events, of
-  the slots a window edge cut in an answer (the start of a dashboard's period
-  cuts the same slot every time it is asked). Node events come with their
-  folded executions, so answers use them only when nothing of the tenant waits
-  for a fold.
+- when first needed, the message and feedback events, the node events and the
+  executions of the slots a window edge cut in an answer (the start of a
+  dashboard's period cuts the same slot every time it is asked), the
+  durations of its finished executions, and the customers of each slot's
+  executions (bitmaps). All but the messages come from the folded executions
+  as they are, so answers use them only while nothing of the tenant waits for
+  a fold.
 
 Loaded when an answer first needs the day; evicted least recently used
 beyond a byte budget (``KAIE_ROLLUP_CACHE_MB``).
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -170,6 +172,15 @@ class Durations:
 
     started_us: np.ndarray
     duration_ms: np.ndarray
+
+
+def _by_day(
+    values: np.ndarray, a: int, b: int, origin: int, per_day: int
+) -> Iterator[tuple[int, int, int]]:
+    """Each day ``a``..``b`` and the range of its rows among ``values`` (ascending;
+    day ``d`` starts at ``origin + d * per_day``)."""
+    bounds = np.searchsorted(values, origin + np.arange(a, b + 2) * per_day)
+    yield from zip(range(a, b + 1), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
 
 
 def _concat(parts: Sequence[Any], empty: Any) -> Any:
@@ -503,44 +514,51 @@ class WorkflowDays:
         results = iter(self._transport.query_all(statements))
         out: dict[int, _Day] = {d: _Day({}) for d in days}
         for a, b in day_runs:
-            edges = np.arange(a, b + 2) * SLOTS_PER_DAY
             for t in TABLES:
                 rows = self._rows(t, next(results))
-                bounds = np.searchsorted(rows.slot, edges)
-                for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
+                for d, i0, i1 in _by_day(rows.slot, a, b, 0, SLOTS_PER_DAY):
                     out[d].tables[t.name] = Rows(
                         rows.slot[i0:i1].copy(), rows.keys[i0:i1].copy(), rows.sums[i0:i1].copy()
                     )
         return out
 
-    def _load_executions(
-        self, tenant: str, workflow_id: str, days: Sequence[int]
-    ) -> dict[int, Executions]:
-        """Read the folded executions of ``days`` of the workflow, one statement per run of
-        consecutive days, side by side (those with events after a watermark are left out
-        by the answers that read with it)."""
+    def _of_executions(
+        self, tenant: str, workflow_id: str, days: Sequence[int], select: str, rest: str
+    ) -> Iterator[tuple[int, int, pa.Table]]:
+        """``SELECT {select} FROM executions FINAL`` of the workflow's executions started
+        in each run ``(a, b)`` of consecutive ``days``, then ``rest`` (more conditions,
+        grouping, order), side by side: each run with its result."""
         params = {"tenant": tenant, "workflow": workflow_id}
-        statements = []
         day_runs = runs(days)
+        statements = []
         for a, b in day_runs:
             lo, hi = SLOTS_FROM_US + a * _DAY_US, SLOTS_FROM_US + (b + 1) * _DAY_US
             statements.append((
-                f"""SELECT {sql.us("started_at")} AS t, ifNull(channel, ''),
-                    ifNull(error_type, ''), status, ifNull(duration_ms, -1), customer_num,
-                    cityHash64(execution_id), execution_id
-                FROM executions FINAL
+                f"""SELECT {select} FROM executions FINAL
                 WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}}
                   AND started_at >= fromUnixTimestamp64Micro({lo}, 'UTC')
-                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC')
-                ORDER BY t""",
+                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC') {rest}""",
                 params,
             ))  # fmt: skip
+        results = self._transport.query_all(statements)
+        for (a, b), result in zip(day_runs, results, strict=True):
+            yield a, b, result
+
+    def _load_executions(
+        self, tenant: str, workflow_id: str, days: Sequence[int]
+    ) -> dict[int, Executions]:
+        """Read the folded executions of ``days`` of the workflow (those with events after
+        a watermark are left out by the answers that read with it)."""
         out: dict[int, Executions] = {}
-        for (a, b), result in zip(day_runs, self._transport.query_all(statements), strict=True):
+        for a, b, result in self._of_executions(
+            tenant, workflow_id, days,
+            f"""{sql.us("started_at")} AS t, ifNull(channel, ''), ifNull(error_type, ''),
+                status, ifNull(duration_ms, -1), customer_num, cityHash64(execution_id),
+                execution_id""",
+            "ORDER BY t",
+        ):  # fmt: skip
             execs = self._executions(result)
-            edges = SLOTS_FROM_US + np.arange(a, b + 2) * _DAY_US
-            bounds = np.searchsorted(execs.started_us, edges)
-            for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
+            for d, i0, i1 in _by_day(execs.started_us, a, b, SLOTS_FROM_US, _DAY_US):
                 out[d] = Executions(*(getattr(execs, f.name)[i0:i1].copy() for f in fields(execs)))
         return out
 
@@ -548,27 +566,15 @@ class WorkflowDays:
         self, tenant: str, workflow_id: str, days: Sequence[int]
     ) -> dict[int, CustomerSets]:
         """Read the customers of the folded executions of each slot of ``days``."""
-        params = {"tenant": tenant, "workflow": workflow_id}
-        statements = []
-        day_runs = runs(days)
-        for a, b in day_runs:
-            lo, hi = SLOTS_FROM_US + a * _DAY_US, SLOTS_FROM_US + (b + 1) * _DAY_US
-            statements.append((
-                f"""SELECT {sql.slot_of("started_at")} AS s, groupUniqArray(customer_num)
-                FROM executions FINAL
-                WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}}
-                  AND started_at >= fromUnixTimestamp64Micro({lo}, 'UTC')
-                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC')
-                  AND customer_num > 0
-                GROUP BY s ORDER BY s""",
-                params,
-            ))  # fmt: skip
         out: dict[int, CustomerSets] = {}
-        for (a, b), result in zip(day_runs, self._transport.query_all(statements), strict=True):
+        for a, b, result in self._of_executions(
+            tenant, workflow_id, days,
+            f"{sql.slot_of('started_at')} AS s, groupUniqArray(customer_num)",
+            "AND customer_num > 0 GROUP BY s ORDER BY s",
+        ):  # fmt: skip
             slots = np.asarray(result.column(0), np.int64)
             sets = [FrozenBitMap(v) for v in result.column(1).to_pylist()]
-            bounds = np.searchsorted(slots, np.arange(a, b + 2) * SLOTS_PER_DAY)
-            for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
+            for d, i0, i1 in _by_day(slots, a, b, 0, SLOTS_PER_DAY):
                 out[d] = CustomerSets(slots[i0:i1].copy(), sets[i0:i1])
         return out
 
@@ -576,26 +582,14 @@ class WorkflowDays:
         self, tenant: str, workflow_id: str, days: Sequence[int]
     ) -> dict[int, Durations]:
         """Read the durations of the folded, finished executions of ``days``."""
-        params = {"tenant": tenant, "workflow": workflow_id}
-        statements = []
-        day_runs = runs(days)
-        for a, b in day_runs:
-            lo, hi = SLOTS_FROM_US + a * _DAY_US, SLOTS_FROM_US + (b + 1) * _DAY_US
-            statements.append((
-                f"""SELECT {sql.us("started_at")} AS t, assumeNotNull(duration_ms)
-                FROM executions FINAL
-                WHERE tenant = {{tenant:String}} AND workflow_id = {{workflow:String}}
-                  AND started_at >= fromUnixTimestamp64Micro({lo}, 'UTC')
-                  AND started_at < fromUnixTimestamp64Micro({hi}, 'UTC')
-                  AND status > 0 AND duration_ms IS NOT NULL
-                ORDER BY t""",
-                params,
-            ))  # fmt: skip
         out: dict[int, Durations] = {}
-        for (a, b), result in zip(day_runs, self._transport.query_all(statements), strict=True):
+        for a, b, result in self._of_executions(
+            tenant, workflow_id, days,
+            f"{sql.us('started_at')} AS t, assumeNotNull(duration_ms)",
+            "AND status > 0 AND duration_ms IS NOT NULL ORDER BY t",
+        ):  # fmt: skip
             started, durations = (np.asarray(result.column(i), np.int64) for i in (0, 1))
-            bounds = np.searchsorted(started, SLOTS_FROM_US + np.arange(a, b + 2) * _DAY_US)
-            for d, i0, i1 in zip(range(a, b + 1), bounds[:-1], bounds[1:], strict=True):
+            for d, i0, i1 in _by_day(started, a, b, SLOTS_FROM_US, _DAY_US):
                 out[d] = Durations(started[i0:i1].copy(), durations[i0:i1].copy())
         return out
 
