@@ -373,7 +373,7 @@ def _statements(
         if executions and m & set(_EXEC_MEASURES) and set(ask.by) <= _MEMORY_EXEC_DIMS:
             fields = tuple(f for e in _EXEC_MEASURES if e in m for f in MEASURE_FIELDS[e])
             out.append((ask, (None, [_Part(i, fields, (), executions=True)])))
-        elif memory and not pending and _held(ask, hours_on_slots):
+        elif memory and not pending and _held(ask, hours_on_slots, bool(q.channels)):
             fields = tuple(f for e in _EXEC_MEASURES if e in m for f in MEASURE_FIELDS[e])
             out.append((ask, (None, [_Part(i, fields, (), held=True)])))
         elif "customers" in m:
@@ -395,16 +395,17 @@ def _statements(
     return out
 
 
-def _held(ask: Ask, hours_on_slots: bool) -> bool:
+def _held(ask: Ask, hours_on_slots: bool, by_channels: bool) -> bool:
     """Whether memory alone answers an ask of executions while nothing waits for a
     fold: sums by what the slots keep (and the local hour on the slots' grid), and
-    distinct customers and durations of the whole window."""
+    distinct customers and durations of the whole window (of every channel: not
+    ``by_channels``, a query of some channels only)."""
     m = ask.measures & set(_EXEC_MEASURES)
     by = set(ask.by)
     return (
         bool(m)
         and by <= _SLOT_DIMS | ({"hour"} if hours_on_slots else set())
-        and (not m & {"customers", "durations"} or by <= {"workflow_id"})
+        and (not m & {"customers", "durations"} or (by <= {"workflow_id"} and not by_channels))
     )
 
 
