@@ -652,13 +652,13 @@ DayReader = Callable[[int, int], Days]
 
 
 def _memory_rows(
-    q: ActivityQuery, ask: Ask, table: Table, days: Days, pending: bool, by_type: bool = False
+    q: ActivityQuery, ask: Ask, table: Table, days: Days, cut_held: bool, by_type: bool = False
 ) -> list[list[Any]]:
     """Rows (window, ``ask.by``'s values, then the table's sums) of the slots of the
-    ask's span that no window edge cuts, from memory, and of the events of the slots
-    edges cut, held too (node events and executions only while nothing waits for a
-    fold: ``pending``);
-    ``by_type``: per node type too, after the key (``_slot_nodes``'s rows)."""
+    ask's span that no window edge cuts, from memory, and with ``cut_held``, of the
+    events of the slots edges cut, held too (the caller's statement reads them
+    otherwise); ``by_type``: per node type too, after the key (``_slot_nodes``'s
+    rows)."""
     rows = days.rows(table)
     cut = sql.cut_slots(q.windows[w] for w in ask.windows)
     start, end = _span(q, ask)
@@ -668,7 +668,7 @@ def _memory_rows(
         q, ask, SLOTS_FROM_US + rows.slot[keep] * SLOT_US, rows.keys[keep], rows.sums[keep],
         table.keys, days, by_type,
     )  # fmt: skip
-    if cut and (table is MESSAGES or not pending):
+    if cut and cut_held:
         events = days.cut_events(table, cut)
         out += _in_windows_of(
             q, ask, events.ts_us, events.keys, events.sums, table.keys, days, by_type
@@ -855,7 +855,7 @@ def _add_held(cells: Cells, q: ActivityQuery, ask: Ask, days: Days) -> None:
     its cut slots' executions, and numpy's percentiles of each window's durations."""
     n_keys = 1 + len(ask.by)
     if "executions" in ask.measures:
-        rows = _memory_rows(q, ask, EXECUTIONS, days, pending=False)
+        rows = _memory_rows(q, ask, EXECUTIONS, days, cut_held=True)
         add_rows(cells, rows, n_keys, MEASURE_FIELDS["executions"], to_sums=True)
     if "customers" in ask.measures:
         add_rows(cells, _held_customers(q, ask, days), n_keys, MEASURE_FIELDS["customers"])
@@ -963,7 +963,7 @@ def activity(
             n_keys = 1 + len(ask.by)
             if part.memory is not None:
                 assert days is not None
-                held = _memory_rows(q, ask, part.memory, days, pending, by_type=True)
+                held = _memory_rows(q, ask, part.memory, days, not pending, by_type=True)
                 found += [tuple(r) for r in held]
             per_cell = _node_cells(found, n_keys)
             if per_cell is not None:
@@ -999,7 +999,9 @@ def activity(
             add_rows(out[part.ask], rows, n_keys, part.fields)
             if part.memory is not None and part.fallback is None:
                 assert days is not None
-                memory_rows = _memory_rows(q, ask, part.memory, days, pending)
+                # Messages' cut slots are held always; executions', only for ``_held``.
+                cut_held = part.memory is MESSAGES
+                memory_rows = _memory_rows(q, ask, part.memory, days, cut_held)
                 add_rows(out[part.ask], memory_rows, n_keys, part.fields, to_sums=True)
     if executions_asked:
         assert days is not None
