@@ -96,6 +96,12 @@ class HeldDays(Generic[K, D]):
         self._days[key] = day
         self.nbytes += day.nbytes
 
+    def grew(self, by: int) -> None:
+        """A day held grew by ``by`` bytes (a part read later): the least recently used
+        beyond the budget go."""
+        self.nbytes += by
+        self.used(())
+
     def used(self, keys: Iterable[K]) -> None:
         """``keys`` were just read: the least recently used beyond the budget go."""
         for k in keys:

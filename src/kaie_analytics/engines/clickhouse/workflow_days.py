@@ -435,15 +435,14 @@ class WorkflowDays:
                     found[k] = day.parts[(kind, k)]
             missing = [k for k in keys if k not in found]
             if missing:
+                before = [(h, h.nbytes) for h in held.values() if h is not None]
                 for k, part in load(missing).items():
                     found[k] = part
                     day = held[days[keys.index(k)]]
                     if day is not None:
                         day.parts[(kind, k)] = part
-            for d in {days[keys.index(k)] for k in missing}:
-                day = held[d]
-                if day is not None:  # held again, to count its bytes
-                    self._days.put((tenant, workflow_id, d), day)
+                # The days' bytes counted again (all of them before any is evicted).
+                self._days.grew(sum(held_day.nbytes - size for held_day, size in before))
         return found
 
     def _events(
