@@ -94,12 +94,12 @@ class ClickHouseEngine:
             ):
                 self._ingested[tenant] = int(last)
         self._writer = Writer(transport, self._bump)
-        # Only the embedded engine folds (see ``folds``); on a server, every answer
-        # merges the executions from their states.
         #: Workflows' folded facts in memory, kept current by the fold (embedded only).
         self.workflow_days = (
             WorkflowDays(transport, rollup_cache_bytes) if transport.embedded else None
         )
+        # Only the embedded engine folds (see ``folds``); on a server, every answer
+        # merges the executions from their states.
         self.folder = (
             folds.Folder(
                 transport,

@@ -29,7 +29,9 @@ One fold, for the events ingested in (watermark, new watermark]:
    from their states into ``journeys`` (version: the new watermark), with a
    deleted row at the old key (type, first step) of each whose key changed,
    found in ``journey_keys``, and their keys written there;
-4. the new watermark is written to ``engine_state``.
+4. the new watermark is written to ``engine_state``, and the workflows and days
+   the fold wrote anything for are reported to the days held in memory
+   (``workflow_days``, before answers read with the new watermark).
 
 Steps 1 and 2 (the log aside), ``active_customers`` and ``journeys`` are
 idempotent, and a customer is given a number once; the log and the other rows
