@@ -943,7 +943,8 @@ def activity(
         slots = days.rows(EXECUTIONS)
         inside = (slots.slot >= sql.slot_of_us(lo)) & (slots.slot <= sql.slot_of_us(hi))
         few = int(slots.sums[inside, 0].sum()) <= MEMORY_EXECUTIONS
-    on_slots = memory and _on_slot_grid(q.timezone, lo, hi)
+    by_hour = any("hour" in ask.by for ask in q.asks)
+    on_slots = memory and by_hour and _on_slot_grid(q.timezone, lo, hi)
     statements = _statements(
         q, pending, folded=folded > 0, memory=memory, executions=few, hours_on_slots=on_slots
     )
