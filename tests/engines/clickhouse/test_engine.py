@@ -22,12 +22,13 @@ from kaie_analytics.analytics.facts import (
     RowsQuery,
     Window,
 )
+from kaie_analytics.engines import dedupe
 from kaie_analytics.engines.clickhouse import activity, folds, sql, workflow_days, writer
 from kaie_analytics.engines.clickhouse import customers as customer_facts
 from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import FOLD_TAGGED, ddl
 from kaie_analytics.engines.clickhouse.transport import ChdbTransport
-from kaie_analytics.errors import QueryTimeout, StoreInUse
+from kaie_analytics.errors import QueryTimeout, StoreInUse, StoreUnavailable
 from kaie_analytics.ingest.validate import validate_event
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -56,6 +57,7 @@ def test_two_processes_racing_with_the_same_events_count_them_once(
 ) -> None:
     """Two engines on one ClickHouse (as two API processes on one server), each with
     its own writer and id lookup, store the same batches at the same moment."""
+    transport.embedded = False  # as on a server: neither is the only writer
     a, b = (ClickHouseEngine(transport, fold_idle_s=3600) for _ in range(2))
     t0 = datetime(2024, 5, 1)
     batches = [_valid([_started(i * 50 + j, t0) for j in range(50)]) for i in range(20)]
@@ -76,10 +78,61 @@ def test_two_processes_racing_with_the_same_events_count_them_once(
     for engine in (a, b):
         again = engine.append("acme", batches[3]).result()
         assert (again.accepted, again.duplicates) == (0, 50)
-    assert b.folder is not None
-    b.folder.close()
     b._writer.close()  # its transport is a's
     a.close()
+
+
+class _FailingInserts:
+    """Inserts into ``events`` that fail, after writing the rows or before."""
+
+    def __init__(self, transport: ChdbTransport, *, write_first: bool) -> None:
+        self._insert = transport.insert
+        self.write_first = write_first
+        self.failing = True
+        transport.insert = self  # type: ignore[method-assign]
+
+    def __call__(self, table: str, rows: object) -> None:
+        if self.failing and table == "events":
+            self.failing = False
+            if self.write_first:
+                self._insert(table, rows)  # type: ignore[arg-type]
+            raise RuntimeError("connection lost")
+        self._insert(table, rows)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("written", [False, True])
+def test_a_batch_retried_after_a_failed_insert_is_stored_once(
+    transport: ChdbTransport, written: bool
+) -> None:
+    """Whether or not the failed insert wrote its rows, the retry leaves them stored
+    once: accepted if they were not written, duplicates if they were."""
+    engine = ClickHouseEngine(transport, fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1)
+    batch = _valid([_started(i, t0) for i in range(5)])
+    _FailingInserts(transport, write_first=written)
+    with pytest.raises(StoreUnavailable):
+        engine.append("acme", batch).result(timeout=30)
+    retried = engine.append("acme", batch).result(timeout=30)
+    assert (retried.accepted, retried.duplicates) == ((0, 5) if written else (5, 0))
+    assert engine.count_events("acme") == 5
+    engine.close()
+
+
+def test_an_id_whose_hash_is_held_is_confirmed_before_it_is_dropped(
+    transport: ChdbTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids' hashes held in memory only say which ids may be stored: as if every
+    hash collided, new events are still stored and copies still dropped."""
+    monkeypatch.setattr(
+        dedupe.IdIndex, "candidates", lambda self, hashes: np.ones(hashes.size, dtype=bool)
+    )
+    engine = ClickHouseEngine(transport, fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1)
+    first = engine.append("acme", _valid([_started(i, t0) for i in range(3)])).result()
+    again = engine.append("acme", _valid([_started(i, t0) for i in range(5)])).result()
+    assert (first.accepted, again.accepted, again.duplicates) == (3, 2, 3)
+    assert engine.count_events("acme") == 5
+    engine.close()
 
 
 class _HeldInserts:

@@ -2,7 +2,13 @@
 
 One thread takes every batch waiting, drops the ids already stored (looked up
 in ``event_ids``), in an insert still running, or repeated in the group (the
-first copy wins), and hands the rest to an insert of its own; each ``append``
+first copy wins), and hands the rest to an insert of its own. Embedded, this
+process is the only writer, so it keeps the hashes of the ids ingested in the
+dedupe window in memory (``engines.dedupe``) and looks up only the ids that
+may be stored: a lookup in ``event_ids`` reads most of it whatever the number
+of ids (they are spread over every granule), so looking up every id made
+ingestion slower as the store grew. On a server, other processes write too,
+and every id is looked up. Each ``append``
 future resolves once that insert has returned, and so once its parts are
 fsynced. Many concurrent requests share one insert (and one part per month
 they touch), which ClickHouse wants: a part per request would be too many
@@ -35,6 +41,7 @@ from kaie_analytics.engines.clickhouse.folds import repair
 from kaie_analytics.engines.clickhouse.schema import COLUMNS
 from kaie_analytics.engines.clickhouse.sql import epoch_us, utcnow
 from kaie_analytics.engines.clickhouse.transport import Transport
+from kaie_analytics.engines.dedupe import DEDUPE_WINDOW, IdIndex
 from kaie_analytics.errors import StoreUnavailable
 from kaie_analytics.ingest.columns import PreparedBatch
 
@@ -82,6 +89,8 @@ class Writer:
         self._workflows: set[tuple[str, str]] = set(
             zip(known.column(0).to_pylist(), known.column(1).to_pylist(), strict=True)
         )
+        #: Embedded only: the hashes of the ids ingested in the dedupe window.
+        self._ids = self._load_ids() if transport.embedded else None
         self._requests: queue.Queue[Request | None] = queue.Queue()
         #: The inserts running, by their ``ingested_at``.
         self._in_flight: dict[int, _Insert] = {}
@@ -93,6 +102,15 @@ class Writer:
         )
         self._thread = threading.Thread(target=self._run, name="kaie-ch-writer", daemon=True)
         self._thread.start()
+
+    def _load_ids(self) -> IdIndex:
+        # The same hash as ``ingest.columns`` computes (xxh3 of ``tenant NUL id``).
+        hashes = self._transport.query(
+            "SELECT xxh3(concat(tenant, char(0), event_id)) AS h FROM events"
+            " WHERE ingested_at >= now64(6) - toIntervalSecond({window:UInt32})",
+            {"window": int(DEDUPE_WINDOW.total_seconds())},
+        )
+        return IdIndex(hashes.column("h").to_numpy())
 
     def oldest_in_flight(self) -> int | None:
         """µs of ``ingested_at`` of the oldest insert still running (None: none is)."""
@@ -160,6 +178,11 @@ class Writer:
     def _prepare(self, group: list[Request]) -> _Insert:
         """What of the group to insert, and when (in this thread, one group at a time)."""
         results, parts, ids = self._dedupe(group)
+        if self._ids is not None and parts:
+            # Now, not once the insert returns: the next group must find them, and if
+            # the insert fails they are confirmed against ``event_ids`` like any other.
+            self._ids.add(np.concatenate([p["id_hash"].to_numpy() for p in parts]))
+        parts = [p.drop_columns(["id_hash"]) for p in parts]
         # Each insert later than the one before, whatever the clock does (the fold's
         # watermark relies on it).
         self._last_us = max(epoch_us(utcnow()), self._last_us + 1)
@@ -252,10 +275,18 @@ class Writer:
     def _dedupe(
         self, group: list[Request]
     ) -> tuple[list[AppendResult], list[pa.Table], dict[str, set[str]]]:
-        """Per request: what it adds; the rows to insert; their ids per tenant."""
+        """Per request: what it adds; the rows to insert (with ``id_hash``); their
+        ids per tenant."""
+        # The ids to look up: all, or embedded only those that may be stored (the
+        # ids of inserts running are in the index too).
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for tenant, batch, _ in group:
-            by_tenant[tenant].extend(batch.event_ids)
+            if self._ids is None:
+                by_tenant[tenant].extend(batch.event_ids)
+                continue
+            maybe = self._ids.candidates(batch.hashes)
+            if maybe.any():
+                by_tenant[tenant].extend(np.asarray(batch.event_ids, object)[maybe].tolist())
         # The ids of inserts running, taken before the lookup: one that returns after
         # it is in this copy, one that returned before it is in ``event_ids``.
         with self._in_flight_lock:
@@ -270,7 +301,7 @@ class Writer:
         parts: list[pa.Table] = []
         kept: dict[str, set[str]] = defaultdict(set)
         for tenant, batch, _ in group:
-            seen = stored[tenant]
+            seen = stored.setdefault(tenant, set())
             keep: list[bool] = []
             for event_id in batch.event_ids:
                 keep.append(event_id not in seen)
@@ -280,7 +311,7 @@ class Writer:
             if accepted:
                 kept[tenant].update(i for i, k in zip(batch.event_ids, keep, strict=True) if k)
                 part = batch.table if accepted == len(keep) else batch.table.filter(pa.array(keep))
-                parts.append(part.drop_columns(["id_hash"]))
+                parts.append(part)
         return results, parts, dict(kept)
 
     def _stored(self, tenant: str, ids: list[str]) -> set[str]:

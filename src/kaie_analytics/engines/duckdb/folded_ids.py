@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kaie_analytics.engines.duckdb.dedupe import IdIndex
+from kaie_analytics.engines.dedupe import IdIndex
 
 #: SQL of the hash the index holds (on a table with tenant and execution_id).
 HASH = "hash(tenant, execution_id)"

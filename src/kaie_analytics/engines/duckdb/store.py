@@ -15,7 +15,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import AppendResult, TenantEvents, Workflow
+from kaie_analytics.engines.dedupe import DEDUPE_WINDOW, IdIndex
 from kaie_analytics.engines.duckdb import executions_sql as xsql
 from kaie_analytics.engines.duckdb import rollups
-from kaie_analytics.engines.duckdb.dedupe import IdIndex
 from kaie_analytics.engines.duckdb.derived import Derived, current_rows
 from kaie_analytics.engines.duckdb.folded_ids import FoldedExecutions
 from kaie_analytics.engines.duckdb.folds import (
@@ -47,8 +47,6 @@ from kaie_analytics.ingest import columns
 from kaie_analytics.ingest.columns import PreparedBatch
 from kaie_analytics.ingest.validate import ValidEvent
 
-#: Ids are deduplicated against the events ingested this long ago at most.
-DEDUPE_WINDOW = timedelta(days=8)
 #: A workflow answer that finds more execution events than this waiting for its
 #: tenant asks for a fold (see ``fold_if_behind``).
 FOLD_ON_READ = 50_000

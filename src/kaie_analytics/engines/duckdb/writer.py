@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import AppendResult, Workflow
-from kaie_analytics.engines.duckdb.dedupe import IdIndex
+from kaie_analytics.engines.dedupe import IdIndex
 from kaie_analytics.engines.duckdb.progress import Progress
 from kaie_analytics.engines.duckdb.recent import RecentFeed
 from kaie_analytics.engines.duckdb.schema import feed_counts, utcnow

@@ -1,15 +1,24 @@
 """In-memory index of recently ingested event ids, for idempotent ingestion.
 
-Each id is kept as a 64-bit hash of ``tenant NUL id`` (xxh3, computed by the
-store when it prepares a batch): a sorted NumPy array for what was loaded or
-merged in, plus a set for what arrived since. A hash hit
-is only a candidate: the store confirms it against the stored ids before it
-calls an event a duplicate, so a hash collision can never drop an event.
+Each id is kept as a 64-bit hash of ``tenant NUL id`` (xxh3, computed when a
+batch is prepared, ``ingest.columns``): a sorted NumPy array for what was
+loaded or merged in, plus a set for what arrived since. A hash hit is only a
+candidate: the engine confirms it against the stored ids before it calls an
+event a duplicate, so a hash collision can never drop an event. Only ids that
+may be stored are looked up, so the lookup costs nothing for new events, however
+many are stored. An engine that is the only writer of its store (DuckDB, chdb)
+loads the index at start from the events ingested within ``DEDUPE_WINDOW``.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
+
+#: Ids are deduplicated against the events ingested this long ago at most (the
+#: spec asks for 7 days; a day more covers a retry sent at the end of the seventh).
+DEDUPE_WINDOW = timedelta(days=8)
 
 FOLD_AT = 500_000
 
