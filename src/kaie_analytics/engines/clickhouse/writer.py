@@ -95,6 +95,8 @@ class Writer:
         #: The inserts running, by their ``ingested_at``.
         self._in_flight: dict[int, _Insert] = {}
         self._in_flight_lock = threading.Lock()
+        #: Requests answered since the last group started (see ``_run``).
+        self._answered = 0
         in_flight = IN_FLIGHT["embedded" if transport.embedded else "server"]
         self._free = threading.Semaphore(in_flight)
         self._inserts = concurrent.futures.ThreadPoolExecutor(
@@ -135,12 +137,15 @@ class Writer:
                 item[2].set_exception(StoreUnavailable("the store is shutting down"))
 
     def _run(self) -> None:
-        # How many requests came together last time: while they keep coming side by
-        # side, a group waits (up to GATHER_S) until as many are in again.
-        expected = 1
         while True:
             # A group starts once an insert may: until then, requests wait together.
             self._free.acquire()
+            # How many requests to wait for (up to GATHER_S): those waiting now, and as
+            # many as were answered since the last group, whose clients are likely to
+            # send again. (Counted from the queue, a group could settle on part of the
+            # clients, the rest arriving while it is inserted, in groups half as large.)
+            with self._in_flight_lock:
+                expected, self._answered = self._requests.qsize() + self._answered, 0
             first = self._requests.get()
             if first is None:
                 self._free.release()
@@ -166,12 +171,10 @@ class Writer:
             try:
                 insert = self._prepare(group)
             except Exception as exc:
-                self._free.release()
+                self._release(len(group))
                 self._fail(group, exc)
             else:
                 self._inserts.submit(self._commit, insert)
-            # Requests that came in meanwhile belong to the next group too.
-            expected = max(len(group), self._requests.qsize() + 1)
             if stop:
                 return
 
@@ -218,6 +221,12 @@ class Writer:
     def _done(self, insert: _Insert) -> None:
         with self._in_flight_lock:
             del self._in_flight[insert.ingested_us]
+        self._release(len(insert.group))
+
+    def _release(self, answered: int) -> None:
+        """An insert's slot is free; its ``answered`` requests are about to be."""
+        with self._in_flight_lock:
+            self._answered += answered
         self._free.release()
 
     @staticmethod
