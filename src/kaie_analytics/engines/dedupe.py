@@ -44,6 +44,9 @@ class IdIndex:
         return found
 
     def add(self, hashes: np.ndarray) -> None:
+        if hashes.size >= FOLD_AT:  # many at once (a first fold): straight into the base
+            self._base = _sorted_unique(np.concatenate([self._base, hashes.astype(np.uint64)]))
+            return
         self._recent.update(hashes.tolist())
         if len(self._recent) >= FOLD_AT:
             folded = np.sort(np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent)))

@@ -183,6 +183,10 @@ SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merg
 
 ALTER TABLE execution_log_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
+ALTER TABLE execution_log_local ON CLUSTER `analytics` ADD INDEX IF NOT EXISTS folded fold TYPE minmax GRANULARITY 1;
+
+ALTER TABLE execution_keys_local ON CLUSTER `analytics` ADD INDEX IF NOT EXISTS folded version TYPE minmax GRANULARITY 1;
+
 CREATE TABLE IF NOT EXISTS execution_slots_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
     workflow_id String,

@@ -303,7 +303,8 @@ def test_a_fold_moves_executions_whose_key_changed_and_survives_being_cut_off(
     hi = int(transport.query("SELECT max(toUnixTimestamp64Micro(ingested_at)) AS m FROM events")
              .column("m")[0].as_py())  # fmt: skip
     for statement in (folds.FOLD_STATEMENTS[0], folds.EXECUTION_LOG_FOLD):
-        transport.command(statement, {"tenant": "acme", "lo": folder.watermark, "hi": hi})
+        transport.command(statement, {"tenant": "acme", "lo": folder.watermark, "hi": hi,
+                                      "old": ["x1", "x2"]})  # fmt: skip
     folder._cut_off = True  # as a fold that failed half way leaves it
     assert _executions(engine) == pending
     assert _sums_by_workflow(engine) == _sums_of_rows(pending)
@@ -364,6 +365,34 @@ def test_a_store_of_layout_4_gets_its_executions_node_events(tmp_path: Path) -> 
         assert again.activity(q) == want
     finally:
         again.close()
+
+
+def test_an_execution_continued_after_a_restart_keeps_its_earlier_events(
+    tmp_path: Path,
+) -> None:
+    """A fold looks up the states only of executions it knows have events folded
+    before (the rest come from its own events): that knowledge survives a restart,
+    so a late end merges with the start folded by the process before."""
+    path = tmp_path / "ch"
+    t0 = datetime(2024, 5, 1, 12)
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    engine.append("acme", _valid([_started(0, t0), _started(1, t0)])).result()
+    engine.settle()
+    engine.close()
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        end = {"type": "execution.completed", "workflow_id": "wf", "duration_ms": 1500}
+        engine.append("acme", _valid([
+            {**end, "id": "c0", "execution_id": "x0", "timestamp": iso(t0 + timedelta(seconds=2))},
+            _started(2, t0),
+        ])).result()  # fmt: skip
+        engine.settle()
+        rows = {r["execution_id"]: r for r in _executions(engine)}
+        assert {k: (r["status"], r["started_at"], r["duration_ms"]) for k, r in rows.items()} == {
+            "x0": ("success", t0, 1500), "x1": ("running", t0, None), "x2": ("running", t0, None),
+        }  # fmt: skip
+    finally:
+        engine.close()
 
 
 def test_opening_makes_whole_what_views_keep_of_inserts_cut_off(tmp_path: Path) -> None:

@@ -59,6 +59,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
+import pyarrow as pa
+
 from kaie_analytics.engines.clickhouse import compaction, schema, sql
 from kaie_analytics.engines.clickhouse.customers import (
     first_changes,
@@ -80,6 +83,7 @@ from kaie_analytics.engines.clickhouse.schema import (
     executions_state_view,
 )
 from kaie_analytics.engines.clickhouse.transport import Transport
+from kaie_analytics.engines.dedupe import IdIndex
 
 log = logging.getLogger("kaie_analytics.store")
 
@@ -90,14 +94,26 @@ COMPACTED = "folds_compacted"
 COMPACT_EVERY_S = 300.0
 #: The events a fold takes up: those ingested in (lo, hi].
 _IN_FOLD = sql.ingested("{lo:Int64}", "{hi:Int64}")
+#: The executions the fold's events touch, with their ids' hashes.
 _TOUCHED = (
-    "SELECT DISTINCT execution_id FROM events"
+    f"SELECT DISTINCT execution_id, {sql.id_hash('execution_id')} FROM events"
     " WHERE tenant = {tenant:String} AND type IN " + FEED_TYPES
     + " AND execution_id IS NOT NULL AND " + _IN_FOLD
 )  # fmt: skip
-_MERGED = sql.merged_executions(
-    "tenant = {tenant:String} AND execution_id IN (" + _TOUCHED + ")", with_tenant=True
-)
+#: Those of them that may have events from before the fold (``ExecutionsSeen``). Only
+#: these are looked up in the tables ordered by execution id: a lookup of many ids
+#: reads nearly every granule (they are spread over all), however few they are
+#: against the table, so looking up every execution a fold touched made each fold
+#: cost as much as the tenant's executions. The others' states come from the fold's
+#: events alone.
+_OLD = "{old:Array(String)}"
+_FOLD_STATES = f"""(
+    SELECT * FROM executions_state WHERE tenant = {{tenant:String}} AND execution_id IN {_OLD}
+    UNION ALL
+    {EXECUTION_STATES.format(source=f"(SELECT * FROM events WHERE tenant = {{tenant:String}}"
+                                    f" AND {_IN_FOLD} AND execution_id NOT IN {_OLD})")}
+)"""  # fmt: skip
+_MERGED = sql.merged_executions("1", with_tenant=True, states=_FOLD_STATES)
 #: The columns of a row of ``executions``, as the fold writes them (named: a store of an
 #: older layout has the later ones in the order they were added).
 _EXECUTION_ROW = (
@@ -113,7 +129,7 @@ FROM (SELECT * FROM ({_MERGED}) WHERE workflow_id IS NOT NULL AND started_at IS 
 """
 _OLD_KEYS = f"""
 SELECT tenant, workflow_id, started_at, execution_id FROM execution_keys FINAL
-WHERE tenant = {{tenant:String}} AND execution_id IN ({_TOUCHED})
+WHERE tenant = {{tenant:String}} AND execution_id IN {_OLD}
 """
 #: The messages and feedback ingested in (lo, hi], added up per slot as of fold ``hi``.
 MESSAGE_ROLLUP = f"""
@@ -194,7 +210,7 @@ INSERT INTO execution_log ({_LOGGED}, fold, sign)
 SELECT {_LOGGED}, {{hi:Int64}}, toInt8(sum(change)) AS total
 FROM (
     SELECT {_LOGGED}, -toInt64(sign) AS change FROM execution_log
-    WHERE tenant = {{tenant:String}} AND fold <= {{lo:Int64}} AND execution_id IN ({_TOUCHED})
+    WHERE tenant = {{tenant:String}} AND fold <= {{lo:Int64}} AND execution_id IN {_OLD}
     UNION ALL
     SELECT {_TO_LOG}, toInt64(1) FROM ({_NEW_ROWS})
 )
@@ -246,13 +262,15 @@ JOURNEY_STATEMENTS = (
 #: the start, before and after, of every execution whose log rows it wrote, the start
 #: of every execution it took up (changed or not: it is no longer one waiting for a
 #: fold), and the days of the messages it added up.
+#: (Rows of fold ``hi`` are this fold's, found by a minmax index: a lookup by execution
+#: id would read all of the tables.)
 CHANGED_DAYS = f"""
 SELECT DISTINCT workflow_id, intDiv(slot, {SLOTS_PER_DAY}) FROM (
     SELECT workflow_id, {sql.slot_of("started_at")} AS slot FROM execution_log
-    WHERE tenant = {{tenant:String}} AND fold = {{hi:Int64}} AND execution_id IN ({_TOUCHED})
+    WHERE tenant = {{tenant:String}} AND fold = {{hi:Int64}}
     UNION ALL
     SELECT workflow_id, {sql.slot_of("started_at")} FROM execution_keys
-    WHERE tenant = {{tenant:String}} AND version = {{hi:Int64}} AND execution_id IN ({_TOUCHED})
+    WHERE tenant = {{tenant:String}} AND version = {{hi:Int64}}
     UNION ALL
     SELECT ifNull(workflow_id, ''), {sql.slot_of("ts")} FROM events
     WHERE tenant = {{tenant:String}} AND type IN {MESSAGE_ROLLUP_TYPES} AND {_IN_FOLD}
@@ -446,6 +464,13 @@ class Folder:
         self._in_flight = in_flight
         #: The watermark of the last fold (this process is the only one that folds).
         self.watermark = watermark(transport)
+        #: The executions with events folded, as hashes of their ids (those with states:
+        #: more is only slower), so a fold looks up only those (``_OLD``).
+        self._seen = IdIndex(
+            transport.query(f"SELECT {sql.id_hash('execution_id')} FROM executions_state")
+            .column(0)
+            .to_numpy()
+        )
         self._compacted = state(transport, COMPACTED)
         self._compacted_at = time.monotonic()
         #: The watermarks answers are reading with (how many of each): compaction
@@ -508,8 +533,15 @@ class Folder:
                 _drop_after(t, lo)
             self._cut_off = True  # until this fold has written its watermark
             changed: set[tuple[str, str, int]] = set()
+            seen: list[np.ndarray] = []
             for tenant, _, executions, messages, customers, journeys in tenants:
-                params = {"tenant": tenant, "lo": lo, "hi": hi}
+                params: dict[str, object] = {"tenant": tenant, "lo": lo, "hi": hi}
+                if executions:
+                    touched = t.query(_TOUCHED, params)
+                    hashes = touched.column(1).to_numpy()
+                    may_have_events = pa.array(self._seen.candidates(hashes))
+                    params["old"] = touched.column(0).filter(may_have_events).to_pylist()
+                    seen.append(hashes)
                 # Only what the tenant's new events can change (each statement has a cost).
                 statements = (
                     # Numbers first: the executions and active customers use them.
@@ -525,6 +557,8 @@ class Folder:
                     found_days = t.query(CHANGED_DAYS, params)
                     changed |= {(tenant, w, int(d)) for w, d in sql.rows(found_days)}
             set_state(t, WATERMARK, hi)  # 4. the watermark, last
+            for hashes in seen:
+                self._seen.add(hashes)
             if self._changed is not None:
                 self._changed(lo, hi, changed)
             with self._readers_lock:

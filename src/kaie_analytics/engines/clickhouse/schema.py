@@ -398,6 +398,12 @@ SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
         # Its node events, sorted (so that a -1 row and the +1 row of an execution that
         # did not change cancel out when compacted).
         f"ALTER TABLE execution_log{local}{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
+        # The rows of one fold, found without reading the parts of the folds before (a
+        # store of an older layout: its parts get the index as they are merged).
+        f"ALTER TABLE execution_log{local}{on} ADD INDEX IF NOT EXISTS folded fold"
+        " TYPE minmax GRANULARITY 1",
+        f"ALTER TABLE execution_keys{local}{on} ADD INDEX IF NOT EXISTS folded version"
+        " TYPE minmax GRANULARITY 1",
         # Per workflow, channel, error type ('' for none) and slot of their start, as of
         # each fold: what ``EXECUTION_SUMS`` names.
         f"""CREATE TABLE IF NOT EXISTS execution_slots{local}{on} (

@@ -100,6 +100,12 @@ def ingested(after: str | None, upto: str | None = None) -> str:
     return " AND ".join(bounds) or "1"
 
 
+def id_hash(column: str) -> str:
+    """The 64-bit hash of ``tenant NUL column`` (an id), as ``ingest.columns`` computes
+    for event ids (xxh3)."""
+    return f"xxh3(concat(tenant, char(0), {column}))"
+
+
 def pending_ids(types: str, column: str) -> str:
     """The ``column`` ids (executions, journeys) of ``{tenant}`` with events of ``types``
     ingested after the fold's watermark ``{folded}``: their folded rows are stale."""
@@ -134,9 +140,11 @@ def tenant_events(types: str | None, columns: str = "*", where: str = "") -> str
     return f"SELECT {columns} FROM events FINAL WHERE {' AND '.join(conditions)}"
 
 
-def merged_executions(where: str, *, with_tenant: bool = False) -> str:
-    """One row per execution whose states match ``where`` (on ``executions_state``),
-    merged and finalised (spec/METRICS.md, "Executions"): attributes come from the
+def merged_executions(
+    where: str, *, with_tenant: bool = False, states: str = "executions_state"
+) -> str:
+    """One row per execution whose states match ``where`` (on ``states``: the table
+    ``executions_state`` or a query of rows like it), merged and finalised (spec/METRICS.md, "Executions"): attributes come from the
     started event, else from the earlier terminal event that has them; the later
     terminal event decides the status (on equal timestamps, failed wins); duration
     is the deciding event's ``duration_ms``, else its timestamp minus the start
@@ -172,7 +180,7 @@ FROM (
         SELECT tenant, execution_id, max(has_s) = 1 AS has_s, max(has_c) = 1 AS has_c,
             max(has_f) = 1 AS has_f, argMinMerge(s) AS s, argMaxMerge(c) AS c,
             argMaxMerge(f) AS f, groupUniqArrayMerge(nodes) AS nodes
-        FROM executions_state WHERE {where}
+        FROM {states} WHERE {where}
         GROUP BY tenant, execution_id
     )
 )

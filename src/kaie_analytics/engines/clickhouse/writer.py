@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 from kaie_analytics.analytics.facts import AppendResult
 from kaie_analytics.engines.clickhouse.folds import repair
 from kaie_analytics.engines.clickhouse.schema import COLUMNS
-from kaie_analytics.engines.clickhouse.sql import epoch_us, utcnow
+from kaie_analytics.engines.clickhouse.sql import epoch_us, id_hash, utcnow
 from kaie_analytics.engines.clickhouse.transport import Transport
 from kaie_analytics.engines.dedupe import DEDUPE_WINDOW, IdIndex
 from kaie_analytics.errors import StoreUnavailable
@@ -106,9 +106,8 @@ class Writer:
         self._thread.start()
 
     def _load_ids(self) -> IdIndex:
-        # The same hash as ``ingest.columns`` computes (xxh3 of ``tenant NUL id``).
         hashes = self._transport.query(
-            "SELECT xxh3(concat(tenant, char(0), event_id)) AS h FROM events"
+            f"SELECT {id_hash('event_id')} AS h FROM events"
             " WHERE ingested_at >= now64(6) - toIntervalSecond({window:UInt32})",
             {"window": int(DEDUPE_WINDOW.total_seconds())},
         )
