@@ -302,7 +302,7 @@ def test_a_fold_moves_executions_whose_key_changed_and_survives_being_cut_off(
     assert folder is not None
     hi = int(transport.query("SELECT max(toUnixTimestamp64Micro(ingested_at)) AS m FROM events")
              .column("m")[0].as_py())  # fmt: skip
-    for statement in (folds.FOLD_STATEMENTS[0], folds.EXECUTION_LOG_FOLD):
+    for statement in (*folds.FOLD_STATEMENTS[:3], folds.EXECUTION_LOG_FOLD):
         transport.command(statement, {"tenant": "acme", "lo": folder.watermark, "hi": hi,
                                       "old": ["x1", "x2"]})  # fmt: skip
     folder._cut_off = True  # as a fold that failed half way leaves it

@@ -181,22 +181,26 @@ JOIN (SELECT customer_id, num FROM customer_numbers FINAL
   ON m.c = n.customer_id
 """
 FOLD_STATEMENTS = (
+    # The merged rows, worked out once (a temporary table: the fold's connection's own;
+    # a MergeTree, on disk, as a first fold of a large copy merges millions).
+    "DROP TEMPORARY TABLE IF EXISTS fold_rows",
+    f"CREATE TEMPORARY TABLE fold_rows ENGINE = MergeTree ORDER BY tuple() AS {_NEW_ROWS}",
     # 1. deleted rows at the keys that changed, then the merged rows
     f"""INSERT INTO executions ({_EXECUTION_ROW})
     SELECT tenant, workflow_id, started_at, execution_id, NULL, NULL, 0, NULL, NULL,
         {{hi:Int64}}, 1, [], 0
     FROM ({_OLD_KEYS})
     WHERE (tenant, workflow_id, started_at, execution_id) NOT IN (
-        SELECT tenant, workflow_id, started_at, execution_id FROM ({_NEW_ROWS}))""",
+        SELECT tenant, workflow_id, started_at, execution_id FROM fold_rows)""",
     f"""INSERT INTO executions ({_EXECUTION_ROW})
-    SELECT r.*, ifNull(n.num, 0) FROM ({_NEW_ROWS}) r
+    SELECT r.*, ifNull(n.num, 0) FROM fold_rows r
     LEFT JOIN (SELECT customer_id, num FROM customer_numbers FINAL
                WHERE tenant = {{tenant:String}}
-                 AND customer_id IN (SELECT customer_id FROM ({_NEW_ROWS}))) n
+                 AND customer_id IN (SELECT customer_id FROM fold_rows)) n
       ON r.customer_id = n.customer_id""",
     # 2. the keys
-    f"""INSERT INTO execution_keys
-    SELECT tenant, execution_id, workflow_id, started_at, version FROM ({_NEW_ROWS})""",
+    """INSERT INTO execution_keys
+    SELECT tenant, execution_id, workflow_id, started_at, version FROM fold_rows""",
 )
 _LOGGED = (
     "tenant, execution_id, workflow_id, started_at, channel, error_type, status, duration_ms, nodes"
@@ -212,7 +216,7 @@ FROM (
     SELECT {_LOGGED}, -toInt64(sign) AS change FROM execution_log
     WHERE tenant = {{tenant:String}} AND fold <= {{lo:Int64}} AND execution_id IN {_OLD}
     UNION ALL
-    SELECT {_TO_LOG}, toInt64(1) FROM ({_NEW_ROWS})
+    SELECT {_TO_LOG}, toInt64(1) FROM fold_rows
 )
 GROUP BY {_LOGGED}
 HAVING total != 0
