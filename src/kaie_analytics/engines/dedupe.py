@@ -1,6 +1,7 @@
-"""In-memory index of recently ingested event ids, for idempotent ingestion.
+"""In-memory index of ids as 64-bit hashes: of recently ingested event ids, for
+idempotent ingestion, and (a fold's own) of the executions a fold has seen.
 
-Each id is kept as a 64-bit hash of ``tenant NUL id`` (xxh3, computed when a
+Each event id is kept as a 64-bit hash of ``tenant NUL id`` (xxh3, computed when a
 batch is prepared, ``ingest.columns``): a sorted NumPy array for what was
 loaded or merged in, plus a set for what arrived since. A hash hit is only a
 candidate: the engine confirms it against the stored ids before it calls an

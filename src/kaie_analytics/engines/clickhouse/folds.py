@@ -106,7 +106,7 @@ _TOUCHED = (
     " WHERE tenant = {tenant:String} AND type IN " + FEED_TYPES
     + " AND execution_id IS NOT NULL AND " + _IN_FOLD
 )  # fmt: skip
-#: Those of them that may have events from before the fold (``ExecutionsSeen``). Only
+#: Those of them that may have events from before the fold (``Folder._seen``). Only
 #: these are looked up in the tables ordered by execution id: a lookup of many ids
 #: reads nearly every granule (they are spread over all), however few they are
 #: against the table, so looking up every execution a fold touched made each fold
@@ -477,11 +477,9 @@ class Folder:
         self.watermark = watermark(transport)
         #: The executions with events folded, as hashes of their ids (those with states:
         #: more is only slower), so a fold looks up only those (``_OLD``).
-        self._seen = IdIndex(
-            transport.query(f"SELECT {sql.id_hash('execution_id')} FROM executions_state")
-            .column(0)
-            .to_numpy()
-        )
+        with transport.unlimited():  # millions of rows in a large store
+            seen = transport.query(f"SELECT {sql.id_hash('execution_id')} FROM executions_state")
+        self._seen = IdIndex(seen.column(0).to_numpy())
         self._compacted = state(transport, COMPACTED)
         self._compacted_at = time.monotonic()
         #: The watermarks answers are reading with (how many of each): compaction

@@ -144,9 +144,10 @@ def merged_executions(
     where: str, *, with_tenant: bool = False, states: str = "executions_state"
 ) -> str:
     """One row per execution whose states match ``where`` (on ``states``: the table
-    ``executions_state`` or a query of rows like it), merged and finalised (spec/METRICS.md, "Executions"): attributes come from the
-    started event, else from the earlier terminal event that has them; the later
-    terminal event decides the status (on equal timestamps, failed wins); duration
+    ``executions_state`` or a query of rows like it), merged and finalised
+    (spec/METRICS.md, "Executions"): attributes come from the started event,
+    else from the earlier terminal event that has them; the later terminal event
+    decides the status (on equal timestamps, failed wins); duration
     is the deciding event's ``duration_ms``, else its timestamp minus the start
     (never negative); an execution without a start event started at its terminal
     timestamp minus its duration. ``status``: 0 running, 1 success, 2 failed;

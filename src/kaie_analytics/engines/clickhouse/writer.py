@@ -106,11 +106,12 @@ class Writer:
         self._thread.start()
 
     def _load_ids(self) -> IdIndex:
-        hashes = self._transport.query(
-            f"SELECT {id_hash('event_id')} AS h FROM events"
-            " WHERE ingested_at >= now64(6) - toIntervalSecond({window:UInt32})",
-            {"window": int(DEDUPE_WINDOW.total_seconds())},
-        )
+        with self._transport.unlimited():  # millions of rows in a large store
+            hashes = self._transport.query(
+                f"SELECT {id_hash('event_id')} AS h FROM events"
+                " WHERE ingested_at >= now64(6) - toIntervalSecond({window:UInt32})",
+                {"window": int(DEDUPE_WINDOW.total_seconds())},
+            )
         return IdIndex(hashes.column("h").to_numpy())
 
     def oldest_in_flight(self) -> int | None:
