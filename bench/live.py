@@ -9,10 +9,12 @@ events, and again once the stream has stopped and the events are folded.
 Beside each, the stream's POST latencies (each answered after its commit).
 
     python bench/live.py [--rate 10000] [--runs 30] [--stream-s 30] [--executions 10000000]
-                         [--ingest-workers N]
+                         [--ingest-workers N] [--engine duckdb|chdb]
 
 ``--ingest-workers`` sets the server's ``KAIE_INGEST_WORKERS`` (processes that
 decode and validate batches, so validation does not hold the server's GIL).
+``--engine chdb`` copies and serves the embedded ClickHouse copy of the same
+events (``bench/query.py --engines duckdb,chdb`` makes it).
 """
 
 from __future__ import annotations
@@ -107,15 +109,22 @@ def main() -> None:
     ap.add_argument("--stream-s", type=float, default=30)
     ap.add_argument("--executions", type=int, default=10_000_000, help="which bench/query.py data")
     ap.add_argument("--ingest-workers", type=int, default=None, help="KAIE_INGEST_WORKERS")
+    ap.add_argument("--engine", choices=("duckdb", "chdb"), default="duckdb")
     args = ap.parse_args()
     source = DATA / f"query-{args.executions}"
-    if not (source / "events.duckdb").exists():
-        sys.exit("run bench/query.py first: it builds the data this benchmark copies")
+    built = source / ("built-chdb" if args.engine == "chdb" else "built")
+    if not built.exists():
+        sys.exit("run bench/query.py first (with --engines duckdb,chdb for chdb): it builds"
+                 " the data this benchmark copies")  # fmt: skip
     print(f"Machine: {machine()}")
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         data_dir = Path(tmp)
-        shutil.copy(source / "events.duckdb", data_dir / "events.duckdb")
-        env = {"KAIE_RATE_LIMITS": LIMITS}
+        env = {"KAIE_RATE_LIMITS": LIMITS, "KAIE_EVENTS_BACKEND": args.engine}
+        if args.engine == "chdb":
+            # ClickHouse keeps its databases as relative symlinks into store/.
+            shutil.copytree(source / "clickhouse", data_dir / "clickhouse", symlinks=True)
+        else:
+            shutil.copy(source / "events.duckdb", data_dir / "events.duckdb")
         if args.ingest_workers is not None:
             env["KAIE_INGEST_WORKERS"] = str(args.ingest_workers)
         with Server(data_dir, **env) as server:
@@ -137,7 +146,7 @@ def main() -> None:
                 rows.append(("after the stream", measure(client, headers, args.runs), "—"))
     print()
     workers = "default" if args.ingest_workers is None else args.ingest_workers
-    print(f"KAIE_INGEST_WORKERS: {workers}")
+    print(f"engine: {args.engine}; KAIE_INGEST_WORKERS: {workers}")
     print(f"{TENANT}/{WORKFLOW}, 30 days up to now, {args.runs} runs each; a stream of"
           f" {sent:,} events at ~{sent / elapsed:,.0f} events/s (target {args.rate:,});"
           " milliseconds over HTTP, uncached")  # fmt: skip

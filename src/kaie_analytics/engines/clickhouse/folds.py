@@ -92,12 +92,6 @@ WATERMARK = "executions_folded"
 COMPACTED = "folds_compacted"
 #: Seconds between compactions while folds come in.
 COMPACT_EVERY_S = 300.0
-#: After a fold, the next one waits at least this many times as long as it took: a fold
-#: costs more than the events it takes up (it reads, per tenant, the sessions, keys and
-#: rows those events change, spread over tables ordered by customer or execution), so
-#: while folds are long (a copy, a heavy stream into a large store) they come less
-#: often, and take at most a fifth of the time beside the inserts.
-FOLD_PACE = 4.0
 #: The events a fold takes up: those ingested in (lo, hi].
 _IN_FOLD = sql.ingested("{lo:Int64}", "{hi:Int64}")
 #: The executions the fold's events touch, with their ids' hashes.
@@ -454,9 +448,8 @@ def watermark(transport: Transport) -> int:
 
 
 class Folder:
-    """Folds every ``idle_s`` seconds while new events have come in (or less often,
-    ``FOLD_PACE``), and compacts what the folds wrote every ``COMPACT_EVERY_S``
-    (embedded only)."""
+    """Folds every ``idle_s`` seconds while new events have come in, and compacts what
+    the folds wrote every ``COMPACT_EVERY_S`` (embedded only)."""
 
     def __init__(
         self,
@@ -509,12 +502,9 @@ class Folder:
                     del self._readers[mark]
 
     def _run(self) -> None:
-        wait = self._idle_s
-        while not self._stop.wait(wait):
+        while not self._stop.wait(self._idle_s):
             try:
-                started = time.monotonic()
                 self.fold()
-                wait = max(self._idle_s, FOLD_PACE * (time.monotonic() - started))
                 if time.monotonic() - self._compacted_at >= COMPACT_EVERY_S:
                     self.compact()
             except Exception:  # the next round tries again; queries stay exact meanwhile
