@@ -46,14 +46,16 @@ class IdIndex:
 
     def add(self, hashes: np.ndarray) -> None:
         if hashes.size >= FOLD_AT:  # many at once (a first fold): straight into the base
-            self._base = _sorted_unique(np.concatenate([self._base, hashes.astype(np.uint64)]))
+            self._merge(_sorted_unique(hashes.astype(np.uint64)))
             return
         self._recent.update(hashes.tolist())
         if len(self._recent) >= FOLD_AT:
-            folded = np.sort(np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent)))
-            # Into place, in one pass over the base (a repeated value only costs its slot).
-            self._base = np.insert(self._base, np.searchsorted(self._base, folded), folded)
+            self._merge(np.sort(np.fromiter(self._recent, np.uint64, len(self._recent))))
             self._recent.clear()
+
+    def _merge(self, ordered: np.ndarray) -> None:
+        """Sorted hashes into the base, in one pass over it (a repeat only costs its slot)."""
+        self._base = np.insert(self._base, np.searchsorted(self._base, ordered), ordered)
 
 
 _EMPTY = np.empty(0, dtype=np.uint64)
