@@ -9,17 +9,21 @@ events, and again once the stream has stopped and the events are folded.
 Beside each, the stream's POST latencies (each answered after its commit).
 
     python bench/live.py [--rate 10000] [--runs 30] [--stream-s 30] [--executions 10000000]
-                         [--ingest-workers N] [--engine duckdb|chdb]
+                         [--ingest-workers N] [--engine duckdb|chdb] [--end-after S]
 
 ``--ingest-workers`` sets the server's ``KAIE_INGEST_WORKERS`` (processes that
 decode and validate batches, so validation does not hold the server's GIL).
 ``--engine chdb`` copies and serves the embedded ClickHouse copy of the same
-events (``bench/query.py --engines duckdb,chdb`` makes it).
+events (``bench/query.py --engines duckdb,chdb`` makes it). ``--end-after S`` posts
+each completion S seconds after its start (in a later batch, so that most
+executions are folded before they end, as in a live workflow) instead of in the
+same batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import random
 import shutil
 import statistics
@@ -47,9 +51,10 @@ PATHS = (f"/v1/analytics/workflows/{WORKFLOW}", f"/v1/analytics/workflows/{WORKF
 class Stream(Background):
     """Posts executions of ``WORKFLOW`` at about ``rate`` events per second."""
 
-    def __init__(self, url: str, key: str, rate: int) -> None:
+    def __init__(self, url: str, key: str, rate: int, end_after_s: float = 0.0) -> None:
         super().__init__()
         self.url, self.key, self.rate = url, key, rate
+        self.end_after_s = end_after_s
         self.sent = 0
         self.post_ms: list[float] = []
         self.seconds = 0.0  # how long it streamed
@@ -64,21 +69,28 @@ class Stream(Background):
             self.seconds = time.monotonic() - start
 
     def _stream(self, rng: random.Random, headers: dict[str, str], start: float) -> None:
+        # Completions not yet posted: (when to post, the event).
+        ends: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
+        made = 0
         with httpx.Client(base_url=self.url, timeout=60) as client:
             while not self._stop.is_set():
                 now = datetime.now(UTC)
                 batch: list[dict[str, Any]] = []
                 for _ in range(333):
-                    x = f"live-{self.sent + len(batch)}"
+                    x = f"live-{made}"
+                    made += 1
                     t = now - timedelta(seconds=rng.uniform(0, 5))
                     who = {"channel": "whatsapp", "customer_id": f"c{rng.randrange(50_000)}"}
                     base = {"workflow_id": WORKFLOW, "execution_id": x}
                     batch += [
                         {"type": "execution.started", "timestamp": t.isoformat(), **base, **who},
                         {"type": "message.received", "timestamp": t.isoformat(), **base, **who},
-                        {"type": "execution.completed", "duration_ms": 2000, **base,
-                         "timestamp": (t + timedelta(seconds=2)).isoformat()},
                     ]  # fmt: skip
+                    end = {"type": "execution.completed", "duration_ms": 2000, **base,
+                           "timestamp": (t + timedelta(seconds=2)).isoformat()}  # fmt: skip
+                    ends.append((time.monotonic() + self.end_after_s, end))
+                while ends and ends[0][0] <= time.monotonic():
+                    batch.append(ends.popleft()[1])
                 t_post = time.perf_counter()
                 r = client.post("/v1/events", json={"events": batch}, headers=headers)
                 r.raise_for_status()
@@ -110,6 +122,7 @@ def main() -> None:
     ap.add_argument("--executions", type=int, default=10_000_000, help="which bench/query.py data")
     ap.add_argument("--ingest-workers", type=int, default=None, help="KAIE_INGEST_WORKERS")
     ap.add_argument("--engine", choices=("duckdb", "chdb"), default="duckdb")
+    ap.add_argument("--end-after", type=float, default=0.0, help="seconds from start to end")
     args = ap.parse_args()
     source = DATA / f"query-{args.executions}"
     built = source / ("built-chdb" if args.engine == "chdb" else "built")
@@ -133,7 +146,7 @@ def main() -> None:
             rows: list[tuple[str, list[tuple[float, float]], str]] = []
             with httpx.Client(base_url=server.url, timeout=60) as client:
                 rows.append(("quiet", measure(client, headers, args.runs), "—"))
-                with Stream(server.url, key, args.rate) as stream:
+                with Stream(server.url, key, args.rate, args.end_after) as stream:
                     time.sleep(args.stream_s / 2)
                     first = len(stream.post_ms)
                     got = measure(client, headers, args.runs)
@@ -146,7 +159,8 @@ def main() -> None:
                 rows.append(("after the stream", measure(client, headers, args.runs), "—"))
     print()
     workers = "default" if args.ingest_workers is None else args.ingest_workers
-    print(f"engine: {args.engine}; KAIE_INGEST_WORKERS: {workers}")
+    print(f"engine: {args.engine}; KAIE_INGEST_WORKERS: {workers};"
+          f" completions {args.end_after:g} s after their start")  # fmt: skip
     print(f"{TENANT}/{WORKFLOW}, 30 days up to now, {args.runs} runs each; a stream of"
           f" {sent:,} events at ~{sent / elapsed:,.0f} events/s (target {args.rate:,});"
           " milliseconds over HTTP, uncached")  # fmt: skip

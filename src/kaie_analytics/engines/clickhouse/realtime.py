@@ -42,15 +42,17 @@ FROM ({_LAST_HOUR})
 GROUP BY GROUPING SETS ((), (workflow_id), (channel))
 """
 _LAST_DAY = f"started_at BETWEEN {sql.time_param('day_ago')} AND {_NOW}"
-#: Running executions, by whether the tenant has executions waiting for a fold.
-RUNNING = {
-    pending: f"""
+
+
+def _running(pending: sql.Pending | None) -> str:
+    """Running executions (``pending``: those waiting for a fold)."""
+    return f"""
 SELECT workflow_id, count() FROM ({sql.executions(_LAST_DAY, pending=pending)})
 WHERE status = 0 AND {_LAST_DAY} AND {_FILTERS}
 GROUP BY workflow_id
 """
-    for pending in (True, False)
-}
+
+
 _RECEIVED = sql.tenant_events(
     "('message.received')",
     "ts, workflow_id, customer_id, channel",
@@ -73,7 +75,9 @@ GROUP BY GROUPING SETS ((), (workflow_id))
 """
 
 
-def realtime(transport: Transport, q: RealtimeQuery, folded: int, pending: bool) -> RealtimeFacts:
+def realtime(
+    transport: Transport, q: RealtimeQuery, folded: int, pending: sql.Pending | None
+) -> RealtimeFacts:
     now = q.now
     params: dict[str, Any] = {
         "tenant": q.tenant,
@@ -84,9 +88,10 @@ def realtime(transport: Transport, q: RealtimeQuery, folded: int, pending: bool)
         "half_hour_ago": sql.epoch_us(now - IN_CONVERSATION),
         "workflow": q.workflow_id,
         "channel": q.channel,
+        **(pending.params() if pending else {}),
     }
     # Side by side, each on its own snapshot.
     running_table, last_hour, replies = transport.query_all(
-        [(RUNNING[pending], params), (LAST_HOUR_SQL, params), (REPLIES, params)]
+        [(_running(pending), params), (LAST_HOUR_SQL, params), (REPLIES, params)]
     )
     return realtime_facts(sql.rows(running_table), sql.rows(last_hour), sql.rows(replies))
