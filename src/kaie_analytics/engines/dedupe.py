@@ -13,7 +13,6 @@ loads the index at start from the events ingested within ``DEDUPE_WINDOW``.
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import numpy as np
@@ -26,22 +25,15 @@ FOLD_AT = 500_000
 
 
 class IdIndex:
-    """Safe to share between threads (a fold adds what answers look up)."""
-
     def __init__(self, hashes: np.ndarray | None = None) -> None:
         self._base = _sorted_unique(hashes.astype(np.uint64)) if hashes is not None else _EMPTY
         self._recent: set[int] = set()
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return int(self._base.size) + len(self._recent)
 
     def candidates(self, hashes: np.ndarray) -> np.ndarray:
         """For each hash: may it be stored already?"""
-        with self._lock:
-            return self._candidates(hashes)
-
-    def _candidates(self, hashes: np.ndarray) -> np.ndarray:
         found = np.zeros(hashes.size, dtype=bool)
         if self._base.size:
             pos = np.searchsorted(self._base, hashes)
@@ -53,10 +45,6 @@ class IdIndex:
         return found
 
     def add(self, hashes: np.ndarray) -> None:
-        with self._lock:
-            self._add(hashes)
-
-    def _add(self, hashes: np.ndarray) -> None:
         if hashes.size >= FOLD_AT:  # many at once (a first fold): straight into the base
             self._merge(_sorted_unique(hashes.astype(np.uint64)))
             return

@@ -96,23 +96,18 @@ _DAY_US = 24 * _HOUR_US
 MEMORY_EXECUTIONS = 50_000
 #: The dimensions of executions worked out from those held in memory.
 _MEMORY_EXEC_DIMS = frozenset({"workflow_id", "channel", "error_type", "hour"})
-
-
-def _waiting(pending: sql.Pending) -> str:
-    """The executions waiting for a fold, as ``workflow_days.Executions``'s columns, then
-    the customer's id where it has no number yet, and whether the execution is one
-    asked about (of the workflow, started in ``{lo}``..``{hi}``). Their folded rows,
-    wherever those were, are left out of those held in memory."""
-    return f"""
+#: The executions waiting for a fold, as ``workflow_days.Executions``'s columns, then
+#: the customer's id where it has no number yet, and whether the execution is one
+#: asked about (of the workflow, started in ``{lo}``..``{hi}``). Their folded rows,
+#: wherever those were, are left out of those held in memory.
+_WAITING = f"""
 SELECT {sql.us("started_at")}, ifNull(channel, ''), ifNull(error_type, ''), status,
     ifNull(duration_ms, -1), customer_num, cityHash64(execution_id), execution_id,
     if(customer_num = 0, customer_id, NULL),
     ifNull(started_at BETWEEN {sql.time_param("lo")} AND {sql.time_param("hi")}
            AND {sql.FILTERS}, 0)
-FROM ({sql.waiting_executions(pending, numbers=True)})
+FROM ({sql.waiting_executions(numbers=True)})
 """
-
-
 _MESSAGE_SUMS = "sum(x.sent), sum(x.received), coalesce(sum(x.csat_sum), 0), sum(x.csat_n)"
 _NODE_SUMS = """argMax(x.node_type, x.ts), count(), countIf(x.ok), countIf(NOT x.ok),
     coalesce(sum(x.dur), 0), count(x.dur)"""
@@ -309,13 +304,13 @@ def _plain(
     return statement, [_Part(i, fields, columns, memory=memory)]
 
 
-def _in_period(rows: str, where: str, pending: sql.Pending | None) -> str:
+def _in_period(rows: str, where: str, pending: bool) -> str:
     """``rows`` from ``sql.executions(where, ...)`` that match ``where``: the folded ones
     all do; those merged at query time (``pending``) are filtered here."""
     return f"SELECT * FROM ({rows}) WHERE {where}" if pending else rows
 
 
-def _executions(q: ActivityQuery, pending: sql.Pending | None, numbers: bool = False) -> str:
+def _executions(q: ActivityQuery, pending: bool, numbers: bool = False) -> str:
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
     in_period = f"started_at BETWEEN {lo} AND {hi} AND {sql.FILTERS}"
     return _in_period(
@@ -325,7 +320,7 @@ def _executions(q: ActivityQuery, pending: sql.Pending | None, numbers: bool = F
 
 def _statements(
     q: ActivityQuery,
-    pending: sql.Pending | None,
+    pending: bool,
     folded: bool,
     memory: bool = False,
     executions: bool = False,
@@ -417,7 +412,7 @@ def _held(ask: Ask, hours_on_slots: bool, by_channels: bool) -> bool:
 def _execution_statement(
     q: ActivityQuery,
     asks: list[int],
-    pending: sql.Pending | None,
+    pending: bool,
     folded: bool,
     slots: bool = False,
     memory: bool = False,
@@ -485,9 +480,7 @@ def _sums(sign: str) -> str:
     )
 
 
-def _slot_executions(
-    q: ActivityQuery, ask: Ask, pending: sql.Pending | None, memory: bool
-) -> str | None:
+def _slot_executions(q: ActivityQuery, ask: Ask, pending: bool, memory: bool) -> str | None:
     """The executions of the ask's span as rows of ``schema.EXECUTION_SUMS`` (with
     started_at, workflow_id, channel and error_type), from ``execution_slots``
     (``_from_slots``)."""
@@ -501,7 +494,7 @@ def _slot_executions(
 def _from_slots(
     q: ActivityQuery,
     ask: Ask,
-    pending: sql.Pending | None,
+    pending: bool,
     memory: bool,
     table: str,
     kept: str,
@@ -552,7 +545,7 @@ def _from_slots(
                 e.channel AS channel, {of_execution("-sign")}
             FROM (SELECT *, {sql.slot_of("started_at")} AS slot FROM execution_log
                   WHERE tenant = {{tenant:String}} AND fold <= {{folded:Int64}}
-                    AND execution_id IN {sql.logged_set(pending)} AND {sql.FILTERS}) e{join}
+                    AND execution_id IN ({sql.PENDING}) AND {sql.FILTERS}) e{join}
             WHERE {whole}"""
         )
     if not parts:
@@ -560,7 +553,7 @@ def _from_slots(
     return "(" + " UNION ALL ".join(parts) + ")"
 
 
-def _nodes(q: ActivityQuery, ask: Ask, pending: sql.Pending | None) -> str:
+def _nodes(q: ActivityQuery, ask: Ask, pending: bool) -> str:
     """Node events per window and ``ask.by``: each execution carries its node events
     (``schema.NODE``)."""
     lo, hi = sql.time_param("lo"), sql.time_param("hi")
@@ -574,9 +567,7 @@ def _nodes(q: ActivityQuery, ask: Ask, pending: sql.Pending | None) -> str:
     return _aggregate(q, ask, nodes, "started_at", _EXEC_ROW_DIMS, [_NODE_SUMS])
 
 
-def _slot_nodes(
-    q: ActivityQuery, ask: Ask, pending: sql.Pending | None, memory: bool
-) -> str | None:
+def _slot_nodes(q: ActivityQuery, ask: Ask, pending: bool, memory: bool) -> str | None:
     """Node events per window, ``ask.by`` (dimensions ``node_slots`` keeps) and node
     type, from their sums per slot (``_from_slots``): a row per type, put together
     per cell by ``_node_cells``."""
@@ -598,9 +589,7 @@ def _node_sums(sign: str) -> str:
     return ", ".join(f"{e} AS {c}" for e, c in zip(node_sums(sign, "n"), NODE_SUMS, strict=True))
 
 
-def _messages(
-    q: ActivityQuery, ask: Ask, pending: sql.Pending | None, memory: bool = False
-) -> str | None:
+def _messages(q: ActivityQuery, ask: Ask, pending: bool, memory: bool = False) -> str | None:
     """The messages and feedback of the ask's span, as rows (ts, workflow_id, channel,
     customer_id, sent, received, csat_sum, csat_n).
 
@@ -930,7 +919,7 @@ def activity(
     transport: Transport,
     q: ActivityQuery,
     folded: int,
-    pending: sql.Pending | None,
+    pending: bool,
     workflow_days: DayReader | None = None,
 ) -> list[Cells]:
     """The cells of every ask of ``q`` (``folded``: the fold's watermark; ``pending``:
@@ -942,7 +931,6 @@ def activity(
         "tz": q.timezone,
         "folded": folded,
         **sql.filter_params(q.workflow_ids, q.channels),
-        **(pending.params() if pending else {}),
     }
     memory = workflow_days is not None and folded > 0 and len(q.workflow_ids) == 1
     days: Days | None = None
@@ -965,7 +953,7 @@ def activity(
     executions_asked = [p.ask for _, (_, parts) in statements for p in parts if p.executions]
     if pending and executions_asked:  # the executions waiting for a fold, once for all
         span = tuple(sorted({w for i in executions_asked for w in q.asks[i].windows}))
-        batch.append((_waiting(pending), base | _window_params(q, Ask(span, frozenset()))))
+        batch.append((_WAITING, base | _window_params(q, Ask(span, frozenset()))))
     tables = iter(transport.query_all(batch))
     out: list[Cells] = [{} for _ in q.asks]
     for bound, (statement, parts) in statements:
@@ -976,7 +964,7 @@ def activity(
             n_keys = 1 + len(ask.by)
             if part.memory is not None:
                 assert days is not None
-                held = _memory_rows(q, ask, part.memory, days, pending is None, by_type=True)
+                held = _memory_rows(q, ask, part.memory, days, not pending, by_type=True)
                 found += [tuple(r) for r in held]
             per_cell = _node_cells(found, n_keys)
             if per_cell is not None:

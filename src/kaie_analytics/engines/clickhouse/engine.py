@@ -152,15 +152,6 @@ class ClickHouseEngine:
             return True
         return self._ingested.get(tenant, 0) > folded
 
-    def _waiting(self, tenant: str, folded: int) -> sql.Pending | None:
-        """The tenant's executions waiting for a fold as of watermark ``folded`` (None:
-        nothing waits)."""
-        if not self._pending(tenant, folded):
-            return None
-        if self.folder is None:  # on a server nothing folds: every execution waits
-            return sql.UNLISTED
-        return self.folder.pending(tenant, folded)
-
     # ------------------------------------------------------------ writes
 
     def append(
@@ -298,7 +289,7 @@ class ClickHouseEngine:
                     assert cache is not None
                     return cache.days(q.tenant, workflow_id, first, last, folded)
 
-            pending = self._waiting(q.tenant, folded)
+            pending = self._pending(q.tenant, folded)
             return activity.activity(self.transport, q, folded, pending, days)
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
@@ -323,7 +314,7 @@ class ClickHouseEngine:
 
     def realtime(self, q: RealtimeQuery) -> RealtimeFacts:
         with self._folded() as folded:
-            return realtime.realtime(self.transport, q, folded, self._waiting(q.tenant, folded))
+            return realtime.realtime(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
         schema = ROW_SCHEMAS[q.kind]

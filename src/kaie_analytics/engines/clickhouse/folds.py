@@ -94,20 +94,12 @@ COMPACTED = "folds_compacted"
 COMPACT_EVERY_S = 300.0
 #: The events a fold takes up: those ingested in (lo, hi].
 _IN_FOLD = sql.ingested("{lo:Int64}", "{hi:Int64}")
-
-
-def _touched(ingested: str) -> str:
-    """The executions with events (their own or their nodes') ingested as ``ingested``
-    says, with their ids' hashes."""
-    return (
-        f"SELECT DISTINCT execution_id, {sql.id_hash('execution_id')} FROM events"
-        " WHERE tenant = {tenant:String} AND type IN " + FEED_TYPES
-        + " AND execution_id IS NOT NULL AND " + ingested
-    )  # fmt: skip
-
-
-#: The executions the fold's events touch.
-_TOUCHED = _touched(_IN_FOLD)
+#: The executions the fold's events touch, with their ids' hashes.
+_TOUCHED = (
+    f"SELECT DISTINCT execution_id, {sql.id_hash('execution_id')} FROM events"
+    " WHERE tenant = {tenant:String} AND type IN " + FEED_TYPES
+    + " AND execution_id IS NOT NULL AND " + _IN_FOLD
+)  # fmt: skip
 #: Those of them that may have events from before the fold (``Folder._seen``). Only
 #: these are looked up in the tables ordered by execution id: a lookup of many ids
 #: reads nearly every granule (they are spread over all), however few they are
@@ -115,10 +107,13 @@ _TOUCHED = _touched(_IN_FOLD)
 #: cost as much as the tenant's executions. The others' states come from the fold's
 #: events alone.
 _OLD = "{old:Array(String)}"
-_MERGED = sql.merged_executions("1", with_tenant=True, states=sql.split_states(_OLD, _IN_FOLD))
-#: The executions waiting for a fold as of watermark ``{folded}`` (one more than can be
-#: listed at most: ``sql.Pending``).
-_WAITING = _touched(sql.ingested("{folded:Int64}")) + f" LIMIT {sql.LISTED_PENDING + 1}"
+_FOLD_STATES = f"""(
+    SELECT * FROM executions_state WHERE tenant = {{tenant:String}} AND execution_id IN {_OLD}
+    UNION ALL
+    {EXECUTION_STATES.format(source=f"(SELECT * FROM events WHERE tenant = {{tenant:String}}"
+                                    f" AND {_IN_FOLD} AND execution_id NOT IN {_OLD})")}
+)"""  # fmt: skip
+_MERGED = sql.merged_executions("1", with_tenant=True, states=_FOLD_STATES)
 #: The columns of a row of ``executions``, as the fold writes them (named: a store of an
 #: older layout has the later ones in the order they were added).
 _EXECUTION_ROW = (
@@ -505,16 +500,6 @@ class Folder:
                 self._readers[mark] -= 1
                 if not self._readers[mark]:
                     del self._readers[mark]
-
-    def pending(self, tenant: str, folded: int) -> sql.Pending:
-        """The tenant's executions waiting for a fold as of watermark ``folded`` (one an
-        answer holds: ``reading``), listed with those this fold has seen (``_seen``
-        knows every execution folded up to it, and more)."""
-        found = self._transport.query(_WAITING, {"tenant": tenant, "folded": folded})
-        if found.num_rows > sql.LISTED_PENDING:
-            return sql.UNLISTED
-        seen = pa.array(self._seen.candidates(found.column(1).to_numpy()))
-        return sql.Pending(found.column(0).to_pylist(), found.column(0).filter(seen).to_pylist())
 
     def _run(self) -> None:
         while not self._stop.wait(self._idle_s):

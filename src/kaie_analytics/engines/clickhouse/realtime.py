@@ -42,17 +42,15 @@ FROM ({_LAST_HOUR})
 GROUP BY GROUPING SETS ((), (workflow_id), (channel))
 """
 _LAST_DAY = f"started_at BETWEEN {sql.time_param('day_ago')} AND {_NOW}"
-
-
-def _running(pending: sql.Pending | None) -> str:
-    """Running executions (``pending``: those waiting for a fold)."""
-    return f"""
+#: Running executions, by whether the tenant has executions waiting for a fold.
+RUNNING = {
+    pending: f"""
 SELECT workflow_id, count() FROM ({sql.executions(_LAST_DAY, pending=pending)})
 WHERE status = 0 AND {_LAST_DAY} AND {_FILTERS}
 GROUP BY workflow_id
 """
-
-
+    for pending in (True, False)
+}
 _RECEIVED = sql.tenant_events(
     "('message.received')",
     "ts, workflow_id, customer_id, channel",
@@ -75,9 +73,7 @@ GROUP BY GROUPING SETS ((), (workflow_id))
 """
 
 
-def realtime(
-    transport: Transport, q: RealtimeQuery, folded: int, pending: sql.Pending | None
-) -> RealtimeFacts:
+def realtime(transport: Transport, q: RealtimeQuery, folded: int, pending: bool) -> RealtimeFacts:
     now = q.now
     params: dict[str, Any] = {
         "tenant": q.tenant,
@@ -88,10 +84,9 @@ def realtime(
         "half_hour_ago": sql.epoch_us(now - IN_CONVERSATION),
         "workflow": q.workflow_id,
         "channel": q.channel,
-        **(pending.params() if pending else {}),
     }
     # Side by side, each on its own snapshot.
     running_table, last_hour, replies = transport.query_all(
-        [(_running(pending), params), (LAST_HOUR_SQL, params), (REPLIES, params)]
+        [(RUNNING[pending], params), (LAST_HOUR_SQL, params), (REPLIES, params)]
     )
     return realtime_facts(sql.rows(running_table), sql.rows(last_hour), sql.rows(replies))

@@ -8,19 +8,13 @@ bound as ``Int64`` microseconds (``time_param``) and read back as
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 
 from kaie_analytics.analytics.facts import Window
-from kaie_analytics.engines.clickhouse.schema import (
-    EXECUTION_STATES,
-    FEED_TYPES,
-    SLOT_US,
-    SLOTS_FROM_US,
-)
+from kaie_analytics.engines.clickhouse.schema import FEED_TYPES, SLOT_US, SLOTS_FROM_US
 
 EPOCH = datetime(1970, 1, 1)
 MESSAGE_TYPES = "('message.sent', 'message.received')"
@@ -200,109 +194,38 @@ EXECUTION_COLUMNS = (
 )
 #: The executions with events (their own or their nodes') after the watermark.
 PENDING = pending_ids(FEED_TYPES, "execution_id")
-#: Executions waiting for a fold listed in a query's parameters at most (``Pending``).
-LISTED_PENDING = 20_000
-
-
-@dataclass(frozen=True)
-class Pending:
-    """The executions of ``{tenant}`` with events ingested after the watermark
-    ``{folded}``, which queries merge themselves (``executions``).
-
-    Listed (``ids``: embedded, and few enough), only ``old`` of them, those that may
-    have events from before the watermark (the fold's index of the executions it
-    has seen), are looked up by id in the tables ordered by it; the states of the
-    others come from their events after the watermark, found by ingestion time.
-    A lookup of ids reads nearly every granule of such a table however few the ids
-    are (they are spread over all of it), so under a stream of new executions
-    this is what keeps answers near their speed when nothing waits. Not listed
-    (on a server, where nothing folds, or too many), they are found by a subquery
-    and all looked up."""
-
-    ids: list[str] | None = None
-    old: list[str] = field(default_factory=list)
-
-    @property
-    def listed(self) -> bool:
-        return self.ids is not None
-
-    def params(self) -> dict[str, list[str]]:
-        return {"pending_ids": self.ids, "pending_old": self.old} if self.ids is not None else {}
-
-
-#: The unlisted form: every execution with events after the watermark, by a subquery.
-UNLISTED = Pending()
-
-
-def pending_set(pending: Pending) -> str:
-    """The ids of the executions waiting for a fold, as the right side of ``IN``."""
-    return "{pending_ids:Array(String)}" if pending.listed else f"({PENDING})"
-
-
-def logged_set(pending: Pending) -> str:
-    """As ``pending_set``, for rows written by folds up to the watermark (only an
-    execution the fold has seen can have one)."""
-    return "{pending_old:Array(String)}" if pending.listed else f"({PENDING})"
-
-
-def split_states(old: str, new_events: str) -> str:
-    """Rows like ``executions_state``'s of ``{tenant}``'s executions: looked up there by
-    id for those in ``old`` (an array: the ones that may have events before those
-    of ``new_events``), and worked out from the events matching ``new_events`` for
-    the others (all of whose events match it)."""
-    events = (
-        f"(SELECT * FROM events WHERE tenant = {{tenant:String}} AND {new_events}"
-        f" AND execution_id NOT IN {old})"
-    )
-    return f"""(
-    SELECT * FROM executions_state WHERE tenant = {{tenant:String}} AND execution_id IN {old}
-    UNION ALL
-    {EXECUTION_STATES.format(source=events)}
-)"""
 
 
 def executions(
-    where: str = "1",
-    *,
-    pending: Pending | None = UNLISTED,
-    nodes: bool = False,
-    numbers: bool = False,
+    where: str = "1", *, pending: bool = True, nodes: bool = False, numbers: bool = False
 ) -> str:
     """The current executions of ``{tenant}``: the folded ones (``executions``, those
     matching ``where`` there), except the ones with events after the watermark
-    ``{folded}`` (``pending``), which are merged from their states instead (all of
-    them: ``where`` is on the folded row, so the caller filters these). Without
+    ``{folded}``, which are merged from their states instead (all of them: ``where``
+    is on the folded row, so the caller filters these). Without
     ``pending`` (the tenant has no events after the watermark), the folded ones. With
     ``nodes``, also the node events each carries (a column only read when needed); with
     ``numbers``, also ``customer_num``, its customer's number as of the watermark (0:
     none yet, or no customer; see ``CUSTOMER_COUNT``)."""
     columns = EXECUTION_COLUMNS + (", nodes" if nodes else "")
     folded = columns + (", customer_num" if numbers else "")
-    if pending is None:
+    if not pending:
         return f"SELECT {folded} FROM executions FINAL WHERE tenant = {{tenant:String}} AND {where}"
     return f"""
 SELECT {folded} FROM executions FINAL
-WHERE tenant = {{tenant:String}} AND {where} AND execution_id NOT IN {pending_set(pending)}
+WHERE tenant = {{tenant:String}} AND {where} AND execution_id NOT IN ({PENDING})
 UNION ALL
-{waiting_executions(pending, columns, numbers)}
+{waiting_executions(columns, numbers)}
 """
 
 
-def waiting_executions(
-    pending: Pending, columns: str = EXECUTION_COLUMNS, numbers: bool = False
-) -> str:
-    """The executions of ``{tenant}`` with events after the watermark ``{folded}``
-    (``pending``), merged from their states (``columns`` of them); with ``numbers``,
-    also ``customer_num`` (as for ``executions``)."""
-    if pending.listed:
-        states = split_states(
-            "{pending_old:Array(String)}",
-            f"{ingested('{folded:Int64}')} AND execution_id IN {{pending_ids:Array(String)}}",
-        )
-        rows = merged_executions("1", states=states)
-    else:
-        rows = merged_executions(f"tenant = {{tenant:String}} AND execution_id IN ({PENDING})")
-    merged = f"SELECT {columns} FROM ({rows})"
+def waiting_executions(columns: str = EXECUTION_COLUMNS, numbers: bool = False) -> str:
+    """The executions of ``{tenant}`` with events after the watermark ``{folded}``,
+    merged from their states (``columns`` of them); with ``numbers``, also
+    ``customer_num`` (as for ``executions``)."""
+    merged = f"""SELECT {columns} FROM ({
+        merged_executions("tenant = {tenant:String} AND execution_id IN (" + PENDING + ")")
+    })"""
     if not numbers:
         return merged
     return f"""SELECT m.*, ifNull(n.num, 0) AS customer_num FROM ({merged}) m
