@@ -166,6 +166,61 @@ def test_journey_matches_oracle(api: Api, other_api: Api, compact: str) -> None:
     assert "drop_off_points" not in r.json()["data"]["journey"]
 
 
+def test_journeys_over_parts_of_slots_before_and_after_late_events(api: Api) -> None:
+    """Periods whose ends fall inside a 15-minute slot, to the microsecond; then late
+    step events that move journeys' first steps to other slots (some out of the
+    period, leaving their slots empty), answered before they are folded and after."""
+    events = journey_events(6)
+    # Journeys that begin inside the slots the first period's ends cut, on both sides.
+    edges = [
+        datetime(2024, 4, 2, 7, m, s, us, tzinfo=UTC)
+        for m, s, us in ((0, 0, 0), (5, 0, 0), (7, 30, 0), (7, 30, 1), (10, 0, 0))
+    ]
+    edges += [
+        datetime(2024, 4, 9, 16, m, s, us, tzinfo=UTC)
+        for m, s, us in ((46, 0, 0), (52, 0, 500000), (52, 0, 500001), (59, 0, 0))
+    ]
+    for i, t in enumerate(edges):
+        base = {"journey_type": "support", "journey_id": f"edge-{i}", "customer_id": "c"}
+        events += [{**base, "type": "journey.step", "step": 1, "timestamp": iso(t),
+                    "step_name": "Welcome"},
+                   {**base, "type": "journey.step", "step": 2, "step_name": "Resolution",
+                    "timestamp": iso(t + timedelta(seconds=i + 1))}]  # fmt: skip
+    api.send(events)
+    api.compact()
+    periods = [
+        (datetime(2024, 4, 2, 7, 7, 30, 1, tzinfo=UTC),
+         datetime(2024, 4, 9, 16, 52, 0, 500000, tzinfo=UTC)),
+        (START, END),
+        (datetime(2024, 4, 5, 10, 0, tzinfo=UTC), datetime(2024, 4, 5, 10, 14, 59, tzinfo=UTC)),
+    ]  # fmt: skip
+
+    def check(events: list[dict[str, Any]]) -> None:
+        for start, end in periods:
+            params = {"start_date": iso(start), "end_date": iso(end), "journey_type": "support"}
+            r = api.get(
+                "/v1/analytics/customers/journey",
+                params=params,
+                headers={"Cache-Control": "no-cache"},
+            )  # the engine's answer each time
+            assert r.status_code == 200, r.text
+            assert r.json()["data"]["journey"] == oracle.journey(events, "support", start, end)
+
+    check(events)
+    rng = random.Random(7)
+    late = [
+        {**e, "timestamp": iso(datetime.fromisoformat(e["timestamp"])
+                               - timedelta(minutes=rng.choice([20, 600, 4000])))}
+        for e in events
+        if e["type"] == "journey.step" and e["step"] == 1 and rng.random() < 0.3
+    ]  # fmt: skip
+    events += late
+    api.send(late)
+    check(events)  # not folded yet
+    api.compact()
+    check(events)
+
+
 def test_journey_type_required_with_several_types(api: Api) -> None:
     api.send(journey_events(3, n=5) + journey_events(4, "purchase", 5))
     r = api.get("/v1/analytics/customers/journey")

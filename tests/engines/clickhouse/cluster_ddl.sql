@@ -310,6 +310,23 @@ CREATE TABLE IF NOT EXISTS journeys_local ON CLUSTER `analytics` (
 ORDER BY (tenant, journey_type, first_step, journey_id)
 SETTINGS allow_nullable_key = 1, fsync_after_insert = 1, fsync_part_directory = 1;
 
+CREATE TABLE IF NOT EXISTS journey_slots_local ON CLUSTER `analytics` (
+    tenant LowCardinality(String),
+    journey_type String,
+    slot Int64,
+    fold Int64,
+    journeys Int64,
+    completions Int64,
+    completion_us Int64,
+    steps Array(Tuple(Int8, Nullable(String), DateTime64(6, 'UTC'), Int64, Int64, Int64, Int64, Int64)),
+    reasons Array(Tuple(Nullable(Int64), String, Int64))
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/journey_slots', '{replica}', fold)
+PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
+ORDER BY (tenant, journey_type, slot)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
+ALTER TABLE journeys_local ON CLUSTER `analytics` ADD INDEX IF NOT EXISTS folded version TYPE minmax GRANULARITY 1;
+
 CREATE TABLE IF NOT EXISTS journey_keys_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
     journey_id String,
@@ -393,6 +410,8 @@ ALTER TABLE session_starts_local ON CLUSTER `analytics` MODIFY SETTING min_age_t
 
 ALTER TABLE session_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
+ALTER TABLE journey_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+
 ALTER TABLE customer_firsts_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 ALTER TABLE first_times_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
@@ -434,6 +453,8 @@ CREATE TABLE IF NOT EXISTS journeys_state ON CLUSTER `analytics` AS journeys_sta
 CREATE TABLE IF NOT EXISTS journeys ON CLUSTER `analytics` AS journeys_local ENGINE = Distributed(`analytics`, currentDatabase(), journeys_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS journey_keys ON CLUSTER `analytics` AS journey_keys_local ENGINE = Distributed(`analytics`, currentDatabase(), journey_keys_local, sipHash64(tenant));
+
+CREATE TABLE IF NOT EXISTS journey_slots ON CLUSTER `analytics` AS journey_slots_local ENGINE = Distributed(`analytics`, currentDatabase(), journey_slots_local, sipHash64(tenant));
 
 CREATE TABLE IF NOT EXISTS execution_log ON CLUSTER `analytics` AS execution_log_local ENGINE = Distributed(`analytics`, currentDatabase(), execution_log_local, sipHash64(tenant));
 

@@ -635,6 +635,34 @@ def test_a_store_of_layout_9_gets_its_journeys(tmp_path: Path) -> None:
         again.close()
 
 
+def test_a_store_of_layout_15_gets_its_journeys_per_slot(tmp_path: Path) -> None:
+    """Journeys are added up per slot since layout 16: an older store's are, when it
+    opens, so its funnels answer the same from the slots."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1, 12)
+    events = [
+        {"id": f"j{i}-{s}", "type": "journey.step", "step": s, "step_name": f"s{s}",
+         "journey_type": "onboarding", "journey_id": f"j{i}", "customer_id": f"c{i}",
+         "timestamp": iso(t0 + timedelta(minutes=20 * i + s))}
+        for i in range(30) for s in range(1, 2 + i % 3)
+    ]  # fmt: skip
+    engine.append("acme", _valid(events)).result()
+    engine.settle()
+    q = JourneyQuery("acme", "onboarding", Window(t0, t0 + timedelta(hours=12)), True)
+    want = engine.journeys(q)
+    assert (want.journeys, [s.reached for s in want.steps]) == (30, [30, 20, 10])
+    engine.transport.command("TRUNCATE TABLE journey_slots")  # as a store of layout 15
+    assert engine.journeys(q).journeys == 0  # the slots are read
+    folds.set_state(engine.transport, "layout", 15)
+    engine.close()
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    try:
+        assert again.journeys(q) == want
+    finally:
+        again.close()
+
+
 def test_a_store_of_layout_14_gets_its_node_events_per_slot(tmp_path: Path) -> None:
     """Node events are kept per slot since layout 15: an older store's log gets its
     executions' node events again, and its answers stay the same."""

@@ -449,7 +449,68 @@ def journey_types(transport: Transport, tenant: str, folded: int, pending: bool)
     return [str(t) for t in table.column(0).to_pylist()]
 
 
+def journey_sums(source: str, by: str = "") -> str:
+    """Each journey of ``source`` (rows of ``journeys``, with the columns ``by``) as
+    sums of one journey: how many (1), completed, the time from first step to
+    completion (µs); per step reached (as ``schema.JOURNEY_STEP_SUMS``), its name and
+    that name's time, reached (1), whether the step before was reached too, whether
+    the step after was not (a drop-off), and the time to the journey's next event
+    (µs; and whether it has one); and its drop reasons (the step after its highest
+    one reached, the reason, 1). Sums of many journeys (``journey_slots``) are these
+    added up (``add_up_journeys``)."""
+    key = f"{by}, " if by else ""
+    return f"""SELECT {key}toInt64(1) AS journeys, toInt64(completed IS NOT NULL) AS completions,
+        toInt64(ifNull({sql.us("completed")} - {sql.us("first_step")}, 0)) AS completion_us,
+        arrayMap(s -> (s.1, s.4, s.5, toInt64(1), toInt64(s.6), toInt64(s.7), ifNull(s.3, 0),
+                       toInt64(s.3 IS NOT NULL)), steps) AS steps,
+        arrayMap(r -> (toInt64(top_step + 1), r, toInt64(1)), reasons) AS reasons
+    FROM {source}"""
+
+
+def steps_added(x: str, at: int) -> list[str]:
+    """A step's sums over many rows of sums of journeys, from tuples ``x`` holding the
+    sums of a step (as ``schema.JOURNEY_STEP_SUMS`` without the step) from element
+    ``at`` on: its latest name (a name's time is when a journey last reached the
+    step), that time, and the counts and times added."""
+    name, when = f"{x}.{at}", f"{x}.{at + 1}"
+    return [
+        f"argMax({name}, {when})",
+        f"maxIf({when}, {name} IS NOT NULL)",
+        *(f"sum({x}.{i})" for i in range(at + 2, at + 7)),
+    ]
+
+
+def add_up_journeys(sums: str, by: str) -> str:
+    """Rows of sums of journeys (as ``journey_sums``) added up per ``by``."""
+    added = steps_added("s", 2)
+    return f"""
+SELECT * FROM (
+    SELECT {by}, sum(journeys) AS journeys, sum(completions) AS completions,
+        sum(completion_us) AS completion_us
+    FROM ({sums}) GROUP BY {by}
+) t
+LEFT JOIN (
+    SELECT {by}, groupArray((step, {", ".join(f"x{i}" for i in range(len(added)))})) AS steps
+    FROM (
+        SELECT {by}, s.1 AS step, {", ".join(f"{e} AS x{i}" for i, e in enumerate(added))}
+        FROM ({sums}) ARRAY JOIN steps AS s GROUP BY {by}, step
+    ) GROUP BY {by}
+) s USING ({by})
+LEFT JOIN (
+    SELECT {by}, groupArray((k, reason, n)) AS reasons
+    FROM (
+        SELECT {by}, r.1 AS k, r.2 AS reason, sum(r.3) AS n
+        FROM ({sums}) ARRAY JOIN reasons AS r GROUP BY {by}, k, reason
+    ) GROUP BY {by}
+) r USING ({by})
+"""
+
+
 def journeys(transport: Transport, q: JourneyQuery, folded: int, pending: bool) -> JourneyFacts:
+    """As of the watermark ``folded``, when none of the tenant's events wait for a
+    fold: the sums the fold keeps per slot of the first step (``journey_slots``) for
+    the slots the window covers whole, with those of the journeys that began in the
+    part of a slot it covers. Otherwise the journeys are added up themselves."""
     params = {
         "tenant": q.tenant,
         "jtype": q.journey_type,
@@ -461,43 +522,50 @@ def journeys(transport: Transport, q: JourneyQuery, folded: int, pending: bool) 
         "('journey.step')", "journey_id", f"ts BETWEEN {_LO} AND {_HI} AND journey_id IS NOT NULL"
     )
     of_type = f"journey_type = {{jtype:String}} AND first_step BETWEEN {_LO} AND {_HI}"
+    by_slot = bool(folded) and not pending
+    if by_slot:
+        cut = sql.cut_slots([q.window])
+        of_type += f" AND ({sql.in_slots('first_step', cut)})"
     chosen = _journeys(folded, pending, of_type, f"journey_id IN ({in_window})")
-    # One statement, on one snapshot, the journeys read once: its totals (part 0); per
-    # step (part 1), the journeys that reached it, those that also reached the step
-    # before, and those that did not reach the next (its drop-offs); and the drop
-    # reasons per step after the highest reached (part 2).
-    parts = [
-        f"""SELECT 0 AS part, toNullable(toInt64(0)) AS step,
-            CAST(NULL, 'Nullable(String)') AS name, toInt64(count()) AS n1,
-            toInt64(count(completed)) AS n2,
-            toInt64(coalesce(sum({sql.us("completed")} - {sql.us("first_step")}), 0)) AS n3,
-            toInt64(0) AS n4, toInt64(0) AS n5
-        FROM chosen""",
-        """SELECT 1, toNullable(toInt64(s.1)), argMax(s.4, s.5), toInt64(count()),
-            toInt64(sum(s.6)), toInt64(sum(s.7)), toInt64(coalesce(sum(s.3), 0)),
-            toInt64(count(s.3))
-        FROM chosen ARRAY JOIN steps AS s GROUP BY s.1""",
-    ]
-    if q.reasons:
-        parts.append(
-            """SELECT 2, toInt64(top_step + 1) AS k, toNullable(reason), toInt64(count()),
-                toInt64(0), toInt64(0), toInt64(0), toInt64(0)
-            FROM chosen ARRAY JOIN reasons AS reason GROUP BY k, reason"""
+    sums = [journey_sums(f"({chosen})")]
+    if by_slot:
+        sums.append(
+            f"""SELECT journeys, completions, completion_us, steps, reasons
+            FROM journey_slots FINAL
+            WHERE tenant = {{tenant:String}} AND journey_type = {{jtype:String}}
+              AND {sql.whole_slots(q.window.start, q.window.end, cut)}"""
         )
+    # One pass over the rows of ``sums``, each taken apart into rows of its totals
+    # (part 0), its steps (part 1) and its drop reasons (part 2), added up per part,
+    # step and reason: fewer statements to plan, which costs more than the adding.
+    name, _, *counts = steps_added("x", 3)
+    no_time, no_step = "toDateTime64(0, 6, 'UTC')", "CAST(NULL, 'Nullable(Int64)')"
+    of_reasons = (
+        f""", arrayMap(r -> (toUInt8(2), r.1, toNullable(r.2), {no_time}, r.3, toInt64(0),
+            toInt64(0), toInt64(0), toInt64(0)), reasons)"""
+        if q.reasons
+        else ""
+    )
     rows = sql.rows(
         transport.query(
-            f"""WITH chosen AS MATERIALIZED ({chosen})
-            SELECT * FROM ({" UNION ALL ".join(parts)}) ORDER BY part, step, n1 DESC, name""",
+            f"""SELECT x.1 AS part, x.2 AS step, {name} AS name, {", ".join(counts)}
+            FROM ({" UNION ALL ".join(sums)})
+            ARRAY JOIN arrayConcat(
+                [(toUInt8(0), {no_step}, CAST(NULL, 'Nullable(String)'), {no_time}, journeys,
+                  completions, completion_us, toInt64(0), toInt64(0))],
+                arrayMap(s -> (toUInt8(1), toNullable(toInt64(s.1)), s.2, s.3, s.4, s.5, s.6,
+                    s.7, s.8), steps){of_reasons}) AS x
+            GROUP BY part, step, if(part = 2, x.3, NULL)
+            ORDER BY part, step, sum(x.5) DESC, name""",
             params,
         )
     )
-    ((_, _, _, total, completed, completed_us, _, _),) = [r for r in rows if r[0] == 0]
-    steps = [r[1:] for r in rows if r[0] == 1]
-    reasons = [r[1:4] for r in rows if r[0] == 2]
+    # No row of totals: no journeys.
+    ((total, completed, completed_us),) = [r[3:6] for r in rows if r[0] == 0] or [(0, 0, 0)]
     return JourneyFacts(
         total,
         completed,
         completed_us,
-        tuple(StepFacts(*row) for row in steps),
-        tuple((k, reason, n) for k, reason, n in reasons),
+        tuple(StepFacts(*r[1:]) for r in rows if r[0] == 1),
+        tuple((k, reason, n) for part, k, reason, n, *_ in rows if part == 2),
     )

@@ -28,19 +28,24 @@ One fold, for the events ingested in (watermark, new watermark]:
    ``first_times``), tagged likewise; their journeys are worked out again
    from their states into ``journeys`` (version: the new watermark), with a
    deleted row at the old key (type, first step) of each whose key changed,
-   found in ``journey_keys``, and their keys written there;
+   found in ``journey_keys``, and their keys written there, and each type's
+   journeys whose first steps are in the slots theirs were in or are in now
+   are added up again into ``journey_slots`` (version: the new watermark);
 4. the new watermark is written to ``engine_state``, and the workflows and days
    the fold wrote anything for are reported to the days held in memory
    (``workflow_days``, before answers read with the new watermark).
 
-Steps 1 and 2 (the log aside), ``active_customers`` and ``journeys`` are
-idempotent, and a customer is given a number once; the log and the other rows
-of step 3 of a fold cut off before step 4 are taken away by the next fold
-before it writes its own (queries read only rows tagged up to the watermark
-they use, and a fold builds on the rows as of the watermark before it;
-numbers given after the watermark are left out of answers). So a fold cut off at any point (a
-crash) is simply done again by the next one. Every ``COMPACT_EVERY_S``, the
-rows of many folds are added up into one per key (``compaction``).
+Steps 1 and 2 (the log aside), ``active_customers``, ``journeys`` and
+``journey_slots`` are idempotent, and a customer is given a number once; the
+log and the other rows of step 3 of a fold cut off before step 4 are taken
+away by the next fold before it writes its own (queries read only rows tagged
+up to the watermark they use, and a fold builds on the rows as of the
+watermark before it; numbers given after the watermark are left out of
+answers). Answers read ``journey_slots`` only while none of the tenant's
+events wait for a fold, and the next fold makes every slot one cut off
+touched again, at a later version. So a fold cut off at any point (a crash)
+is simply done again by the next one. Every ``COMPACT_EVERY_S``, the rows of
+many folds are added up into one per key (``compaction``).
 
 The watermark is exact when one process writes (embedded chdb): the writer
 gives each insert a later ``ingested_at`` than the one before, and a fold
@@ -64,7 +69,9 @@ import pyarrow as pa
 
 from kaie_analytics.engines.clickhouse import compaction, schema, sql
 from kaie_analytics.engines.clickhouse.customers import (
+    add_up_journeys,
     first_changes,
+    journey_sums,
     journeys_sql,
     session_changes,
 )
@@ -79,6 +86,8 @@ from kaie_analytics.engines.clickhouse.schema import (
     LAYOUT,
     MESSAGE_ROLLUP_TYPES,
     NODE_TYPES,
+    SLOT_US,
+    SLOTS_FROM_US,
     SLOTS_PER_DAY,
     executions_state_view,
 )
@@ -245,6 +254,38 @@ SELECT {{tenant:String}} AS tenant, journey_id, journey_type, first_step, comple
     reasons, steps, {{hi:Int64}} AS version
 FROM ({journeys_sql(f"journey_id IN ({_TOUCHED_JOURNEYS})")})
 """
+#: The slots of the first steps of a type's journeys, before and after: those of the
+#: rows of ``journeys`` of the folds in (lo, hi] (deleted rows at old keys included).
+#: (``kind``: an alias that is not the name of a column, which it would stand for.)
+_TOUCHED_SLOTS = f"""
+SELECT DISTINCT assumeNotNull(journey_type) AS kind,
+    {sql.slot_of("assumeNotNull(first_step)")} AS slot
+FROM journeys
+WHERE tenant = {{tenant:String}} AND version > {{lo:Int64}} AND version <= {{hi:Int64}}
+  AND journey_type IS NOT NULL AND first_step IS NOT NULL
+"""
+_SLOT_TIME = f"fromUnixTimestamp64Micro({SLOTS_FROM_US} + {{}} * {SLOT_US}, 'UTC')"
+#: Those slots added up again from the journeys in them now (none: a row of zeros, which
+#: replaces the slot's row before), as of fold ``hi``.
+JOURNEY_SLOTS_FOLD = f"""
+INSERT INTO journey_slots
+WITH touched AS MATERIALIZED ({_TOUCHED_SLOTS}),
+    chosen AS MATERIALIZED (
+        SELECT assumeNotNull(journey_type) AS kind,
+            {sql.slot_of("assumeNotNull(first_step)")} AS slot, first_step, completed, top_step,
+            reasons, steps
+        FROM journeys FINAL
+        WHERE tenant = {{tenant:String}} AND journey_type IN (SELECT kind FROM touched)
+          AND first_step >= {_SLOT_TIME.format("(SELECT min(slot) FROM touched)")}
+          AND first_step < {_SLOT_TIME.format("(SELECT max(slot) + 1 FROM touched)")}
+          AND (kind, slot) IN (SELECT kind, slot FROM touched)
+    )
+SELECT {{tenant:String}}, t.kind, t.slot, {{hi:Int64}}, s.journeys, s.completions,
+    s.completion_us, s.steps, s.reasons
+FROM touched t
+LEFT JOIN ({add_up_journeys(journey_sums("chosen", "kind, slot"), "kind, slot")}) s
+  ON s.kind = t.kind AND s.slot = t.slot
+"""
 _JOURNEY_ROW = "tenant, journey_id, journey_type, first_step, completed, top_step, reasons, steps"
 JOURNEY_STATEMENTS = (
     # Deleted rows at the keys that changed (type or first step; NULL is a key as any).
@@ -259,6 +300,7 @@ JOURNEY_STATEMENTS = (
     SELECT {_JOURNEY_ROW}, version, 0 FROM ({_NEW_JOURNEYS})""",
     f"""INSERT INTO journey_keys
     SELECT tenant, journey_id, journey_type, first_step, version FROM ({_NEW_JOURNEYS})""",
+    JOURNEY_SLOTS_FOLD,
 )
 
 
@@ -363,19 +405,24 @@ def upgrade(transport: Transport, cluster: str | None = None) -> None:
                 transport.command(EXECUTION_LOG_FILL, {"tenant": tenant, "hi": folded})
     if layout < 14:  # journeys ordered by type and first step: made again
         _rebuild_journeys(transport, cluster, tenants)
+    elif layout < 16 and transport.embedded:  # the journeys folded so far, per slot
+        folded = watermark(transport)
+        for tenant in tenants:
+            transport.command(JOURNEY_SLOTS_FOLD, {"tenant": tenant, "lo": 0, "hi": folded})
     set_state(transport, "layout", LAYOUT)
 
 
 def _rebuild_journeys(transport: Transport, cluster: str | None, tenants: list[str]) -> None:
-    """Make ``journeys`` again in the order of layout 14, with its keys, from the states of
-    the journeys folded so far (safe to run again if cut off)."""
+    """Make ``journeys`` again in the order of layout 14, with its keys and slots, from the
+    states of the journeys folded so far (safe to run again if cut off)."""
     on = f" ON CLUSTER {schema.identifier(cluster)}" if cluster else ""
     tables = ("journeys_local", "journeys") if cluster else ("journeys",)
     for table in tables:  # on a cluster, the Distributed table copies the local one
         transport.command(f"DROP TABLE IF EXISTS {table}{on} SYNC")
     for statement in schema.ddl(cluster):
         transport.command(statement)
-    transport.command(f"TRUNCATE TABLE IF EXISTS journey_keys{'_local' if cluster else ''}{on}")
+    for table in ("journey_keys", "journey_slots"):
+        transport.command(f"TRUNCATE TABLE IF EXISTS {table}{'_local' if cluster else ''}{on}")
     folded = watermark(transport)
     if transport.embedded and folded:  # only the embedded engine folds
         for tenant in tenants:

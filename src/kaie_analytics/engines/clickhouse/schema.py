@@ -25,7 +25,9 @@
   last fold that changed it, its facts worked out (type, first step,
   completion, highest step, drop reasons, steps reached), ordered by type and
   first step (``journey_keys`` keeps each journey's key, as
-  ``execution_keys`` does for executions).
+  ``execution_keys`` does for executions). ``journey_slots``: per type and
+  15-minute slot of their first step, the journeys added up (totals, per step,
+  drop reasons), made again from ``journeys`` by each fold that changes them.
 - ``customer_firsts``: each customer's first event and first message
   received, per channel and overall (''), as of each fold, as signed rows
   like ``sessions``; a view copies them ordered by time (``first_times``), so
@@ -102,7 +104,7 @@ SLOT_MONTH = f"toYYYYMM(fromUnixTimestamp64Micro({SLOTS_FROM_US} + slot * {SLOT_
 #: The slot of an execution's start, for the views over ``execution_log``.
 _START_SLOT = f"intDiv(toUnixTimestamp64Micro(started_at) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot"
 #: The layout the tables below have; a store of an older one is brought up to it.
-LAYOUT = 15
+LAYOUT = 16
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,11 @@ JOURNEY_EVENT = (
     f"Tuple(String, {TIME}, String, Nullable(String), Nullable(Int8), Nullable(String),"
     " Nullable(String))"
 )
+#: What a type's journeys that began in a slot add up to per step (``journey_slots``):
+#: the step, its latest name and that name's time, the journeys that reached it, those
+#: that also reached the step before, those that did not reach the next, and the sum
+#: (µs) and count of the times to the next event.
+JOURNEY_STEP_SUMS = f"Tuple(Int8, Nullable(String), {TIME}, Int64, Int64, Int64, Int64, Int64)"
 #: The journey states of the journey events of ``{source}`` (a table or query).
 JOURNEY_STATES = f"""SELECT tenant, assumeNotNull(journey_id) AS journey_id,
     groupUniqArrayState(CAST((event_id, ts, type, journey_type, step, step_name, reason)
@@ -510,6 +517,25 @@ AS {JOURNEY_STATES.format(source=f"events{local}")}""",
 ) ENGINE = {_engine("ReplacingMergeTree", "journeys", cluster, "version, deleted")}
 ORDER BY (tenant, journey_type, first_step, journey_id)
 SETTINGS allow_nullable_key = 1, {_DURABLE}""",
+        # The journeys of the last fold that changed a type's journeys that began in a
+        # slot, added up (``customers.journey_sums``); ``fold`` its watermark.
+        f"""CREATE TABLE IF NOT EXISTS journey_slots{local}{on} (
+    tenant LowCardinality(String),
+    journey_type String,
+    slot Int64,
+    fold Int64,
+    journeys Int64,
+    completions Int64,
+    completion_us Int64,
+    steps Array({JOURNEY_STEP_SUMS}),
+    reasons Array(Tuple(Nullable(Int64), String, Int64))
+) ENGINE = {_engine("ReplacingMergeTree", "journey_slots", cluster, "fold")}
+PARTITION BY {SLOT_MONTH}
+ORDER BY (tenant, journey_type, slot)
+SETTINGS {_DURABLE}, {MERGED_WHEN_COLD}""",
+        # The rows of one fold, found without reading the rest (``folds``).
+        f"ALTER TABLE journeys{local}{on} ADD INDEX IF NOT EXISTS folded version"
+        " TYPE minmax GRANULARITY 1",
         f"""CREATE TABLE IF NOT EXISTS journey_keys{local}{on} (
     tenant LowCardinality(String),
     journey_id String,
@@ -588,7 +614,7 @@ SETTINGS {_DURABLE}""",
             "executions", "execution_keys", "engine_state", "message_slots", "sessions",
             "session_starts", "session_slots", "customer_numbers", "active_customers",
             "customer_firsts", "first_times", "journeys_state", "journeys", "journey_keys",
-            "execution_log", "execution_slots", "node_slots",
+            "journey_slots", "execution_log", "execution_slots", "node_slots",
         ):  # fmt: skip
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {table}{on} AS {table}_local"
