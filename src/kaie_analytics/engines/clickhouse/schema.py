@@ -517,8 +517,9 @@ AS {JOURNEY_STATES.format(source=f"events{local}")}""",
 ) ENGINE = {_engine("ReplacingMergeTree", "journeys", cluster, "version, deleted")}
 ORDER BY (tenant, journey_type, first_step, journey_id)
 SETTINGS allow_nullable_key = 1, {_DURABLE}""",
-        # The journeys of the last fold that changed a type's journeys that began in a
-        # slot, added up (``customers.journey_sums``); ``fold`` its watermark.
+        # Per journey type and 15-minute slot of their first step, the journeys that
+        # began in it added up (``customers.add_up_journeys``), as of the last fold that
+        # changed any of them (``fold``: its watermark). Written by the fold only.
         f"""CREATE TABLE IF NOT EXISTS journey_slots{local}{on} (
     tenant LowCardinality(String),
     journey_type String,
