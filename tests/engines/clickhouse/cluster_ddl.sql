@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS events_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/events', '{replica}')
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant, type, ts, event_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 ALTER TABLE events_local ON CLUSTER `analytics` ADD INDEX IF NOT EXISTS ingested ingested_at TYPE minmax GRANULARITY 1;
 
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS event_ids_local ON CLUSTER `analytics` (
     event_id String
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/event_ids', '{replica}')
 ORDER BY (tenant, event_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS event_ids_mv ON CLUSTER `analytics` TO event_ids_local
 AS SELECT tenant, event_id FROM events_local;
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS workflows_local ON CLUSTER `analytics` (
     created_at SimpleAggregateFunction(min, DateTime64(6, 'UTC'))
 ) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/workflows', '{replica}')
 ORDER BY (tenant, workflow_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 DROP VIEW IF EXISTS workflows_mv ON CLUSTER `analytics`;
 
@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS executions_state_local ON CLUSTER `analytics` (
     nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)))
 ) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/executions_state', '{replica}')
 ORDER BY (tenant, execution_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 ALTER TABLE executions_state_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes AggregateFunction(groupUniqArray, Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS customers_state_local ON CLUSTER `analytics` (
     first_received SimpleAggregateFunction(min, Nullable(DateTime64(6, 'UTC')))
 ) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/customers_state', '{replica}')
 ORDER BY (tenant, customer_id, channel)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS customers_state_mv ON CLUSTER `analytics` TO customers_state_local
 AS SELECT tenant, customer_id, ch AS channel, min(ts) AS first_event,
@@ -133,7 +133,7 @@ CREATE TABLE IF NOT EXISTS executions_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/executions', '{replica}', version, deleted)
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, workflow_id, started_at, execution_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 ALTER TABLE executions_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
@@ -147,7 +147,7 @@ CREATE TABLE IF NOT EXISTS execution_keys_local ON CLUSTER `analytics` (
     version UInt64
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/execution_keys', '{replica}', version)
 ORDER BY (tenant, execution_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 CREATE TABLE IF NOT EXISTS message_slots_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -162,7 +162,7 @@ CREATE TABLE IF NOT EXISTS message_slots_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/message_slots', '{replica}')
 PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, workflow_id, slot, channel, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE TABLE IF NOT EXISTS execution_log_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -179,7 +179,7 @@ CREATE TABLE IF NOT EXISTS execution_log_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/execution_log', '{replica}')
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, execution_id, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 ALTER TABLE execution_log_local ON CLUSTER `analytics` ADD COLUMN IF NOT EXISTS nodes Array(Tuple(String, String, String, DateTime64(6, 'UTC'), UInt8, Nullable(Int64)));
 
@@ -198,7 +198,7 @@ CREATE TABLE IF NOT EXISTS execution_slots_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/execution_slots', '{replica}')
 PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, workflow_id, slot, channel, error_type, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS execution_slots_mv ON CLUSTER `analytics` TO execution_slots_local
 AS SELECT tenant, workflow_id,
@@ -219,7 +219,7 @@ CREATE TABLE IF NOT EXISTS node_slots_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/node_slots', '{replica}')
 PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, workflow_id, slot, channel, node_id, node_type, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS node_slots_mv ON CLUSTER `analytics` TO node_slots_local
 AS SELECT tenant, workflow_id,
@@ -241,7 +241,7 @@ CREATE TABLE IF NOT EXISTS sessions_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/sessions', '{replica}')
 PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, customer_id, channel, first_ts, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE TABLE IF NOT EXISTS session_starts_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -255,7 +255,7 @@ CREATE TABLE IF NOT EXISTS session_starts_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/session_starts', '{replica}')
 PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, first_ts, channel, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS session_starts_mv ON CLUSTER `analytics` TO session_starts_local
 AS SELECT * FROM sessions_local;
@@ -271,7 +271,7 @@ CREATE TABLE IF NOT EXISTS session_slots_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/session_slots', '{replica}')
 PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, slot, channel, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS session_slots_mv ON CLUSTER `analytics` TO session_slots_local
 AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - (-2208988800000000), 900000000) AS slot,
@@ -286,7 +286,7 @@ CREATE TABLE IF NOT EXISTS journeys_state_local ON CLUSTER `analytics` (
     evs AggregateFunction(groupUniqArray, Tuple(String, DateTime64(6, 'UTC'), String, Nullable(String), Nullable(Int8), Nullable(String), Nullable(String)))
 ) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/journeys_state', '{replica}')
 ORDER BY (tenant, journey_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS journeys_state_mv ON CLUSTER `analytics` TO journeys_state_local
 AS SELECT tenant, assumeNotNull(journey_id) AS journey_id,
@@ -308,7 +308,7 @@ CREATE TABLE IF NOT EXISTS journeys_local ON CLUSTER `analytics` (
     deleted UInt8
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/journeys', '{replica}', version, deleted)
 ORDER BY (tenant, journey_type, first_step, journey_id)
-SETTINGS allow_nullable_key = 1, fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS allow_nullable_key = 1, fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 CREATE TABLE IF NOT EXISTS journey_slots_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -323,7 +323,7 @@ CREATE TABLE IF NOT EXISTS journey_slots_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/journey_slots', '{replica}', fold)
 PARTITION BY toYYYYMM(fromUnixTimestamp64Micro(-2208988800000000 + slot * 900000000, 'UTC'))
 ORDER BY (tenant, journey_type, slot)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 ALTER TABLE journeys_local ON CLUSTER `analytics` ADD INDEX IF NOT EXISTS folded version TYPE minmax GRANULARITY 1;
 
@@ -335,7 +335,7 @@ CREATE TABLE IF NOT EXISTS journey_keys_local ON CLUSTER `analytics` (
     version UInt64
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/journey_keys', '{replica}', version)
 ORDER BY (tenant, journey_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 CREATE TABLE IF NOT EXISTS customer_firsts_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -348,7 +348,7 @@ CREATE TABLE IF NOT EXISTS customer_firsts_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/customer_firsts', '{replica}')
 PARTITION BY toYYYYMM(first_event)
 ORDER BY (tenant, customer_id, channel, fold)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE TABLE IF NOT EXISTS first_times_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -360,7 +360,7 @@ CREATE TABLE IF NOT EXISTS first_times_local ON CLUSTER `analytics` (
 ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/first_times', '{replica}')
 PARTITION BY toYYYYMM(t)
 ORDER BY (tenant, channel, kind, t)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10, min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS first_times_mv ON CLUSTER `analytics` TO first_times_local
 AS SELECT tenant, channel, x.1 AS kind, assumeNotNull(x.2) AS t, fold, sign
@@ -373,7 +373,7 @@ CREATE TABLE IF NOT EXISTS customer_numbers_local ON CLUSTER `analytics` (
     fold Int64
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/customer_numbers', '{replica}')
 ORDER BY (tenant, customer_id)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 CREATE TABLE IF NOT EXISTS active_customers_local ON CLUSTER `analytics` (
     tenant LowCardinality(String),
@@ -382,7 +382,7 @@ CREATE TABLE IF NOT EXISTS active_customers_local ON CLUSTER `analytics` (
     num UInt32
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/active_customers', '{replica}')
 ORDER BY (tenant, slot, channel, num)
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
 CREATE TABLE IF NOT EXISTS engine_state_local ON CLUSTER `analytics` (
     key String,
@@ -390,31 +390,53 @@ CREATE TABLE IF NOT EXISTS engine_state_local ON CLUSTER `analytics` (
     version UInt64
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/engine_state', '{replica}', version)
 ORDER BY key
-SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1, merge_selector_base = 10;
 
-ALTER TABLE events_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE events_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
 
-ALTER TABLE executions_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE event_ids_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
 
-ALTER TABLE message_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE workflows_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
 
-ALTER TABLE execution_log_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE executions_state_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
 
-ALTER TABLE execution_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE customers_state_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
 
-ALTER TABLE node_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE executions_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
 
-ALTER TABLE sessions_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE execution_keys_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
 
-ALTER TABLE session_starts_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE message_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
 
-ALTER TABLE session_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE execution_log_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
 
-ALTER TABLE journey_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE execution_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
 
-ALTER TABLE customer_firsts_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE node_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
 
-ALTER TABLE first_times_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1;
+ALTER TABLE sessions_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
+
+ALTER TABLE session_starts_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
+
+ALTER TABLE session_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
+
+ALTER TABLE journeys_state_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
+
+ALTER TABLE journeys_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
+
+ALTER TABLE journey_slots_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
+
+ALTER TABLE journey_keys_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
+
+ALTER TABLE customer_firsts_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
+
+ALTER TABLE first_times_local ON CLUSTER `analytics` MODIFY SETTING min_age_to_force_merge_seconds = 3600, min_age_to_force_merge_on_partition_only = 1, merge_selector_base = 10;
+
+ALTER TABLE customer_numbers_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
+
+ALTER TABLE active_customers_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
+
+ALTER TABLE engine_state_local ON CLUSTER `analytics` MODIFY SETTING merge_selector_base = 10;
 
 CREATE TABLE IF NOT EXISTS events ON CLUSTER `analytics` AS events_local ENGINE = Distributed(`analytics`, currentDatabase(), events_local, sipHash64(tenant));
 
