@@ -266,7 +266,8 @@ WHERE tenant = {{tenant:String}} AND version > {{lo:Int64}} AND version <= {{hi:
 """
 _SLOT_TIME = f"fromUnixTimestamp64Micro({SLOTS_FROM_US} + {{}} * {SLOT_US}, 'UTC')"
 #: Those slots added up again from the journeys in them now (none: a row of zeros, which
-#: replaces the slot's row before), as of fold ``hi``.
+#: replaces the slot's row before), as of fold ``hi``. (The bounds on ``first_step`` let
+#: the primary key skip the rest of the table; the test of (kind, slot) picks the slots.)
 JOURNEY_SLOTS_FOLD = f"""
 INSERT INTO journey_slots
 WITH touched AS MATERIALIZED ({_TOUCHED_SLOTS}),
