@@ -96,17 +96,24 @@ _DAY_US = 24 * _HOUR_US
 MEMORY_EXECUTIONS = 50_000
 #: The dimensions of executions worked out from those held in memory.
 _MEMORY_EXEC_DIMS = frozenset({"workflow_id", "channel", "error_type", "hour"})
-#: The executions waiting for a fold, as ``workflow_days.Executions``'s columns, then
-#: the customer's id where it has no number yet, and whether the execution is one
-#: asked about (of the workflow, started in ``{lo}``..``{hi}``). Their folded rows,
-#: wherever those were, are left out of those held in memory.
+#: The executions waiting for a fold, as ``workflow_days.Executions``'s columns but the
+#: customer's number (its id instead), and whether the execution is one asked about
+#: (of the workflow, started in ``{lo}``..``{hi}``). Their folded rows, wherever those
+#: were, are left out of those held in memory.
 _WAITING = f"""
 SELECT {sql.us("started_at")}, ifNull(channel, ''), ifNull(error_type, ''), status,
-    ifNull(duration_ms, -1), customer_num, cityHash64(execution_id), execution_id,
-    if(customer_num = 0, customer_id, NULL),
+    ifNull(duration_ms, -1), customer_id, cityHash64(execution_id), execution_id,
     ifNull(started_at BETWEEN {sql.time_param("lo")} AND {sql.time_param("hi")}
            AND {sql.FILTERS}, 0)
-FROM ({sql.waiting_executions(numbers=True)})
+FROM ({sql.waiting_executions()})
+"""
+#: The numbers of customers ``{ids}`` as of the watermark ``{folded}`` (those without
+#: one are not there). A statement of its own, after ``_WAITING``: joined to it, the
+#: merge of the waiting executions ran twice (once for the ids to look up), twice the
+#: cost of the statement.
+_NUMBERS = """
+SELECT customer_id, num FROM customer_numbers FINAL
+WHERE tenant = {tenant:String} AND fold <= {folded:Int64} AND customer_id IN {ids:Array(String)}
 """
 _MESSAGE_SUMS = "sum(x.sent), sum(x.received), coalesce(sum(x.csat_sum), 0), sum(x.csat_n)"
 _NODE_SUMS = """argMax(x.node_type, x.ts), count(), countIf(x.ok), countIf(NOT x.ok),
@@ -1008,7 +1015,9 @@ def activity(
         assert days is not None
         execs, ids = days.executions(), list[str | None]()
         if pending:
-            execs, ids = _with_waiting(execs, next(tables), days)
+            customers = any("customers" in q.asks[i].measures for i in executions_asked)
+            numbers = partial(_numbers, transport, base) if customers else None
+            execs, ids = _with_waiting(execs, next(tables), days, numbers)
         for i in executions_asked:
             ask = q.asks[i]
             fields = [f for e in _EXEC_MEASURES if e in ask.measures for f in MEASURE_FIELDS[e]]
@@ -1019,12 +1028,25 @@ def activity(
     return out
 
 
+def _numbers(transport: Transport, base: dict[str, Any], ids: list[str]) -> dict[str, int]:
+    """The numbers of customers ``ids`` as of the watermark (``_NUMBERS``)."""
+    if not ids:
+        return {}
+    found = transport.query(_NUMBERS, base | {"ids": ids})
+    return dict(zip(found.column(0).to_pylist(), found.column(1).to_pylist(), strict=True))
+
+
 def _with_waiting(
-    execs: Executions, waiting: pa.Table, days: Days
+    execs: Executions,
+    waiting: pa.Table,
+    days: Days,
+    numbers: Callable[[list[str]], dict[str, int]] | None,
 ) -> tuple[Executions, list[str | None]]:
     """The executions held in memory less those waiting for a fold (by id: their hash,
     then the id itself), then the latter as merged now where asked about (``_WAITING``'s
-    rows), and the ids of their customers without a number yet."""
+    rows), and the ids of their customers without a number yet. ``numbers``: the
+    numbers of some customers as of the watermark (None: customers are not asked
+    about, and every waiting execution counts as without one)."""
     columns = [waiting.column(i) for i in range(waiting.num_columns)]
     hashes = np.asarray(columns[6], np.uint64)
     held = np.ones(len(execs.started_us), bool)
@@ -1033,15 +1055,18 @@ def _with_waiting(
         ids = set(columns[7].to_pylist())
         for i in candidates.tolist():
             held[i] = execs.execution_id[i] not in ids
-    asked = pa.array(np.asarray(columns[9], bool))
+    asked = pa.array(np.asarray(columns[8], bool))
     mask = np.asarray(asked, bool)
+    customers = columns[5].filter(asked).to_pylist()
+    found = numbers(sorted({c for c in customers if c is not None})) if numbers else {}
+    nums = [found.get(c, 0) if c is not None else 0 for c in customers]
     more = Executions(
         np.asarray(columns[0].filter(asked), np.int64),
         days.cache.code(columns[1].filter(asked).to_pylist()),
         days.cache.code(columns[2].filter(asked).to_pylist()),
         np.asarray(columns[3], np.int64)[mask],
         np.asarray(columns[4], np.int64)[mask],
-        np.asarray(columns[5], np.int64)[mask],
+        np.array(nums, np.int64),
         hashes[mask],
         np.array(columns[7].filter(asked).to_pylist(), object),
     )
@@ -1049,4 +1074,5 @@ def _with_waiting(
         *(np.concatenate([getattr(execs, f.name)[held], getattr(more, f.name)])
           for f in fields(Executions))
     )  # fmt: skip
-    return merged, columns[8].filter(asked).to_pylist()
+    no_number = [c if n == 0 else None for c, n in zip(customers, nums, strict=True)]
+    return merged, no_number
