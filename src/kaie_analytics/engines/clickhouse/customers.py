@@ -101,7 +101,7 @@ def session_changes(after: str, upto: str | None) -> str:
     made = f"""arrayMap(x -> (fromUnixTimestamp64Micro(x[1], 'UTC'),
         fromUnixTimestamp64Micro(x[-1], 'UTC'), toUInt64(length(x)), toInt8(1)), {split})"""
     return f"""
-WITH touched AS ({touched}), old AS ({old}), conversations AS MATERIALIZED ({conversations})
+WITH touched AS ({touched}), old AS ({old}), conversations AS ({conversations})
 SELECT customer_id, channel, x.1 AS first_ts, x.2 AS last_ts, x.3 AS size,
     toInt8(sum(x.4)) AS sign
 FROM (

@@ -270,8 +270,8 @@ _SLOT_TIME = f"fromUnixTimestamp64Micro({SLOTS_FROM_US} + {{}} * {SLOT_US}, 'UTC
 #: the primary key skip the rest of the table; the test of (kind, slot) picks the slots.)
 JOURNEY_SLOTS_FOLD = f"""
 INSERT INTO journey_slots
-WITH touched AS MATERIALIZED ({_TOUCHED_SLOTS}),
-    chosen AS MATERIALIZED (
+WITH touched AS ({_TOUCHED_SLOTS}),
+    chosen AS (
         SELECT assumeNotNull(journey_type) AS kind,
             {sql.slot_of("assumeNotNull(first_step)")} AS slot, first_step, completed, top_step,
             reasons, steps
