@@ -25,10 +25,10 @@ from kaie_analytics.analytics.facts import (
 from kaie_analytics.engines import dedupe
 from kaie_analytics.engines.clickhouse import activity, folds, sql, workflow_days, writer
 from kaie_analytics.engines.clickhouse import customers as customer_facts
-from kaie_analytics.engines.clickhouse.engine import ClickHouseEngine
+from kaie_analytics.engines.clickhouse.engine import WAL_DIRECTORY, ClickHouseEngine
 from kaie_analytics.engines.clickhouse.schema import FOLD_TAGGED, ddl
 from kaie_analytics.engines.clickhouse.transport import ChdbTransport
-from kaie_analytics.errors import QueryTimeout, StoreInUse, StoreUnavailable
+from kaie_analytics.errors import QueryTimeout, StoreInUse
 from kaie_analytics.ingest.validate import validate_event
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -101,21 +101,52 @@ class _FailingInserts:
 
 
 @pytest.mark.parametrize("written", [False, True])
-def test_a_batch_retried_after_a_failed_insert_is_stored_once(
+def test_a_batch_in_the_log_whose_insert_failed_is_inserted_once(
     transport: ChdbTransport, written: bool
 ) -> None:
-    """Whether or not the failed insert wrote its rows, the retry leaves them stored
-    once: accepted if they were not written, duplicates if they were."""
+    """A batch is acknowledged once in the write-ahead log; an insert of the log that
+    fails, whether or not it wrote the rows, is tried again: the batch is stored once,
+    and a retry of it is reported as duplicates."""
     engine = ClickHouseEngine(transport, fold_idle_s=3600)
     t0 = datetime(2024, 5, 1)
     batch = _valid([_started(i, t0) for i in range(5)])
-    _FailingInserts(transport, write_first=written)
-    with pytest.raises(StoreUnavailable):
-        engine.append("acme", batch).result(timeout=30)
+    failing = _FailingInserts(transport, write_first=written)
+    first = engine.append("acme", batch).result(timeout=30)
+    assert (first.accepted, first.duplicates) == (5, 0)
     retried = engine.append("acme", batch).result(timeout=30)
-    assert (retried.accepted, retried.duplicates) == ((0, 5) if written else (5, 0))
-    assert engine.count_events("acme") == 5
+    assert (retried.accepted, retried.duplicates) == (0, 5)
+    assert engine.count_events("acme") == 5  # waits for the insert tried again
+    assert not failing.failing
+    assert not list((transport.path / WAL_DIRECTORY).glob("*.arrow"))
     engine.close()
+
+
+def test_what_the_log_holds_at_a_stop_is_inserted_at_the_next_start(tmp_path: Path) -> None:
+    """Batches acknowledged but not yet in ClickHouse (here its inserts fail until the
+    engine stops, as a crash would leave them) are inserted when the store opens."""
+    path = tmp_path / "ch"
+    engine = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1)
+
+    def fail(table: str, rows: object) -> None:
+        raise RuntimeError("connection lost")
+
+    engine.transport.insert = fail  # type: ignore[method-assign]
+    for i in range(3):
+        assert (
+            engine.append("acme", _valid([_started(i * 10 + j, t0) for j in range(10)]))
+            .result(timeout=30)
+            .accepted
+            == 10
+        )
+    engine.close()
+    assert len(list((path / WAL_DIRECTORY).glob("*.arrow"))) == 3
+    again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
+    assert again.count_events("acme") == 30
+    assert not list((path / WAL_DIRECTORY).glob("*.arrow"))
+    retried = again.append("acme", _valid([_started(j, t0) for j in range(10)])).result()
+    assert (retried.accepted, retried.duplicates) == (0, 10)
+    again.close()
 
 
 def test_an_id_whose_hash_is_held_is_confirmed_before_it_is_dropped(
@@ -165,17 +196,17 @@ def test_a_fold_leaves_out_the_events_of_an_insert_still_running(
     held = _HeldInserts(transport)
     running = engine.append("acme", _valid([_started(1, t0)]))
     assert held.written.acquire(timeout=30)
-    # Its events are in ``events``, and a second insert may run beside it: a copy of
-    # them is a duplicate, not stored twice.
-    assert engine.count_events("acme") == 2
+    # Acknowledged once in the log; its events are in ``events``, and a copy of them
+    # is a duplicate, not stored twice.
+    assert running.result(timeout=30).accepted == 1
     again = engine.append("acme", _valid([_started(1, t0)])).result(timeout=30)
     assert (again.accepted, again.duplicates) == (0, 1)
-    engine.settle()
+    engine.folder.fold()
     assert engine.folder.watermark == before  # nothing past the insert still running
     held.release.set()
-    assert running.result(timeout=30).accepted == 1
     engine.settle()
     assert engine.folder.watermark > before
+    assert engine.count_events("acme") == 2
     q = ActivityQuery("acme", (Window(t0, t0 + timedelta(days=1)),),
                       (Ask((0,), frozenset({"executions"})),))  # fmt: skip
     assert engine.activity(q)[0][(0,)].executions == 2

@@ -36,7 +36,8 @@ from kaie_analytics.analytics.facts import (
 )
 from kaie_analytics.engines.clickhouse import activity, customers, exports, folds, realtime, sql
 from kaie_analytics.engines.clickhouse.schema import ddl
-from kaie_analytics.engines.clickhouse.transport import Transport, open_transport
+from kaie_analytics.engines.clickhouse.transport import ChdbTransport, Transport, open_transport
+from kaie_analytics.engines.clickhouse.wal import WriteAheadLog
 from kaie_analytics.engines.clickhouse.workflow_days import Days, WorkflowDays
 from kaie_analytics.engines.clickhouse.writer import Writer
 from kaie_analytics.errors import StoreUnavailable
@@ -45,6 +46,8 @@ from kaie_analytics.ingest.columns import PreparedBatch
 from kaie_analytics.ingest.validate import ValidEvent
 
 _T = TypeVar("_T")
+#: The write-ahead log's directory, in embedded ClickHouse's own (it goes with the store).
+WAL_DIRECTORY = "kaie-log"
 
 _WORKFLOWS = """
 SELECT workflow_id, max(named), argMaxMerge(name), max(name_ts), min(created_at)
@@ -82,9 +85,17 @@ class ClickHouseEngine:
         self._versions_lock = threading.Lock()
         #: Per (kind, tenant), embedded only: a data version and what ``_kept`` kept.
         self._kept_answers: dict[tuple[str, str], tuple[int, object]] = {}
+        # Embedded, batches are acknowledged once in a log of the store's own (``wal``);
+        # what a crash left there is inserted now, before anything is read.
+        wal = (
+            WriteAheadLog(transport.path / WAL_DIRECTORY)
+            if transport.embedded and isinstance(transport, ChdbTransport)
+            else None
+        )
         #: Per tenant, µs of its last ingestion (embedded: this process is the only
         #: writer), so an answer knows whether any of its executions wait for a fold.
         self._ingested: dict[str, int] = {}
+        self._writer = Writer(transport, self._bump, wal)
         if transport.embedded:
             for tenant, last in sql.rows(
                 transport.query(
@@ -93,7 +104,6 @@ class ClickHouseEngine:
                 )
             ):
                 self._ingested[tenant] = int(last)
-        self._writer = Writer(transport, self._bump)
         #: Workflows' folded facts in memory, kept current by the fold (embedded only).
         self.workflow_days = (
             WorkflowDays(transport, rollup_cache_bytes) if transport.embedded else None
@@ -131,7 +141,9 @@ class ClickHouseEngine:
     @contextlib.contextmanager
     def _folded(self) -> Iterator[int]:
         """The fold's watermark to answer with (0: nothing folded, on a server), held
-        until the answer is read (compaction keeps to it)."""
+        until the answer is read (compaction keeps to it). Every batch acknowledged
+        before is in the answer."""
+        self._writer.flush()
         if self.folder is None:
             yield 0
             return
@@ -206,6 +218,7 @@ class ClickHouseEngine:
 
     def _workflows(self, tenant: str, workflow_id: str | None) -> list[Workflow]:
         only = " AND workflow_id = {workflow:String}" if workflow_id is not None else ""
+        self._writer.flush()
         table = self.transport.query(
             _WORKFLOWS.replace("{only}", only), {"tenant": tenant, "workflow": workflow_id}
         )
@@ -266,12 +279,14 @@ class ClickHouseEngine:
             "lo": sql.epoch_us(since) if since else None,
             "hi": sql.epoch_us(until) if until else None,
         }
+        self._writer.flush()
         statement = "SELECT count() FROM events FINAL" + (
             " WHERE " + " AND ".join(where) if where else ""
         )
         return int(self.transport.query(statement, params).column(0)[0].as_py())
 
     def event_stats(self) -> list[TenantEvents]:
+        self._writer.flush()
         table = self.transport.query(
             "SELECT tenant, count(), min(ts), max(ts) FROM events FINAL"
             " GROUP BY tenant ORDER BY tenant"
@@ -318,6 +333,7 @@ class ClickHouseEngine:
 
     def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
         schema = ROW_SCHEMAS[q.kind]
+        self._writer.flush()
         params: dict[str, Any] = {
             "tenant": q.tenant,
             # Exports read executions and events only (nothing compaction rewrites), so
@@ -333,6 +349,7 @@ class ClickHouseEngine:
 
     def settle(self) -> None:
         """Fold every execution committed so far (answers are exact before, too)."""
+        self._writer.flush()
         if self.folder is not None:
             self.folder.fold()
 

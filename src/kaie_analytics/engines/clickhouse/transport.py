@@ -136,6 +136,7 @@ class ChdbTransport(_SideBySide):
         path.mkdir(parents=True, exist_ok=True)
         self.ensure_free(path)
         self._chdb: Any = chdb  # untyped
+        self.path = path
         self._path = str(path)
         self.query_timeout_s = query_timeout_s
         self._local = threading.local()

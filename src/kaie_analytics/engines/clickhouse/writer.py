@@ -15,10 +15,15 @@ they touch), which ClickHouse wants: a part per request would be too many
 parts. On a server, while one insert runs the next group is inserted beside it
 (``IN_FLIGHT``).
 
+Embedded, a group is acknowledged once it is in the write-ahead log (``wal``),
+and a thread of its own inserts what the log holds, several groups at a time
+(``_load``); every read waits first for the groups acknowledged before it
+(``flush``), so an answer always counts what was acknowledged.
+
 Until an insert returns, its events may be visible in ``events`` and not yet
 in what the views derive from them (ClickHouse commits each table's part on
 its own), so the fold takes up only events ingested before the oldest insert
-still running (``oldest_in_flight``).
+still running or still in the log (``oldest_in_flight``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import logging
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +47,7 @@ from kaie_analytics.engines.clickhouse.folds import repair
 from kaie_analytics.engines.clickhouse.schema import COLUMNS
 from kaie_analytics.engines.clickhouse.sql import epoch_us, id_hash, utcnow
 from kaie_analytics.engines.clickhouse.transport import Transport
+from kaie_analytics.engines.clickhouse.wal import WriteAheadLog
 from kaie_analytics.engines.dedupe import DEDUPE_WINDOW, IdIndex
 from kaie_analytics.errors import StoreUnavailable
 from kaie_analytics.ingest.columns import PreparedBatch
@@ -61,6 +68,13 @@ GATHER_EVENTS = 20_000
 #: 9k against 11k events/s, 130 against 86 µs of CPU per event, from smaller groups
 #: and so more parts to write and merge).
 IN_FLIGHT = {"embedded": 1, "server": 2}
+#: Embedded: events acknowledged and not yet inserted up to which new groups wait (the
+#: inserts cannot keep up), so that the log, the memory it takes and how long a read
+#: may wait for it stay bounded.
+UNLOADED_EVENTS = 200_000
+#: Seconds a read waits for the log to be inserted (an insert that failed is tried
+#: again meanwhile) before it fails.
+FLUSH_TIMEOUT_S = 30.0
 
 Request = tuple[str, PreparedBatch, concurrent.futures.Future[AppendResult]]
 
@@ -77,22 +91,33 @@ class _Insert:
     ingested_us: int
     #: The ids being inserted, per tenant.
     ids: dict[str, set[str]]
+    #: Embedded: its file in the write-ahead log, once written.
+    file: Path | None = None
 
 
 class Writer:
-    def __init__(self, transport: Transport, after_commit: Callable[[set[str], int], None]) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        after_commit: Callable[[set[str], int], None],
+        wal: WriteAheadLog | None = None,
+    ) -> None:
         self._transport = transport
         self._after_commit = after_commit
+        self._wal = wal
         self._last_us = 0
         #: (tenant, workflow) this process has registered, so a batch writes only new ones.
         known = transport.query("SELECT DISTINCT tenant, workflow_id FROM workflows")
         self._workflows: set[tuple[str, str]] = set(
             zip(known.column(0).to_pylist(), known.column(1).to_pylist(), strict=True)
         )
+        if wal is not None:
+            self._replay(wal)
         #: Embedded only: the hashes of the ids ingested in the dedupe window.
         self._ids = self._load_ids() if transport.embedded else None
         self._requests: queue.Queue[Request | None] = queue.Queue()
-        #: The inserts running, by their ``ingested_at``.
+        #: The inserts running or, embedded, in the log and not yet inserted, by their
+        #: ``ingested_at``.
         self._in_flight: dict[int, _Insert] = {}
         self._in_flight_lock = threading.Lock()
         #: Requests answered since the last group started (see ``_run``).
@@ -102,6 +127,18 @@ class Writer:
         self._inserts = concurrent.futures.ThreadPoolExecutor(
             in_flight, thread_name_prefix="kaie-ch-insert"
         )
+        #: Embedded: the groups in the log, oldest first, and what ``_load`` has done.
+        self._logged: deque[_Insert] = deque()
+        self._logged_events = 0
+        self._logged_lock = threading.Condition()
+        self._acknowledged_us = 0  # the latest group acknowledged
+        self._loaded_us = 0  # the latest group inserted
+        self._load_error: Exception | None = None
+        self._stopping = False
+        self._loader: threading.Thread | None = None
+        if wal is not None:
+            self._loader = threading.Thread(target=self._load, name="kaie-ch-load", daemon=True)
+            self._loader.start()
         self._thread = threading.Thread(target=self._run, name="kaie-ch-writer", daemon=True)
         self._thread.start()
 
@@ -128,6 +165,11 @@ class Writer:
         self._requests.put(None)
         self._thread.join()
         self._inserts.shutdown(wait=True)
+        if self._loader is not None:  # insert what the log holds (or leave it for the next start)
+            with self._logged_lock:
+                self._stopping = True
+                self._logged_lock.notify_all()
+            self._loader.join()
         while True:  # whatever came after the stop
             try:
                 item = self._requests.get_nowait()
@@ -136,10 +178,29 @@ class Writer:
             if item is not None:
                 item[2].set_exception(StoreUnavailable("the store is shutting down"))
 
+    def flush(self) -> None:
+        """Wait until every group acknowledged so far is in ClickHouse (embedded; a
+        read calls this first, so that it counts them)."""
+        if self._wal is None:
+            return
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        with self._logged_lock:
+            target = self._acknowledged_us
+            while self._loaded_us < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    error = StoreUnavailable("the event store could not store the events")
+                    error.__cause__ = self._load_error
+                    raise error
+                self._logged_lock.wait(min(left, 1.0))
+
     def _run(self) -> None:
         while True:
             # A group starts once an insert may: until then, requests wait together.
             self._free.acquire()
+            with self._logged_lock:  # and, embedded, once the log is not too far ahead
+                while self._logged_events > UNLOADED_EVENTS and not self._stopping:
+                    self._logged_lock.wait(1.0)
             # How many requests to wait for (up to GATHER_S): those waiting now, and as
             # many as were answered since the last group, whose clients are likely to
             # send again. (Counted from the queue, a group could settle on part of the
@@ -202,21 +263,96 @@ class Writer:
     def _commit(self, insert: _Insert) -> None:
         try:
             if insert.table is not None:
-                # The workflows first: a crash between the two leaves a workflow with no
-                # events, never events of a workflow that does not exist.
-                self._register_workflows(insert.table, insert.ingested_us)
-                self._transport.insert("events", insert.table.select([n for n, _ in COLUMNS]))
+                if self._wal is not None:
+                    insert.file = self._wal.write(insert.ingested_us, insert.table)
+                else:
+                    self._insert([insert])
         except Exception as exc:
             log.exception("an insert of %d batches failed", len(insert.group))
-            self._repair_after_failure(insert.ingested_us)
+            if self._wal is None:
+                self._repair_after_failure(insert.ingested_us)
             self._done(insert)
             self._fail(insert.group, exc)
             return
         if insert.ids:
             self._after_commit(set(insert.ids), insert.ingested_us)
-        self._done(insert)
+        if insert.file is not None:  # in flight until ``_load`` has inserted it
+            with self._logged_lock:
+                self._logged.append(insert)
+                self._logged_events += insert.table.num_rows if insert.table is not None else 0
+                self._acknowledged_us = insert.ingested_us
+                self._logged_lock.notify_all()
+            self._release(len(insert.group))
+        else:
+            self._done(insert)
         for (_, _, future), result in zip(insert.group, insert.results, strict=True):
             future.set_result(result)
+
+    def _insert(self, inserts: list[_Insert]) -> None:
+        """The groups' rows into ClickHouse, in one insert; the workflows first: a crash
+        between the two leaves a workflow with no events, never events of a workflow
+        that does not exist."""
+        tables = []
+        for insert in inserts:
+            assert insert.table is not None
+            self._register_workflows(insert.table, insert.ingested_us)
+            tables.append(insert.table.select([n for n, _ in COLUMNS]))
+        self._transport.insert("events", pa.concat_tables(tables))
+
+    def _load(self) -> None:
+        """Embedded: insert what the log holds, as many groups at a time as are there
+        (up to ``GROUP_EVENTS``), until the writer stops and the log is empty."""
+        while True:
+            with self._logged_lock:
+                while not self._logged and not self._stopping:
+                    self._logged_lock.wait()
+                if not self._logged:
+                    return
+                batch: list[_Insert] = []
+                size = 0
+                for insert in self._logged:
+                    if batch and size + insert.table.num_rows > GROUP_EVENTS:  # type: ignore[union-attr]
+                        break
+                    batch.append(insert)
+                    size += insert.table.num_rows  # type: ignore[union-attr]
+            try:
+                self._insert(batch)
+            except Exception as exc:
+                log.exception("inserting %d groups from the log failed", len(batch))
+                self._repair_after_failure(batch[0].ingested_us)
+                with self._logged_lock:
+                    self._load_error = exc
+                    self._logged_lock.notify_all()
+                    if self._stopping:  # the log stays for the next start
+                        return
+                time.sleep(0.5)
+                continue
+            with self._logged_lock:
+                for _ in batch:
+                    self._logged.popleft()
+                self._logged_events -= size
+                self._loaded_us = batch[-1].ingested_us
+                self._load_error = None
+                self._logged_lock.notify_all()
+            with self._in_flight_lock:
+                for insert in batch:
+                    del self._in_flight[insert.ingested_us]
+            assert self._wal is not None
+            self._wal.remove(i.file for i in batch if i.file is not None)
+
+    def _replay(self, wal: WriteAheadLog) -> None:
+        """Insert the groups a crash (or a failed last insert) left in the log."""
+        files = wal.files()
+        for file in files:
+            rows = WriteAheadLog.read(file)
+            ingested_us = int(file.name.split(".")[0])
+            insert = _Insert([], [], rows, ingested_us, {})
+            with self._transport.unlimited():
+                self._insert([insert])
+            self._last_us = max(self._last_us, ingested_us)  # later groups come after
+        if files:
+            log.info("inserted %d groups left in the write-ahead log", len(files))
+            wal.remove(files)
 
     def _done(self, insert: _Insert) -> None:
         with self._in_flight_lock:
