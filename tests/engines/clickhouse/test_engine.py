@@ -213,6 +213,30 @@ def test_a_fold_leaves_out_the_events_of_an_insert_still_running(
     engine.close()
 
 
+def test_a_tenants_reads_do_not_wait_for_another_tenants_events_in_the_log(
+    transport: ChdbTransport,
+) -> None:
+    """While one tenant's acknowledged batch is still being inserted, another tenant's
+    reads answer at once, and the first tenant's wait for it."""
+    engine = ClickHouseEngine(transport, fold_idle_s=3600)
+    t0 = datetime(2024, 5, 1)
+    engine.append("other", _valid([_started(0, t0)])).result()
+    assert engine.count_events("other") == 1  # inserted
+    held = _HeldInserts(transport)
+    assert engine.append("acme", _valid([_started(1, t0)])).result(timeout=30).accepted == 1
+    assert held.written.acquire(timeout=30)
+    assert engine.count_events("other") == 1
+    q = ActivityQuery("other", (Window(t0, t0 + timedelta(days=1)),),
+                      (Ask((0,), frozenset({"executions"})),))  # fmt: skip
+    assert engine.activity(q)[0][(0,)].executions == 1
+    done = concurrent.futures.ThreadPoolExecutor(1).submit(engine.count_events, "acme")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        done.result(timeout=0.5)  # waits for the insert
+    held.release.set()
+    assert done.result(timeout=30) == 1
+    engine.close()
+
+
 def test_percentiles_equal_numpys_to_the_bit(transport: ChdbTransport) -> None:
     """Tenant ``tN`` holds the first N durations; each percentile is numpy's exactly."""
     engine = ClickHouseEngine(transport, fold_idle_s=3600)

@@ -139,11 +139,11 @@ class ClickHouseEngine:
         )
 
     @contextlib.contextmanager
-    def _folded(self) -> Iterator[int]:
+    def _folded(self, tenant: str) -> Iterator[int]:
         """The fold's watermark to answer with (0: nothing folded, on a server), held
-        until the answer is read (compaction keeps to it). Every batch acknowledged
-        before is in the answer."""
-        self._writer.flush()
+        until the answer is read (compaction keeps to it). Every batch of the tenant
+        acknowledged before is in the answer."""
+        self._writer.flush(tenant)
         if self.folder is None:
             yield 0
             return
@@ -218,7 +218,7 @@ class ClickHouseEngine:
 
     def _workflows(self, tenant: str, workflow_id: str | None) -> list[Workflow]:
         only = " AND workflow_id = {workflow:String}" if workflow_id is not None else ""
-        self._writer.flush()
+        self._writer.flush(tenant)
         table = self.transport.query(
             _WORKFLOWS.replace("{only}", only), {"tenant": tenant, "workflow": workflow_id}
         )
@@ -279,7 +279,7 @@ class ClickHouseEngine:
             "lo": sql.epoch_us(since) if since else None,
             "hi": sql.epoch_us(until) if until else None,
         }
-        self._writer.flush()
+        self._writer.flush(tenant)
         statement = "SELECT count() FROM events FINAL" + (
             " WHERE " + " AND ".join(where) if where else ""
         )
@@ -294,7 +294,7 @@ class ClickHouseEngine:
         return [TenantEvents(*row) for row in sql.rows(table)]
 
     def activity(self, q: ActivityQuery) -> list[Cells]:
-        with self._folded() as folded:
+        with self._folded(q.tenant) as folded:
             cache = self.workflow_days
             days = None
             if cache is not None and len(q.workflow_ids) == 1:
@@ -308,12 +308,12 @@ class ClickHouseEngine:
             return activity.activity(self.transport, q, folded, pending, days)
 
     def customers(self, q: CustomerQuery) -> list[CustomerFacts]:
-        with self._folded() as folded:
+        with self._folded(q.tenant) as folded:
             return customers.customers(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def journey_types(self, tenant: str) -> list[str]:
         def compute() -> list[str]:
-            with self._folded() as folded:
+            with self._folded(tenant) as folded:
                 return customers.journey_types(
                     self.transport, tenant, folded, self._pending(tenant, folded)
                 )
@@ -324,16 +324,16 @@ class ClickHouseEngine:
         return compute()
 
     def journeys(self, q: JourneyQuery) -> JourneyFacts:
-        with self._folded() as folded:
+        with self._folded(q.tenant) as folded:
             return customers.journeys(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def realtime(self, q: RealtimeQuery) -> RealtimeFacts:
-        with self._folded() as folded:
+        with self._folded(q.tenant) as folded:
             return realtime.realtime(self.transport, q, folded, self._pending(q.tenant, folded))
 
     def rows(self, q: RowsQuery, batch_rows: int) -> pa.RecordBatchReader:
         schema = ROW_SCHEMAS[q.kind]
-        self._writer.flush()
+        self._writer.flush(q.tenant)
         params: dict[str, Any] = {
             "tenant": q.tenant,
             # Exports read executions and events only (nothing compaction rewrites), so

@@ -132,6 +132,7 @@ class Writer:
         self._logged_events = 0
         self._logged_lock = threading.Condition()
         self._acknowledged_us = 0  # the latest group acknowledged
+        self._acknowledged_by_tenant: dict[str, int] = {}  # the latest with its events
         self._loaded_us = 0  # the latest group inserted
         self._load_error: Exception | None = None
         self._stopping = False
@@ -178,14 +179,18 @@ class Writer:
             if item is not None:
                 item[2].set_exception(StoreUnavailable("the store is shutting down"))
 
-    def flush(self) -> None:
-        """Wait until every group acknowledged so far is in ClickHouse (embedded; a
-        read calls this first, so that it counts them)."""
+    def flush(self, tenant: str | None = None) -> None:
+        """Wait until every group acknowledged so far (with events of ``tenant``; None:
+        of any) is in ClickHouse (embedded; a read calls this first, so that it counts
+        them, and a tenant's reads do not wait for another's ingestion)."""
         if self._wal is None:
             return
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
         with self._logged_lock:
-            target = self._acknowledged_us
+            if tenant is None:
+                target = self._acknowledged_us
+            else:
+                target = self._acknowledged_by_tenant.get(tenant, 0)
             while self._loaded_us < target:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopping:
@@ -281,6 +286,8 @@ class Writer:
                 self._logged.append(insert)
                 self._logged_events += insert.table.num_rows if insert.table is not None else 0
                 self._acknowledged_us = insert.ingested_us
+                for tenant in insert.ids:
+                    self._acknowledged_by_tenant[tenant] = insert.ingested_us
                 self._logged_lock.notify_all()
             self._release(len(insert.group))
         else:
