@@ -237,6 +237,26 @@ def test_a_tenants_reads_do_not_wait_for_another_tenants_events_in_the_log(
     engine.close()
 
 
+def test_an_insert_is_not_stopped_at_the_query_time_limit(tmp_path: Path) -> None:
+    """chdb stops a statement at the time limit, and an insert stopped there returns as
+    if whole with nothing written: inserts run without it."""
+    import pyarrow as pa
+
+    transport = ChdbTransport(tmp_path / "ch", query_timeout_s=1)
+    transport.command(  # each row takes 1 ms to read: 3,000 take 3 s
+        "CREATE TABLE slow (x UInt64, s UInt8 DEFAULT sleepEachRow(0.001))"
+        " ENGINE = MergeTree ORDER BY x"
+    )
+    transport.command("CREATE TABLE derived (x UInt64) ENGINE = MergeTree ORDER BY x")
+    transport.command("CREATE MATERIALIZED VIEW derived_mv TO derived AS SELECT x FROM slow")
+    transport.insert("slow", pa.table({"x": pa.array(range(3000), pa.uint64())}))
+    counts = transport.query("SELECT (SELECT count() FROM slow), (SELECT count() FROM derived)")
+    assert sql.rows(counts) == [(3000, 3000)]
+    with pytest.raises(QueryTimeout):  # while reads keep to it
+        transport.query("SELECT sleepEachRow(0.001) FROM numbers(3000)")
+    transport.close()
+
+
 def test_percentiles_equal_numpys_to_the_bit(transport: ChdbTransport) -> None:
     """Tenant ``tN`` holds the first N durations; each percentile is numpy's exactly."""
     engine = ClickHouseEngine(transport, fold_idle_s=3600)

@@ -183,11 +183,13 @@ class ClickHouseEngine:
     ) -> concurrent.futures.Future[Workflow]:
         future: concurrent.futures.Future[Workflow] = concurrent.futures.Future()
         try:
-            self.transport.command(
-                "INSERT INTO workflows SELECT {tenant:String}, {workflow:String}, 1,"
-                " argMaxState({name:String}, now64(6, 'UTC')), now64(6, 'UTC'), now64(6, 'UTC')",
-                {"tenant": tenant, "workflow": workflow_id, "name": name},
-            )
+            with self.transport.unlimited():  # writes are never stopped half way
+                self.transport.command(
+                    "INSERT INTO workflows SELECT {tenant:String}, {workflow:String}, 1,"
+                    " argMaxState({name:String}, now64(6, 'UTC')), now64(6, 'UTC'),"
+                    " now64(6, 'UTC')",
+                    {"tenant": tenant, "workflow": workflow_id, "name": name},
+                )
             self._bump({tenant})
             found = self.workflow(tenant, workflow_id)
             assert found is not None
@@ -198,6 +200,10 @@ class ClickHouseEngine:
 
     def restore_workflow(self, tenant: str, workflow: Workflow) -> None:
         named = workflow.name is not None and workflow.name_ts is not None
+        with self.transport.unlimited():  # writes are never stopped half way
+            self._restore_workflow(tenant, workflow, named)
+
+    def _restore_workflow(self, tenant: str, workflow: Workflow, named: bool) -> None:
         self.transport.command(
             "INSERT INTO workflows SELECT {tenant:String}, {workflow:String}, {named:UInt8},"
             f" argMaxState({{name:String}}, {sql.time_param('name_ts')}),"

@@ -300,11 +300,14 @@ class Writer:
         between the two leaves a workflow with no events, never events of a workflow
         that does not exist."""
         tables = []
-        for insert in inserts:
-            assert insert.table is not None
-            self._register_workflows(insert.table, insert.ingested_us)
-            tables.append(insert.table.select([n for n, _ in COLUMNS]))
-        self._transport.insert("events", pa.concat_tables(tables))
+        with (
+            self._transport.unlimited()
+        ):  # writes are never stopped half way (``Transport.insert``)
+            for insert in inserts:
+                assert insert.table is not None
+                self._register_workflows(insert.table, insert.ingested_us)
+                tables.append(insert.table.select([n for n, _ in COLUMNS]))
+            self._transport.insert("events", pa.concat_tables(tables))
 
     def _load(self) -> None:
         """Embedded: insert what the log holds, as many groups at a time as are there
