@@ -8,17 +8,17 @@ dedupe window in memory (``engines.dedupe``) and looks up only the ids that
 may be stored: a lookup in ``event_ids`` reads most of it whatever the number
 of ids (they are spread over every granule), so looking up every id made
 ingestion slower as the store grew. On a server, other processes write too,
-and every id is looked up. Each ``append``
-future resolves once that insert has returned, and so once its parts are
-fsynced. Many concurrent requests share one insert (and one part per month
-they touch), which ClickHouse wants: a part per request would be too many
-parts. On a server, while one insert runs the next group is inserted beside it
-(``IN_FLIGHT``).
+and every id is looked up. Many concurrent requests share one insert (and
+one part per month they touch), which ClickHouse wants: a part per request
+would be too many parts.
 
-Embedded, a group is acknowledged once it is in the write-ahead log (``wal``),
-and a thread of its own inserts what the log holds, several groups at a time
-(``_load``); every read waits first for the groups acknowledged before it
-(``flush``), so an answer always counts what was acknowledged.
+On a server, each ``append`` future resolves once its group's insert has
+returned, and so once its parts are fsynced; while one insert runs, the next
+group is inserted beside it (``IN_FLIGHT``). Embedded, it resolves once its
+group is in the write-ahead log (``wal``), and a thread of its own inserts what
+the log holds, several groups at a time (``_load``); every read waits first for
+its tenant's groups acknowledged before it (``flush``), so an answer always
+counts what was acknowledged.
 
 Until an insert returns, its events may be visible in ``events`` and not yet
 in what the views derive from them (ClickHouse commits each table's part on
