@@ -117,8 +117,8 @@ def test_a_batch_in_the_log_whose_insert_failed_is_inserted_once(
     assert (retried.accepted, retried.duplicates) == (0, 5)
     assert engine.count_events("acme") == 5  # waits for the insert tried again
     assert not failing.failing
+    engine.close()  # the log's files are removed after their insert
     assert not list((transport.path / WAL_DIRECTORY).glob("*.arrow"))
-    engine.close()
 
 
 def test_what_the_log_holds_at_a_stop_is_inserted_at_the_next_start(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_what_the_log_holds_at_a_stop_is_inserted_at_the_next_start(tmp_path: Pa
     assert len(list((path / WAL_DIRECTORY).glob("*.arrow"))) == 3
     again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
     assert again.count_events("acme") == 30
-    assert not list((path / WAL_DIRECTORY).glob("*.arrow"))
+    assert not list((path / WAL_DIRECTORY).glob("*.arrow"))  # inserted at the start
     retried = again.append("acme", _valid([_started(j, t0) for j in range(10)])).result()
     assert (retried.accepted, retried.duplicates) == (0, 10)
     again.close()

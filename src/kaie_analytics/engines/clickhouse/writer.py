@@ -279,9 +279,9 @@ class Writer:
             self._done(insert)
             self._fail(insert.group, exc)
             return
-        if insert.ids:
-            self._after_commit(set(insert.ids), insert.ingested_us)
         if insert.file is not None:  # in flight until ``_load`` has inserted it
+            # Before the data versions move: an answer that finds the new version waits
+            # for this group.
             with self._logged_lock:
                 self._logged.append(insert)
                 self._logged_events += insert.table.num_rows if insert.table is not None else 0
@@ -289,6 +289,9 @@ class Writer:
                 for tenant in insert.ids:
                     self._acknowledged_by_tenant[tenant] = insert.ingested_us
                 self._logged_lock.notify_all()
+        if insert.ids:
+            self._after_commit(set(insert.ids), insert.ingested_us)
+        if insert.file is not None:
             self._release(len(insert.group))
         else:
             self._done(insert)
@@ -300,9 +303,8 @@ class Writer:
         between the two leaves a workflow with no events, never events of a workflow
         that does not exist."""
         tables = []
-        with (
-            self._transport.unlimited()
-        ):  # writes are never stopped half way (``Transport.insert``)
+        # Without the time limit: writes are never stopped half way (``Transport.insert``).
+        with self._transport.unlimited():
             for insert in inserts:
                 assert insert.table is not None
                 self._register_workflows(insert.table, insert.ingested_us)
@@ -356,9 +358,7 @@ class Writer:
         for file in files:
             rows = WriteAheadLog.read(file)
             ingested_us = int(file.name.split(".")[0])
-            insert = _Insert([], [], rows, ingested_us, {})
-            with self._transport.unlimited():
-                self._insert([insert])
+            self._insert([_Insert([], [], rows, ingested_us, {})])
             self._last_us = max(self._last_us, ingested_us)  # later groups come after
         if files:
             log.info("inserted %d groups left in the write-ahead log", len(files))
