@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from factories import iso
@@ -229,19 +230,18 @@ def test_a_tenants_reads_do_not_wait_for_another_tenants_events_in_the_log(
     q = ActivityQuery("other", (Window(t0, t0 + timedelta(days=1)),),
                       (Ask((0,), frozenset({"executions"})),))  # fmt: skip
     assert engine.activity(q)[0][(0,)].executions == 1
-    done = concurrent.futures.ThreadPoolExecutor(1).submit(engine.count_events, "acme")
-    with pytest.raises(concurrent.futures.TimeoutError):
-        done.result(timeout=0.5)  # waits for the insert
-    held.release.set()
-    assert done.result(timeout=30) == 1
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(engine.count_events, "acme")
+        with pytest.raises(concurrent.futures.TimeoutError):
+            done.result(timeout=0.5)  # waits for the insert
+        held.release.set()
+        assert done.result(timeout=30) == 1
     engine.close()
 
 
 def test_an_insert_is_not_stopped_at_the_query_time_limit(tmp_path: Path) -> None:
     """chdb stops a statement at the time limit, and an insert stopped there returns as
     if whole with nothing written: inserts run without it."""
-    import pyarrow as pa
-
     transport = ChdbTransport(tmp_path / "ch", query_timeout_s=1)
     transport.command(  # each row takes 1 ms to read: 3,000 take 3 s
         "CREATE TABLE slow (x UInt64, s UInt8 DEFAULT sleepEachRow(0.001))"
