@@ -484,11 +484,14 @@ def test_opening_makes_whole_what_views_keep_of_inserts_cut_off(tmp_path: Path) 
     for view in ("event_ids_mv", "executions_state_mv"):  # as if the insert stopped there
         engine.transport.command(f"DETACH TABLE {view}")
     batch = _valid([_started(i, t0) for i in range(1, 6)])
-    assert engine.append("acme", batch).result().accepted == 5
-    for view in ("event_ids_mv", "executions_state_mv"):
-        engine.transport.command(f"ATTACH TABLE {view}")
-    assert engine.activity(q)[0][(0,)].executions == 1  # the states are missing
-    engine.close()
+    try:
+        assert engine.append("acme", batch).result().accepted == 5
+        assert engine.count_events("acme") == 6  # inserted from the log, views detached
+        for view in ("event_ids_mv", "executions_state_mv"):
+            engine.transport.command(f"ATTACH TABLE {view}")
+        assert engine.activity(q)[0][(0,)].executions == 1  # the states are missing
+    finally:
+        engine.close()
     again = ClickHouseEngine(ChdbTransport(path), fold_idle_s=3600)
     try:
         assert again.activity(q)[0][(0,)].executions == 6
@@ -660,6 +663,7 @@ def test_active_customers_while_a_fold_is_under_way(tmp_path: Path) -> None:
         engine.append("acme", _valid(early)).result()
         engine.settle()
         engine.append("acme", _valid(late)).result()
+        assert engine.count_events("acme") == len(early) + len(late)  # in ClickHouse
         assert engine.folder is not None
         hi = engine.transport.query("SELECT toUnixTimestamp64Micro(max(ingested_at)) FROM events")
         params = {"tenant": "acme", "lo": engine.folder.watermark, "hi": hi.column(0)[0].as_py()}
