@@ -201,23 +201,20 @@ class ClickHouseEngine:
     def restore_workflow(self, tenant: str, workflow: Workflow) -> None:
         named = workflow.name is not None and workflow.name_ts is not None
         with self.transport.unlimited():  # writes are never stopped half way
-            self._restore_workflow(tenant, workflow, named)
-
-    def _restore_workflow(self, tenant: str, workflow: Workflow, named: bool) -> None:
-        self.transport.command(
-            "INSERT INTO workflows SELECT {tenant:String}, {workflow:String}, {named:UInt8},"
-            f" argMaxState({{name:String}}, {sql.time_param('name_ts')}),"
-            f" {sql.time_param('name_ts')}, {sql.time_param('created')}",
-            {
-                "tenant": tenant,
-                "workflow": workflow.workflow_id,
-                "named": int(named),
-                "name": workflow.name or "",
-                # Without a name, its time is the epoch: max() keeps any later one.
-                "name_ts": sql.epoch_us(workflow.name_ts) if named else 0,  # type: ignore[arg-type]
-                "created": sql.epoch_us(workflow.created_at),
-            },
-        )
+            self.transport.command(
+                "INSERT INTO workflows SELECT {tenant:String}, {workflow:String}, {named:UInt8},"
+                f" argMaxState({{name:String}}, {sql.time_param('name_ts')}),"
+                f" {sql.time_param('name_ts')}, {sql.time_param('created')}",
+                {
+                    "tenant": tenant,
+                    "workflow": workflow.workflow_id,
+                    "named": int(named),
+                    "name": workflow.name or "",
+                    # Without a name, its time is the epoch: max() keeps any later one.
+                    "name_ts": sql.epoch_us(workflow.name_ts) if named else 0,  # type: ignore[arg-type]
+                    "created": sql.epoch_us(workflow.created_at),
+                },
+            )
         self._bump({tenant})
 
     # ------------------------------------------------------------ reads

@@ -81,6 +81,8 @@ _DURABLE = "fsync_after_insert = 1, fsync_part_directory = 1"
 #: ingestion (75 µs an event, against 40 with this), for about as many parts to read
 #: (bench/RESULTS.md, session 19).
 _MERGES = "merge_selector_base = 10"
+#: The settings every table has (the partitioned ones also ``MERGED_WHEN_COLD``).
+_KEPT = f"{_DURABLE}, {_MERGES}"
 #: A month partition becomes one part an hour after its last insert: every read plans
 #: over each part of the partitions it touches (a few ms for every 10 parts), and
 #: ClickHouse's own merges leave a month of events in 6 to 10.
@@ -282,7 +284,7 @@ def ddl(cluster: str | None = None) -> list[str]:
 ) ENGINE = {_engine("ReplacingMergeTree", "events", cluster)}
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant, type, ts, event_id)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         f"ALTER TABLE events{local}{on} ADD INDEX IF NOT EXISTS ingested ingested_at"
         " TYPE minmax GRANULARITY 1",
         f"""CREATE TABLE IF NOT EXISTS event_ids{local}{on} (
@@ -290,7 +292,7 @@ SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
     event_id String
 ) ENGINE = {_engine("ReplacingMergeTree", "event_ids", cluster)}
 ORDER BY (tenant, event_id)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS event_ids_mv{on} TO event_ids{local}
 AS SELECT tenant, event_id FROM events{local}""",
         f"""CREATE TABLE IF NOT EXISTS workflows{local}{on} (
@@ -302,7 +304,7 @@ AS SELECT tenant, event_id FROM events{local}""",
     created_at SimpleAggregateFunction(min, {TIME})
 ) ENGINE = {_engine("AggregatingMergeTree", "workflows", cluster)}
 ORDER BY (tenant, workflow_id)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         # The writer registers workflows itself (a view here cost more than the rest of
         # an insert); stores of an older layout drop theirs.
         f"DROP VIEW IF EXISTS workflows_mv{on}",
@@ -320,7 +322,7 @@ SETTINGS {_DURABLE}, {_MERGES}""",
     nodes AggregateFunction(groupUniqArray, {NODE})
 ) ENGINE = {_engine("AggregatingMergeTree", "executions_state", cluster)}
 ORDER BY (tenant, execution_id)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         f"ALTER TABLE executions_state{local}{on} ADD COLUMN IF NOT EXISTS"
         f" nodes AggregateFunction(groupUniqArray, {NODE})",
         executions_state_view(cluster),
@@ -334,7 +336,7 @@ SETTINGS {_DURABLE}, {_MERGES}""",
     first_received SimpleAggregateFunction(min, Nullable({TIME}))
 ) ENGINE = {_engine("AggregatingMergeTree", "customers_state", cluster)}
 ORDER BY (tenant, customer_id, channel)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS customers_state_mv{on} TO customers_state{local}
 AS {CUSTOMER_STATES.format(source=f"events{local}")}""",
         # Executions as of the last fold, one row each, ordered so that a workflow's
@@ -357,7 +359,7 @@ AS {CUSTOMER_STATES.format(source=f"events{local}")}""",
 ) ENGINE = {_engine("ReplacingMergeTree", "executions", cluster, "version, deleted")}
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, workflow_id, started_at, execution_id)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         f"ALTER TABLE executions{local}{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
         # Its customer's number (``customer_numbers``; 0: no customer), so that distinct
         # customers are counted over integers.
@@ -370,7 +372,7 @@ SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
     version UInt64
 ) ENGINE = {_engine("ReplacingMergeTree", "execution_keys", cluster, "version")}
 ORDER BY (tenant, execution_id)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         # Messages and feedback per workflow, channel and 15-minute slot, as of the fold
         # that added them (``fold``: its watermark); '' for no workflow or channel.
         # Written by the fold only (embedded): a query adds up the rows of folds up to
@@ -388,7 +390,7 @@ SETTINGS {_DURABLE}, {_MERGES}""",
 ) ENGINE = {_engine("SummingMergeTree", "message_slots", cluster)}
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, workflow_id, slot, channel, fold)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         # Executions as of each fold, as signed rows like ``sessions``: a fold adds the
         # rows of the executions it merges (+1) and takes away their rows before (-1).
         # Ordered by execution, so that the fold finds the rows of those it merges.
@@ -407,7 +409,7 @@ SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
 ) ENGINE = {_engine("MergeTree", "execution_log", cluster)}
 PARTITION BY toYYYYMM(started_at)
 ORDER BY (tenant, execution_id, fold)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         # Its node events, sorted (so that a -1 row and the +1 row of an execution that
         # did not change cancel out when compacted).
         f"ALTER TABLE execution_log{local}{on} ADD COLUMN IF NOT EXISTS nodes Array({NODE})",
@@ -430,7 +432,7 @@ SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
 ) ENGINE = {_engine("SummingMergeTree", "execution_slots", cluster)}
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, workflow_id, slot, channel, error_type, fold)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS execution_slots_mv{on} TO execution_slots{local}
 AS SELECT tenant, workflow_id,
     {_START_SLOT},
@@ -451,7 +453,7 @@ FROM execution_log{local} GROUP BY tenant, workflow_id, slot, channel, error_typ
 ) ENGINE = {_engine("SummingMergeTree", "node_slots", cluster)}
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, workflow_id, slot, channel, node_id, node_type, fold)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS node_slots_mv{on} TO node_slots{local}
 AS SELECT tenant, workflow_id,
     {_START_SLOT},
@@ -466,14 +468,14 @@ GROUP BY tenant, workflow_id, slot, channel, node_id, node_type, fold""",
 ) ENGINE = {_engine("MergeTree", "sessions", cluster)}
 PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, customer_id, channel, first_ts, fold)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         # The same rows ordered by time, for the sessions that start in part of a slot.
         f"""CREATE TABLE IF NOT EXISTS session_starts{local}{on} (
     {_SESSION_COLUMNS}
 ) ENGINE = {_engine("MergeTree", "session_starts", cluster)}
 PARTITION BY toYYYYMM(first_ts)
 ORDER BY (tenant, first_ts, channel, fold)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS session_starts_mv{on} TO session_starts{local}
 AS SELECT * FROM sessions{local}""",
         # Per channel and slot of their first message, as of each fold: sessions, their
@@ -489,7 +491,7 @@ AS SELECT * FROM sessions{local}""",
 ) ENGINE = {_engine("SummingMergeTree", "session_slots", cluster)}
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, slot, channel, fold)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS session_slots_mv{on} TO session_slots{local}
 AS SELECT tenant, intDiv(toUnixTimestamp64Micro(first_ts) - ({SLOTS_FROM_US}), {SLOT_US}) AS slot,
     channel, fold, sum(sign) AS sessions,
@@ -502,7 +504,7 @@ FROM sessions{local} GROUP BY tenant, slot, channel, fold""",
     evs AggregateFunction(groupUniqArray, {JOURNEY_EVENT})
 ) ENGINE = {_engine("AggregatingMergeTree", "journeys_state", cluster)}
 ORDER BY (tenant, journey_id)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS journeys_state_mv{on} TO journeys_state{local}
 AS {JOURNEY_STATES.format(source=f"events{local}")}""",
         # Journeys as of the last fold that changed them (``version``: its watermark),
@@ -522,7 +524,7 @@ AS {JOURNEY_STATES.format(source=f"events{local}")}""",
     deleted UInt8
 ) ENGINE = {_engine("ReplacingMergeTree", "journeys", cluster, "version, deleted")}
 ORDER BY (tenant, journey_type, first_step, journey_id)
-SETTINGS allow_nullable_key = 1, {_DURABLE}, {_MERGES}""",
+SETTINGS allow_nullable_key = 1, {_KEPT}""",
         # Per journey type and 15-minute slot of their first step, the journeys that
         # began in it added up (``customers.add_up_journeys``), as of the last fold that
         # changed any of them (``fold``: its watermark). Written by the fold only.
@@ -539,7 +541,7 @@ SETTINGS allow_nullable_key = 1, {_DURABLE}, {_MERGES}""",
 ) ENGINE = {_engine("ReplacingMergeTree", "journey_slots", cluster, "fold")}
 PARTITION BY {SLOT_MONTH}
 ORDER BY (tenant, journey_type, slot)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         # The rows of one fold, found without reading the rest (``folds``).
         f"ALTER TABLE journeys{local}{on} ADD INDEX IF NOT EXISTS folded version"
         " TYPE minmax GRANULARITY 1",
@@ -551,7 +553,7 @@ SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
     version UInt64
 ) ENGINE = {_engine("ReplacingMergeTree", "journey_keys", cluster, "version")}
 ORDER BY (tenant, journey_id)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         # Written by the fold only; ordered by customer, so that the fold finds the rows
         # of the customers new events touch.
         f"""CREATE TABLE IF NOT EXISTS customer_firsts{local}{on} (
@@ -565,7 +567,7 @@ SETTINGS {_DURABLE}, {_MERGES}""",
 ) ENGINE = {_engine("MergeTree", "customer_firsts", cluster)}
 PARTITION BY toYYYYMM(first_event)
 ORDER BY (tenant, customer_id, channel, fold)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         # Each of those times as a row of its kind (0: first event, 1: first message
         # received), ordered by time.
         f"""CREATE TABLE IF NOT EXISTS first_times{local}{on} (
@@ -578,7 +580,7 @@ SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
 ) ENGINE = {_engine("MergeTree", "first_times", cluster)}
 PARTITION BY toYYYYMM(t)
 ORDER BY (tenant, channel, kind, t)
-SETTINGS {_DURABLE}, {_MERGES}, {MERGED_WHEN_COLD}""",
+SETTINGS {_KEPT}, {MERGED_WHEN_COLD}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS first_times_mv{on} TO first_times{local}
 AS SELECT tenant, channel, x.1 AS kind, assumeNotNull(x.2) AS t, fold, sign
 FROM customer_firsts{local} ARRAY JOIN {FIRST_TIMES} AS x""",
@@ -590,7 +592,7 @@ FROM customer_firsts{local} ARRAY JOIN {FIRST_TIMES} AS x""",
     fold Int64
 ) ENGINE = {_engine("ReplacingMergeTree", "customer_numbers", cluster)}
 ORDER BY (tenant, customer_id)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         # A slot only ever gains customers: adding a fold's messages is a union, whatever
         # their order and however often (a copy of a row changes no count).
         f"""CREATE TABLE IF NOT EXISTS active_customers{local}{on} (
@@ -600,7 +602,7 @@ SETTINGS {_DURABLE}, {_MERGES}""",
     num UInt32
 ) ENGINE = {_engine("ReplacingMergeTree", "active_customers", cluster)}
 ORDER BY (tenant, slot, channel, num)
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
         # Per key, the latest value: the fold's watermark, the layout.
         f"""CREATE TABLE IF NOT EXISTS engine_state{local}{on} (
     key String,
@@ -608,7 +610,7 @@ SETTINGS {_DURABLE}, {_MERGES}""",
     version UInt64
 ) ENGINE = {_engine("ReplacingMergeTree", "engine_state", cluster, "version")}
 ORDER BY key
-SETTINGS {_DURABLE}, {_MERGES}""",
+SETTINGS {_KEPT}""",
     ]
     # Stores made before a table had its merge settings get them.
     for statement in list(out):
